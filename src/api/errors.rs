@@ -1,0 +1,112 @@
+//! etcd's client-facing errors: the exact strings and gRPC codes of etcd's
+//! `rpctypes`, so clients that match on them (clientv3's `rpctypes.Err*`,
+//! `etcdctl`'s messages, retry logic keyed on codes) behave as with etcd.
+
+use tonic::{Code, Status};
+
+use crate::apply::ApplyError;
+use crate::mvcc::MvccError;
+use crate::raft::RaftError;
+
+pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
+pub const KEY_NOT_FOUND: &str = "etcdserver: key not found";
+pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+pub const NO_LEADER: &str = "etcdserver: no leader";
+pub const TIMEOUT: &str = "etcdserver: request timed out";
+pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
+pub const STOPPED: &str = "etcdserver: server stopped";
+pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+
+pub fn empty_key() -> Status {
+    Status::new(Code::InvalidArgument, EMPTY_KEY)
+}
+pub fn too_many_ops() -> Status {
+    Status::new(Code::InvalidArgument, TOO_MANY_OPS)
+}
+pub fn duplicate_key() -> Status {
+    Status::new(Code::InvalidArgument, DUPLICATE_KEY)
+}
+pub fn value_provided() -> Status {
+    Status::new(Code::InvalidArgument, VALUE_PROVIDED)
+}
+pub fn lease_provided() -> Status {
+    Status::new(Code::InvalidArgument, LEASE_PROVIDED)
+}
+pub fn request_too_large() -> Status {
+    Status::new(Code::InvalidArgument, REQUEST_TOO_LARGE)
+}
+pub fn no_leader() -> Status {
+    Status::new(Code::Unavailable, NO_LEADER)
+}
+pub fn timeout() -> Status {
+    Status::new(Code::Unavailable, TIMEOUT)
+}
+pub fn stopped() -> Status {
+    Status::new(Code::Unavailable, STOPPED)
+}
+pub fn not_capable() -> Status {
+    Status::new(Code::Unavailable, NOT_CAPABLE)
+}
+pub fn member_not_found() -> Status {
+    Status::new(Code::NotFound, MEMBER_NOT_FOUND)
+}
+
+/// An MVCC error as etcd reports it.
+pub fn from_mvcc(e: MvccError) -> Status {
+    match e {
+        MvccError::Compacted => Status::new(Code::OutOfRange, COMPACTED),
+        MvccError::FutureRevision => Status::new(Code::OutOfRange, FUTURE_REV),
+        MvccError::KeyNotFound => Status::new(Code::InvalidArgument, KEY_NOT_FOUND),
+        other => Status::new(Code::Internal, format!("etcdserver: {other}")),
+    }
+}
+
+/// An apply-time error as etcd reports it.
+pub fn from_apply(e: ApplyError) -> Status {
+    match e {
+        ApplyError::Mvcc(m) => from_mvcc(m),
+        ApplyError::KeyNotFound => Status::new(Code::InvalidArgument, KEY_NOT_FOUND),
+        ApplyError::LeaseNotFound => Status::new(Code::NotFound, LEASE_NOT_FOUND),
+        ApplyError::Membership(m) => {
+            Status::new(Code::FailedPrecondition, format!("etcdserver: {m}"))
+        }
+    }
+}
+
+/// A consensus-layer failure as etcd reports it.
+pub fn from_raft(e: RaftError) -> Status {
+    match e {
+        RaftError::Stopped => stopped(),
+        RaftError::LeaderChanged => Status::new(Code::Unavailable, LEADER_CHANGED),
+        RaftError::Raft(raft::Error::ProposalDropped) => no_leader(),
+        other => Status::new(Code::Internal, format!("etcdserver: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mvcc_errors_carry_etcds_strings_and_codes() {
+        let s = from_mvcc(MvccError::Compacted);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = from_mvcc(MvccError::FutureRevision);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The KV service: Range, Put, DeleteRange, Txn and Compact.
+//!
+//! Requests are validated as etcd validates them (empty keys, ignore_* misuse,
+//! too many txn operations, a txn writing one key twice) before they cost a Raft
+//! round. Writes and txns go through [`Core::propose`]; ranges are served from
+//! the local store, after a ReadIndex barrier unless `serializable` is set.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{errors, Core};
+use crate::apply::convert::{range_options, range_response};
+use crate::apply::Applied;
+use crate::mvcc::KeyRange;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::request_op::Request as Op;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
+use crate::pb::lcraftpb::request::Op as Proposal;
+
+/// The KV service of one member.
+pub struct KvService {
+    core: Arc<Core>,
+}
+
+impl KvService {
+    pub fn new(core: Arc<Core>) -> Self {
+        KvService { core }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        check_range(&req)?;
+        if !req.serializable {
+            self.core.read_barrier().await?;
+        } else {
+            self.core.unpaused().await;
+        }
+        let view = self.core.store.read().map_err(errors::from_mvcc)?;
+        let result = view
+            .range(&req.key, &req.range_end, &range_options(&req))
+            .map_err(errors::from_mvcc)?;
+        let revision = result.revision;
+        let mut resp = range_response(result);
+        resp.header = self.core.header(revision);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        check_put(&req)?;
+        match self.core.propose(Proposal::Put(req)).await? {
+            (Applied::Put(mut resp), rev) => {
+                resp.header = self.core.header(rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        if req.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        match self.core.propose(Proposal::DeleteRange(req)).await? {
+            (Applied::DeleteRange(mut resp), rev) => {
+                resp.header = self.core.header(rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        check_txn(&req, self.core.limits.max_txn_ops)?;
+        match self.core.propose(Proposal::Txn(req)).await? {
+            (Applied::Txn(mut resp), rev) => {
+                fill_headers(&self.core, &mut resp, rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        match self.core.propose(Proposal::Compaction(req)).await? {
+            (Applied::Compaction(mut resp), rev) => {
+                resp.header = self.core.header(rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+}
+
+/// Sets the header of a txn response and of every response inside it.
+fn fill_headers(core: &Core, resp: &mut TxnResponse, rev: i64) {
+    use crate::pb::etcdserverpb::response_op::Response as R;
+    resp.header = core.header(rev);
+    for r in &mut resp.responses {
+        match &mut r.response {
+            Some(R::ResponseRange(x)) => x.header = core.header(rev),
+            Some(R::ResponsePut(x)) => x.header = core.header(rev),
+            Some(R::ResponseDeleteRange(x)) => x.header = core.header(rev),
+            Some(R::ResponseTxn(x)) => fill_headers(core, x, rev),
+            None => {}
+        }
+    }
+}
+
+fn check_range(req: &RangeRequest) -> Result<(), Status> {
+    if req.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    Ok(())
+}
+
+fn check_put(req: &PutRequest) -> Result<(), Status> {
+    if req.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest` and `checkIntervals`.
+pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
+        return Err(errors::too_many_ops());
+    }
+    for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(errors::empty_key());
+        }
+    }
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(Op::RequestRange(r)) => check_range(r)?,
+            Some(Op::RequestPut(p)) => check_put(p)?,
+            Some(Op::RequestDeleteRange(d)) if d.key.is_empty() => return Err(errors::empty_key()),
+            Some(Op::RequestTxn(t)) => check_txn(t, max_ops)?,
+            Some(Op::RequestDeleteRange(_)) | None => {}
+        }
+    }
+    writes_of(&req.success)?;
+    writes_of(&req.failure)?;
+    Ok(())
+}
+
+/// The keys put and the ranges deleted by one branch; errors when a key would be
+/// written twice in one revision.
+fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyRange>), Status> {
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    let mut dels: Vec<KeyRange> = Vec::new();
+    for op in ops {
+        match &op.request {
+            Some(Op::RequestPut(p)) if !puts.insert(p.key.clone()) => {
+                return Err(errors::duplicate_key());
+            }
+            Some(Op::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
+            Some(Op::RequestTxn(t)) => {
+                // Either branch of a nested txn may run: check each against ours.
+                let (sp, sd) = writes_of(&t.success)?;
+                let (fp, fd) = writes_of(&t.failure)?;
+                for k in sp.iter().chain(fp.iter()) {
+                    if puts.contains(k) {
+                        return Err(errors::duplicate_key());
+                    }
+                }
+                puts.extend(sp);
+                puts.extend(fp);
+                dels.extend(sd);
+                dels.extend(fd);
+            }
+            _ => {}
+        }
+    }
+    for k in &puts {
+        if dels.iter().any(|d| d.contains(k)) {
+            return Err(errors::duplicate_key());
+        }
+    }
+    Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_txn_putting_one_key_twice_is_refused() {
+        let t = TxnRequest {
+            success: vec![put_op("a"), put_op("a")],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&t, 128).unwrap_err().message(),
+            errors::DUPLICATE_KEY
+        );
+    }
+
+    #[test]
+    fn a_txn_putting_inside_a_deleted_range_is_refused() {
+        let t = TxnRequest {
+            success: vec![put_op("b"), del_op("a", "c")],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&t, 128).unwrap_err().message(),
+            errors::DUPLICATE_KEY
+        );
+    }
+
+    #[test]
+    fn both_branches_may_write_the_same_key() {
+        let t = TxnRequest {
+            success: vec![put_op("a")],
+            failure: vec![put_op("a")],
+            ..Default::default()
+        };
+        assert!(check_txn(&t, 128).is_ok());
+    }
+
+    #[test]
+    fn too_many_ops_is_refused_with_etcds_message() {
+        let t = TxnRequest {
+            success: (0..129).map(|i| put_op(&format!("k{i}"))).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&t, 128).unwrap_err().message(),
+            errors::TOO_MANY_OPS
+        );
+    }
+}

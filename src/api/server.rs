@@ -1,0 +1,51 @@
+//! One client listener serving gRPC (HTTP/2, with or without prior knowledge)
+//! and plain HTTP/1 side by side, as etcd does on its client URLs.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::ClusterService;
+use super::kv::KvService;
+use super::maintenance::MaintenanceService;
+use super::Core;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+
+/// Bytes a gRPC frame may exceed `--max-request-bytes` by before the transport
+/// itself refuses it (etcd allows the same overhead).
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// The router with every client service and HTTP endpoint.
+pub fn router(core: Arc<Core>) -> axum::Router {
+    let max = core.limits.max_request_bytes + GRPC_OVERHEAD;
+    let routes = tonic::service::Routes::new(
+        KvServer::new(KvService::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ClusterServer::new(ClusterService::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        MaintenanceServer::new(MaintenanceService::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    super::http::routes(routes.into_axum_router(), core)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(?addr, error = %e, "client listener failed");
+    }
+}

@@ -1,0 +1,437 @@
+//! The replicated state machine: committed Raft entries -> MVCC, membership and
+//! cluster version; results handed to the waiting request by request ID.
+//!
+//! The Raft node calls [`Applier::apply`] with each run of committed entries. The
+//! whole run is applied in one MVCC [`Batch`](crate::mvcc::Batch) (one redb write
+//! transaction, one fsync) that also records the applied index and term, the Raft
+//! configuration and the membership. So after a crash the state machine is exactly
+//! at some applied index and raft-rs replays from there: every entry is applied
+//! exactly once. Waiters are woken only after the batch is durable.
+//!
+//! Entry payloads are `lcraftpb::Request`s (one etcd request each, or a member's
+//! publish, or the cluster version); configuration changes carry a
+//! `lcraftpb::ConfChangeContext` describing the member.
+
+pub mod convert;
+pub mod txn;
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot,
+};
+use raft_proto::ConfChangeI;
+use tokio::sync::{broadcast, watch};
+
+use crate::mvcc::{self, MvccError, Store};
+use crate::pb::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
+};
+use crate::pb::lcraftpb::{request::Op, ConfChangeContext, MemberInfo, Membership, Request};
+use crate::raft::{RaftError, SnapshotSource, StateMachine};
+use crate::wait::Waiters;
+
+const META_APPLIED: &str = "applied";
+const META_CONF_STATE: &str = "conf_state";
+const META_MEMBERSHIP: &str = "membership";
+
+/// The current cluster version this implementation announces.
+pub const CLUSTER_VERSION: &str = "3.5.0";
+
+/// The outcome of applying one request.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    Members(Vec<MemberInfo>),
+    Done,
+}
+
+/// Why an applied request failed (the entry is applied all the same).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Mvcc(#[from] MvccError),
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("{0}")]
+    Membership(String),
+}
+
+/// A request's result, as handed to its waiter.
+pub type ApplyResult = Result<(Applied, i64), ApplyError>;
+
+/// Changes applied in one batch, for watchers.
+#[derive(Debug, Clone)]
+pub struct AppliedEvents {
+    /// The store revision after the batch.
+    pub revision: i64,
+    pub events: Vec<mvcc::Event>,
+}
+
+/// The state machine of one member.
+pub struct Applier {
+    store: Arc<Store>,
+    member_id: u64,
+    applied: u64,
+    applied_term: u64,
+    membership: Membership,
+    membership_tx: watch::Sender<Membership>,
+    waiters: Arc<Waiters<ApplyResult>>,
+    events: broadcast::Sender<Arc<AppliedEvents>>,
+}
+
+struct NoLeases;
+
+impl txn::Leases for NoLeases {
+    fn exists(&self, _id: i64) -> bool {
+        false
+    }
+}
+
+impl Applier {
+    /// Opens the state machine over `store`, reading what it last applied.
+    pub fn open(
+        store: Arc<Store>,
+        member_id: u64,
+        waiters: Arc<Waiters<ApplyResult>>,
+    ) -> Result<(Applier, watch::Receiver<Membership>), RaftError> {
+        let view = store.read().map_err(apply_err)?;
+        let (applied, applied_term) = match view.meta(META_APPLIED).map_err(apply_err)? {
+            Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
+            _ => (0, 0),
+        };
+        let membership = match view.meta(META_MEMBERSHIP).map_err(apply_err)? {
+            Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
+            None => Membership::default(),
+        };
+        drop(view);
+        let (membership_tx, membership_rx) = watch::channel(membership.clone());
+        let (events, _) = broadcast::channel(1024);
+        Ok((
+            Applier {
+                store,
+                member_id,
+                applied,
+                applied_term,
+                membership,
+                membership_tx,
+                waiters,
+                events,
+            },
+            membership_rx,
+        ))
+    }
+
+    /// Records the initial membership and configuration of a new cluster.
+    pub fn bootstrap(
+        &mut self,
+        membership: Membership,
+        conf_state: &ConfState,
+    ) -> Result<(), RaftError> {
+        let mut batch = self.store.batch().map_err(apply_err)?;
+        batch
+            .set_meta(META_MEMBERSHIP, &membership.encode_to_vec())
+            .map_err(apply_err)?;
+        let cs = conf_state.write_to_bytes().map_err(RaftError::decode)?;
+        batch.set_meta(META_CONF_STATE, &cs).map_err(apply_err)?;
+        batch.commit().map_err(apply_err)?;
+        self.membership = membership.clone();
+        self.membership_tx.send_replace(membership);
+        Ok(())
+    }
+
+    /// Watchers subscribe here to every applied change.
+    pub fn events(&self) -> broadcast::Sender<Arc<AppliedEvents>> {
+        self.events.clone()
+    }
+
+    /// The builder of snapshots for lagging followers.
+    pub fn snapshot_source(&self) -> Box<dyn SnapshotSource> {
+        Box::new(StoreSnapshots {
+            store: self.store.clone(),
+        })
+    }
+
+    fn apply_request(
+        &mut self,
+        batch: &mut mvcc::Batch<'_>,
+        req: Request,
+        events: &mut Vec<mvcc::Event>,
+    ) -> Result<ApplyResult, RaftError> {
+        let leases = NoLeases;
+        let Some(op) = req.op else {
+            return Ok(Ok((Applied::Done, self.store_rev(batch))));
+        };
+        let result = match op {
+            Op::Put(p) => {
+                let mut rt = batch.txn().map_err(apply_err)?;
+                let r = txn::put(&mut rt, &p, &leases);
+                let (rev, evs) = rt.end();
+                events.extend(evs);
+                r.map(|resp| (Applied::Put(resp), rev))
+            }
+            Op::DeleteRange(d) => {
+                let mut rt = batch.txn().map_err(apply_err)?;
+                let r = txn::delete_range(&mut rt, &d);
+                let (rev, evs) = rt.end();
+                events.extend(evs);
+                r.map(|resp| (Applied::DeleteRange(resp), rev))
+            }
+            Op::Txn(t) => {
+                let mut rt = batch.txn().map_err(apply_err)?;
+                let r = txn::txn(&mut rt, &t, &leases);
+                let (rev, evs) = rt.end();
+                events.extend(evs);
+                r.map(|resp| (Applied::Txn(resp), rev))
+            }
+            Op::Compaction(c) => {
+                let rev = self.store_rev(batch);
+                batch
+                    .compact(c.revision)
+                    .map(|_| {
+                        (
+                            Applied::Compaction(CompactionResponse { header: None }),
+                            rev,
+                        )
+                    })
+                    .map_err(ApplyError::from)
+            }
+            Op::Publish(p) => {
+                if let Some(m) = self.membership.member_mut(p.member_id) {
+                    m.name = p.name.clone();
+                    m.client_urls = p.client_urls.clone();
+                    if p.member_id == self.member_id {
+                        tracing::info!(
+                            local_member_id = %format!("{:x}", self.member_id),
+                            cluster_id = %format!("{:x}", self.membership.cluster_id),
+                            name = %p.name,
+                            client_urls = ?p.client_urls,
+                            "published local member to cluster through raft"
+                        );
+                    }
+                }
+                Ok((Applied::Done, self.store_rev(batch)))
+            }
+            Op::ClusterVersion(v) => {
+                if self.membership.cluster_version != v.version {
+                    self.membership.cluster_version = v.version.clone();
+                    let short: String = v.version.split('.').take(2).collect::<Vec<_>>().join(".");
+                    tracing::info!(cluster_version = %short, "enabled capabilities for version {short}");
+                }
+                Ok((Applied::Done, self.store_rev(batch)))
+            }
+            Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Alarm(_) => {
+                Err(ApplyError::Membership("not supported".into()))
+            }
+        };
+        match result {
+            Err(ApplyError::Mvcc(MvccError::Storage(e)))
+            | Err(ApplyError::Mvcc(MvccError::Corrupt(e))) => Err(RaftError::Apply(e)),
+            other => Ok(other),
+        }
+    }
+
+    fn store_rev(&self, batch: &mvcc::Batch<'_>) -> i64 {
+        batch.current_revision()
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        context: &[u8],
+        conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+    ) -> Result<(u64, ApplyResult, ConfState), RaftError> {
+        let ctx = ConfChangeContext::decode(context).unwrap_or_default();
+        let cs = conf(&cc)?;
+        for change in cc.get_changes() {
+            let id = change.node_id;
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    let learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
+                    let mut info = ctx.member.clone().unwrap_or_default();
+                    if let Some(existing) = self.membership.member(id) {
+                        // Promotion or update: keep what we know.
+                        let mut e = existing.clone();
+                        e.is_learner = learner;
+                        if !info.peer_urls.is_empty() {
+                            e.peer_urls = info.peer_urls.clone();
+                        }
+                        info = e;
+                    }
+                    info.id = id;
+                    info.is_learner = learner;
+                    self.membership.upsert(info);
+                }
+                ConfChangeType::RemoveNode => self.membership.remove(id),
+            }
+        }
+        let members = self.membership.members.clone();
+        Ok((ctx.request_id, Ok((Applied::Members(members), 0)), cs))
+    }
+}
+
+impl StateMachine for Applier {
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+    ) -> Result<(), RaftError> {
+        let store = self.store.clone();
+        let mut batch = store.batch().map_err(apply_err)?;
+        let mut results: Vec<(u64, ApplyResult)> = Vec::new();
+        let mut events = Vec::new();
+        let mut membership_changed = false;
+        let mut conf_state = None;
+        for e in entries {
+            if e.index <= self.applied {
+                continue; // already applied before a restart
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    let req = Request::decode(&e.data[..]).map_err(RaftError::decode)?;
+                    let id = req.id;
+                    let is_member_op =
+                        matches!(req.op, Some(Op::Publish(_)) | Some(Op::ClusterVersion(_)));
+                    let res = self.apply_request(&mut batch, req, &mut events)?;
+                    membership_changed |= is_member_op;
+                    if self.waiters.is_waiting(id) {
+                        results.push((id, res));
+                    }
+                }
+                EntryType::EntryNormal => {} // a new leader's empty entry
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(RaftError::decode)?;
+                    let (id, res, cs) = self.apply_conf_change(cc.into_v2(), &e.context, conf)?;
+                    results.push((id, res));
+                    conf_state = Some(cs);
+                    membership_changed = true;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(RaftError::decode)?;
+                    let (id, res, cs) = self.apply_conf_change(cc, &e.context, conf)?;
+                    results.push((id, res));
+                    conf_state = Some(cs);
+                    membership_changed = true;
+                }
+            }
+            self.applied = e.index;
+            self.applied_term = e.term;
+        }
+        let mut applied = [0u8; 16];
+        applied[..8].copy_from_slice(&self.applied.to_be_bytes());
+        applied[8..].copy_from_slice(&self.applied_term.to_be_bytes());
+        batch.set_meta(META_APPLIED, &applied).map_err(apply_err)?;
+        if membership_changed {
+            batch
+                .set_meta(META_MEMBERSHIP, &self.membership.encode_to_vec())
+                .map_err(apply_err)?;
+        }
+        if let Some(cs) = &conf_state {
+            let bytes = cs.write_to_bytes().map_err(RaftError::decode)?;
+            batch.set_meta(META_CONF_STATE, &bytes).map_err(apply_err)?;
+        }
+        let revision = batch.current_revision();
+        batch.commit().map_err(apply_err)?;
+
+        if membership_changed {
+            self.membership_tx.send_replace(self.membership.clone());
+        }
+        if !events.is_empty() {
+            let _ = self
+                .events
+                .send(Arc::new(AppliedEvents { revision, events }));
+        }
+        for (id, res) in results {
+            self.waiters.trigger(id, res);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+        self.store.restore(&snapshot.data).map_err(apply_err)?;
+        let meta = snapshot.get_metadata();
+        let view = self.store.read().map_err(apply_err)?;
+        let membership = match view.meta(META_MEMBERSHIP).map_err(apply_err)? {
+            Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
+            None => Membership::default(),
+        };
+        drop(view);
+        self.applied = meta.index;
+        self.applied_term = meta.term;
+        self.membership = membership.clone();
+        self.membership_tx.send_replace(membership);
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "restored state from a leader's snapshot"
+        );
+        Ok(())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+/// Builds snapshots from the applied state.
+struct StoreSnapshots {
+    store: Arc<Store>,
+}
+
+impl SnapshotSource for StoreSnapshots {
+    fn snapshot(&self) -> Result<Snapshot, RaftError> {
+        let view = self.store.read().map_err(apply_err)?;
+        let (index, term) = match view.meta(META_APPLIED).map_err(apply_err)? {
+            Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
+            _ => (0, 0),
+        };
+        let conf_state = match view.meta(META_CONF_STATE).map_err(apply_err)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
+            None => ConfState::default(),
+        };
+        let data = view.snapshot_bytes().map_err(apply_err)?;
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        tracing::info!(
+            index,
+            term,
+            bytes = snap.data.len(),
+            "sending a snapshot to a lagging follower"
+        );
+        Ok(snap)
+    }
+}
+
+/// A response header with only the revision set (the API fills in the rest).
+pub fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+fn apply_err(e: MvccError) -> RaftError {
+    RaftError::Apply(e.to_string())
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}

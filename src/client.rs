@@ -1,0 +1,72 @@
+//! A thin etcd client over the generated gRPC stubs, for localcluster's own tools
+//! (the supervisor's cluster probe, `bench`, the failover demo, tests). Application
+//! code should use a real etcd client; this only covers what the tools need.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::pb::etcdserverpb::{StatusRequest, StatusResponse};
+use crate::supervisor::{ClusterProbe, MemberProbe};
+
+/// Normalises `host:port` or `http://host:port` to a URL.
+pub fn url_of(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Connects to one endpoint.
+pub async fn connect(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(url_of(endpoint))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}
+
+/// A KV client for one endpoint.
+pub async fn kv(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<KvClient<Channel>, tonic::transport::Error> {
+    Ok(KvClient::new(connect(endpoint, timeout).await?))
+}
+
+/// The `Status` of the member at `endpoint`.
+pub async fn status(endpoint: &str, timeout: Duration) -> Option<StatusResponse> {
+    let channel = connect(endpoint, timeout).await.ok()?;
+    let mut client = MaintenanceClient::new(channel);
+    client
+        .status(StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// The supervisor's cluster probe: asks each member for its `Status`.
+pub struct StatusProbe;
+
+impl ClusterProbe for StatusProbe {
+    fn probe(&self, client_url: String) -> BoxFuture<'static, Option<MemberProbe>> {
+        Box::pin(async move {
+            let s = status(&client_url, Duration::from_millis(700)).await?;
+            let header = s.header.unwrap_or_default();
+            Some(MemberProbe {
+                member_id: header.member_id,
+                leader_id: s.leader,
+                raft_term: s.raft_term,
+                raft_index: s.raft_index,
+            })
+        })
+    }
+}

@@ -1,0 +1,473 @@
+//! The `--config-file` YAML, read as etcd reads `etcd.conf.yml`.
+//!
+//! Keys are the flag names (`name`, `data-dir`, `listen-client-urls`, ...).
+//! Value types follow etcd's `embed.Config` JSON fields: URL lists and
+//! `initial-cluster` are comma-separated strings, `heartbeat-interval` and the
+//! other counts are integers (a quoted number is refused, as etcd refuses it),
+//! string settings accept any scalar (`name: 1` is the name "1", as etcd's YAML
+//! loader converts it). A key with no value (`wal-dir:`) or an empty URL list
+//! leaves the default. Keys etcd knows but localcluster does not implement,
+//! and unknown keys, produce warnings. A syntax error or bad value is an error
+//! naming the file, the key and the line (serde_yaml's location).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::error::ConfigError;
+use super::flags::{lookup, FlagKind, FILE_ONLY_KEYS};
+use super::settings::{Draft, Setting, UnknownClusterState};
+use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
+use super::ClusterState;
+
+/// Reads `path` into a draft, with warnings about keys that are ignored.
+pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfigFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |message: String| ConfigError::ConfigFile {
+        path: path.to_owned(),
+        message,
+    };
+
+    let document: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let mapping = match document {
+        // An empty file (or one with only comments) sets nothing.
+        serde_yaml::Value::Null => return Ok((Draft::new(), Vec::new())),
+        serde_yaml::Value::Mapping(mapping) => mapping,
+        _ => {
+            return Err(invalid(
+                "expected a mapping of flag names to values at the top level".into(),
+            ))
+        }
+    };
+    let mut warnings = Vec::new();
+    for (key, value) in &mapping {
+        let Some(key) = key.as_str() else {
+            warnings.push(format!(
+                "unknown config file key {} ignored",
+                scalar_text(key)
+            ));
+            continue;
+        };
+        match lookup(key) {
+            Some(FlagKind::Setting(_)) => {}
+            Some(FlagKind::Unsupported { .. }) => {
+                if !value.is_null() {
+                    warnings.push(format!(
+                        "config file key {key} is not supported by localcluster; ignored"
+                    ));
+                }
+            }
+            _ if FILE_ONLY_KEYS.contains(&key) => {
+                if !value.is_null() {
+                    warnings.push(format!(
+                        "config file key {key} is not supported by localcluster; ignored"
+                    ));
+                }
+            }
+            _ => warnings.push(format!("unknown config file key {key} ignored")),
+        }
+    }
+
+    let file: FileConfig = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    Ok((file.into_draft(), warnings))
+}
+
+fn scalar_text(value: &serde_yaml::Value) -> String {
+    serde_yaml::to_string(value).map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned())
+}
+
+/// The supported keys; everything else is ignored by serde and warned about
+/// by [`load`].
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    name: Option<Text>,
+    #[serde(rename = "data-dir")]
+    data_dir: Option<Text>,
+    #[serde(rename = "wal-dir")]
+    wal_dir: Option<Text>,
+    #[serde(rename = "listen-client-urls")]
+    listen_client_urls: Option<Urls>,
+    #[serde(rename = "advertise-client-urls")]
+    advertise_client_urls: Option<Urls>,
+    #[serde(rename = "listen-peer-urls")]
+    listen_peer_urls: Option<Urls>,
+    #[serde(rename = "initial-advertise-peer-urls")]
+    initial_advertise_peer_urls: Option<Urls>,
+    #[serde(rename = "initial-cluster")]
+    initial_cluster: Option<Cluster>,
+    #[serde(rename = "initial-cluster-token")]
+    initial_cluster_token: Option<Text>,
+    #[serde(rename = "initial-cluster-state")]
+    initial_cluster_state: Option<State>,
+    #[serde(rename = "heartbeat-interval")]
+    heartbeat_interval: Option<u64>,
+    #[serde(rename = "election-timeout")]
+    election_timeout: Option<u64>,
+    #[serde(rename = "snapshot-count")]
+    snapshot_count: Option<u64>,
+    #[serde(rename = "max-request-bytes")]
+    max_request_bytes: Option<u64>,
+    #[serde(rename = "quota-backend-bytes")]
+    quota_backend_bytes: Option<i64>,
+    #[serde(rename = "max-txn-ops")]
+    max_txn_ops: Option<u64>,
+    #[serde(rename = "log-level")]
+    log_level: Option<Text>,
+    logger: Option<Text>,
+}
+
+impl FileConfig {
+    fn into_draft(self) -> Draft {
+        let mut draft = Draft::new();
+        let mut text =
+            |setting: Setting, value: Option<Text>, field: fn(&mut Draft) -> &mut String| {
+                if let Some(Text(value)) = value {
+                    *field(&mut draft) = value;
+                    draft.mark_set(setting);
+                }
+            };
+        text(Setting::Name, self.name, |d| &mut d.name);
+        text(Setting::DataDir, self.data_dir, |d| &mut d.data_dir);
+        text(Setting::WalDir, self.wal_dir, |d| &mut d.wal_dir);
+        text(
+            Setting::InitialClusterToken,
+            self.initial_cluster_token,
+            |d| &mut d.initial_cluster_token,
+        );
+        text(Setting::LogLevel, self.log_level, |d| &mut d.log_level);
+        text(Setting::Logger, self.logger, |d| &mut d.logger);
+
+        for (setting, value) in [
+            (Setting::ListenClientUrls, self.listen_client_urls),
+            (Setting::AdvertiseClientUrls, self.advertise_client_urls),
+            (Setting::ListenPeerUrls, self.listen_peer_urls),
+            (
+                Setting::InitialAdvertisePeerUrls,
+                self.initial_advertise_peer_urls,
+            ),
+        ] {
+            // As in etcd, an empty string leaves the default in place.
+            if let Some(Urls(Some(urls))) = value {
+                *draft.urls_mut(setting) = urls;
+                draft.mark_set(setting);
+            }
+        }
+        if let Some(Cluster(cluster)) = self.initial_cluster {
+            draft.initial_cluster = cluster;
+            draft.mark_set(Setting::InitialCluster);
+        }
+        if let Some(State(state)) = self.initial_cluster_state {
+            draft.initial_cluster_state = state;
+            draft.mark_set(Setting::InitialClusterState);
+        }
+
+        let mut number =
+            |setting: Setting, value: Option<u64>, field: fn(&mut Draft) -> &mut u64| {
+                if let Some(value) = value {
+                    *field(&mut draft) = value;
+                    draft.mark_set(setting);
+                }
+            };
+        number(Setting::HeartbeatInterval, self.heartbeat_interval, |d| {
+            &mut d.heartbeat_ms
+        });
+        number(Setting::ElectionTimeout, self.election_timeout, |d| {
+            &mut d.election_ms
+        });
+        number(Setting::SnapshotCount, self.snapshot_count, |d| {
+            &mut d.snapshot_count
+        });
+        number(Setting::MaxRequestBytes, self.max_request_bytes, |d| {
+            &mut d.max_request_bytes
+        });
+        number(Setting::MaxTxnOps, self.max_txn_ops, |d| &mut d.max_txn_ops);
+        if let Some(quota) = self.quota_backend_bytes {
+            draft.quota_backend_bytes = quota;
+            draft.mark_set(Setting::QuotaBackendBytes);
+        }
+        draft
+    }
+}
+
+/// Deserializes a YAML scalar as text and converts it with `convert`.
+///
+/// The conversion runs inside the visitor so that serde_yaml attaches the key
+/// and line to a conversion error.
+fn scalar<'de, D, T>(
+    deserializer: D,
+    convert: fn(String) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct ScalarVisitor<T> {
+        convert: fn(String) -> Result<T, String>,
+    }
+    impl<T> ScalarVisitor<T> {
+        fn finish<E: de::Error>(self, text: String) -> Result<T, E> {
+            (self.convert)(text).map_err(E::custom)
+        }
+    }
+    impl<T> Visitor<'_> for ScalarVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            self.finish(v.to_owned())
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+            self.finish(v.to_string())
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            self.finish(v.to_string())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            self.finish(v.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            self.finish(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(ScalarVisitor { convert })
+}
+
+/// A string setting: any YAML scalar, taken as text.
+#[derive(Debug)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        scalar(deserializer, |text| Ok(Text(text)))
+    }
+}
+
+/// A comma-separated URL list; `None` for the empty string.
+#[derive(Debug)]
+struct Urls(Option<Vec<EtcdUrl>>);
+
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        scalar(deserializer, |text| {
+            if text.is_empty() {
+                return Ok(Urls(None));
+            }
+            parse_url_list(&text)
+                .map(|urls| Urls(Some(urls)))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// An `initial-cluster` string.
+#[derive(Debug)]
+struct Cluster(InitialCluster);
+
+impl<'de> Deserialize<'de> for Cluster {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        scalar(deserializer, |text| {
+            parse_initial_cluster(&text)
+                .map(Cluster)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// An `initial-cluster-state`; empty means `new`, as in etcd.
+#[derive(Debug)]
+struct State(ClusterState);
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        scalar(deserializer, |text| {
+            if text.is_empty() {
+                return Ok(State(ClusterState::New));
+            }
+            text.parse()
+                .map(State)
+                .map_err(|e: UnknownClusterState| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(contents: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(contents.as_bytes()).unwrap();
+        file
+    }
+
+    fn load_str(contents: &str) -> Result<(Draft, Vec<String>), ConfigError> {
+        let file = write(contents);
+        load(file.path())
+    }
+
+    #[test]
+    fn classic_etcd_yaml_keys_are_read() {
+        let (d, warnings) = load_str(
+            "name: infra0\n\
+             data-dir: /var/lib/etcd/infra0\n\
+             wal-dir:\n\
+             snapshot-count: 5000\n\
+             heartbeat-interval: 50\n\
+             election-timeout: 500\n\
+             quota-backend-bytes: 0\n\
+             listen-peer-urls: http://127.0.0.1:12380\n\
+             listen-client-urls: http://127.0.0.1:12379,http://localhost:12379\n\
+             initial-advertise-peer-urls: http://127.0.0.1:12380\n\
+             advertise-client-urls: http://127.0.0.1:12379\n\
+             initial-cluster: infra0=http://127.0.0.1:12380,infra1=http://127.0.0.1:22380\n\
+             initial-cluster-token: 'tok'\n\
+             initial-cluster-state: 'new'\n\
+             max-txn-ops: 256\n\
+             max-request-bytes: 2097152\n\
+             log-level: debug\n\
+             logger: zap\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(d.name, "infra0");
+        assert_eq!(d.data_dir, "/var/lib/etcd/infra0");
+        assert_eq!(d.wal_dir, "");
+        assert_eq!(
+            (d.heartbeat_ms, d.election_ms, d.snapshot_count),
+            (50, 500, 5000)
+        );
+        assert_eq!(d.listen_client_urls.len(), 2);
+        assert_eq!(d.initial_cluster.len(), 2);
+        assert_eq!(d.initial_cluster_token, "tok");
+        assert_eq!((d.max_txn_ops, d.max_request_bytes), (256, 2_097_152));
+        assert_eq!(d.log_level, "debug");
+        assert!(d.is_set(Setting::ListenClientUrls));
+        assert!(!d.is_set(Setting::WalDir));
+    }
+
+    #[test]
+    fn sample_file_keys_that_are_unsupported_warn_only_when_set() {
+        let (_, warnings) = load_str(
+            "name: a\n\
+             enable-v2: true\n\
+             discovery:\n\
+             auto-compaction-retention: '1'\n\
+             client-transport-security:\n  cert-file:\n  auto-tls: false\n\
+             peer-transport-security:\n\
+             frobnicate: 3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            vec![
+                "config file key enable-v2 is not supported by localcluster; ignored",
+                "config file key auto-compaction-retention is not supported by localcluster; ignored",
+                "config file key client-transport-security is not supported by localcluster; ignored",
+                "unknown config file key frobnicate ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn scalars_become_text_for_string_keys() {
+        let (d, _) = load_str("name: 123\ninitial-cluster-token: true\n").unwrap();
+        assert_eq!(d.name, "123");
+        assert_eq!(d.initial_cluster_token, "true");
+    }
+
+    #[test]
+    fn empty_url_strings_keep_defaults_and_empty_state_is_new() {
+        let (d, _) = load_str("listen-client-urls: ''\ninitial-cluster-state: ''\n").unwrap();
+        assert_eq!(d.listen_client_urls[0].as_str(), "http://localhost:2379");
+        assert!(!d.is_set(Setting::ListenClientUrls));
+        assert_eq!(d.initial_cluster_state, ClusterState::New);
+    }
+
+    #[test]
+    fn empty_file_sets_nothing() {
+        let (d, w) = load_str("# nothing here\n").unwrap();
+        assert_eq!(d.name, "default");
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn quoted_number_is_an_error_naming_key_and_line() {
+        let file = write("name: a\nheartbeat-interval: '100'\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        let path = file.path().display().to_string();
+        assert!(
+            err.starts_with(&format!("invalid config file {path}: heartbeat-interval: ")),
+            "{err}"
+        );
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_is_an_error_naming_key_and_line() {
+        let err = load_str("name: a\n\nlisten-peer-urls: https://127.0.0.1:2380\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listen-peer-urls: TLS is not supported yet: https://127.0.0.1:2380"),
+            "{err}"
+        );
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_cluster_state_is_an_error_naming_key_and_line() {
+        let err = load_str("initial-cluster-state: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("initial-cluster-state: unexpected clusterState \"maybe\""),
+            "{err}"
+        );
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_initial_cluster_is_an_error() {
+        let err = load_str("initial-cluster: a=,b=http://x:1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("initial-cluster: empty URL given for \"a\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_file_and_line() {
+        let err = load_str("name: a\nlisten-peer-urls: [unclosed\n").unwrap_err();
+        assert!(matches!(err, ConfigError::ConfigFile { .. }));
+        assert!(err.to_string().contains("line"), "{err}");
+    }
+
+    #[test]
+    fn negative_count_is_an_error() {
+        let err = load_str("max-txn-ops: -1\n").unwrap_err().to_string();
+        assert!(err.contains("max-txn-ops: "), "{err}");
+    }
+
+    #[test]
+    fn non_mapping_top_level_is_an_error() {
+        let err = load_str("- a\n- b\n").unwrap_err().to_string();
+        assert!(err.contains("expected a mapping"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(&dir.path().join("nope.yml")).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadConfigFile { .. }));
+        assert!(err.to_string().starts_with("cannot read config file "));
+    }
+}

@@ -1,0 +1,392 @@
+//! The member settings localcluster honours, and the draft they are collected in.
+//!
+//! [`Setting`] names each supported etcd flag once; flags, `ETCD_*` variables
+//! and config-file keys all resolve to it, so every source writes the same
+//! field with the same parsing. [`Draft`] starts at etcd's defaults, records
+//! which settings were given explicitly (etcd's `flags.IsSet`, which drives
+//! the `--advertise-client-urls` rule), and is turned into a validated
+//! `MemberConfig` by `config::finish`. Text values go through
+//! [`Draft::apply_str`], which behaves like the Go `flag.Value.Set` of the
+//! corresponding etcd flag.
+
+use std::collections::BTreeSet;
+
+use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
+use super::values::{parse_int, parse_uint};
+use super::ClusterState;
+
+/// etcd's default member name.
+pub const DEFAULT_NAME: &str = "default";
+/// etcd's default `--listen-client-urls` and `--advertise-client-urls`.
+pub const DEFAULT_CLIENT_URL: &str = "http://localhost:2379";
+/// etcd's default `--listen-peer-urls` and `--initial-advertise-peer-urls`.
+pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
+/// etcd's default `--initial-cluster-token`.
+pub const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
+/// etcd's default `--heartbeat-interval`, in milliseconds.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// etcd's default `--election-timeout`, in milliseconds.
+pub const DEFAULT_ELECTION_MS: u64 = 1000;
+/// etcd 3.4/3.5's default `--snapshot-count`.
+pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1_572_864;
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: u64 = 128;
+/// etcd's default `--log-level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// etcd 3.5's default (and only) `--logger`.
+pub const DEFAULT_LOGGER: &str = "zap";
+
+/// One supported etcd flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Setting {
+    Name,
+    DataDir,
+    WalDir,
+    ListenClientUrls,
+    AdvertiseClientUrls,
+    ListenPeerUrls,
+    InitialAdvertisePeerUrls,
+    InitialCluster,
+    InitialClusterToken,
+    InitialClusterState,
+    HeartbeatInterval,
+    ElectionTimeout,
+    SnapshotCount,
+    MaxRequestBytes,
+    QuotaBackendBytes,
+    MaxTxnOps,
+    LogLevel,
+    Logger,
+}
+
+impl Setting {
+    /// Every supported setting, in the order `--help` lists them.
+    pub const ALL: [Setting; 18] = [
+        Setting::Name,
+        Setting::DataDir,
+        Setting::WalDir,
+        Setting::SnapshotCount,
+        Setting::HeartbeatInterval,
+        Setting::ElectionTimeout,
+        Setting::ListenPeerUrls,
+        Setting::ListenClientUrls,
+        Setting::QuotaBackendBytes,
+        Setting::MaxTxnOps,
+        Setting::MaxRequestBytes,
+        Setting::InitialAdvertisePeerUrls,
+        Setting::InitialCluster,
+        Setting::InitialClusterState,
+        Setting::InitialClusterToken,
+        Setting::AdvertiseClientUrls,
+        Setting::Logger,
+        Setting::LogLevel,
+    ];
+
+    /// The etcd flag name (also the config-file key).
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            Setting::Name => "name",
+            Setting::DataDir => "data-dir",
+            Setting::WalDir => "wal-dir",
+            Setting::ListenClientUrls => "listen-client-urls",
+            Setting::AdvertiseClientUrls => "advertise-client-urls",
+            Setting::ListenPeerUrls => "listen-peer-urls",
+            Setting::InitialAdvertisePeerUrls => "initial-advertise-peer-urls",
+            Setting::InitialCluster => "initial-cluster",
+            Setting::InitialClusterToken => "initial-cluster-token",
+            Setting::InitialClusterState => "initial-cluster-state",
+            Setting::HeartbeatInterval => "heartbeat-interval",
+            Setting::ElectionTimeout => "election-timeout",
+            Setting::SnapshotCount => "snapshot-count",
+            Setting::MaxRequestBytes => "max-request-bytes",
+            Setting::QuotaBackendBytes => "quota-backend-bytes",
+            Setting::MaxTxnOps => "max-txn-ops",
+            Setting::LogLevel => "log-level",
+            Setting::Logger => "logger",
+        }
+    }
+
+    /// The setting a flag name (without dashes) stands for.
+    pub fn from_flag_name(name: &str) -> Option<Setting> {
+        Setting::ALL.into_iter().find(|s| s.flag_name() == name)
+    }
+
+    /// Default as `--help` shows it, and a one-line description.
+    pub fn help(self) -> (&'static str, &'static str) {
+        match self {
+            Setting::Name => ("default", "Human-readable name for this member."),
+            Setting::DataDir => ("${name}.etcd", "Path to the data directory."),
+            Setting::WalDir => ("", "Path to the dedicated wal directory."),
+            Setting::SnapshotCount => (
+                "100000",
+                "Number of committed transactions to trigger a snapshot to disk.",
+            ),
+            Setting::HeartbeatInterval => {
+                ("100", "Time (in milliseconds) of a heartbeat interval.")
+            }
+            Setting::ElectionTimeout => {
+                ("1000", "Time (in milliseconds) for an election to timeout.")
+            }
+            Setting::ListenPeerUrls => (
+                DEFAULT_PEER_URL,
+                "List of URLs to listen on for peer traffic.",
+            ),
+            Setting::ListenClientUrls => (
+                DEFAULT_CLIENT_URL,
+                "List of URLs to listen on for client traffic.",
+            ),
+            Setting::QuotaBackendBytes => (
+                "0",
+                "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).",
+            ),
+            Setting::MaxTxnOps => (
+                "128",
+                "Maximum number of operations permitted in a transaction.",
+            ),
+            Setting::MaxRequestBytes => (
+                "1572864",
+                "Maximum client request size in bytes the server will accept.",
+            ),
+            Setting::InitialAdvertisePeerUrls => (
+                DEFAULT_PEER_URL,
+                "List of this member's peer URLs to advertise to the rest of the cluster.",
+            ),
+            Setting::InitialCluster => (
+                "default=http://localhost:2380",
+                "Initial cluster configuration for bootstrapping.",
+            ),
+            Setting::InitialClusterState => ("new", "Initial cluster state ('new' or 'existing')."),
+            Setting::InitialClusterToken => (
+                DEFAULT_CLUSTER_TOKEN,
+                "Initial cluster token for the etcd cluster during bootstrap.",
+            ),
+            Setting::AdvertiseClientUrls => (
+                DEFAULT_CLIENT_URL,
+                "List of this member's client URLs to advertise to the public.",
+            ),
+            Setting::Logger => (
+                "zap",
+                "Accepted for compatibility; localcluster always logs with its own logger.",
+            ),
+            Setting::LogLevel => (
+                "info",
+                "Configures log level: debug, info, warn, error, panic, or fatal.",
+            ),
+        }
+    }
+}
+
+/// A member configuration being collected from flags, environment or file.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub name: String,
+    /// Empty means `<name>.etcd`.
+    pub data_dir: String,
+    /// Empty means no dedicated WAL directory.
+    pub wal_dir: String,
+    pub listen_client_urls: Vec<EtcdUrl>,
+    pub advertise_client_urls: Vec<EtcdUrl>,
+    pub listen_peer_urls: Vec<EtcdUrl>,
+    pub initial_advertise_peer_urls: Vec<EtcdUrl>,
+    pub initial_cluster: InitialCluster,
+    pub initial_cluster_token: String,
+    pub initial_cluster_state: ClusterState,
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    pub snapshot_count: u64,
+    pub max_request_bytes: u64,
+    /// etcd semantics: 0 is the default quota, negative disables the quota.
+    pub quota_backend_bytes: i64,
+    pub max_txn_ops: u64,
+    pub log_level: String,
+    pub logger: String,
+    explicitly_set: BTreeSet<Setting>,
+}
+
+impl Draft {
+    /// etcd's defaults (`embed.NewConfig`), nothing explicitly set.
+    pub fn new() -> Draft {
+        let client = vec![default_url(DEFAULT_CLIENT_URL)];
+        let peer = vec![default_url(DEFAULT_PEER_URL)];
+        Draft {
+            name: DEFAULT_NAME.to_owned(),
+            data_dir: String::new(),
+            wal_dir: String::new(),
+            listen_client_urls: client.clone(),
+            advertise_client_urls: client,
+            listen_peer_urls: peer.clone(),
+            initial_advertise_peer_urls: peer.clone(),
+            initial_cluster: default_initial_cluster(),
+            initial_cluster_token: DEFAULT_CLUSTER_TOKEN.to_owned(),
+            initial_cluster_state: ClusterState::New,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_ms: DEFAULT_ELECTION_MS,
+            snapshot_count: DEFAULT_SNAPSHOT_COUNT,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            quota_backend_bytes: 0,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            log_level: DEFAULT_LOG_LEVEL.to_owned(),
+            logger: DEFAULT_LOGGER.to_owned(),
+            explicitly_set: BTreeSet::new(),
+        }
+    }
+
+    /// Records that `setting` was given explicitly (even with its default value).
+    pub fn mark_set(&mut self, setting: Setting) {
+        self.explicitly_set.insert(setting);
+    }
+
+    /// Whether `setting` was given explicitly.
+    pub fn is_set(&self, setting: Setting) -> bool {
+        self.explicitly_set.contains(&setting)
+    }
+
+    /// Sets `setting` from its textual form, as the etcd flag would.
+    ///
+    /// The error is the reason only (e.g. `parse error`); the caller adds
+    /// which flag, variable or key it came from.
+    pub fn apply_str(&mut self, setting: Setting, raw: &str) -> Result<(), String> {
+        match setting {
+            Setting::Name => self.name = raw.to_owned(),
+            Setting::DataDir => self.data_dir = raw.to_owned(),
+            Setting::WalDir => self.wal_dir = raw.to_owned(),
+            Setting::InitialClusterToken => self.initial_cluster_token = raw.to_owned(),
+            Setting::LogLevel => self.log_level = raw.to_owned(),
+            Setting::Logger => self.logger = raw.to_owned(),
+            Setting::ListenClientUrls
+            | Setting::AdvertiseClientUrls
+            | Setting::ListenPeerUrls
+            | Setting::InitialAdvertisePeerUrls => {
+                // etcd's URL flags treat "" as an allowed no-op value.
+                if !raw.is_empty() {
+                    let urls = parse_url_list(raw).map_err(|e| e.to_string())?;
+                    *self.urls_mut(setting) = urls;
+                }
+            }
+            Setting::InitialCluster => {
+                self.initial_cluster = parse_initial_cluster(raw).map_err(|e| e.to_string())?;
+            }
+            Setting::InitialClusterState => {
+                self.initial_cluster_state = raw
+                    .parse()
+                    .map_err(|e: UnknownClusterState| e.to_string())?;
+            }
+            Setting::HeartbeatInterval => self.heartbeat_ms = uint(raw)?,
+            Setting::ElectionTimeout => self.election_ms = uint(raw)?,
+            Setting::SnapshotCount => self.snapshot_count = uint(raw)?,
+            Setting::MaxRequestBytes => self.max_request_bytes = uint(raw)?,
+            Setting::MaxTxnOps => self.max_txn_ops = uint(raw)?,
+            Setting::QuotaBackendBytes => {
+                self.quota_backend_bytes =
+                    parse_int(raw, 64).map_err(|e| format!("{e} (expected an integer)"))?;
+            }
+        }
+        self.mark_set(setting);
+        Ok(())
+    }
+
+    /// The URL list field for a URL setting.
+    pub fn urls_mut(&mut self, setting: Setting) -> &mut Vec<EtcdUrl> {
+        match setting {
+            Setting::ListenClientUrls => &mut self.listen_client_urls,
+            Setting::AdvertiseClientUrls => &mut self.advertise_client_urls,
+            Setting::ListenPeerUrls => &mut self.listen_peer_urls,
+            _ => &mut self.initial_advertise_peer_urls,
+        }
+    }
+}
+
+impl Default for Draft {
+    fn default() -> Self {
+        Draft::new()
+    }
+}
+
+/// `--initial-cluster-state` was neither `new` nor `existing`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected clusterState {0:?} (valid values are \"new\" and \"existing\")")]
+pub struct UnknownClusterState(pub String);
+
+/// etcd's default initial cluster, `default=http://localhost:2380`.
+pub fn default_initial_cluster() -> InitialCluster {
+    vec![(DEFAULT_NAME.to_owned(), vec![default_url(DEFAULT_PEER_URL)])]
+}
+
+fn default_url(text: &str) -> EtcdUrl {
+    // The defaults are constants known to be valid; a failure here would be
+    // a programming error caught by the tests, not a user input.
+    match EtcdUrl::parse(text) {
+        Ok(url) => url,
+        Err(e) => unreachable!("built-in default URL {text} is invalid: {e}"),
+    }
+}
+
+fn uint(raw: &str) -> Result<u64, String> {
+    parse_uint(raw, 64).map_err(|e| format!("{e} (expected an unsigned integer)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_names_round_trip() {
+        for setting in Setting::ALL {
+            assert_eq!(Setting::from_flag_name(setting.flag_name()), Some(setting));
+        }
+        assert_eq!(Setting::from_flag_name("enable-v2"), None);
+    }
+
+    #[test]
+    fn new_draft_has_etcd_defaults() {
+        let d = Draft::new();
+        assert_eq!(d.name, "default");
+        assert_eq!(d.listen_client_urls[0].as_str(), "http://localhost:2379");
+        assert_eq!(
+            d.initial_advertise_peer_urls[0].as_str(),
+            "http://localhost:2380"
+        );
+        assert_eq!(d.initial_cluster, default_initial_cluster());
+        assert_eq!(d.snapshot_count, 100_000);
+        assert_eq!(d.max_request_bytes, 1_572_864);
+        assert!(!d.is_set(Setting::Name));
+    }
+
+    #[test]
+    fn apply_str_parses_like_etcd_flags_and_marks_set() {
+        let mut d = Draft::new();
+        d.apply_str(Setting::HeartbeatInterval, "0x20").unwrap();
+        assert_eq!(d.heartbeat_ms, 32);
+        assert!(d.is_set(Setting::HeartbeatInterval));
+        d.apply_str(Setting::QuotaBackendBytes, "-1").unwrap();
+        assert_eq!(d.quota_backend_bytes, -1);
+        d.apply_str(Setting::InitialClusterState, "existing")
+            .unwrap();
+        assert_eq!(d.initial_cluster_state, ClusterState::Existing);
+    }
+
+    #[test]
+    fn apply_str_reports_reason_only() {
+        let mut d = Draft::new();
+        assert_eq!(
+            d.apply_str(Setting::ElectionTimeout, "soon").unwrap_err(),
+            "parse error (expected an unsigned integer)"
+        );
+        assert_eq!(
+            d.apply_str(Setting::InitialClusterState, "New")
+                .unwrap_err(),
+            "unexpected clusterState \"New\" (valid values are \"new\" and \"existing\")"
+        );
+        assert!(!d.is_set(Setting::ElectionTimeout));
+    }
+
+    #[test]
+    fn empty_url_flag_value_keeps_the_default_but_counts_as_set() {
+        let mut d = Draft::new();
+        d.apply_str(Setting::ListenClientUrls, "").unwrap();
+        assert_eq!(d.listen_client_urls[0].as_str(), DEFAULT_CLIENT_URL);
+        assert!(d.is_set(Setting::ListenClientUrls));
+    }
+}

@@ -1,0 +1,674 @@
+//! End-to-end tests of `MemberConfig::from_args`: flags, environment, config
+//! file, derived defaults and validation messages, checked against what etcd
+//! 3.4/3.5 does with the same input.
+
+use super::*;
+use std::io::Write;
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn parse(args: &[&str]) -> Result<MemberConfig, ConfigError> {
+    MemberConfig::from_args(args, &no_env())
+}
+
+/// The error of parsing `args` and validating them for a bootstrap.
+fn error(args: &[&str]) -> String {
+    match parse(args).and_then(|c| c.validate_bootstrap().map(|()| c)) {
+        Ok(config) => panic!("{args:?} unexpectedly parsed: {config:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn urls(config_urls: &[EtcdUrl]) -> String {
+    format_url_list(config_urls)
+}
+
+fn yaml_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(contents.as_bytes()).unwrap();
+    file
+}
+
+/// The three-member cluster from etcd's Procfile, member infra1.
+const INFRA1: &[&str] = &[
+    "--name",
+    "infra1",
+    "--listen-client-urls",
+    "http://127.0.0.1:2379",
+    "--advertise-client-urls",
+    "http://127.0.0.1:2379",
+    "--listen-peer-urls",
+    "http://127.0.0.1:12380",
+    "--initial-advertise-peer-urls",
+    "http://127.0.0.1:12380",
+    "--initial-cluster-token",
+    "etcd-cluster-1",
+    "--initial-cluster",
+    "infra1=http://127.0.0.1:12380,infra2=http://127.0.0.1:22380,infra3=http://127.0.0.1:32380",
+    "--initial-cluster-state",
+    "new",
+    "--enable-pprof",
+    "--logger=zap",
+    "--log-outputs=stderr",
+];
+
+#[test]
+fn no_flags_gives_etcd_defaults() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.name, "default");
+    assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+    assert_eq!(c.wal_dir, None);
+    assert_eq!(urls(&c.listen_client_urls), "http://localhost:2379");
+    assert_eq!(urls(&c.advertise_client_urls), "http://localhost:2379");
+    assert_eq!(urls(&c.listen_peer_urls), "http://localhost:2380");
+    assert_eq!(
+        urls(&c.initial_advertise_peer_urls),
+        "http://localhost:2380"
+    );
+    assert_eq!(c.initial_cluster_string(), "default=http://localhost:2380");
+    assert_eq!(c.initial_cluster_token, "etcd-cluster");
+    assert_eq!(c.initial_cluster_state, ClusterState::New);
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(c.election_timeout, Duration::from_millis(1000));
+    assert_eq!(c.snapshot_count, 100_000);
+    assert_eq!(c.max_request_bytes, 1_572_864);
+    assert_eq!(c.quota_backend_bytes, 2 * 1024 * 1024 * 1024);
+    assert_eq!(c.max_txn_ops, 128);
+    assert_eq!(c.log_level, "info");
+    assert_eq!(c.election_ticks(), 10);
+    assert_eq!(
+        c.warnings,
+        vec!["'data-dir' was empty; using default: default.etcd"]
+    );
+    assert_eq!(
+        MemberConfig {
+            warnings: Vec::new(),
+            ..c
+        },
+        MemberConfig::default()
+    );
+    assert!(MemberConfig::default().validate().is_ok());
+}
+
+#[test]
+fn default_member_has_etcd_well_known_ids() {
+    let c = parse(&[]).unwrap();
+    let (_, peer_urls) = &c.initial_cluster[0];
+    let id = crate::identity::member_id(peer_urls, &c.initial_cluster_token, None);
+    assert_eq!(crate::identity::fmt_id(id), "8e9e05c52164694d");
+    assert_eq!(
+        crate::identity::fmt_id(crate::identity::cluster_id(&[id])),
+        "cdf818194e3a8c32"
+    );
+}
+
+#[test]
+fn procfile_member_parses_with_warnings_for_unsupported_flags() {
+    let c = parse(INFRA1).unwrap();
+    assert_eq!(c.name, "infra1");
+    assert_eq!(c.data_dir, PathBuf::from("infra1.etcd"));
+    assert_eq!(c.initial_cluster.len(), 3);
+    assert_eq!(c.initial_cluster[1].0, "infra2");
+    assert_eq!(c.initial_cluster_token, "etcd-cluster-1");
+    assert_eq!(
+        c.warnings,
+        vec![
+            "flag --enable-pprof is not supported by localcluster; ignored",
+            "flag --log-outputs is not supported by localcluster; ignored",
+            "'data-dir' was empty; using default: infra1.etcd",
+        ]
+    );
+}
+
+#[test]
+fn single_dash_and_equals_spellings_work_end_to_end() {
+    let c = parse(&[
+        "-name=n1",
+        "-data-dir",
+        "/tmp/n1",
+        "--wal-dir=/tmp/w",
+        "-heartbeat-interval",
+        "0x32",
+    ])
+    .unwrap();
+    assert_eq!(c.name, "n1");
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/n1"));
+    assert_eq!(c.wal_dir, Some(PathBuf::from("/tmp/w")));
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn name_alone_derives_initial_cluster_from_advertise_urls() {
+    let c = parse(&["--name", "infra0"]).unwrap();
+    assert_eq!(c.initial_cluster_string(), "infra0=http://localhost:2380");
+    let c = parse(&[
+        "--name",
+        "n2",
+        "--listen-peer-urls",
+        "http://127.0.0.1:22380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:22380,http://localhost:22381",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.initial_cluster_string(),
+        "n2=http://127.0.0.1:22380,n2=http://localhost:22381"
+    );
+}
+
+#[test]
+fn default_name_with_moved_peer_url_fails_like_etcd() {
+    assert_eq!(
+        error(&["--listen-peer-urls", "http://127.0.0.1:12380", "--initial-advertise-peer-urls", "http://127.0.0.1:12380"]),
+        "--initial-cluster has default=http://localhost:2380 but missing from --initial-advertise-peer-urls=http://127.0.0.1:12380"
+    );
+}
+
+#[test]
+fn advertise_url_missing_from_cluster_is_reported() {
+    assert_eq!(
+        error(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:12380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380,http://127.0.0.1:12381",
+        ]),
+        "--initial-advertise-peer-urls has http://127.0.0.1:12381 but missing from --initial-cluster=a=http://127.0.0.1:12380,a=http://127.0.0.1:12381"
+    );
+}
+
+#[test]
+fn localhost_and_loopback_ip_match_as_etcd_resolves_them() {
+    let c = parse(&[
+        "--name",
+        "a",
+        "--initial-cluster",
+        "a=http://127.0.0.1:2380",
+    ])
+    .unwrap();
+    assert_eq!(
+        urls(&c.initial_advertise_peer_urls),
+        "http://localhost:2380"
+    );
+}
+
+#[test]
+fn existing_cluster_state_skips_the_advertise_check() {
+    let c = parse(&[
+        "--name",
+        "a",
+        "--initial-cluster",
+        "a=http://127.0.0.1:9,b=http://127.0.0.1:22380",
+        "--initial-cluster-state",
+        "existing",
+    ])
+    .unwrap();
+    assert_eq!(c.initial_cluster_state, ClusterState::Existing);
+}
+
+#[test]
+fn local_name_missing_from_initial_cluster_is_reported() {
+    assert_eq!(
+        error(&["--name", "x", "--initial-cluster", "a=http://127.0.0.1:1"]),
+        "couldn't find local name \"x\" in the initial cluster configuration"
+    );
+    assert_eq!(
+        error(&["--initial-cluster", ""]),
+        "couldn't find local name \"default\" in the initial cluster configuration"
+    );
+}
+
+#[test]
+fn duplicate_url_in_initial_cluster_is_reported() {
+    assert_eq!(
+        error(&["--initial-cluster", "default=http://localhost:2380,other=http://localhost:2380"]),
+        "initial cluster default=http://localhost:2380,other=http://localhost:2380 has duplicate url"
+    );
+}
+
+#[test]
+fn duplicate_url_in_a_flag_is_reported() {
+    assert_eq!(
+        error(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:2379,http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379"
+        ]),
+        "--listen-client-urls has duplicate url http://127.0.0.1:2379"
+    );
+}
+
+#[test]
+fn listen_urls_binding_the_same_address_are_reported() {
+    assert_eq!(
+        error(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:2380",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2380"
+        ]),
+        "listen URLs http://localhost:2380 and http://127.0.0.1:2380 both bind 127.0.0.1:2380"
+    );
+}
+
+#[test]
+fn bad_initial_cluster_syntax_names_the_flag() {
+    assert_eq!(
+        error(&["--initial-cluster", "infra0"]),
+        "invalid value \"infra0\" for flag --initial-cluster: empty URL given for \"infra0\""
+    );
+    assert_eq!(
+        error(&["--initial-cluster", "a=localhost:2380"]),
+        "invalid value \"a=localhost:2380\" for flag --initial-cluster: URL scheme must be http, https, unix, or unixs: localhost:2380"
+    );
+}
+
+#[test]
+fn bad_cluster_state_names_the_flag() {
+    let err = parse(&["--initial-cluster-state", "maybe"]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid value \"maybe\" for flag --initial-cluster-state: unexpected clusterState \"maybe\" (valid values are \"new\" and \"existing\")"
+    );
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn non_numeric_numbers_name_the_flag() {
+    for flag in [
+        "--heartbeat-interval",
+        "--election-timeout",
+        "--snapshot-count",
+        "--max-request-bytes",
+        "--max-txn-ops",
+    ] {
+        assert_eq!(
+            error(&[flag, "fast"]),
+            format!("invalid value \"fast\" for flag {flag}: parse error (expected an unsigned integer)")
+        );
+    }
+    assert_eq!(
+        error(&["--quota-backend-bytes", "2GB"]),
+        "invalid value \"2GB\" for flag --quota-backend-bytes: parse error (expected an integer)"
+    );
+}
+
+#[test]
+fn election_timeout_must_be_five_heartbeats() {
+    assert_eq!(
+        error(&["--heartbeat-interval", "300"]),
+        "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"
+    );
+    assert!(parse(&["--heartbeat-interval", "200"]).is_ok());
+    assert_eq!(
+        error(&["--heartbeat-interval", "0"]),
+        "--heartbeat-interval must be >0 (set to 0ms)"
+    );
+    assert_eq!(
+        error(&["--election-timeout", "0"]),
+        "--election-timeout must be >0 (set to 0ms)"
+    );
+    assert_eq!(
+        error(&["--election-timeout", "50001"]),
+        "--election-timeout[50001ms] is too long, and should be set less than 50000ms"
+    );
+}
+
+#[test]
+fn bad_urls_are_reported_with_the_flag() {
+    assert_eq!(
+        error(&["--listen-peer-urls", "localhost:2380"]),
+        "invalid value \"localhost:2380\" for flag --listen-peer-urls: URL scheme must be http, https, unix, or unixs: localhost:2380"
+    );
+    let tls = error(&["--listen-client-urls", "https://127.0.0.1:2379"]);
+    assert!(
+        tls.contains("TLS is not supported yet: https://127.0.0.1:2379"),
+        "{tls}"
+    );
+    let unix = error(&["--listen-client-urls", "unix://localhost:2379"]);
+    assert!(unix.contains("unix sockets are not supported"), "{unix}");
+}
+
+#[test]
+fn listen_urls_must_be_ip_or_localhost() {
+    assert_eq!(
+        error(&[
+            "--listen-client-urls",
+            "http://example.com:2379",
+            "--advertise-client-urls",
+            "http://example.com:2379"
+        ]),
+        "expected IP in URL for binding (http://example.com:2379)"
+    );
+}
+
+#[test]
+fn wildcard_listen_url_binds_every_interface() {
+    let c = parse(&[
+        "--listen-client-urls",
+        "http://0.0.0.0:2379",
+        "--advertise-client-urls",
+        "http://127.0.0.1:2379",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.listen_client_urls[0].bind_addr().unwrap(),
+        "0.0.0.0:2379".parse().unwrap()
+    );
+    assert_eq!(
+        c.listen_peer_urls[0].bind_addr().unwrap(),
+        "127.0.0.1:2380".parse().unwrap()
+    );
+}
+
+#[test]
+fn listen_client_urls_without_advertise_client_urls_is_an_error() {
+    let expected =
+        "--advertise-client-urls is required when --listen-client-urls is set explicitly";
+    assert_eq!(
+        error(&["--listen-client-urls", "http://127.0.0.1:2379"]),
+        expected
+    );
+    let err = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_LISTEN_CLIENT_URLS", "http://127.0.0.1:2379")]),
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+}
+
+#[test]
+fn positional_argument_is_an_error() {
+    let err = parse(&["--name", "a", "serve"]).unwrap_err();
+    assert_eq!(err.to_string(), "\"serve\" is not a valid flag");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn unknown_and_obsolete_flags_only_warn() {
+    let c = parse(&[
+        "--frobnicate",
+        "3",
+        "--auto-compaction-retention",
+        "1h",
+        "-v",
+        "--name",
+        "a",
+    ])
+    .unwrap();
+    assert_eq!(c.name, "a");
+    assert_eq!(
+        &c.warnings[..3],
+        &[
+            "unknown flag --frobnicate ignored",
+            "flag --auto-compaction-retention is not supported by localcluster; ignored",
+            "flag --v is ignored",
+        ]
+    );
+}
+
+#[test]
+fn unsupported_boolean_flag_with_bad_value_is_an_error_as_in_go() {
+    assert_eq!(
+        error(&["--enable-v2=maybe"]),
+        "invalid boolean value \"maybe\" for --enable-v2: parse error"
+    );
+}
+
+#[test]
+fn help_and_version_are_distinct_outcomes() {
+    assert!(matches!(parse(&["-h"]), Err(ConfigError::HelpRequested)));
+    assert!(matches!(
+        parse(&["--help"]),
+        Err(ConfigError::HelpRequested)
+    ));
+    assert!(matches!(
+        parse(&["--version"]),
+        Err(ConfigError::VersionRequested)
+    ));
+    assert!(matches!(
+        parse(&["--name", "a", "-version"]),
+        Err(ConfigError::VersionRequested)
+    ));
+    assert!(parse(&["--version=false"]).is_ok());
+    assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
+}
+
+#[test]
+fn environment_variables_set_flags() {
+    let c = MemberConfig::from_args(
+        ["--data-dir", "/tmp/x"],
+        &env(&[
+            ("ETCD_NAME", "infra2"),
+            ("ETCD_INITIAL_CLUSTER", "infra2=http://127.0.0.1:22380"),
+            ("ETCD_INITIAL_ADVERTISE_PEER_URLS", "http://127.0.0.1:22380"),
+            ("ETCD_LISTEN_PEER_URLS", "http://127.0.0.1:22380"),
+            ("ETCD_ELECTION_TIMEOUT", "2000"),
+            ("ETCDCTL_API", "3"),
+            ("HOME", "/root"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.name, "infra2");
+    assert_eq!(c.initial_cluster_string(), "infra2=http://127.0.0.1:22380");
+    assert_eq!(c.election_timeout, Duration::from_millis(2000));
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn flag_and_its_environment_variable_conflict_as_in_etcd() {
+    let err = MemberConfig::from_args(["--name", "a"], &env(&[("ETCD_NAME", "b")])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag (either unset environment variable or disable flag)"
+    );
+}
+
+#[test]
+fn unknown_environment_variables_warn() {
+    let c = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_NAMEE", "x"), ("ETCD_METRICS", "basic")]),
+    )
+    .unwrap();
+    assert!(c
+        .warnings
+        .contains(&"unrecognized environment variable ETCD_NAMEE=x".to_owned()));
+    assert!(c.warnings.contains(
+        &"environment variable ETCD_METRICS (--metrics) is not supported by localcluster; ignored"
+            .to_owned()
+    ));
+}
+
+#[test]
+fn bad_environment_value_names_the_variable() {
+    let err = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_INITIAL_CLUSTER_STATE", "old")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid value \"old\" for ETCD_INITIAL_CLUSTER_STATE: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_file_wins_over_flags_and_environment() {
+    let file = yaml_file(
+        "name: from-file\n\
+         data-dir: /tmp/from-file\n\
+         listen-peer-urls: http://127.0.0.1:12380\n\
+         initial-advertise-peer-urls: http://127.0.0.1:12380\n\
+         listen-client-urls: http://127.0.0.1:12379\n\
+         advertise-client-urls: http://127.0.0.1:12379\n\
+         initial-cluster: from-file=http://127.0.0.1:12380\n\
+         heartbeat-interval: 50\n\
+         election-timeout: 500\n\
+         enable-v2: true\n",
+    );
+    let path = file.path().to_str().unwrap().to_owned();
+    let c = MemberConfig::from_args(
+        ["--name", "from-flag", "--config-file", &path, "--bogus"],
+        &env(&[("ETCD_DATA_DIR", "/tmp/from-env"), ("ETCD_NAME", "clash")]),
+    )
+    .unwrap();
+    assert_eq!(c.name, "from-file");
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/from-file"));
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
+    assert_eq!(
+        c.warnings,
+        vec![
+            "unknown flag --bogus ignored".to_owned(),
+            format!("flag --name ignored because a config file is used ({path})"),
+            format!(
+                "environment variable ETCD_DATA_DIR ignored because a config file is used ({path})"
+            ),
+            format!(
+                "environment variable ETCD_NAME ignored because a config file is used ({path})"
+            ),
+            "config file key enable-v2 is not supported by localcluster; ignored".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn config_file_can_come_from_the_environment() {
+    let file = yaml_file("name: envfile\n");
+    let c = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_CONFIG_FILE", file.path().to_str().unwrap())]),
+    )
+    .unwrap();
+    assert_eq!(c.name, "envfile");
+    assert_eq!(c.initial_cluster_string(), "envfile=http://localhost:2380");
+    assert_eq!(c.data_dir, PathBuf::from("envfile.etcd"));
+}
+
+#[test]
+fn config_file_keeps_default_advertise_when_only_listen_is_set() {
+    // etcd applies the "--advertise-client-urls is required" rule to flags only.
+    let file = yaml_file("listen-client-urls: http://127.0.0.1:2379\n");
+    let c = MemberConfig::from_yaml_file(file.path()).unwrap();
+    assert_eq!(urls(&c.listen_client_urls), "http://127.0.0.1:2379");
+    assert_eq!(urls(&c.advertise_client_urls), "http://localhost:2379");
+}
+
+#[test]
+fn config_file_values_are_validated() {
+    let file = yaml_file("heartbeat-interval: 500\n");
+    assert_eq!(
+        MemberConfig::from_yaml_file(file.path())
+            .unwrap_err()
+            .to_string(),
+        "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[500ms]"
+    );
+}
+
+#[test]
+fn bad_config_file_names_file_and_line() {
+    let file = yaml_file("name: a\nelection-timeout: soon\n");
+    let path = file.path().to_str().unwrap().to_owned();
+    let err = MemberConfig::from_args(["--config-file", &path], &no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("invalid config file {path}: election-timeout: ")),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn quota_follows_etcd_meaning_of_zero_and_negative() {
+    assert_eq!(
+        parse(&["--quota-backend-bytes", "0"])
+            .unwrap()
+            .quota_backend_bytes,
+        DEFAULT_QUOTA_BACKEND_BYTES
+    );
+    assert_eq!(
+        parse(&["--quota-backend-bytes", "-1"])
+            .unwrap()
+            .quota_backend_bytes,
+        u64::MAX
+    );
+    assert_eq!(
+        parse(&["--quota-backend-bytes", "4096"])
+            .unwrap()
+            .quota_backend_bytes,
+        4096
+    );
+    let big = parse(&["--quota-backend-bytes", "10737418240"]).unwrap();
+    assert!(
+        big.warnings
+            .iter()
+            .any(|w| w.starts_with("quota-backend-bytes 10737418240 exceeds")),
+        "{:?}",
+        big.warnings
+    );
+}
+
+#[test]
+fn oversized_requests_warn() {
+    let c = parse(&["--max-request-bytes", "20971520", "--data-dir", "d"]).unwrap();
+    assert_eq!(c.max_request_bytes, 20_971_520);
+    assert_eq!(
+        c.warnings,
+        vec!["max-request-bytes 20971520 exceeds the recommended request limit 10485760"]
+    );
+}
+
+#[test]
+fn log_level_is_checked_and_lowercased() {
+    assert_eq!(parse(&["--log-level", "DEBUG"]).unwrap().log_level, "debug");
+    assert_eq!(
+        error(&["--log-level", "loud"]),
+        "unknown log level \"loud\" (valid: debug, info, warn, error, panic, fatal)"
+    );
+}
+
+#[test]
+fn logger_is_accepted() {
+    assert!(parse(&["--logger", "zap", "--data-dir", "d"])
+        .unwrap()
+        .warnings
+        .is_empty());
+    let c = parse(&["--logger", "capnslog"]).unwrap();
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.contains("--logger=capnslog ignored")));
+}
+
+#[test]
+fn cluster_state_round_trips() {
+    for state in [ClusterState::New, ClusterState::Existing] {
+        assert_eq!(state.to_string().parse::<ClusterState>(), Ok(state));
+    }
+}
+
+#[test]
+fn validate_rejects_hand_built_configs_with_duplicate_members() {
+    let mut c = MemberConfig::default();
+    c.initial_cluster.push(c.initial_cluster[0].clone());
+    assert_eq!(
+        c.validate_bootstrap().unwrap_err().to_string(),
+        "--initial-cluster lists member \"default\" more than once"
+    );
+}

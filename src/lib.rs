@@ -1,0 +1,26 @@
+//! localcluster: a real etcd-compatible cluster on one laptop, inside a test
+//! suite, or across a few machines.
+//!
+//! The path of a write, module by module:
+//! [`api`] (validate, propose) -> [`raft`] (replicate, commit) -> [`apply`]
+//! (run the committed entry) -> [`mvcc`] (revisioned store) -> the waiting
+//! [`api`] call gets the result. [`member`] wires one member together;
+//! [`config`] turns etcd's flags into its configuration; [`identity`] derives
+//! member and cluster IDs as etcd does.
+
+pub mod api;
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod layout;
+pub mod member;
+pub mod membership;
+pub mod mvcc;
+pub mod pb;
+pub mod raft;
+pub mod supervisor;
+pub mod wait;
+
+pub use config::MemberConfig;
+pub use member::{Member, MemberError};

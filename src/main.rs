@@ -1,0 +1,204 @@
+//! The `localcluster` command line.
+//!
+//! - `localcluster member [etcd flags]`: one etcd-compatible member.
+//! - `localcluster start [-f Procfile]`: supervise a Procfile (by default the
+//!   3-member cluster), with live hooks.
+//! - `localcluster run CMD [NAME]`: drive a running supervisor.
+//! - `localcluster procfile`: print the built-in 3-member Procfile.
+//! - `localcluster bench put`: a load generator for any etcd endpoints.
+//!
+//! Invoked through a link named `etcd`, the binary behaves as `localcluster member`,
+//! so scripts written for etcd run unchanged.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use localcluster::config::{help_text, ConfigError};
+use localcluster::supervisor::{self, DefaultProcfile, RunArgs, StartArgs};
+use localcluster::{Member, MemberConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "localcluster",
+    version,
+    about = "A real etcd-compatible cluster on one laptop, in a test suite, or across a few machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one etcd-compatible member; takes etcd's flags (`localcluster member --help`)
+    #[command(disable_help_flag = true)]
+    Member {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ETCD FLAGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Run every process of a Procfile (default: ./Procfile, else the built-in 3-member cluster)
+    Start(StartArgs),
+    /// Drive a running `localcluster start`: list, status, start, stop, restart, kill, pause, resume
+    Run(RunArgs),
+    /// Print the built-in 3-member Procfile
+    Procfile {
+        /// Where the members keep their data
+        #[arg(long, default_value = ".localcluster")]
+        data_dir: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "etcd")
+    {
+        return ExitCode::from(member_main(std::env::args().skip(1).collect()) as u8);
+    }
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Member { args } => member_main(args),
+        Command::Start(args) => supervise(|| async {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| ".localcluster".into());
+            let default = DefaultProcfile {
+                text: localcluster::layout::procfile(&data_dir),
+                banner: format!(
+                    "no Procfile found; running the built-in 3-member cluster (data in ./{data_dir}; `localcluster procfile` prints it)"
+                ),
+            };
+            supervisor::start(
+                args,
+                Some(default),
+                Some(std::sync::Arc::new(localcluster::client::StatusProbe)),
+            )
+            .await
+        }),
+        Command::Run(args) => supervise(|| supervisor::run_client(args)),
+        Command::Procfile { data_dir } => {
+            print!("{}", localcluster::layout::procfile(&data_dir));
+            0
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Runs a supervisor entry point on a multi-threaded runtime.
+fn supervise<F, Fut>(f: F) -> i32
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i32>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("localcluster: cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("localcluster: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let level = match level {
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" | "panic" | "fatal" => "error",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `localcluster member`: parse etcd's flags, run the member until SIGINT/SIGTERM.
+fn member_main(args: Vec<String>) -> i32 {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = match MemberConfig::from_args(&args, &env) {
+        Ok(cfg) => cfg,
+        Err(ConfigError::HelpRequested) => {
+            println!("{}", help_text());
+            return 0;
+        }
+        Err(ConfigError::VersionRequested) => {
+            println!("localcluster Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: {}", localcluster::apply::CLUSTER_VERSION);
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("localcluster member: {e}");
+            return e.exit_code();
+        }
+    };
+    init_tracing(&cfg.log_level);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    match run_member(cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("localcluster member: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start runtime")?;
+    rt.block_on(async {
+        tracing::info!(
+            name = %cfg.name,
+            data_dir = %cfg.data_dir.display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "starting localcluster member"
+        );
+        let member = Member::start(&cfg)?;
+        wait_for_signal().await?;
+        tracing::info!(name = %cfg.name, "received signal; shutting down");
+        member.stop().await;
+        tracing::info!(name = %cfg.name, "stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,672 @@
+//! The MVCC store: one redb file, written in batches, read through snapshots.
+//!
+//! * [`Store`] owns the redb [`Database`] and caches the committed current and
+//!   compacted revisions so `current_revision()` is an atomic load.
+//! * [`Batch`] wraps one redb write transaction. The Raft apply layer applies a
+//!   batch of committed entries in it and calls [`Batch::commit`] once (one
+//!   fsync). Dropping a batch without committing discards it.
+//! * [`RevTxn`] is one etcd revision transaction inside a batch: its reads see
+//!   everything written earlier in the batch and in itself; its first change
+//!   bumps the main revision by one, and each change gets the next sub-revision.
+//! * [`ReadView`] is one redb read transaction: a consistent snapshot of the last
+//!   committed batch.
+//!
+//! Tables (all `&[u8] -> &[u8]`): `mvcc_kv` (revision -> record), `mvcc_index`
+//! ((key, revision) -> put/tombstone flag), `mvcc_live` (existing key -> revision
+//! of its latest put), `mvcc_state` (current and compacted revision) and `meta`
+//! (free-form entries of the apply layer, written atomically with the data).
+//!
+//! Failure rule: if a storage error happens while a batch is being written, the
+//! batch is marked poisoned and refuses to commit, so a half-applied batch never
+//! becomes durable. Non-storage errors (`KeyNotFound`, `Compacted`,
+//! `FutureRevision`) are raised before the failing operation writes anything;
+//! operations applied earlier in the same revision transaction stay applied, so
+//! callers validate a request before applying it, as etcd's apply does.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+
+use super::codec::{encode_record, index_key, index_prefix, split_index_key, INDEX_PUT};
+use super::codec::{Record, INDEX_TOMBSTONE};
+use super::error::{MvccError, Result};
+use super::hash::Crc32c;
+use super::key_range::KeyRange;
+use super::revision::Revision;
+use super::snapshot;
+use super::types::{Event, EventKind, HashKv, KeyValue, RangeOptions, RangeResult};
+use super::view::{keys_in_revisions, View};
+
+type Bytes = &'static [u8];
+type Def = TableDefinition<'static, Bytes, Bytes>;
+
+pub(crate) const KV: Def = TableDefinition::new("mvcc_kv");
+pub(crate) const INDEX: Def = TableDefinition::new("mvcc_index");
+pub(crate) const LIVE: Def = TableDefinition::new("mvcc_live");
+pub(crate) const STATE: Def = TableDefinition::new("mvcc_state");
+pub(crate) const META: Def = TableDefinition::new("meta");
+/// Every table, in snapshot order.
+pub(crate) const ALL_TABLES: [Def; 5] = [KV, INDEX, LIVE, STATE, META];
+
+const CURRENT_KEY: &[u8] = b"current_revision";
+const COMPACT_KEY: &[u8] = b"compact_revision";
+/// Revision of an empty store, as etcd.
+const INITIAL_REVISION: i64 = 1;
+/// Compacted revision of a never-compacted store, as etcd.
+const NO_COMPACTION: i64 = -1;
+
+/// The MVCC key-value store. `Send + Sync`; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    /// Write-locked only by `defragment` (redb compaction needs `&mut`).
+    db: RwLock<Database>,
+    path: PathBuf,
+    current: AtomicI64,
+    compact: AtomicI64,
+    /// Batches (and restores) between `begin_write` and their end.
+    open_batches: AtomicUsize,
+    /// Last computed `db_size_in_use`.
+    size_in_use: AtomicU64,
+}
+
+/// The current and compacted revision as a batch sees them, and whether a
+/// storage error left the batch unfit to commit.
+#[derive(Debug)]
+struct BatchState {
+    current: i64,
+    compact: i64,
+    poisoned: bool,
+}
+
+/// Decrements the open-batch counter when a batch ends, however it ends.
+#[derive(Debug)]
+struct OpenBatch<'s>(&'s AtomicUsize);
+
+impl Drop for OpenBatch<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One redb write transaction holding any number of revision transactions,
+/// compactions and meta writes; durable on [`Batch::commit`].
+pub struct Batch<'s> {
+    store: &'s Store,
+    txn: WriteTransaction,
+    state: BatchState,
+    _open: OpenBatch<'s>,
+}
+
+/// One etcd revision transaction inside a [`Batch`]. End it with
+/// [`RevTxn::end`] to get its revision and events; dropping it has the same
+/// effect on the store (the events are then lost).
+pub struct RevTxn<'b> {
+    state: &'b mut BatchState,
+    kv: Table<'b, Bytes, Bytes>,
+    index: Table<'b, Bytes, Bytes>,
+    live: Table<'b, Bytes, Bytes>,
+    stable: Table<'b, Bytes, Bytes>,
+    /// The revision before this transaction.
+    begin: i64,
+    /// Number of changes so far (the next sub-revision).
+    changes: i64,
+    events: Vec<Event>,
+}
+
+/// A consistent read snapshot of the last committed batch.
+pub struct ReadView {
+    kv: ReadOnlyTable<Bytes, Bytes>,
+    index: ReadOnlyTable<Bytes, Bytes>,
+    live: ReadOnlyTable<Bytes, Bytes>,
+    state: ReadOnlyTable<Bytes, Bytes>,
+    meta: ReadOnlyTable<Bytes, Bytes>,
+    current: i64,
+    compact: i64,
+    /// Declared last so the tables are dropped before their transaction.
+    _txn: ReadTransaction,
+}
+
+fn read_i64<T: ReadableTable<Bytes, Bytes>>(table: &T, key: &[u8]) -> Result<Option<i64>> {
+    match table.get(key)? {
+        Some(guard) => {
+            let bytes: [u8; 8] = guard
+                .value()
+                .try_into()
+                .map_err(|_| MvccError::corrupt("state value is not 8 bytes"))?;
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads (current, compacted) revisions from a state table.
+fn read_state<T: ReadableTable<Bytes, Bytes>>(table: &T) -> Result<(i64, i64)> {
+    Ok((
+        read_i64(table, CURRENT_KEY)?.unwrap_or(INITIAL_REVISION),
+        read_i64(table, COMPACT_KEY)?.unwrap_or(NO_COMPACTION),
+    ))
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file and its tables if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path)?;
+        let txn = db.begin_write()?;
+        let (current, compact) = {
+            for def in ALL_TABLES {
+                txn.open_table(def)?;
+            }
+            let state = txn.open_table(STATE)?;
+            read_state(&state)?
+        };
+        txn.commit()?;
+        Ok(Store {
+            db: RwLock::new(db),
+            path,
+            current: AtomicI64::new(current),
+            compact: AtomicI64::new(compact),
+            open_batches: AtomicUsize::new(0),
+            size_in_use: AtomicU64::new(0),
+        })
+    }
+
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        // The database keeps its own consistency; a panic elsewhere while the
+        // lock was held does not make it unusable.
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn db_mut(&self) -> RwLockWriteGuard<'_, Database> {
+        self.db.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a batch (a redb write transaction; waits while another is open).
+    pub fn batch(&self) -> Result<Batch<'_>> {
+        let db = self.db();
+        self.open_batches.fetch_add(1, Ordering::SeqCst);
+        let open = OpenBatch(&self.open_batches);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let (current, compact) = read_state(&txn.open_table(STATE)?)?;
+        Ok(Batch {
+            store: self,
+            txn,
+            state: BatchState {
+                current,
+                compact,
+                poisoned: false,
+            },
+            _open: open,
+        })
+    }
+
+    /// Opens a read snapshot of the last committed batch.
+    pub fn read(&self) -> Result<ReadView> {
+        let txn = self.db().begin_read()?;
+        let state = txn.open_table(STATE)?;
+        let (current, compact) = read_state(&state)?;
+        Ok(ReadView {
+            kv: txn.open_table(KV)?,
+            index: txn.open_table(INDEX)?,
+            live: txn.open_table(LIVE)?,
+            meta: txn.open_table(META)?,
+            state,
+            current,
+            compact,
+            _txn: txn,
+        })
+    }
+
+    /// The revision of the last committed change.
+    pub fn current_revision(&self) -> i64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// The last committed compaction revision (-1 if never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact.load(Ordering::SeqCst)
+    }
+
+    /// Size of the database file in bytes.
+    pub fn db_size(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
+    }
+
+    /// Estimated bytes in use (allocated pages). Computed from redb statistics,
+    /// which needs the write lock: while a batch is open it returns the last
+    /// computed value (or the file size if none) instead of waiting.
+    pub fn db_size_in_use(&self) -> Result<u64> {
+        let cached = self.size_in_use.load(Ordering::SeqCst);
+        if self.open_batches.load(Ordering::SeqCst) > 0 {
+            return if cached > 0 {
+                Ok(cached)
+            } else {
+                self.db_size()
+            };
+        }
+        let db = self.db();
+        let txn = db.begin_write()?;
+        let stats = txn.stats()?;
+        txn.abort()?;
+        let in_use = stats.allocated_pages() * stats.page_size() as u64;
+        self.size_in_use.store(in_use, Ordering::SeqCst);
+        Ok(in_use)
+    }
+
+    /// Compacts the database file (etcd's defragment). Fails with `Busy` while a
+    /// batch or a read view is open.
+    pub fn defragment(&self) -> Result<()> {
+        let busy = || MvccError::Busy("defragment needs the store idle".to_string());
+        if self.open_batches.load(Ordering::SeqCst) > 0 {
+            return Err(busy());
+        }
+        let mut db = self.db_mut();
+        // Batches count themselves while holding the read lock, so this is exact.
+        if self.open_batches.load(Ordering::SeqCst) > 0 {
+            return Err(busy());
+        }
+        match db.compact() {
+            Ok(_) => Ok(()),
+            Err(redb::CompactionError::TransactionInProgress) => Err(busy()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the whole store with the contents of `bytes` (from
+    /// [`ReadView::snapshot_bytes`]) in one durable write transaction. The bytes
+    /// are fully validated before anything is changed.
+    pub fn restore(&self, bytes: &[u8]) -> Result<()> {
+        let tables = snapshot::decode(bytes)?;
+        let db = self.db();
+        self.open_batches.fetch_add(1, Ordering::SeqCst);
+        let _open = OpenBatch(&self.open_batches);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        for (def, entries) in ALL_TABLES.iter().zip(&tables) {
+            txn.delete_table(*def)?;
+            let mut table = txn.open_table(*def)?;
+            for (k, v) in entries {
+                table.insert(*k, *v)?;
+            }
+        }
+        let (current, compact) = read_state(&txn.open_table(STATE)?)?;
+        txn.commit()?;
+        self.current.store(current, Ordering::SeqCst);
+        self.compact.store(compact, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Batch<'_> {
+    /// Starts a revision transaction.
+    pub fn txn(&mut self) -> Result<RevTxn<'_>> {
+        self.check_usable()?;
+        let txn = &self.txn;
+        let begin = self.state.current;
+        Ok(RevTxn {
+            kv: txn.open_table(KV)?,
+            index: txn.open_table(INDEX)?,
+            live: txn.open_table(LIVE)?,
+            stable: txn.open_table(STATE)?,
+            state: &mut self.state,
+            begin,
+            changes: 0,
+            events: Vec::new(),
+        })
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.state.poisoned {
+            Err(MvccError::Storage(
+                "batch aborted by an earlier storage error".to_string(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Current revision as of this batch (including its own changes).
+    pub fn current_revision(&self) -> i64 {
+        self.state.current
+    }
+
+    /// Compacted revision as of this batch.
+    pub fn compact_revision(&self) -> i64 {
+        self.state.compact
+    }
+
+    /// Compacts history at `rev`: for every key, revisions `<= rev` are removed
+    /// except the newest one if it is not a tombstone. Errors as etcd:
+    /// `FutureRevision` if `rev` is past the current revision, `Compacted` if it
+    /// is not past the last compaction. Does not change the revision.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        self.check_usable()?;
+        if rev > self.state.current {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev <= self.state.compact {
+            return Err(MvccError::Compacted);
+        }
+        let result = self.compact_tables(rev);
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    fn compact_tables(&mut self, rev: i64) -> Result<()> {
+        let mut kv = self.txn.open_table(KV)?;
+        let mut index = self.txn.open_table(INDEX)?;
+        let mut stable = self.txn.open_table(STATE)?;
+        // Only keys changed since the last compaction can have anything to remove:
+        // any other key has just one revision at or below the old compaction.
+        let lo = Revision::new(self.state.compact.saturating_add(1), 0);
+        let hi = Revision::new(rev.saturating_add(1), 0);
+        for key in keys_in_revisions(&kv, lo, hi)? {
+            let prefix = index_prefix(&key);
+            let from = index_key(&prefix, Revision::new(0, 0));
+            let to = index_key(&prefix, Revision::last_of(rev));
+            let mut entries = Vec::new();
+            for entry in index.range::<&[u8]>(from.as_slice()..=to.as_slice())? {
+                let (k, v) = entry?;
+                let tombstone = v.value().first() == Some(&INDEX_TOMBSTONE);
+                entries.push((k.value().to_vec(), tombstone));
+            }
+            if let Some((_, false)) = entries.last() {
+                entries.pop();
+            }
+            for (k, _) in entries {
+                let (_, r) = split_index_key(&k)?;
+                index.remove(k.as_slice())?;
+                kv.remove(r.to_bytes().as_slice())?;
+            }
+        }
+        stable.insert(COMPACT_KEY, rev.to_be_bytes().as_slice())?;
+        self.state.compact = rev;
+        Ok(())
+    }
+
+    /// Stores an apply-layer meta entry, atomically with the rest of the batch.
+    pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.check_usable()?;
+        let result = (|| {
+            self.txn
+                .open_table(META)?
+                .insert(key.as_bytes(), value)
+                .map(|_| ())
+                .map_err(MvccError::from)
+        })();
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    /// Removes an apply-layer meta entry.
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.check_usable()?;
+        let result = (|| {
+            self.txn
+                .open_table(META)?
+                .remove(key.as_bytes())
+                .map(|_| ())
+                .map_err(MvccError::from)
+        })();
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    /// Reads an apply-layer meta entry (seeing this batch's writes).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(META)?;
+        let value = table.get(key.as_bytes())?.map(|g| g.value().to_vec());
+        Ok(value)
+    }
+
+    /// Makes the batch durable (fsync) and visible to new read views.
+    pub fn commit(self) -> Result<()> {
+        self.check_usable()?;
+        let Batch {
+            store, txn, state, ..
+        } = self;
+        txn.commit()?;
+        store.current.store(state.current, Ordering::SeqCst);
+        store.compact.store(state.compact, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl RevTxn<'_> {
+    fn view(&self) -> View<'_, Table<'_, Bytes, Bytes>> {
+        View {
+            kv: &self.kv,
+            index: &self.index,
+            live: &self.live,
+            current: self.revision(),
+            compact: self.state.compact,
+        }
+    }
+
+    /// The revision reads in this transaction see: the previous revision until
+    /// the first change, then the revision this transaction writes.
+    pub fn revision(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    /// A range over everything written so far (see [`ReadView::range`]).
+    pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+        self.view().range(key, range_end, opts)
+    }
+
+    /// Puts `key`, returning its previous key-value. `ignore_value` keeps the
+    /// current value and `ignore_lease` the current lease; both fail with
+    /// `KeyNotFound` when the key does not exist.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        ignore_value: bool,
+        ignore_lease: bool,
+    ) -> Result<Option<KeyValue>> {
+        let prev = self.guard(|t| t.view().latest(key))?;
+        if (ignore_value || ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        self.guard(|t| {
+            let rev = t.next_revision()?;
+            let kv = KeyValue {
+                key: key.to_vec(),
+                create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+                mod_revision: rev.main,
+                version: prev.as_ref().map_or(1, |p| p.version + 1),
+                value: match (&prev, ignore_value) {
+                    (Some(p), true) => p.value.clone(),
+                    _ => value.to_vec(),
+                },
+                lease: match (&prev, ignore_lease) {
+                    (Some(p), true) => p.lease,
+                    _ => lease,
+                },
+            };
+            let rev_bytes = rev.to_bytes();
+            t.kv.insert(rev_bytes.as_slice(), encode_record(false, &kv).as_slice())?;
+            t.index.insert(
+                index_key(&index_prefix(key), rev).as_slice(),
+                [INDEX_PUT].as_slice(),
+            )?;
+            t.live.insert(key, rev_bytes.as_slice())?;
+            t.events.push(Event {
+                kind: EventKind::Put,
+                kv,
+                prev_kv: prev.clone(),
+            });
+            Ok(())
+        })?;
+        Ok(prev)
+    }
+
+    /// Deletes every existing key in the range, returning their key-values
+    /// before the delete, in key order. Deleting nothing changes nothing.
+    pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
+        let range = KeyRange::new(key, range_end);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.guard(|t| {
+            let mut targets = Vec::new();
+            for entry in t.live.range::<&[u8]>(range.bounds())? {
+                let (_, v) = entry?;
+                targets.push(Revision::from_bytes(v.value())?);
+            }
+            let mut deleted = Vec::with_capacity(targets.len());
+            for target in targets {
+                let Record { kv: prev, .. } = t.view().record_at(target)?;
+                let rev = t.next_revision()?;
+                let tomb = KeyValue::tombstone(prev.key.clone(), rev.main);
+                t.kv.insert(
+                    rev.to_bytes().as_slice(),
+                    encode_record(true, &tomb).as_slice(),
+                )?;
+                t.index.insert(
+                    index_key(&index_prefix(&prev.key), rev).as_slice(),
+                    [INDEX_TOMBSTONE].as_slice(),
+                )?;
+                t.live.remove(prev.key.as_slice())?;
+                t.events.push(Event {
+                    kind: EventKind::Delete,
+                    kv: tomb,
+                    prev_kv: Some(prev.clone()),
+                });
+                deleted.push(prev);
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Allocates the next sub-revision; the first one also moves the stored
+    /// current revision forward.
+    fn next_revision(&mut self) -> Result<Revision> {
+        let main = self.begin + 1;
+        if self.changes == 0 {
+            self.stable
+                .insert(CURRENT_KEY, main.to_be_bytes().as_slice())?;
+            self.state.current = main;
+        }
+        let rev = Revision::new(main, self.changes);
+        self.changes += 1;
+        Ok(rev)
+    }
+
+    /// Runs `f`, poisoning the batch if it fails with a storage-level error.
+    fn guard<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.state.poisoned {
+            return Err(MvccError::Storage(
+                "batch aborted by an earlier storage error".to_string(),
+            ));
+        }
+        let result = f(self);
+        if let Err(MvccError::Storage(_) | MvccError::Corrupt(_)) = &result {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    /// Ends the transaction: its revision (unchanged if it changed nothing) and
+    /// the events of its changes, in order.
+    pub fn end(self) -> (i64, Vec<Event>) {
+        (self.revision(), self.events)
+    }
+}
+
+impl ReadView {
+    fn view(&self) -> View<'_, ReadOnlyTable<Bytes, Bytes>> {
+        View {
+            kv: &self.kv,
+            index: &self.index,
+            live: &self.live,
+            current: self.current,
+            compact: self.compact,
+        }
+    }
+
+    /// The revision of this snapshot.
+    pub fn current_revision(&self) -> i64 {
+        self.current
+    }
+
+    /// The compacted revision of this snapshot (-1 if never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact
+    }
+
+    /// A range with etcd's semantics: `revision` 0 is the current revision, a
+    /// later one is `FutureRevision`, one below the compacted revision is
+    /// `Compacted`; `count` counts the keys in the range before filters and
+    /// limit; `more` tells the limit cut results.
+    pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+        self.view().range(key, range_end, opts)
+    }
+
+    /// Events of revisions in `(from_rev, to_rev]` (see `View::events`).
+    pub fn events(&self, from_rev: i64, to_rev: i64) -> Result<Vec<Event>> {
+        self.view().events(from_rev, to_rev)
+    }
+
+    /// CRC-32C over the revisions in `(compact_revision, rev]`; `rev` 0 means
+    /// the current revision.
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        self.view().hash_kv(rev)
+    }
+
+    /// CRC-32C over the whole MVCC state (all tables but `meta`, which holds
+    /// member-local apply state), and the revision it was taken at.
+    pub fn hash(&self) -> Result<(u32, i64)> {
+        let mut h = Crc32c::new();
+        for (name, table) in [
+            ("mvcc_kv", &self.kv),
+            ("mvcc_index", &self.index),
+            ("mvcc_live", &self.live),
+            ("mvcc_state", &self.state),
+        ] {
+            h.update(name.as_bytes());
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                h.update(k.value());
+                h.update(v.value());
+            }
+        }
+        Ok((h.sum(), self.current))
+    }
+
+    /// Reads an apply-layer meta entry.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key.as_bytes())?.map(|g| g.value().to_vec()))
+    }
+
+    /// Number of stored revisions in the `kv` and `index` tables (tests use it
+    /// to check that compaction really removes history).
+    #[cfg(test)]
+    pub(crate) fn stored_revisions(&self) -> Result<(u64, u64)> {
+        use redb::ReadableTableMetadata as _;
+        Ok((self.kv.len()?, self.index.len()?))
+    }
+
+    /// The entire store (every table, `meta` included) as bytes for a Raft
+    /// snapshot; [`Store::restore`] reads them back.
+    pub fn snapshot_bytes(&self) -> Result<Vec<u8>> {
+        snapshot::encode(&[&self.kv, &self.index, &self.live, &self.state, &self.meta])
+    }
+}

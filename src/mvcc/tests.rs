@@ -1,0 +1,1315 @@
+//! Behaviour tests of the MVCC store: one unit test per etcd semantic, and a
+//! model-based property test that runs random put/delete/range/compact
+//! sequences with random batch boundaries against a plain in-memory history and
+//! checks identical results, then checks that reopening, batching differently
+//! and snapshot/restore all give the same hashes.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn open_temp() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("db")).expect("open store");
+    (dir, store)
+}
+
+/// One batch, one revision transaction with one put; returns the revision.
+fn put(store: &Store, key: &[u8], value: &[u8]) -> i64 {
+    put_lease(store, key, value, 0)
+}
+
+fn put_lease(store: &Store, key: &[u8], value: &[u8], lease: i64) -> i64 {
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.put(key, value, lease, false, false).unwrap();
+    let (rev, _) = txn.end();
+    batch.commit().unwrap();
+    rev
+}
+
+fn delete(store: &Store, key: &[u8], end: &[u8]) -> (i64, Vec<KeyValue>) {
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    let deleted = txn.delete_range(key, end).unwrap();
+    let (rev, _) = txn.end();
+    batch.commit().unwrap();
+    (rev, deleted)
+}
+
+fn compact(store: &Store, rev: i64) -> Result<()> {
+    let mut batch = store.batch().unwrap();
+    batch.compact(rev)?;
+    batch.commit()
+}
+
+fn range(store: &Store, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+    store.read().unwrap().range(key, end, opts)
+}
+
+fn get(store: &Store, key: &[u8]) -> Option<KeyValue> {
+    range(store, key, b"", &RangeOptions::default())
+        .unwrap()
+        .kvs
+        .into_iter()
+        .next()
+}
+
+fn at(rev: i64) -> RangeOptions {
+    RangeOptions {
+        revision: rev,
+        ..RangeOptions::default()
+    }
+}
+
+fn keys(r: &RangeResult) -> Vec<&[u8]> {
+    r.kvs.iter().map(|kv| kv.key.as_slice()).collect()
+}
+
+#[test]
+fn store_and_types_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Store>();
+    send::<Batch<'static>>();
+    send::<ReadView>();
+}
+
+#[test]
+fn empty_store_is_at_revision_one_and_first_put_gets_two() {
+    let (_d, store) = open_temp();
+    assert_eq!(store.current_revision(), 1);
+    assert_eq!(store.compact_revision(), -1);
+    assert_eq!(put(&store, b"a", b"1"), 2);
+    assert_eq!(
+        get(&store, b"a"),
+        Some(KeyValue {
+            key: b"a".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b"1".to_vec(),
+            lease: 0,
+        })
+    );
+    assert_eq!(store.current_revision(), 2);
+}
+
+#[test]
+fn put_increments_version_keeps_create_revision_and_returns_prev() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    let prev = txn.put(b"a", b"2", 7, false, false).unwrap().unwrap();
+    assert_eq!((prev.value.as_slice(), prev.version), (b"1".as_slice(), 1));
+    let (rev, events) = txn.end();
+    batch.commit().unwrap();
+    assert_eq!(rev, 3);
+    let kv = get(&store, b"a").unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+        (2, 3, 2, 7)
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Put);
+    assert_eq!(events[0].kv, kv);
+    assert_eq!(events[0].prev_kv, Some(prev));
+}
+
+#[test]
+fn put_after_delete_starts_a_new_generation() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put(&store, b"a", b"2");
+    let (rev, deleted) = delete(&store, b"a", b"");
+    assert_eq!(rev, 4);
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].version, 2);
+    assert_eq!(get(&store, b"a"), None);
+    put(&store, b"a", b"3");
+    let kv = get(&store, b"a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+}
+
+#[test]
+fn deleting_nothing_and_read_only_txns_do_not_bump_the_revision() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    assert_eq!(delete(&store, b"zzz", b"").0, 2);
+    let mut batch = store.batch().unwrap();
+    let txn = batch.txn().unwrap();
+    txn.range(b"a", b"", &RangeOptions::default()).unwrap();
+    assert_eq!(txn.end(), (2, vec![]));
+    let txn = batch.txn().unwrap();
+    assert_eq!(txn.end(), (2, vec![]));
+    batch.commit().unwrap();
+    assert_eq!(store.current_revision(), 2);
+}
+
+#[test]
+fn changes_in_one_txn_share_the_main_revision_with_increasing_sub_revisions() {
+    let (_d, store) = open_temp();
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.put(b"a", b"1", 0, false, false).unwrap();
+    txn.put(b"b", b"1", 0, false, false).unwrap();
+    txn.put(b"a", b"2", 0, false, false).unwrap();
+    let deleted = txn.delete_range(b"a", b"c").unwrap();
+    assert_eq!(deleted.len(), 2);
+    assert_eq!(deleted[0].value, b"2");
+    assert_eq!(deleted[0].version, 2);
+    let (rev, events) = txn.end();
+    batch.commit().unwrap();
+    assert_eq!(rev, 2);
+    let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.kv.mod_revision)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Put, 2),
+            (EventKind::Put, 2),
+            (EventKind::Put, 2),
+            (EventKind::Delete, 2),
+            (EventKind::Delete, 2),
+        ]
+    );
+    assert_eq!(events[3].kv, KeyValue::tombstone(b"a".to_vec(), 2));
+    // The store records them with sub-revisions 0..5: reading history back
+    // gives the same events in the same order.
+    let view = store.read().unwrap();
+    assert_eq!(view.events(1, 2).unwrap(), events);
+    assert_eq!(view.stored_revisions().unwrap(), (5, 5));
+}
+
+#[test]
+fn reads_see_earlier_writes_of_the_batch_but_read_views_only_committed_ones() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"old");
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    assert_eq!(txn.revision(), 2);
+    txn.put(b"a", b"new", 0, false, false).unwrap();
+    assert_eq!(txn.revision(), 3);
+    let r = txn.range(b"a", b"", &RangeOptions::default()).unwrap();
+    assert_eq!(
+        (r.kvs[0].value.as_slice(), r.revision),
+        (b"new".as_slice(), 3)
+    );
+    // The revision before this txn is still readable inside it.
+    let old = txn.range(b"a", b"", &at(2)).unwrap();
+    assert_eq!(old.kvs[0].value, b"old");
+    txn.end();
+    let txn = batch.txn().unwrap();
+    assert_eq!(
+        txn.range(b"a", b"", &RangeOptions::default()).unwrap().kvs[0].value,
+        b"new"
+    );
+    txn.end();
+    assert_eq!(get(&store, b"a").unwrap().value, b"old");
+    assert_eq!(store.current_revision(), 2);
+    batch.commit().unwrap();
+    assert_eq!(get(&store, b"a").unwrap().value, b"new");
+    assert_eq!(store.current_revision(), 3);
+}
+
+#[test]
+fn dropped_batch_changes_nothing() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    {
+        let mut batch = store.batch().unwrap();
+        let mut txn = batch.txn().unwrap();
+        txn.put(b"b", b"1", 0, false, false).unwrap();
+        txn.end();
+        batch.set_meta("applied", b"9").unwrap();
+    }
+    assert_eq!(store.current_revision(), 2);
+    let view = store.read().unwrap();
+    assert_eq!(view.current_revision(), 2);
+    assert_eq!(view.meta("applied").unwrap(), None);
+    assert_eq!(get(&store, b"b"), None);
+}
+
+#[test]
+fn range_end_forms_follow_etcd() {
+    let (_d, store) = open_temp();
+    for k in [b"a".as_slice(), b"b", b"b\0", b"ba", b"c", b"\xff"] {
+        put(&store, k, b"v");
+    }
+    let o = RangeOptions::default();
+    let r = range(&store, b"b", b"", &o).unwrap();
+    assert_eq!(keys(&r), vec![b"b".as_slice()]);
+    let r = range(&store, b"b", b"c", &o).unwrap();
+    assert_eq!(keys(&r), vec![b"b".as_slice(), b"b\0", b"ba"]);
+    let r = range(&store, b"b", b"\0", &o).unwrap();
+    assert_eq!(
+        keys(&r),
+        vec![b"b".as_slice(), b"b\0", b"ba", b"c", b"\xff"]
+    );
+    let r = range(&store, b"\0", b"\0", &o).unwrap();
+    assert_eq!(r.count, 6);
+    let r = range(&store, b"c", b"a", &o).unwrap();
+    assert_eq!((r.count, r.kvs.len()), (0, 0));
+    // Same forms at a past revision (history path) and for deletes.
+    let r = range(&store, b"b", b"c", &at(4)).unwrap();
+    assert_eq!(keys(&r), vec![b"b".as_slice(), b"b\0"]);
+    let (_, deleted) = delete(&store, b"b", b"\0");
+    assert_eq!(deleted.len(), 5);
+    assert_eq!(keys(&range(&store, b"\0", b"\0", &o).unwrap()), vec![b"a"]);
+}
+
+#[test]
+fn ranges_at_past_revisions_see_the_keys_as_they_were() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1"); // 2
+    put(&store, b"b", b"1"); // 3
+    put(&store, b"a", b"2"); // 4
+    delete(&store, b"b", b""); // 5
+    put(&store, b"b", b"3"); // 6
+    let all = |rev| {
+        range(&store, b"\0", b"\0", &at(rev))
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value, kv.version))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all(1), vec![]);
+    assert_eq!(
+        all(3),
+        vec![
+            (b"a".to_vec(), b"1".to_vec(), 1),
+            (b"b".to_vec(), b"1".to_vec(), 1)
+        ]
+    );
+    assert_eq!(
+        all(4),
+        vec![
+            (b"a".to_vec(), b"2".to_vec(), 2),
+            (b"b".to_vec(), b"1".to_vec(), 1)
+        ]
+    );
+    assert_eq!(all(5), vec![(b"a".to_vec(), b"2".to_vec(), 2)]);
+    assert_eq!(
+        all(6),
+        vec![
+            (b"a".to_vec(), b"2".to_vec(), 2),
+            (b"b".to_vec(), b"3".to_vec(), 1)
+        ]
+    );
+    let r = range(&store, b"a", b"", &at(3)).unwrap();
+    assert_eq!(r.revision, 6, "header revision is the store revision");
+}
+
+#[test]
+fn revision_errors_follow_etcd() {
+    let (_d, store) = open_temp();
+    for v in [b"1", b"2", b"3"] {
+        put(&store, b"a", v);
+    }
+    assert_eq!(
+        range(&store, b"a", b"", &at(5)),
+        Err(MvccError::FutureRevision)
+    );
+    compact(&store, 3).unwrap();
+    assert_eq!(range(&store, b"a", b"", &at(2)), Err(MvccError::Compacted));
+    assert_eq!(range(&store, b"a", b"", &at(3)).unwrap().kvs[0].value, b"2");
+    assert_eq!(
+        range(&store, b"a", b"", &at(-5)).unwrap().kvs[0].value,
+        b"3"
+    );
+}
+
+#[test]
+fn limit_count_and_more() {
+    let (_d, store) = open_temp();
+    for k in [b"a", b"b", b"c", b"d"] {
+        put(&store, k, b"v");
+    }
+    let o = |limit| RangeOptions {
+        limit,
+        ..RangeOptions::default()
+    };
+    let r = range(&store, b"a", b"\0", &o(2)).unwrap();
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec![b"a".as_slice(), b"b"], 4, true)
+    );
+    let r = range(&store, b"a", b"\0", &o(4)).unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (4, 4, false));
+    let r = range(&store, b"a", b"\0", &o(0)).unwrap();
+    assert_eq!((r.kvs.len(), r.more), (4, false));
+    let r = range(
+        &store,
+        b"b",
+        b"\0",
+        &RangeOptions {
+            count_only: true,
+            limit: 1,
+            ..RangeOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false));
+    let r = range(
+        &store,
+        b"a",
+        b"",
+        &RangeOptions {
+            keys_only: true,
+            ..RangeOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.kvs[0].value.len(), r.kvs[0].version), (0, 1));
+}
+
+#[test]
+fn sort_orders_and_targets() {
+    let (_d, store) = open_temp();
+    // a: created 2, version 3, value "x"; b: created 3, version 1, value "z";
+    // c: created 4, version 2, value "y".
+    put(&store, b"a", b"x");
+    put(&store, b"b", b"z");
+    put(&store, b"c", b"w");
+    put(&store, b"a", b"x");
+    put(&store, b"c", b"y");
+    put(&store, b"a", b"x");
+    let sorted = |target, order| {
+        let r = range(
+            &store,
+            b"a",
+            b"\0",
+            &RangeOptions {
+                sort_target: target,
+                sort_order: order,
+                ..RangeOptions::default()
+            },
+        )
+        .unwrap();
+        keys(&r)
+            .into_iter()
+            .map(|k| k[0] as char)
+            .collect::<String>()
+    };
+    use SortOrder::*;
+    use SortTarget::*;
+    assert_eq!(sorted(Key, None), "abc");
+    assert_eq!(sorted(Key, Ascend), "abc");
+    assert_eq!(sorted(Key, Descend), "cba");
+    assert_eq!(sorted(Version, Ascend), "bca");
+    assert_eq!(sorted(Version, Descend), "acb");
+    assert_eq!(
+        sorted(Version, None),
+        "bca",
+        "non-key target without order ascends"
+    );
+    assert_eq!(sorted(Create, Descend), "cba");
+    assert_eq!(sorted(Mod, Ascend), "bca");
+    assert_eq!(sorted(Value, Ascend), "acb");
+    assert_eq!(sorted(Value, Descend), "bca");
+}
+
+#[test]
+fn sort_with_limit_reads_all_but_default_order_pushes_the_limit_down() {
+    let (_d, store) = open_temp();
+    // versions: a=3, b=2, c=1
+    for _ in 0..3 {
+        put(&store, b"a", b"v");
+    }
+    for _ in 0..2 {
+        put(&store, b"b", b"v");
+    }
+    put(&store, b"c", b"v");
+    let run = |order| {
+        range(
+            &store,
+            b"a",
+            b"\0",
+            &RangeOptions {
+                limit: 1,
+                sort_target: SortTarget::Version,
+                sort_order: order,
+                ..RangeOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    // Explicit ascending: everything is read and sorted, then truncated.
+    let r = run(SortOrder::Ascend);
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec![b"c".as_slice()], 3, true)
+    );
+    // No order: etcd pushes limit+1 down (reads a, b), sorts those, truncates.
+    let r = run(SortOrder::None);
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec![b"b".as_slice()], 3, true)
+    );
+}
+
+#[test]
+fn revision_filters_apply_after_reading_and_do_not_change_count() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1"); // 2
+    put(&store, b"b", b"1"); // 3
+    put(&store, b"c", b"1"); // 4
+    put(&store, b"a", b"2"); // 5
+    let run = |opts: RangeOptions| range(&store, b"a", b"\0", &opts).unwrap();
+    let r = run(RangeOptions {
+        min_mod_revision: 4,
+        ..RangeOptions::default()
+    });
+    assert_eq!((keys(&r), r.count), (vec![b"a".as_slice(), b"c"], 3));
+    let r = run(RangeOptions {
+        max_mod_revision: 3,
+        ..RangeOptions::default()
+    });
+    assert_eq!(keys(&r), vec![b"b".as_slice()]);
+    let r = run(RangeOptions {
+        min_create_revision: 3,
+        max_create_revision: 3,
+        ..RangeOptions::default()
+    });
+    assert_eq!(keys(&r), vec![b"b".as_slice()]);
+    // With a filter the limit is not pushed down: the first match past the
+    // limit window is still found.
+    let r = run(RangeOptions {
+        min_mod_revision: 4,
+        limit: 1,
+        ..RangeOptions::default()
+    });
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec![b"a".as_slice()], 3, true)
+    );
+    let r = run(RangeOptions {
+        min_create_revision: 4,
+        limit: 1,
+        ..RangeOptions::default()
+    });
+    assert_eq!((keys(&r), r.more), (vec![b"c".as_slice()], false));
+}
+
+#[test]
+fn ignore_value_and_ignore_lease_keep_current_ones_or_fail_on_missing_keys() {
+    let (_d, store) = open_temp();
+    put_lease(&store, b"a", b"v1", 5);
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.put(b"a", b"", 9, true, false).unwrap();
+    assert_eq!(
+        txn.put(b"missing", b"x", 0, true, false),
+        Err(MvccError::KeyNotFound)
+    );
+    assert_eq!(
+        txn.put(b"missing", b"x", 0, false, true),
+        Err(MvccError::KeyNotFound)
+    );
+    txn.put(b"a", b"v2", 0, false, true).unwrap();
+    let (rev, events) = txn.end();
+    batch.commit().unwrap();
+    assert_eq!((rev, events.len()), (3, 2));
+    let kv = get(&store, b"a").unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.lease, kv.version),
+        (b"v2".as_slice(), 9, 3)
+    );
+    assert_eq!(events[0].kv.value, b"v1");
+    assert_eq!(events[0].kv.lease, 9);
+    assert_eq!(get(&store, b"missing"), None);
+
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    assert_eq!(
+        txn.put(b"missing", b"x", 0, true, true),
+        Err(MvccError::KeyNotFound)
+    );
+    assert_eq!(txn.end(), (3, vec![]));
+    batch.commit().unwrap();
+    assert_eq!(store.current_revision(), 3);
+}
+
+#[test]
+fn compact_errors_follow_etcd() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put(&store, b"a", b"2");
+    assert_eq!(compact(&store, 4), Err(MvccError::FutureRevision));
+    compact(&store, 2).unwrap();
+    assert_eq!(store.compact_revision(), 2);
+    assert_eq!(compact(&store, 2), Err(MvccError::Compacted));
+    assert_eq!(compact(&store, 1), Err(MvccError::Compacted));
+    compact(&store, 3).unwrap();
+    assert_eq!(store.current_revision(), 3, "compaction does not bump");
+}
+
+#[test]
+fn compact_keeps_the_newest_live_revision_per_key_and_drops_the_rest() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1"); // 2
+    put(&store, b"a", b"2"); // 3
+    put(&store, b"b", b"1"); // 4
+    delete(&store, b"b", b""); // 5
+    put(&store, b"c", b"1"); // 6
+    put(&store, b"a", b"3"); // 7
+    assert_eq!(store.read().unwrap().stored_revisions().unwrap(), (6, 6));
+    compact(&store, 6).unwrap();
+    // Kept: a@3 (newest <= 6), c@6, a@7. Dropped: a@2, b@4, b's tombstone @5.
+    assert_eq!(store.read().unwrap().stored_revisions().unwrap(), (3, 3));
+    let r = range(&store, b"\0", b"\0", &at(6)).unwrap();
+    let got: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect();
+    assert_eq!(got, vec![(b"a".to_vec(), 3), (b"c".to_vec(), 6)]);
+    assert_eq!(get(&store, b"a").unwrap().version, 3);
+    // A later compaction that skips keys untouched since the first still works.
+    put(&store, b"c", b"2"); // 8
+    compact(&store, 8).unwrap();
+    assert_eq!(store.read().unwrap().stored_revisions().unwrap(), (2, 2));
+    let r = range(&store, b"\0", b"\0", &at(8)).unwrap();
+    let got: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect();
+    assert_eq!(got, vec![(b"a".to_vec(), 7), (b"c".to_vec(), 8)]);
+}
+
+#[test]
+fn events_from_history_match_txn_events_and_respect_compaction() {
+    let (_d, store) = open_temp();
+    let mut all = Vec::new();
+    for (k, v) in [(b"a", b"1"), (b"b", b"1"), (b"a", b"2")] {
+        let mut batch = store.batch().unwrap();
+        let mut txn = batch.txn().unwrap();
+        txn.put(k, v, 0, false, false).unwrap();
+        all.extend(txn.end().1);
+        batch.commit().unwrap();
+    }
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.delete_range(b"a", b"").unwrap();
+    all.extend(txn.end().1);
+    batch.commit().unwrap();
+    // revisions: a@2 b@3 a@4 del a@5
+    let view = store.read().unwrap();
+    assert_eq!(view.events(1, 5).unwrap(), all);
+    assert_eq!(view.events(3, 5).unwrap(), all[2..].to_vec());
+    assert_eq!(view.events(3, 4).unwrap(), all[2..3].to_vec());
+    assert_eq!(all[3].prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(view.events(5, 5).unwrap(), vec![]);
+    assert_eq!(view.events(1, 6), Err(MvccError::FutureRevision));
+    drop(view);
+    compact(&store, 4).unwrap();
+    let view = store.read().unwrap();
+    assert_eq!(view.events(4, 5).unwrap(), all[3..].to_vec());
+    // Watching from the compacted revision itself is allowed, as in etcd.
+    assert!(view.events(3, 5).is_ok());
+    assert_eq!(view.events(2, 5), Err(MvccError::Compacted));
+}
+
+#[test]
+fn hash_kv_is_deterministic_and_covers_revisions_after_compaction() {
+    let (_d1, s1) = open_temp();
+    let (_d2, s2) = open_temp();
+    for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")] {
+        put(&s1, k, v);
+    }
+    // Same history in one batch of three revision transactions.
+    let mut batch = s2.batch().unwrap();
+    for (k, v) in [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")] {
+        let mut txn = batch.txn().unwrap();
+        txn.put(k, v, 0, false, false).unwrap();
+        txn.end();
+    }
+    batch.commit().unwrap();
+    let h1 = s1.read().unwrap().hash_kv(0).unwrap();
+    assert_eq!(h1, s2.read().unwrap().hash_kv(0).unwrap());
+    assert_eq!((h1.compact_revision, h1.hash_revision), (-1, 4));
+    assert_eq!(
+        s1.read().unwrap().hash().unwrap(),
+        s2.read().unwrap().hash().unwrap()
+    );
+    let at3 = s1.read().unwrap().hash_kv(3).unwrap();
+    assert_ne!(at3.hash, h1.hash);
+    put(&s1, b"c", b"4");
+    assert_eq!(s1.read().unwrap().hash_kv(3).unwrap(), at3);
+    assert_ne!(s1.read().unwrap().hash_kv(0).unwrap().hash, h1.hash);
+    compact(&s1, 3).unwrap();
+    let view = s1.read().unwrap();
+    assert_eq!(view.hash_kv(3), Err(MvccError::Compacted));
+    assert_eq!(view.hash_kv(6), Err(MvccError::FutureRevision));
+    assert_eq!(view.hash_kv(5).unwrap().compact_revision, 3);
+}
+
+#[test]
+fn meta_is_committed_atomically_with_the_batch() {
+    let (_d, store) = open_temp();
+    let mut batch = store.batch().unwrap();
+    batch
+        .set_meta("applied_index", &7u64.to_be_bytes())
+        .unwrap();
+    batch.set_meta("gone", b"x").unwrap();
+    batch.delete_meta("gone").unwrap();
+    assert_eq!(
+        batch.meta("applied_index").unwrap(),
+        Some(7u64.to_be_bytes().to_vec())
+    );
+    assert_eq!(store.read().unwrap().meta("applied_index").unwrap(), None);
+    batch.commit().unwrap();
+    let view = store.read().unwrap();
+    assert_eq!(
+        view.meta("applied_index").unwrap(),
+        Some(7u64.to_be_bytes().to_vec())
+    );
+    assert_eq!(view.meta("gone").unwrap(), None);
+}
+
+#[test]
+fn reopening_preserves_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (hash, kvh) = {
+        let store = Store::open(&path).unwrap();
+        put(&store, b"a", b"1");
+        put(&store, b"b", b"2");
+        delete(&store, b"a", b"");
+        compact(&store, 3).unwrap();
+        let mut batch = store.batch().unwrap();
+        batch.set_meta("m", b"v").unwrap();
+        batch.commit().unwrap();
+        let view = store.read().unwrap();
+        (view.hash().unwrap(), view.hash_kv(0).unwrap())
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!((store.current_revision(), store.compact_revision()), (4, 3));
+    let view = store.read().unwrap();
+    assert_eq!(view.hash().unwrap(), hash);
+    assert_eq!(view.hash_kv(0).unwrap(), kvh);
+    assert_eq!(view.meta("m").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(get(&store, b"b").unwrap().mod_revision, 3);
+    assert_eq!(put(&store, b"c", b"3"), 5);
+}
+
+#[test]
+fn snapshot_restore_replaces_contents_with_an_identical_store() {
+    let (_d1, src) = open_temp();
+    put(&src, b"a", b"1");
+    put(&src, b"b", b"2");
+    put(&src, b"a", b"3");
+    compact(&src, 3).unwrap();
+    let mut batch = src.batch().unwrap();
+    batch.set_meta("m", b"v").unwrap();
+    batch.commit().unwrap();
+    let (_d2, dst) = open_temp();
+    put(&dst, b"zzz", b"old contents");
+    let mut batch = dst.batch().unwrap();
+    batch.set_meta("other", b"x").unwrap();
+    batch.commit().unwrap();
+
+    let bytes = src.read().unwrap().snapshot_bytes().unwrap();
+    dst.restore(&bytes).unwrap();
+    assert_eq!(
+        (dst.current_revision(), dst.compact_revision()),
+        (src.current_revision(), src.compact_revision())
+    );
+    let (sv, dv) = (src.read().unwrap(), dst.read().unwrap());
+    assert_eq!(dv.hash_kv(0).unwrap(), sv.hash_kv(0).unwrap());
+    assert_eq!(dv.hash().unwrap(), sv.hash().unwrap());
+    assert_eq!(dv.meta("m").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(dv.meta("other").unwrap(), None);
+    assert_eq!(get(&dst, b"zzz"), None);
+    assert_eq!(dv.snapshot_bytes().unwrap(), bytes);
+
+    let mut bad = bytes.clone();
+    bad[20] ^= 1;
+    assert!(matches!(dst.restore(&bad), Err(MvccError::Corrupt(_))));
+    assert_eq!(dst.read().unwrap().hash().unwrap(), sv.hash().unwrap());
+}
+
+#[test]
+fn defragment_works_when_idle_and_reports_busy_otherwise() {
+    let (_d, store) = open_temp();
+    for i in 0..200u32 {
+        put(&store, &i.to_be_bytes(), &[7u8; 512]);
+    }
+    delete(&store, b"\0", b"\0");
+    compact(&store, store.current_revision()).unwrap();
+    assert!(store.db_size().unwrap() > 0);
+    assert!(store.db_size_in_use().unwrap() > 0);
+    {
+        let _batch = store.batch().unwrap();
+        assert!(matches!(store.defragment(), Err(MvccError::Busy(_))));
+        assert!(store.db_size_in_use().unwrap() > 0);
+    }
+    {
+        let _view = store.read().unwrap();
+        assert!(matches!(store.defragment(), Err(MvccError::Busy(_))));
+    }
+    store.defragment().unwrap();
+    assert_eq!(put(&store, b"after", b"1"), store.current_revision());
+}
+
+// ---------------------------------------------------------------------------
+// Model-based property test.
+
+/// A plain in-memory MVCC history: every revision of every key, never pruned
+/// (compaction only moves the compacted revision).
+#[derive(Debug, Clone)]
+struct Model {
+    history: BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>,
+    current: i64,
+    compact: i64,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            history: BTreeMap::new(),
+            current: 1,
+            compact: -1,
+        }
+    }
+
+    fn at(&self, key: &[u8], rev: i64) -> Option<&KeyValue> {
+        self.history
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(r, _)| *r <= rev)
+            .and_then(|(_, kv)| kv.as_ref())
+    }
+
+    fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+        if end.is_empty() {
+            key == start
+        } else if end == [0] {
+            key >= start
+        } else {
+            key >= start && key < end
+        }
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        o: &RangeOptions,
+        current: i64,
+    ) -> Result<RangeResult> {
+        if o.revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if o.revision <= 0 { current } else { o.revision };
+        if rev < self.compact {
+            return Err(MvccError::Compacted);
+        }
+        let all: Vec<KeyValue> = self
+            .history
+            .keys()
+            .filter(|k| Self::in_range(k, start, end))
+            .filter_map(|k| self.at(k, rev).cloned())
+            .collect();
+        let count = all.len() as i64;
+        if o.count_only {
+            return Ok(RangeResult {
+                kvs: vec![],
+                count,
+                more: false,
+                revision: current,
+            });
+        }
+        let default_order = o.sort_order == SortOrder::None
+            || (o.sort_target == SortTarget::Key && o.sort_order == SortOrder::Ascend);
+        let filtered = o.min_mod_revision != 0
+            || o.max_mod_revision != 0
+            || o.min_create_revision != 0
+            || o.max_create_revision != 0;
+        let mut kvs: Vec<KeyValue> = if default_order && !filtered && o.limit > 0 {
+            all.into_iter().take(o.limit as usize + 1).collect()
+        } else {
+            all
+        };
+        kvs.retain(|kv| {
+            (o.max_mod_revision == 0 || kv.mod_revision <= o.max_mod_revision)
+                && (o.min_mod_revision == 0 || kv.mod_revision >= o.min_mod_revision)
+                && (o.max_create_revision == 0 || kv.create_revision <= o.max_create_revision)
+                && (o.min_create_revision == 0 || kv.create_revision >= o.min_create_revision)
+        });
+        let order = if o.sort_target != SortTarget::Key && o.sort_order == SortOrder::None {
+            SortOrder::Ascend
+        } else {
+            o.sort_order
+        };
+        if !(order == SortOrder::None
+            || (o.sort_target == SortTarget::Key && order == SortOrder::Ascend))
+        {
+            kvs.sort_by(|a, b| {
+                let c = match o.sort_target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                };
+                if order == SortOrder::Descend {
+                    c.reverse()
+                } else {
+                    c
+                }
+            });
+        }
+        let mut more = false;
+        if o.limit > 0 && kvs.len() > o.limit as usize {
+            kvs.truncate(o.limit as usize);
+            more = true;
+        }
+        if o.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            more,
+            revision: current,
+        })
+    }
+}
+
+/// A revision transaction being applied to the model.
+struct ModelTxn<'m> {
+    m: &'m mut Model,
+    begin: i64,
+    changes: usize,
+    events: Vec<Event>,
+}
+
+impl ModelTxn<'_> {
+    fn revision(&self) -> i64 {
+        self.begin + i64::from(self.changes > 0)
+    }
+
+    fn change(&mut self, key: &[u8], kv: Option<KeyValue>) {
+        self.changes += 1;
+        self.m.current = self.begin + 1;
+        self.m
+            .history
+            .entry(key.to_vec())
+            .or_default()
+            .push((self.begin + 1, kv));
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        iv: bool,
+        il: bool,
+    ) -> Result<Option<KeyValue>> {
+        let cur = self.revision();
+        let prev = self.m.at(key, cur).cloned();
+        if (iv || il) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let main = self.begin + 1;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.as_ref().map_or(main, |p| p.create_revision),
+            mod_revision: main,
+            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            value: if iv {
+                prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
+            } else {
+                value.to_vec()
+            },
+            lease: if il {
+                prev.as_ref().map_or(0, |p| p.lease)
+            } else {
+                lease
+            },
+        };
+        self.change(key, Some(kv.clone()));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: prev.clone(),
+        });
+        Ok(prev)
+    }
+
+    fn delete(&mut self, start: &[u8], end: &[u8]) -> Vec<KeyValue> {
+        let cur = self.revision();
+        let doomed: Vec<KeyValue> = self
+            .m
+            .history
+            .keys()
+            .filter(|k| Model::in_range(k, start, end))
+            .filter_map(|k| self.m.at(k, cur).cloned())
+            .collect();
+        for prev in &doomed {
+            self.change(&prev.key, None);
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue::tombstone(prev.key.clone(), self.begin + 1),
+                prev_kv: Some(prev.clone()),
+            });
+        }
+        doomed
+    }
+}
+
+const KEYS: [&[u8]; 7] = [b"a", b"a\0", b"ab", b"b", b"c", b"\0", b"\xff"];
+const ENDS: [&[u8]; 8] = [b"", b"\0", b"a", b"ab", b"b", b"c", b"d", b"\xff"];
+
+#[derive(Debug, Clone)]
+struct GenOpts {
+    limit: i64,
+    rev: Option<u8>,
+    count_only: bool,
+    keys_only: bool,
+    order: u8,
+    target: u8,
+    filters: [Option<u8>; 4],
+}
+
+impl GenOpts {
+    /// Maps generated selectors onto revisions around the model's range,
+    /// so that future and compacted revisions are hit too.
+    fn to_options(&self, current: i64) -> RangeOptions {
+        let pick = |s: Option<u8>| s.map_or(0, |s| i64::from(s) % (current + 2));
+        RangeOptions {
+            limit: self.limit,
+            revision: pick(self.rev),
+            count_only: self.count_only,
+            keys_only: self.keys_only,
+            sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
+                [self.order as usize % 3],
+            sort_target: [
+                SortTarget::Key,
+                SortTarget::Version,
+                SortTarget::Create,
+                SortTarget::Mod,
+                SortTarget::Value,
+            ][self.target as usize % 5],
+            min_mod_revision: pick(self.filters[0]),
+            max_mod_revision: pick(self.filters[1]),
+            min_create_revision: pick(self.filters[2]),
+            max_create_revision: pick(self.filters[3]),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TxnOp {
+    Put {
+        key: usize,
+        value: u8,
+        lease: i64,
+        ignore_value: bool,
+        ignore_lease: bool,
+    },
+    Delete {
+        key: usize,
+        end: usize,
+    },
+    Range {
+        key: usize,
+        end: usize,
+        opts: GenOpts,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Txn(Vec<TxnOp>),
+    Compact(u8),
+    Meta(u8),
+    Commit,
+    Read {
+        key: usize,
+        end: usize,
+        opts: GenOpts,
+    },
+    Events(u8, u8),
+}
+
+fn gen_opts() -> impl Strategy<Value = GenOpts> {
+    (
+        0i64..4,
+        proptest::option::of(any::<u8>()),
+        proptest::bool::weighted(0.15),
+        proptest::bool::weighted(0.2),
+        0u8..3,
+        0u8..5,
+        proptest::array::uniform4(proptest::option::weighted(0.15, any::<u8>())),
+    )
+        .prop_map(
+            |(limit, rev, count_only, keys_only, order, target, filters)| GenOpts {
+                limit,
+                rev,
+                count_only,
+                keys_only,
+                order,
+                target,
+                filters,
+            },
+        )
+}
+
+fn gen_txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        5 => (0..KEYS.len(), 0u8..4, 0i64..3, proptest::bool::weighted(0.1), proptest::bool::weighted(0.1))
+            .prop_map(|(key, value, lease, ignore_value, ignore_lease)| TxnOp::Put { key, value, lease, ignore_value, ignore_lease }),
+        2 => (0..KEYS.len(), 0..ENDS.len()).prop_map(|(key, end)| TxnOp::Delete { key, end }),
+        2 => (0..KEYS.len(), 0..ENDS.len(), gen_opts()).prop_map(|(key, end, opts)| TxnOp::Range { key, end, opts }),
+    ]
+}
+
+fn gen_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => proptest::collection::vec(gen_txn_op(), 0..4).prop_map(Step::Txn),
+        1 => any::<u8>().prop_map(Step::Compact),
+        1 => any::<u8>().prop_map(Step::Meta),
+        2 => Just(Step::Commit),
+        3 => (0..KEYS.len(), 0..ENDS.len(), gen_opts()).prop_map(|(key, end, opts)| Step::Read { key, end, opts }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Events(a, b)),
+    ]
+}
+
+/// Applies one step to a store batch; `commit_each` commits after every step
+/// (the "one batch per entry" twin store).
+fn apply_to_twin(store: &Store, step: &Step, model_compact_target: Option<i64>) {
+    match step {
+        Step::Txn(ops) => {
+            let mut batch = store.batch().unwrap();
+            let mut txn = batch.txn().unwrap();
+            for op in ops {
+                match op {
+                    TxnOp::Put {
+                        key,
+                        value,
+                        lease,
+                        ignore_value,
+                        ignore_lease,
+                    } => {
+                        let _ =
+                            txn.put(KEYS[*key], &[*value], *lease, *ignore_value, *ignore_lease);
+                    }
+                    TxnOp::Delete { key, end } => {
+                        txn.delete_range(KEYS[*key], ENDS[*end]).unwrap();
+                    }
+                    TxnOp::Range { .. } => {}
+                }
+            }
+            txn.end();
+            batch.commit().unwrap();
+        }
+        Step::Compact(_) => {
+            if let Some(rev) = model_compact_target {
+                let mut batch = store.batch().unwrap();
+                let _ = batch.compact(rev);
+                batch.commit().unwrap();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    let twin = Store::open(dir.path().join("twin")).unwrap();
+    let mut model = Model::new();
+    let mut committed = model.clone();
+    let mut all_events: Vec<Event> = Vec::new();
+    let mut batch: Option<Batch<'_>> = None;
+
+    for step in steps {
+        let mut compact_target = None;
+        match step {
+            Step::Txn(ops) => {
+                let b = match &mut batch {
+                    Some(b) => b,
+                    None => batch.insert(store.batch().unwrap()),
+                };
+                let mut txn = b.txn().unwrap();
+                let begin = model.current;
+                let mut mt = ModelTxn {
+                    m: &mut model,
+                    begin,
+                    changes: 0,
+                    events: vec![],
+                };
+                for op in ops {
+                    match op {
+                        TxnOp::Put {
+                            key,
+                            value,
+                            lease,
+                            ignore_value,
+                            ignore_lease,
+                        } => {
+                            let got = txn.put(
+                                KEYS[*key],
+                                &[*value],
+                                *lease,
+                                *ignore_value,
+                                *ignore_lease,
+                            );
+                            let want =
+                                mt.put(KEYS[*key], &[*value], *lease, *ignore_value, *ignore_lease);
+                            prop_assert_eq!(got, want, "put {:?}", op);
+                        }
+                        TxnOp::Delete { key, end } => {
+                            let got = txn.delete_range(KEYS[*key], ENDS[*end]).unwrap();
+                            let want = mt.delete(KEYS[*key], ENDS[*end]);
+                            prop_assert_eq!(got, want, "delete {:?}", op);
+                        }
+                        TxnOp::Range { key, end, opts } => {
+                            let cur = mt.revision();
+                            let o = opts.to_options(cur);
+                            let got = txn.range(KEYS[*key], ENDS[*end], &o);
+                            let want = mt.m.range(KEYS[*key], ENDS[*end], &o, cur);
+                            prop_assert_eq!(got, want, "txn range {:?}", o);
+                        }
+                    }
+                    prop_assert_eq!(txn.revision(), mt.revision());
+                }
+                let (rev, events) = txn.end();
+                prop_assert_eq!(rev, mt.revision());
+                prop_assert_eq!(&events, &mt.events);
+                all_events.extend(events);
+            }
+            Step::Compact(sel) => {
+                let b = match &mut batch {
+                    Some(b) => b,
+                    None => batch.insert(store.batch().unwrap()),
+                };
+                let rev = i64::from(*sel) % (model.current + 2);
+                let want = if rev > model.current {
+                    Err(MvccError::FutureRevision)
+                } else if rev <= model.compact {
+                    Err(MvccError::Compacted)
+                } else {
+                    model.compact = rev;
+                    Ok(())
+                };
+                prop_assert_eq!(b.compact(rev), want);
+                compact_target = Some(rev);
+            }
+            Step::Meta(v) => {
+                let b = match &mut batch {
+                    Some(b) => b,
+                    None => batch.insert(store.batch().unwrap()),
+                };
+                b.set_meta("applied", &[*v]).unwrap();
+                prop_assert_eq!(b.meta("applied").unwrap(), Some(vec![*v]));
+            }
+            Step::Commit | Step::Read { .. } | Step::Events(..) => {
+                if let Some(b) = batch.take() {
+                    b.commit().unwrap();
+                }
+                committed = model.clone();
+                prop_assert_eq!(store.current_revision(), model.current);
+                prop_assert_eq!(store.compact_revision(), model.compact);
+            }
+        }
+        apply_to_twin(&twin, step, compact_target);
+
+        let view = store.read().unwrap();
+        prop_assert_eq!(view.current_revision(), committed.current);
+        match step {
+            Step::Read { key, end, opts } => {
+                let o = opts.to_options(committed.current);
+                let got = view.range(KEYS[*key], ENDS[*end], &o);
+                let want = committed.range(KEYS[*key], ENDS[*end], &o, committed.current);
+                prop_assert_eq!(got, want, "read {:?}", o);
+            }
+            Step::Events(a, b) => {
+                let cur = committed.current;
+                let from = i64::from(*a) % (cur + 1);
+                let to = from + i64::from(*b) % (cur + 2 - from);
+                let got = view.events(from, to);
+                if to > cur {
+                    prop_assert_eq!(got, Err(MvccError::FutureRevision));
+                } else if from + 1 < committed.compact {
+                    prop_assert_eq!(got, Err(MvccError::Compacted));
+                } else {
+                    // Revisions above the compacted one are complete; the
+                    // compacted revision itself keeps only surviving puts.
+                    let lo = from.max(committed.compact);
+                    let got: Vec<Event> = got?
+                        .into_iter()
+                        .filter(|e| e.kv.mod_revision > lo)
+                        .collect();
+                    let want: Vec<Event> = all_events
+                        .iter()
+                        .filter(|e| e.kv.mod_revision > lo && e.kv.mod_revision <= to)
+                        .cloned()
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(b) = batch.take() {
+        b.commit().unwrap();
+    }
+    drop(batch);
+
+    // Same history, different batch boundaries: same contents.
+    let view = store.read().unwrap();
+    let hash = view.hash().unwrap();
+    let hash_kv = view.hash_kv(0).unwrap();
+    prop_assert_eq!(twin.read().unwrap().hash().unwrap(), hash);
+    prop_assert_eq!(twin.read().unwrap().hash_kv(0).unwrap(), hash_kv);
+    for rev in (model.compact + 1).max(1)..=model.current {
+        prop_assert_eq!(
+            view.hash_kv(rev).unwrap(),
+            twin.read().unwrap().hash_kv(rev).unwrap()
+        );
+    }
+
+    // Snapshot into a fresh store: identical.
+    let bytes = view.snapshot_bytes().unwrap();
+    drop(view);
+    let restored = Store::open(dir.path().join("restored")).unwrap();
+    restored.restore(&bytes).unwrap();
+    prop_assert_eq!(restored.read().unwrap().hash().unwrap(), hash);
+    prop_assert_eq!(restored.read().unwrap().hash_kv(0).unwrap(), hash_kv);
+    prop_assert_eq!(restored.current_revision(), model.current);
+
+    // Reopen: identical, and every revision still reads like the model.
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let view = store.read().unwrap();
+    prop_assert_eq!(view.hash().unwrap(), hash);
+    for rev in model.compact.max(1)..=model.current {
+        let o = at(rev);
+        prop_assert_eq!(
+            view.range(b"\0", b"\0", &o),
+            model.range(b"\0", b"\0", &o, model.current)
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_in_memory_model(steps in proptest::collection::vec(gen_step(), 1..40)) {
+        run_script(&steps)?;
+    }
+}

@@ -1,0 +1,382 @@
+//! Read logic shared by write-side revision transactions and read views.
+//!
+//! A [`View`] borrows the three data tables of either a redb write transaction
+//! or a read transaction (anything implementing `ReadableTable`) together with the
+//! current and compacted revision as seen by that transaction, and answers:
+//! ranges (with etcd's filter/sort/limit pipeline), the latest version of a key,
+//! events from history, and the KV hash.
+//!
+//! Cost: a range at the current revision walks the `live` table (one entry per
+//! existing key) and reads one record per returned key; a range at a past
+//! revision does two index seeks per key ever stored in the range since the last
+//! compaction. Neither scans unrelated keys.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+
+use redb::ReadableTable;
+
+use super::codec::{
+    decode_record, decode_record_key, index_key, index_prefix, split_index_key, Record,
+    INDEX_TOMBSTONE,
+};
+use super::error::{MvccError, Result};
+use super::hash::Crc32c;
+use super::key_range::KeyRange;
+use super::revision::{Revision, REVISION_LEN};
+use super::types::{
+    Event, EventKind, HashKv, KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget,
+};
+
+/// Label fed to the KV hash before any revision, like etcd feeds its bucket name.
+const HASH_KV_LABEL: &[u8] = b"mvcc_kv";
+
+/// Read access to the data tables as one transaction sees them.
+pub(crate) struct View<'a, T> {
+    pub kv: &'a T,
+    pub index: &'a T,
+    pub live: &'a T,
+    /// The revision reads default to (the header revision of results).
+    pub current: i64,
+    /// The compacted revision (-1 if never compacted).
+    pub compact: i64,
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
+    /// The stored record at `rev`; its absence means the tables disagree.
+    pub fn record_at(&self, rev: Revision) -> Result<Record> {
+        let guard = self
+            .kv
+            .get(rev.to_bytes().as_slice())?
+            .ok_or_else(|| MvccError::corrupt(format!("missing record {rev:?}")))?;
+        decode_record(guard.value())
+    }
+
+    /// The current key-value of `key`, if it exists.
+    pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let rev = match self.live.get(key)? {
+            Some(guard) => Revision::from_bytes(guard.value())?,
+            None => return Ok(None),
+        };
+        Ok(Some(self.record_at(rev)?.kv))
+    }
+
+    /// The newest index entry of the key with `prefix` whose revision lies in
+    /// `[Revision(0,0), upper]`: its revision and whether it is a tombstone.
+    fn newest_upto(&self, prefix: &[u8], upper: Revision) -> Result<Option<(Revision, bool)>> {
+        let lo = index_key(prefix, Revision::new(0, 0));
+        let hi = index_key(prefix, upper);
+        let mut iter = self.index.range::<&[u8]>(lo.as_slice()..=hi.as_slice())?;
+        match iter.next_back() {
+            Some(entry) => {
+                let (k, v) = entry?;
+                let (_, rev) = split_index_key(k.value())?;
+                Ok(Some((rev, v.value().first() == Some(&INDEX_TOMBSTONE))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `visit` with the revision of every key existing at `rev` in
+    /// `range`, in key order, until it returns `false`.
+    fn for_each_key_at(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        mut visit: impl FnMut(Revision) -> Result<bool>,
+    ) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        if rev == self.current {
+            for entry in self.live.range::<&[u8]>(range.bounds())? {
+                let (_, v) = entry?;
+                if !visit(Revision::from_bytes(v.value())?)? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let upper_rev = Revision::last_of(rev);
+        if let KeyRange::Single(key) = range {
+            if let Some((r, false)) = self.newest_upto(&index_prefix(key), upper_rev)? {
+                visit(r)?;
+            }
+            return Ok(());
+        }
+        let (start, end) = range.bounds();
+        let start = match start {
+            Bound::Included(s) => index_prefix(s),
+            _ => Vec::new(),
+        };
+        let end = match end {
+            Bound::Excluded(e) => Some(index_prefix(e)),
+            _ => None,
+        };
+        let mut lower: Bound<Vec<u8>> = Bound::Included(start);
+        loop {
+            let upper = match &end {
+                Some(e) => Bound::Excluded(e.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let lower_ref = match &lower {
+                Bound::Included(l) => Bound::Included(l.as_slice()),
+                Bound::Excluded(l) => Bound::Excluded(l.as_slice()),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let prefix = match self.index.range::<&[u8]>((lower_ref, upper))?.next() {
+                Some(entry) => {
+                    let (k, _) = entry?;
+                    split_index_key(k.value())?.0.to_vec()
+                }
+                None => return Ok(()),
+            };
+            if let Some((r, false)) = self.newest_upto(&prefix, upper_rev)? {
+                if !visit(r)? {
+                    return Ok(());
+                }
+            }
+            let mut after = prefix;
+            after.extend_from_slice(&[0xFF; REVISION_LEN]);
+            lower = Bound::Excluded(after);
+        }
+    }
+
+    /// Resolves a requested revision (0 or negative = current) against the
+    /// current and compacted revisions, as etcd's `rangeKeys`.
+    fn resolve_revision(&self, requested: i64) -> Result<i64> {
+        if requested > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if requested <= 0 {
+            self.current
+        } else {
+            requested
+        };
+        if rev < self.compact {
+            return Err(MvccError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    /// A range with etcd's full semantics (see `server/etcdserver/txn/range.go`):
+    /// `count` is the number of keys in the range at the read revision; the
+    /// limit is pushed down to the scan only for the default order (none, or by
+    /// key ascending) without revision filters; otherwise everything is read,
+    /// filtered, sorted, then truncated to the limit.
+    pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+        let rev = self.resolve_revision(opts.revision)?;
+        let range = KeyRange::new(key, range_end);
+        let mut count: i64 = 0;
+        if opts.count_only {
+            self.for_each_key_at(&range, rev, |_| {
+                count += 1;
+                Ok(true)
+            })?;
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                count,
+                more: false,
+                revision: self.current,
+            });
+        }
+
+        let has_filters = opts.min_mod_revision != 0
+            || opts.max_mod_revision != 0
+            || opts.min_create_revision != 0
+            || opts.max_create_revision != 0;
+        let fetch_limit = if !is_default_ordering(opts.sort_target, opts.sort_order) || has_filters
+        {
+            None
+        } else if opts.limit > 0 {
+            Some(
+                usize::try_from(opts.limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
+            )
+        } else {
+            None
+        };
+        let mut kvs = Vec::new();
+        self.for_each_key_at(&range, rev, |r| {
+            count += 1;
+            if fetch_limit.is_none_or(|l| kvs.len() < l) {
+                kvs.push(self.record_at(r)?.kv);
+            }
+            Ok(true)
+        })?;
+
+        filter(&mut kvs, opts);
+        sort(&mut kvs, opts.sort_target, opts.sort_order);
+        let mut more = false;
+        if let Ok(limit) = usize::try_from(opts.limit) {
+            if limit > 0 && kvs.len() > limit {
+                kvs.truncate(limit);
+                more = true;
+            }
+        }
+        if opts.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            more,
+            revision: self.current,
+        })
+    }
+
+    /// The events of revisions in `(from_rev, to_rev]`, in revision order, each
+    /// with its previous key-value. Errors with `FutureRevision` if `to_rev` is
+    /// past the current revision and with `Compacted` if `from_rev + 1` (the
+    /// first revision asked for) is below the compacted revision, as etcd's
+    /// watch does; events at exactly the compacted revision are only those that
+    /// survived compaction (no tombstones), as in etcd.
+    pub fn events(&self, from_rev: i64, to_rev: i64) -> Result<Vec<Event>> {
+        if to_rev > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        if from_rev.saturating_add(1) < self.compact {
+            return Err(MvccError::Compacted);
+        }
+        let mut events = Vec::new();
+        if to_rev <= from_rev {
+            return Ok(events);
+        }
+        let lo = Revision::new(from_rev.saturating_add(1), 0).to_bytes();
+        let hi = Revision::last_of(to_rev).to_bytes();
+        for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+            let (k, v) = entry?;
+            let rev = Revision::from_bytes(k.value())?;
+            let record = decode_record(v.value())?;
+            let before = if rev.sub > 0 {
+                Revision::new(rev.main, rev.sub - 1)
+            } else {
+                Revision::last_of(rev.main - 1)
+            };
+            let prev_kv = match self.newest_upto(&index_prefix(&record.kv.key), before)? {
+                Some((r, false)) => Some(self.record_at(r)?.kv),
+                _ => None,
+            };
+            events.push(if record.tombstone {
+                Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue::tombstone(record.kv.key, rev.main),
+                    prev_kv,
+                }
+            } else {
+                Event {
+                    kind: EventKind::Put,
+                    kv: record.kv,
+                    prev_kv,
+                }
+            });
+        }
+        Ok(events)
+    }
+
+    /// CRC-32C over every stored revision in `(compact, rev]` (revision bytes and
+    /// record bytes, in revision order). Those revisions are never touched by
+    /// compaction, so members with the same history agree. `rev == 0` means the
+    /// current revision; errors as etcd's `HashByRev`.
+    pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        if rev > 0 && rev <= self.compact {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        let rev = if rev <= 0 { self.current } else { rev };
+        let mut h = Crc32c::new();
+        h.update(HASH_KV_LABEL);
+        let lo = Revision::new(self.compact.saturating_add(1), 0).to_bytes();
+        let hi = Revision::last_of(rev).to_bytes();
+        if lo <= hi {
+            for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+                let (k, v) = entry?;
+                h.update(k.value());
+                h.update(v.value());
+            }
+        }
+        Ok(HashKv {
+            hash: h.sum(),
+            compact_revision: self.compact,
+            hash_revision: rev,
+        })
+    }
+}
+
+/// Keys of all records stored in revisions `[lo, hi)`, deduplicated and sorted.
+pub(crate) fn keys_in_revisions<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    kv: &T,
+    lo: Revision,
+    hi: Revision,
+) -> Result<std::collections::BTreeSet<Vec<u8>>> {
+    let mut keys = std::collections::BTreeSet::new();
+    let (lo, hi) = (lo.to_bytes(), hi.to_bytes());
+    if lo >= hi {
+        return Ok(keys);
+    }
+    for entry in kv.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
+        let (_, v) = entry?;
+        let key = decode_record_key(v.value())?;
+        if !keys.contains(key) {
+            keys.insert(key.to_vec());
+        }
+    }
+    Ok(keys)
+}
+
+/// etcd's `isDefaultOrdering`: results already come sorted by key ascending.
+fn is_default_ordering(target: SortTarget, order: SortOrder) -> bool {
+    order == SortOrder::None || (target == SortTarget::Key && order == SortOrder::Ascend)
+}
+
+/// etcd's `filterRangeResults`.
+fn filter(kvs: &mut Vec<KeyValue>, opts: &RangeOptions) {
+    if opts.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= opts.max_mod_revision);
+    }
+    if opts.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= opts.min_mod_revision);
+    }
+    if opts.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= opts.max_create_revision);
+    }
+    if opts.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= opts.min_create_revision);
+    }
+}
+
+/// etcd's `sortRangeResults`: a non-key target with no order sorts ascending.
+/// The sort is stable, so ties stay in key order.
+fn sort(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
+    let order = if target != SortTarget::Key && order == SortOrder::None {
+        SortOrder::Ascend
+    } else {
+        order
+    };
+    if is_default_ordering(target, order) {
+        return;
+    }
+    if target == SortTarget::Key && order == SortOrder::Descend {
+        kvs.reverse();
+        return;
+    }
+    let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+        match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        }
+    };
+    if order == SortOrder::Descend {
+        kvs.sort_by(|a, b| cmp(b, a));
+    } else {
+        kvs.sort_by(cmp);
+    }
+}

@@ -1,0 +1,59 @@
+//! Consensus: one member's Raft node, built on the `raft` crate (tikv raft-rs).
+//!
+//! - [`storage`]: the durable Raft log (redb), what raft-rs reads through `raft::Storage`.
+//! - [`node`]: the single thread that owns `RawNode`, ticks it, steps peer messages,
+//!   takes proposals and read-index requests, and drives the Ready loop: persist,
+//!   send, apply (through [`StateMachine`]), advance.
+//! - [`transport`]: gRPC streams between members on their peer URLs, with the fault
+//!   hooks (drop messages to/from some peers) used by the embedded cluster.
+//! - [`logger`]: forwards raft-rs's `slog` records into `tracing`.
+//!
+//! Nothing outside [`node`] touches `RawNode`; everything else talks to it through
+//! [`node::RaftHandle`], a cheap clonable channel handle.
+
+pub mod logger;
+pub mod node;
+pub mod storage;
+pub mod transport;
+
+pub use node::{NodeStatus, RaftHandle, Role, StateMachine};
+pub use storage::{RaftStorage, SnapshotSource};
+
+/// Errors of the consensus layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error("raft storage {path}: {source}")]
+    Open {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error("raft storage: {0}")]
+    Db(String),
+    #[error("raft storage: cannot decode record: {0}")]
+    Decode(String),
+    #[error("raft storage is corrupt: {0}")]
+    Corrupt(String),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("state machine: {0}")]
+    Apply(String),
+    #[error("the raft node has stopped")]
+    Stopped,
+    #[error("leader changed")]
+    LeaderChanged,
+}
+
+impl RaftError {
+    pub(crate) fn storage(path: impl std::fmt::Display, source: redb::DatabaseError) -> Self {
+        RaftError::Open {
+            path: path.to_string(),
+            source,
+        }
+    }
+    pub(crate) fn db(e: impl std::fmt::Display) -> Self {
+        RaftError::Db(e.to_string())
+    }
+    pub(crate) fn decode(e: impl std::fmt::Display) -> Self {
+        RaftError::Decode(e.to_string())
+    }
+}

@@ -1,0 +1,562 @@
+//! The Raft node: the one thread that owns `raft::RawNode`.
+//!
+//! Everything reaches the node as a [`Msg`] on one channel: proposals from the API,
+//! Raft messages from peers, read-index requests, fault hooks. The loop:
+//!
+//! 1. wait for a message or the next tick, then drain the channel (so proposals
+//!    that arrive together are batched into one Ready);
+//! 2. tick when due;
+//! 3. when raft-rs has a Ready: send the leader's messages at once (they may go out
+//!    before the leader's own fsync), restore a snapshot if one arrived, apply
+//!    committed entries through the [`StateMachine`], persist new entries and the
+//!    hard state (one fsync), only then send the messages that depend on them
+//!    (votes, append responses), advance, and repeat for the `LightReady`;
+//! 4. publish a [`NodeStatus`] (leader, term, commit and applied indexes) on a
+//!    watch channel that the API reads without touching the node.
+//!
+//! Invariants: nothing is acknowledged to a peer before it is durable; entries are
+//! applied exactly once, in order (the state machine records its applied index in
+//! the same transaction as the data, and raft-rs is told that index on restart);
+//! the log is compacted only behind the applied index.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use super::storage::RaftStorage;
+use super::RaftError;
+
+/// The replicated state machine driven by the node (see `crate::apply`).
+pub trait StateMachine: Send + 'static {
+    /// Applies committed entries, in order. Configuration changes are applied to
+    /// Raft through `conf`, which returns the new configuration.
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+    ) -> Result<(), RaftError>;
+    /// Replaces the whole state by a snapshot's data.
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError>;
+    /// The index of the last applied entry (durable).
+    fn applied_index(&self) -> u64;
+}
+
+/// Sends Raft messages to peers (see [`super::transport`]).
+pub trait Outbox: Send + 'static {
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// The member's role, as etcd names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// What the node last published about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub is_leader: bool,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// True while paused by a fault hook.
+    pub paused: bool,
+}
+
+impl NodeStatus {
+    pub fn role(&self) -> Role {
+        if self.is_leader {
+            Role::Leader
+        } else if self.leader_id == 0 {
+            Role::Candidate
+        } else {
+            Role::Follower
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+/// Messages to the node.
+pub enum Msg {
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    ProposeConfChange {
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+        reply: Reply<()>,
+    },
+    ReadIndex {
+        reply: Reply<u64>,
+    },
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    TransferLeader(u64),
+    Campaign,
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub name: String,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    /// Compact the log when this many entries have been applied since the last
+    /// compaction point (etcd's --snapshot-count).
+    pub snapshot_count: u64,
+    /// Entries kept behind the compaction point so slow followers catch up from
+    /// the log rather than by snapshot.
+    pub catchup_entries: u64,
+}
+
+/// A clonable handle to a running node.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: mpsc::Sender<Msg>,
+    status: watch::Receiver<NodeStatus>,
+}
+
+impl RaftHandle {
+    /// Proposes an entry; resolves once the node took it (not when committed).
+    pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Propose { data, reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Proposes a configuration change.
+    pub async fn propose_conf_change(
+        &self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<(), RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::ProposeConfChange { cc, context, reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// The leader's commit index as confirmed by a quorum (Raft's ReadIndex);
+    /// reading state applied up to it is linearizable.
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::ReadIndex { reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Waits until the state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), RaftError> {
+        let mut rx = self.status.clone();
+        rx.wait_for(|s| s.applied_index >= index)
+            .await
+            .map_err(|_| RaftError::Stopped)?;
+        Ok(())
+    }
+
+    /// Hands a message from a peer to the node.
+    pub fn step(&self, msg: Message) -> Result<(), RaftError> {
+        self.send(Msg::Step(Box::new(msg)))
+    }
+
+    /// Sends a control message.
+    pub fn send(&self, msg: Msg) -> Result<(), RaftError> {
+        self.tx.send(msg).map_err(|_| RaftError::Stopped)
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+}
+
+/// The running node: its thread and a handle. Dropping it does not stop the
+/// thread; call [`Node::stop`].
+pub struct Node {
+    handle: RaftHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts the node thread. `channel` is the pair made by [`channel`], so that the
+    /// transport could get a handle before the node existed.
+    pub fn start(
+        config: NodeConfig,
+        storage: RaftStorage,
+        state_machine: Box<dyn StateMachine>,
+        outbox: Box<dyn Outbox>,
+        channel: (RaftHandle, NodeInbox),
+    ) -> Result<Node, RaftError> {
+        let (handle, inbox) = channel;
+        let applied = state_machine.applied_index();
+        let raft_config = Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = super::logger::logger(&config.name);
+        let raw = RawNode::new(&raft_config, storage, &logger)?;
+        let mut looper = Loop {
+            raw,
+            sm: state_machine,
+            outbox,
+            rx: inbox.rx,
+            status: inbox.status,
+            config,
+            pending_reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            next_read_ctx: 0,
+            paused: false,
+            held: VecDeque::new(),
+            last_leader: 0,
+        };
+        let name = format!("raft-{}", looper.config.name);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                if let Err(e) = looper.run() {
+                    tracing::error!(error = %e, "raft node stopped on error");
+                }
+            })
+            .map_err(|e| RaftError::Apply(format!("cannot start raft thread: {e}")))?;
+        Ok(Node {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> &RaftHandle {
+        &self.handle
+    }
+
+    /// Stops the node thread and waits for it to end.
+    pub fn stop(&mut self) {
+        let _ = self.handle.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The receiving half of a node's channel.
+pub struct NodeInbox {
+    rx: mpsc::Receiver<Msg>,
+    status: watch::Sender<NodeStatus>,
+}
+
+/// Makes a node's channel: a handle for everyone else and the inbox for the node.
+pub fn channel(id: u64) -> (RaftHandle, NodeInbox) {
+    let (tx, rx) = mpsc::channel();
+    let (status_tx, status_rx) = watch::channel(NodeStatus {
+        id,
+        ..Default::default()
+    });
+    (
+        RaftHandle {
+            tx,
+            status: status_rx,
+        },
+        NodeInbox {
+            rx,
+            status: status_tx,
+        },
+    )
+}
+
+struct Loop {
+    raw: RawNode<RaftStorage>,
+    sm: Box<dyn StateMachine>,
+    outbox: Box<dyn Outbox>,
+    rx: mpsc::Receiver<Msg>,
+    status: watch::Sender<NodeStatus>,
+    config: NodeConfig,
+    /// Read-index requests waiting for the next batch.
+    pending_reads: Vec<Reply<u64>>,
+    /// Batches of read-index requests sent to raft-rs, by context.
+    inflight_reads: HashMap<u64, Vec<Reply<u64>>>,
+    next_read_ctx: u64,
+    paused: bool,
+    /// Messages received while paused, handled on resume.
+    held: VecDeque<Msg>,
+    last_leader: u64,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Loop {
+    fn run(&mut self) -> Result<(), RaftError> {
+        let mut next_tick = Instant::now() + self.config.tick;
+        self.publish_status();
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(msg) => {
+                    if let Flow::Stop = self.handle(msg)? {
+                        return Ok(());
+                    }
+                    // Drain whatever else is queued, to batch it into one Ready.
+                    for _ in 0..4096 {
+                        match self.rx.try_recv() {
+                            Ok(msg) => {
+                                if let Flow::Stop = self.handle(msg)? {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if self.paused {
+                next_tick = Instant::now() + self.config.tick;
+                continue;
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.config.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.config.tick;
+                }
+            }
+            self.flush_reads();
+            while self.raw.has_ready() {
+                self.on_ready()?;
+            }
+            self.maybe_compact()?;
+            self.publish_status();
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<Flow, RaftError> {
+        if self.paused {
+            match msg {
+                Msg::Resume => {
+                    self.paused = false;
+                    let held: Vec<Msg> = self.held.drain(..).collect();
+                    for m in held {
+                        if let Flow::Stop = self.handle(m)? {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                }
+                Msg::Stop => return Ok(Flow::Stop),
+                other => self.held.push_back(other),
+            }
+            self.publish_status();
+            return Ok(Flow::Continue);
+        }
+        match msg {
+            Msg::Propose { data, reply } => {
+                let r = self.raw.propose(Vec::new(), data).map_err(RaftError::from);
+                let _ = reply.send(r);
+            }
+            Msg::ProposeConfChange { cc, context, reply } => {
+                let r = self
+                    .raw
+                    .propose_conf_change(context, cc)
+                    .map_err(RaftError::from);
+                let _ = reply.send(r);
+            }
+            Msg::ReadIndex { reply } => self.pending_reads.push(reply),
+            Msg::Step(m) => {
+                // Messages for a stale configuration are refused by raft-rs; that is normal.
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(target: "raft", error = %e, "step refused");
+                }
+            }
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Msg::TransferLeader(to) => self.raw.transfer_leader(to),
+            Msg::Campaign => {
+                let _ = self.raw.campaign();
+            }
+            Msg::Pause => {
+                self.paused = true;
+                self.publish_status();
+            }
+            Msg::Resume => {}
+            Msg::Stop => return Ok(Flow::Stop),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Sends one read-index request for every read that arrived since the last one.
+    fn flush_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        self.next_read_ctx += 1;
+        let ctx = self.next_read_ctx;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.inflight_reads
+            .insert(ctx, std::mem::take(&mut self.pending_reads));
+    }
+
+    fn on_ready(&mut self) -> Result<(), RaftError> {
+        let mut ready = self.raw.ready();
+
+        if !ready.messages().is_empty() {
+            self.outbox.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.sm.restore(&snap)?;
+            self.raw.mut_store().apply_snapshot(snap.get_metadata())?;
+        }
+        for rs in ready.take_read_states() {
+            let ctx = ctx_of(&rs.request_ctx);
+            if let Some(replies) = self.inflight_reads.remove(&ctx) {
+                for r in replies {
+                    let _ = r.send(Ok(rs.index));
+                }
+            }
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
+
+        let hs = ready.hs().cloned();
+        self.raw.mut_store().persist(ready.entries(), hs.as_ref())?;
+        if !ready.persisted_messages().is_empty() {
+            self.outbox.send(ready.take_persisted_messages());
+        }
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            self.outbox.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let raw = &mut self.raw;
+        let mut conf = |cc: &ConfChangeV2| -> Result<ConfState, RaftError> {
+            let cs = raw.apply_conf_change(cc)?;
+            raw.mut_store().set_conf_state(cs.clone())?;
+            Ok(cs)
+        };
+        self.sm.apply(entries, &mut conf)
+    }
+
+    /// Drops applied entries from the log every `snapshot_count` entries, keeping
+    /// `catchup_entries` behind for slow followers.
+    fn maybe_compact(&mut self) -> Result<(), RaftError> {
+        let applied = self.sm.applied_index();
+        let first = self.raw.store().first();
+        let count = self.config.snapshot_count.max(1);
+        if applied >= first + count + self.config.catchup_entries {
+            let to = applied - self.config.catchup_entries;
+            self.raw.mut_store().compact(to)?;
+            tracing::debug!(target: "raft", compacted_to = to, applied, "compacted raft log");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let leader_id = raft.leader_id;
+        let is_leader = raft.state == StateRole::Leader;
+        let cs = self.raw.store().conf_state();
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        let status = NodeStatus {
+            id: raft.id,
+            leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.sm.applied_index(),
+            last_index: raft.raft_log.last_index(),
+            is_leader,
+            voters,
+            learners,
+            paused: self.paused,
+        };
+        if leader_id != self.last_leader {
+            // Reads in flight under the old leader may never be answered.
+            for (_, replies) in self.inflight_reads.drain() {
+                for r in replies {
+                    let _ = r.send(Err(RaftError::LeaderChanged));
+                }
+            }
+            self.last_leader = leader_id;
+        }
+        self.status.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn ctx_of(bytes: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    if bytes.len() == 8 {
+        a.copy_from_slice(bytes);
+    }
+    u64::from_be_bytes(a)
+}
