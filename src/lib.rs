@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod layout;
+pub mod lease;
 pub mod member;
 pub mod membership;
 pub mod mvcc;

@@ -165,6 +165,8 @@ impl Member {
             );
         }
         storage.set_snapshot_source(applier.snapshot_source());
+        let events = applier.events();
+        let leases = applier.leases();
 
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder
@@ -260,7 +262,10 @@ impl Member {
                 max_request_bytes: cfg.max_request_bytes,
                 max_txn_ops: cfg.max_txn_ops,
                 request_timeout,
+                min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
             },
+            events,
+            leases,
             db_files: vec![kv_path.clone(), raft_path.clone()],
         });
 
@@ -311,6 +316,7 @@ impl Member {
             ready_tx,
             shutdown.clone(),
         ));
+        runtime.spawn(api::lease::expire_leases(core.clone(), shutdown.clone()));
         runtime.spawn(decide_cluster_version(
             core.clone(),
             cfg.election_timeout,

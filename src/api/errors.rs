@@ -17,6 +17,7 @@ pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request"
 pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
 pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
@@ -75,6 +76,7 @@ pub fn from_apply(e: ApplyError) -> Status {
         ApplyError::Mvcc(m) => from_mvcc(m),
         ApplyError::KeyNotFound => Status::new(Code::InvalidArgument, KEY_NOT_FOUND),
         ApplyError::LeaseNotFound => Status::new(Code::NotFound, LEASE_NOT_FOUND),
+        ApplyError::LeaseExists => Status::new(Code::FailedPrecondition, LEASE_EXISTS),
         ApplyError::Membership(m) => {
             Status::new(Code::FailedPrecondition, format!("etcdserver: {m}"))
         }

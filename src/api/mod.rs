@@ -4,6 +4,8 @@
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
 //! - [`cluster`]: MemberList (and the rest of the Cluster service).
 //! - [`maintenance`]: Status, Hash, HashKV, Alarm, Defragment, ...
+//! - [`lease`]: leases, and the leader's task that revokes expired ones.
+//! - [`watch`]: Watch streams, fed by the applied-changes broadcast.
 //! - [`http`]: `GET /health`, `GET /version`.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
@@ -17,14 +19,16 @@ pub mod cluster;
 pub mod errors;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod server;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
-use tokio::sync::watch;
+
 use tonic::Status;
 
 use crate::apply::{Applied, ApplyResult};
@@ -43,6 +47,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// How long a request may wait for consensus before `request timed out`.
     pub request_timeout: Duration,
+    /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts).
+    pub min_lease_ttl: i64,
 }
 
 /// What every service of one member shares.
@@ -53,8 +59,12 @@ pub struct Core {
     pub store: Arc<Store>,
     pub waiters: Arc<Waiters<ApplyResult>>,
     pub ids: IdGen,
-    pub membership: watch::Receiver<Membership>,
+    pub membership: tokio::sync::watch::Receiver<Membership>,
     pub limits: Limits,
+    /// The lease table (replicated TTLs, local deadlines).
+    pub leases: crate::apply::SharedLeases,
+    /// Every applied batch of changes, for watchers.
+    pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
     /// Files whose sizes make up the reported database size.
     pub db_files: Vec<std::path::PathBuf>,
 }

@@ -8,11 +8,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterService;
 use super::kv::KvService;
+use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
+use super::watch::WatchService;
 use super::Core;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 
 /// Bytes a gRPC frame may exceed `--max-request-bytes` by before the transport
 /// itself refuses it (etcd allows the same overhead).
@@ -33,6 +37,16 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     )
     .add_service(
         MaintenanceServer::new(MaintenanceService::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(LeaseService::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(WatchService::new(core.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );

@@ -25,18 +25,23 @@ use raft::prelude::{
 use raft_proto::ConfChangeI;
 use tokio::sync::{broadcast, watch};
 
+use crate::lease::LeaseTable;
 use crate::mvcc::{self, MvccError, Store};
+use crate::pb::etcdserverpb::LeaseKeepAliveResponse;
 use crate::pb::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
     ResponseHeader, TxnResponse,
 };
-use crate::pb::lcraftpb::{request::Op, ConfChangeContext, MemberInfo, Membership, Request};
+use crate::pb::lcraftpb::{
+    request::Op, ConfChangeContext, LeaseRecords, MemberInfo, Membership, Request,
+};
 use crate::raft::{RaftError, SnapshotSource, StateMachine};
 use crate::wait::Waiters;
 
 const META_APPLIED: &str = "applied";
 const META_CONF_STATE: &str = "conf_state";
 const META_MEMBERSHIP: &str = "membership";
+const META_LEASES: &str = "leases";
 
 /// The current cluster version this implementation announces.
 pub const CLUSTER_VERSION: &str = "3.5.0";
@@ -50,6 +55,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseKeepAlive(LeaseKeepAliveResponse),
     Members(Vec<MemberInfo>),
     Done,
 }
@@ -63,6 +69,8 @@ pub enum ApplyError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("{0}")]
     Membership(String),
 }
@@ -88,14 +96,27 @@ pub struct Applier {
     membership_tx: watch::Sender<Membership>,
     waiters: Arc<Waiters<ApplyResult>>,
     events: broadcast::Sender<Arc<AppliedEvents>>,
+    leases: Arc<std::sync::Mutex<LeaseTable>>,
 }
 
-struct NoLeases;
+/// Shared handle to the lease table (the API and the leader's expiry task read it).
+pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
 
-impl txn::Leases for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
+impl txn::Leases for LeaseTable {
+    fn exists(&self, id: i64) -> bool {
+        self.contains(id)
     }
+}
+
+fn load_leases(view: &mvcc::ReadView) -> Result<LeaseTable, RaftError> {
+    let records = match view.meta(META_LEASES).map_err(apply_err)? {
+        Some(b) => LeaseRecords::decode(b.as_slice()).map_err(RaftError::decode)?,
+        None => LeaseRecords::default(),
+    };
+    Ok(LeaseTable::from_records(
+        &records,
+        std::time::Instant::now(),
+    ))
 }
 
 impl Applier {
@@ -114,6 +135,7 @@ impl Applier {
             Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
             None => Membership::default(),
         };
+        let leases = Arc::new(std::sync::Mutex::new(load_leases(&view)?));
         drop(view);
         let (membership_tx, membership_rx) = watch::channel(membership.clone());
         let (events, _) = broadcast::channel(1024);
@@ -127,6 +149,7 @@ impl Applier {
                 membership_tx,
                 waiters,
                 events,
+                leases,
             },
             membership_rx,
         ))
@@ -155,6 +178,11 @@ impl Applier {
         self.events.clone()
     }
 
+    /// The lease table.
+    pub fn leases(&self) -> SharedLeases {
+        self.leases.clone()
+    }
+
     /// The builder of snapshots for lagging followers.
     pub fn snapshot_source(&self) -> Box<dyn SnapshotSource> {
         Box::new(StoreSnapshots {
@@ -168,14 +196,17 @@ impl Applier {
         req: Request,
         events: &mut Vec<mvcc::Event>,
     ) -> Result<ApplyResult, RaftError> {
-        let leases = NoLeases;
+        let leases_handle = self.leases.clone();
+        let mut leases = leases_handle
+            .lock()
+            .map_err(|_| RaftError::Apply("lease table poisoned".into()))?;
         let Some(op) = req.op else {
             return Ok(Ok((Applied::Done, self.store_rev(batch))));
         };
         let result = match op {
             Op::Put(p) => {
                 let mut rt = batch.txn().map_err(apply_err)?;
-                let r = txn::put(&mut rt, &p, &leases);
+                let r = txn::put(&mut rt, &p, &*leases);
                 let (rev, evs) = rt.end();
                 events.extend(evs);
                 r.map(|resp| (Applied::Put(resp), rev))
@@ -189,7 +220,7 @@ impl Applier {
             }
             Op::Txn(t) => {
                 let mut rt = batch.txn().map_err(apply_err)?;
-                let r = txn::txn(&mut rt, &t, &leases);
+                let r = txn::txn(&mut rt, &t, &*leases);
                 let (rev, evs) = rt.end();
                 events.extend(evs);
                 r.map(|resp| (Applied::Txn(resp), rev))
@@ -230,9 +261,55 @@ impl Applier {
                 }
                 Ok((Applied::Done, self.store_rev(batch)))
             }
-            Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::Alarm(_) => {
-                Err(ApplyError::Membership("not supported".into()))
+            Op::LeaseGrant(g) => {
+                if leases.contains(g.id) {
+                    Err(ApplyError::LeaseExists)
+                } else {
+                    leases.grant(g.id, g.ttl, std::time::Instant::now());
+                    batch
+                        .set_meta(META_LEASES, &leases.records().encode_to_vec())
+                        .map_err(apply_err)?;
+                    let resp = LeaseGrantResponse {
+                        header: None,
+                        id: g.id,
+                        ttl: g.ttl,
+                        error: String::new(),
+                    };
+                    Ok((Applied::LeaseGrant(resp), self.store_rev(batch)))
+                }
             }
+            Op::LeaseRevoke(r) => {
+                if !leases.revoke(r.id) {
+                    Err(ApplyError::LeaseNotFound)
+                } else {
+                    batch
+                        .set_meta(META_LEASES, &leases.records().encode_to_vec())
+                        .map_err(apply_err)?;
+                    // Delete every key attached to the lease, in one revision.
+                    let mut rt = batch.txn().map_err(apply_err)?;
+                    let deleted = txn::delete_leased(&mut rt, r.id);
+                    let (rev, evs) = rt.end();
+                    events.extend(evs);
+                    deleted.map(|_| {
+                        (
+                            Applied::LeaseRevoke(LeaseRevokeResponse { header: None }),
+                            rev,
+                        )
+                    })
+                }
+            }
+            Op::LeaseKeepAlive(k) => match leases.renew(k.id, std::time::Instant::now()) {
+                Some(ttl) => {
+                    let resp = LeaseKeepAliveResponse {
+                        header: None,
+                        id: k.id,
+                        ttl,
+                    };
+                    Ok((Applied::LeaseKeepAlive(resp), self.store_rev(batch)))
+                }
+                None => Err(ApplyError::LeaseNotFound),
+            },
+            Op::Alarm(_) => Ok((Applied::Done, self.store_rev(batch))),
         };
         match result {
             Err(ApplyError::Mvcc(MvccError::Storage(e)))
@@ -365,7 +442,11 @@ impl StateMachine for Applier {
             Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
             None => Membership::default(),
         };
+        let leases = load_leases(&view)?;
         drop(view);
+        if let Ok(mut t) = self.leases.lock() {
+            *t = leases;
+        }
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.membership = membership.clone();

@@ -103,6 +103,22 @@ pub fn txn(
     })
 }
 
+/// Deletes every key attached to lease `id` (a revoke or an expiry).
+pub fn delete_leased(rt: &mut RevTxn<'_>, id: i64) -> Result<(), ApplyError> {
+    let all = rt.range(
+        b"\0",
+        b"\0",
+        &RangeOptions {
+            keys_only: true,
+            ..Default::default()
+        },
+    )?;
+    for kv in all.kvs.into_iter().filter(|kv| kv.lease == id) {
+        rt.delete_range(&kv.key, &[])?;
+    }
+    Ok(())
+}
+
 /// Whether every compare holds against the current state of `rt`.
 pub fn compares_hold(rt: &mut RevTxn<'_>, compares: &[Compare]) -> Result<bool, ApplyError> {
     for c in compares {

@@ -1,0 +1,226 @@
+//! The Lease service: grant, revoke, keep alive, time-to-live, list.
+//!
+//! Grants, revocations and keep-alives are proposals like any write, so every
+//! member agrees on which leases exist (see [`crate::lease`]). `TimeToLive` and
+//! `Leases` answer from this member's table after a ReadIndex barrier.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{errors, Core};
+use crate::apply::Applied;
+use crate::mvcc::RangeOptions;
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::pb::lcraftpb::request::Op;
+
+/// etcd's largest lease TTL, in seconds.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// The Lease service of one member.
+pub struct LeaseService {
+    core: Arc<Core>,
+}
+
+impl LeaseService {
+    pub fn new(core: Arc<Core>) -> Self {
+        LeaseService { core }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+/// Renews one lease through Raft; a TTL of 0 means the lease is gone.
+async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    match core
+        .propose(Op::LeaseKeepAlive(LeaseKeepAliveRequest { id }))
+        .await
+    {
+        Ok((Applied::LeaseKeepAlive(mut resp), rev)) => {
+            resp.header = core.header(rev);
+            Ok(resp)
+        }
+        Ok(_) => Err(Status::internal("unexpected apply result")),
+        Err(s) if s.code() == Code::NotFound => {
+            let rev = core.store.current_revision();
+            Ok(LeaseKeepAliveResponse {
+                header: core.header(rev),
+                id,
+                ttl: 0,
+            })
+        }
+        Err(s) => Err(s),
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut req = request.into_inner();
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(Status::new(
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ));
+        }
+        req.ttl = req.ttl.max(self.core.limits.min_lease_ttl);
+        if req.id == 0 {
+            req.id = (self.core.ids.next() & (i64::MAX as u64)) as i64;
+        }
+        match self.core.propose(Op::LeaseGrant(req)).await? {
+            (Applied::LeaseGrant(mut resp), rev) => {
+                resp.header = self.core.header(rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        match self
+            .core
+            .propose(Op::LeaseRevoke(request.into_inner()))
+            .await?
+        {
+            (Applied::LeaseRevoke(mut resp), rev) => {
+                resp.header = self.core.header(rev);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let core = self.core.clone();
+        // Ends when the client closes its stream or stops reading.
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = input.message().await {
+                let resp = keep_alive_once(&core, req.id).await;
+                if tx.send(resp).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        self.core.read_barrier().await?;
+        let lease = self
+            .core
+            .leases
+            .lock()
+            .ok()
+            .and_then(|t| t.get(req.id).cloned());
+        let rev = self.core.store.current_revision();
+        let Some(lease) = lease else {
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header: self.core.header(rev),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            }));
+        };
+        let keys = if req.keys {
+            let view = self.core.store.read().map_err(errors::from_mvcc)?;
+            let all = view
+                .range(
+                    b"\0",
+                    b"\0",
+                    &RangeOptions {
+                        keys_only: true,
+                        ..Default::default()
+                    },
+                )
+                .map_err(errors::from_mvcc)?;
+            all.kvs
+                .into_iter()
+                .filter(|kv| kv.lease == req.id)
+                .map(|kv| kv.key)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.core.header(rev),
+            id: req.id,
+            ttl: lease.remaining_secs(Instant::now()),
+            granted_ttl: lease.ttl,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.core.read_barrier().await?;
+        let ids = self.core.leases.lock().map(|t| t.ids()).unwrap_or_default();
+        let rev = self.core.store.current_revision();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.core.header(rev),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+/// On the leader: revokes expired leases; on becoming leader, gives every lease
+/// a full TTL first. Runs until `shutdown`.
+pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let is_leader = core.raft.status().is_leader;
+        if is_leader && !was_leader {
+            if let Ok(mut t) = core.leases.lock() {
+                t.promote(Instant::now());
+            }
+        }
+        was_leader = is_leader;
+        if !is_leader {
+            continue;
+        }
+        let expired = core
+            .leases
+            .lock()
+            .map(|t| t.expired(Instant::now()))
+            .unwrap_or_default();
+        for id in expired {
+            tracing::debug!(lease = %format!("{id:x}"), "revoking expired lease");
+            let _ = core
+                .propose(Op::LeaseRevoke(LeaseRevokeRequest { id }))
+                .await;
+        }
+    }
+}
