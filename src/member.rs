@@ -262,6 +262,7 @@ impl Member {
                 max_request_bytes: cfg.max_request_bytes,
                 max_txn_ops: cfg.max_txn_ops,
                 request_timeout,
+                leader_wait: 3 * cfg.election_timeout,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
             },
             events,

@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// How long a request may wait for consensus before `request timed out`.
     pub request_timeout: Duration,
+    /// How long a request waits for a leader to be elected before failing with
+    /// `etcdserver: no leader` (etcd blocks in the same situation).
+    pub leader_wait: Duration,
     /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
 }
@@ -94,9 +97,7 @@ impl Core {
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
-        if self.raft.status().leader_id == 0 {
-            return Err(errors::no_leader());
-        }
+        self.wait_for_leader().await?;
         let rx = self.waiters.register(id);
         if let Err(e) = self.raft.propose(data).await {
             self.waiters.cancel(id);
@@ -117,9 +118,7 @@ impl Core {
     /// started, as confirmed by a quorum: reads after it are linearizable.
     pub async fn read_barrier(&self) -> Result<(), Status> {
         self.unpaused().await;
-        if self.raft.status().leader_id == 0 {
-            return Err(errors::no_leader());
-        }
+        self.wait_for_leader().await?;
         let wait = async {
             let index = self.raft.read_index().await.map_err(errors::from_raft)?;
             self.raft
@@ -130,6 +129,23 @@ impl Core {
         match tokio::time::timeout(self.limits.request_timeout, wait).await {
             Ok(r) => r,
             Err(_) => Err(errors::timeout()),
+        }
+    }
+
+    /// Waits (a bounded time) until a leader is known, as during an election.
+    pub async fn wait_for_leader(&self) -> Result<(), Status> {
+        if self.raft.status().leader_id != 0 {
+            return Ok(());
+        }
+        let mut rx = self.raft.watch_status();
+        let waited =
+            tokio::time::timeout(self.limits.leader_wait, rx.wait_for(|s| s.leader_id != 0))
+                .await
+                .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(errors::stopped()),
+            Err(_) => Err(errors::no_leader()),
         }
     }
 

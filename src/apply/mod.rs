@@ -6,7 +6,14 @@
 //! transaction, one fsync) that also records the applied index and term, the Raft
 //! configuration and the membership. So after a crash the state machine is exactly
 //! at some applied index and raft-rs replays from there: every entry is applied
-//! exactly once. Waiters are woken only after the batch is durable.
+//! exactly once.
+//!
+//! Durability: the Raft log is fsync'ed before anything is acknowledged, so the
+//! state machine need not be. Batches are committed without fsync and made durable
+//! at most [`FLUSH_INTERVAL`] later (as etcd's backend commits every 100 ms); a
+//! crash rolls the store back to its last durable applied index and raft-rs
+//! replays the entries after it. The log is only compacted behind that durable
+//! index ([`StateMachine::durable_index`]).
 //!
 //! Entry payloads are `lcraftpb::Request`s (one etcd request each, or a member's
 //! publish, or the cluster version); configuration changes carry a
@@ -97,7 +104,14 @@ pub struct Applier {
     waiters: Arc<Waiters<ApplyResult>>,
     events: broadcast::Sender<Arc<AppliedEvents>>,
     leases: Arc<std::sync::Mutex<LeaseTable>>,
+    /// The applied index that is known to be on disk (see [`Applier::flush`]).
+    durable_applied: u64,
+    /// Whether a non-durable batch waits for a flush, and since when.
+    dirty_since: Option<std::time::Instant>,
 }
+
+/// How long applied state may stay in memory only (the Raft log holds it).
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Shared handle to the lease table (the API and the leader's expiry task read it).
 pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
@@ -150,6 +164,8 @@ impl Applier {
                 waiters,
                 events,
                 leases,
+                durable_applied: applied,
+                dirty_since: None,
             },
             membership_rx,
         ))
@@ -418,7 +434,20 @@ impl StateMachine for Applier {
             batch.set_meta(META_CONF_STATE, &bytes).map_err(apply_err)?;
         }
         let revision = batch.current_revision();
+        // Configuration changes are made durable at once; other batches may wait
+        // for the next flush: the Raft log holds them meanwhile.
+        let durable = conf_state.is_some()
+            || self
+                .dirty_since
+                .is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL);
+        batch.set_durable(durable);
         batch.commit().map_err(apply_err)?;
+        if durable {
+            self.durable_applied = self.applied;
+            self.dirty_since = None;
+        } else if self.dirty_since.is_none() {
+            self.dirty_since = Some(std::time::Instant::now());
+        }
 
         if membership_changed {
             self.membership_tx.send_replace(self.membership.clone());
@@ -449,6 +478,8 @@ impl StateMachine for Applier {
         }
         self.applied = meta.index;
         self.applied_term = meta.term;
+        self.durable_applied = meta.index;
+        self.dirty_since = None;
         self.membership = membership.clone();
         self.membership_tx.send_replace(membership);
         tracing::info!(
@@ -461,6 +492,22 @@ impl StateMachine for Applier {
 
     fn applied_index(&self) -> u64 {
         self.applied
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.durable_applied
+    }
+
+    fn flush(&mut self, force: bool) -> Result<(), RaftError> {
+        let Some(since) = self.dirty_since else {
+            return Ok(());
+        };
+        if force || since.elapsed() >= FLUSH_INTERVAL {
+            self.store.flush().map_err(apply_err)?;
+            self.durable_applied = self.applied;
+            self.dirty_since = None;
+        }
+        Ok(())
     }
 }
 

@@ -259,6 +259,17 @@ impl Store {
         Ok(in_use)
     }
 
+    /// Makes every earlier non-durable commit durable (one fsync).
+    pub fn flush(&self) -> Result<()> {
+        let db = self.db();
+        self.open_batches.fetch_add(1, Ordering::SeqCst);
+        let _open = OpenBatch(&self.open_batches);
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Compacts the database file (etcd's defragment). Fails with `Busy` while a
     /// batch or a read view is open.
     pub fn defragment(&self) -> Result<()> {
@@ -271,6 +282,9 @@ impl Store {
         if self.open_batches.load(Ordering::SeqCst) > 0 {
             return Err(busy());
         }
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit()?;
         match db.compact() {
             Ok(_) => Ok(()),
             Err(redb::CompactionError::TransactionInProgress) => Err(busy()),
@@ -431,7 +445,20 @@ impl Batch<'_> {
         Ok(value)
     }
 
-    /// Makes the batch durable (fsync) and visible to new read views.
+    /// Chooses whether [`Batch::commit`] waits for the disk (the default) or not.
+    /// A non-durable commit is visible at once and becomes durable with the next
+    /// durable commit or [`Store::flush`]; a crash before that loses it, which the
+    /// Raft layer tolerates by replaying its log from the last durable applied index.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+    }
+
+    /// Makes the batch visible to new read views, and durable (fsync) unless
+    /// [`Batch::set_durable`] said otherwise.
     pub fn commit(self) -> Result<()> {
         self.check_usable()?;
         let Batch {

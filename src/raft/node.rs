@@ -42,8 +42,14 @@ pub trait StateMachine: Send + 'static {
     ) -> Result<(), RaftError>;
     /// Replaces the whole state by a snapshot's data.
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError>;
-    /// The index of the last applied entry (durable).
+    /// The index of the last applied entry.
     fn applied_index(&self) -> u64;
+    /// The index of the last applied entry that is on disk; the log is kept
+    /// from there on.
+    fn durable_index(&self) -> u64;
+    /// Makes applied state durable when it has waited long enough (or now, with
+    /// `force`).
+    fn flush(&mut self, force: bool) -> Result<(), RaftError>;
 }
 
 /// Sends Raft messages to peers (see [`super::transport`]).
@@ -367,6 +373,7 @@ impl Loop {
             while self.raw.has_ready() {
                 self.on_ready()?;
             }
+            self.sm.flush(false)?;
             self.maybe_compact()?;
             self.publish_status();
         }
@@ -427,7 +434,10 @@ impl Loop {
                 self.publish_status();
             }
             Msg::Resume => {}
-            Msg::Stop => return Ok(Flow::Stop),
+            Msg::Stop => {
+                self.sm.flush(true)?;
+                return Ok(Flow::Stop);
+            }
         }
         Ok(Flow::Continue)
     }
@@ -501,7 +511,7 @@ impl Loop {
     /// Drops applied entries from the log every `snapshot_count` entries, keeping
     /// `catchup_entries` behind for slow followers.
     fn maybe_compact(&mut self) -> Result<(), RaftError> {
-        let applied = self.sm.applied_index();
+        let applied = self.sm.durable_index();
         let first = self.raw.store().first();
         let count = self.config.snapshot_count.max(1);
         if applied >= first + count + self.config.catchup_entries {
