@@ -573,19 +573,19 @@ fn initial_membership(cfg: &MemberConfig, cluster_id: u64) -> Result<Membership,
         cluster_id,
         ..Default::default()
     };
-    for (name, urls) in &cfg.initial_cluster {
+    for (_name, urls) in &cfg.initial_cluster {
         let urls: Vec<String> = urls.iter().map(|u| u.as_str().to_string()).collect();
         let id = identity::member_id(&urls, &cfg.initial_cluster_token, None);
+        // As in etcd, a member's name and client URLs stay empty ("unstarted")
+        // until it publishes them itself.
         membership.upsert(MemberInfo {
             id,
-            name: name.clone(),
+            name: String::new(),
             peer_urls: urls,
             client_urls: vec![],
             is_learner: false,
         });
     }
-    // etcd leaves a member's name empty until it publishes; we record the
-    // configured names so `member list` reads well from the start.
     Ok(membership)
 }
 

@@ -183,7 +183,15 @@ impl Applier {
             .map_err(apply_err)?;
         let cs = conf_state.write_to_bytes().map_err(RaftError::decode)?;
         batch.set_meta(META_CONF_STATE, &cs).map_err(apply_err)?;
+        // The bootstrap state stands for log index 1, term 1 (see RaftStorage::bootstrap).
+        let index = crate::raft::storage::BOOTSTRAP_INDEX;
+        batch
+            .set_meta(META_APPLIED, &applied_bytes(index, 1))
+            .map_err(apply_err)?;
         batch.commit().map_err(apply_err)?;
+        self.applied = index;
+        self.applied_term = 1;
+        self.durable_applied = index;
         self.membership = membership.clone();
         self.membership_tx.send_replace(membership);
         Ok(())
@@ -420,10 +428,12 @@ impl StateMachine for Applier {
             self.applied = e.index;
             self.applied_term = e.term;
         }
-        let mut applied = [0u8; 16];
-        applied[..8].copy_from_slice(&self.applied.to_be_bytes());
-        applied[8..].copy_from_slice(&self.applied_term.to_be_bytes());
-        batch.set_meta(META_APPLIED, &applied).map_err(apply_err)?;
+        batch
+            .set_meta(
+                META_APPLIED,
+                &applied_bytes(self.applied, self.applied_term),
+            )
+            .map_err(apply_err)?;
         if membership_changed {
             batch
                 .set_meta(META_MEMBERSHIP, &self.membership.encode_to_vec())
@@ -556,6 +566,13 @@ pub fn header(revision: i64) -> Option<ResponseHeader> {
 
 fn apply_err(e: MvccError) -> RaftError {
     RaftError::Apply(e.to_string())
+}
+
+fn applied_bytes(index: u64, term: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&index.to_be_bytes());
+    b[8..].copy_from_slice(&term.to_be_bytes());
+    b
 }
 
 fn be_u64(b: &[u8]) -> u64 {

@@ -34,6 +34,9 @@ const KEY_CONF_STATE: &str = "conf_state";
 const KEY_COMPACTED: &str = "compacted";
 const KEY_IDENTITY: &str = "identity";
 
+/// The index (at term 1) a new cluster's log starts from; see [`RaftStorage::bootstrap`].
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
 /// Builds a Raft snapshot of the applied state on demand (implemented by the
 /// state machine). Called on the Raft thread.
 pub trait SnapshotSource: Send {
@@ -128,8 +131,19 @@ impl RaftStorage {
 
     /// Records the identity and the initial configuration of a brand-new member,
     /// durably and atomically.
+    ///
+    /// The log starts as if index [`BOOTSTRAP_INDEX`] (term 1) had been compacted:
+    /// the initial configuration is state, not log entries, so a member that joins
+    /// later must start from a snapshot, and it will, because the log never holds
+    /// the entries before it.
     pub fn bootstrap(&mut self, identity: &[u8], conf_state: ConfState) -> Result<(), RaftError> {
         let cs = conf_state.write_to_bytes().map_err(RaftError::decode)?;
+        let hs = HardState {
+            term: 1,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
+        let hsb = hs.write_to_bytes().map_err(RaftError::decode)?;
         let mut tx = self.db.begin_write().map_err(RaftError::db)?;
         tx.set_durability(Durability::Immediate);
         {
@@ -137,9 +151,19 @@ impl RaftStorage {
             meta.insert(KEY_IDENTITY, identity).map_err(RaftError::db)?;
             meta.insert(KEY_CONF_STATE, cs.as_slice())
                 .map_err(RaftError::db)?;
+            meta.insert(KEY_HARD_STATE, hsb.as_slice())
+                .map_err(RaftError::db)?;
+            meta.insert(
+                KEY_COMPACTED,
+                compacted_bytes(BOOTSTRAP_INDEX, 1).as_slice(),
+            )
+            .map_err(RaftError::db)?;
         }
         tx.commit().map_err(RaftError::db)?;
         self.conf_state = conf_state;
+        self.hard_state = hs;
+        self.compacted = (BOOTSTRAP_INDEX, 1);
+        self.entries.clear();
         Ok(())
     }
 
