@@ -184,8 +184,15 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
             "starting localcluster member"
         );
         let member = Member::start(&cfg)?;
-        wait_for_signal().await?;
-        tracing::info!(name = %cfg.name, "received signal; shutting down");
+        tokio::select! {
+            r = wait_for_signal() => {
+                r?;
+                tracing::info!(name = %cfg.name, "received signal; shutting down");
+            }
+            _ = member.removed() => {
+                tracing::info!(name = %cfg.name, "removed from the cluster; shutting down");
+            }
+        }
         member.stop().await;
         tracing::info!(name = %cfg.name, "stopped");
         Ok(())

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Core, Limits};
 use crate::apply::{Applier, CLUSTER_VERSION};
-use crate::config::{ClusterState, MemberConfig};
+use crate::config::{ClusterState, EtcdUrl, MemberConfig};
 use crate::identity;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::lcraftpb::raft_transport_server::RaftTransportServer;
@@ -50,7 +50,7 @@ pub enum MemberError {
     Config(String),
     #[error("{0}")]
     DataDir(String),
-    #[error("cannot listen on {url}: {source}")]
+    #[error("cannot listen on {url}")]
     Bind { url: String, source: std::io::Error },
     #[error("{0}")]
     Raft(#[from] RaftError),
@@ -90,9 +90,10 @@ pub struct Member {
     faults: Arc<Faults>,
     peers: Arc<Peers>,
     node: Option<Node>,
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: Option<OwnedRuntime>,
     shutdown: CancellationToken,
     ready: watch::Receiver<bool>,
+    removed: watch::Receiver<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     core: Arc<Core>,
     election_timeout: Duration,
@@ -119,6 +120,8 @@ impl Member {
         listeners: Listeners,
         tuning: Tuning,
     ) -> Result<Member, MemberError> {
+        let client_std = bind_std(&cfg.listen_client_urls, listeners.client)?;
+        let peer_std = bind_std(&cfg.listen_peer_urls, listeners.peer)?;
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir).map_err(|e| {
             MemberError::DataDir(format!(
@@ -140,7 +143,24 @@ impl Member {
         let identity = resolve_identity(cfg, &storage)?;
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
-        if storage.identity()?.is_none() {
+        let fresh = storage.identity()?.is_none();
+        let mut join_peers: Vec<(u64, String)> = Vec::new();
+        if fresh && cfg.initial_cluster_state == ClusterState::Existing {
+            // Joining: no configuration of our own; the leader's snapshot brings it.
+            let (_, membership) = join_identity(cfg)?;
+            join_peers = membership
+                .members
+                .iter()
+                .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
+                .collect();
+            storage.bootstrap_joining(&identity.encode_to_vec())?;
+            tracing::info!(
+                name = %cfg.name,
+                member_id = %format!("{:x}", identity.member_id),
+                cluster_id = %format!("{:x}", identity.cluster_id),
+                "joining a running cluster"
+            );
+        } else if fresh {
             let membership = initial_membership(cfg, identity.cluster_id)?;
             let cs = ConfState::from((
                 membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -173,35 +193,11 @@ impl Member {
             .worker_threads(tuning.worker_threads.unwrap_or(2))
             .thread_name(format!("member-{}", cfg.name))
             .enable_all();
-        let runtime = builder.build()?;
+        let runtime = OwnedRuntime(Some(builder.build()?));
         let _guard = runtime.enter();
 
-        let client_listeners = bind_all(
-            &cfg.listen_client_urls
-                .iter()
-                .map(|u| u.as_str().to_string())
-                .collect::<Vec<_>>(),
-            listeners.client,
-            |u| {
-                cfg.listen_client_urls
-                    .iter()
-                    .find(|x| x.as_str() == u)
-                    .and_then(|x| x.bind_addr().ok())
-            },
-        )?;
-        let peer_listeners = bind_all(
-            &cfg.listen_peer_urls
-                .iter()
-                .map(|u| u.as_str().to_string())
-                .collect::<Vec<_>>(),
-            listeners.peer,
-            |u| {
-                cfg.listen_peer_urls
-                    .iter()
-                    .find(|x| x.as_str() == u)
-                    .and_then(|x| x.bind_addr().ok())
-            },
-        )?;
+        let client_listeners = to_tokio(client_std)?;
+        let peer_listeners = to_tokio(peer_std)?;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -225,6 +221,9 @@ impl Member {
             if let Some(url) = m.peer_urls.first() {
                 peers.add(m.id, url.clone());
             }
+        }
+        for (id, url) in join_peers {
+            peers.add(id, url);
         }
         let tick = cfg.heartbeat_interval.max(Duration::from_millis(1));
         let election_ticks =
@@ -253,6 +252,7 @@ impl Member {
         let core = Arc::new(Core {
             cluster_id: identity.cluster_id,
             member_id: identity.member_id,
+            cluster_token: identity.cluster_token.clone(),
             raft: raft.clone(),
             store: store.clone(),
             waiters,
@@ -278,6 +278,7 @@ impl Member {
                 member_id: identity.member_id,
                 raft: raft.clone(),
                 faults: faults.clone(),
+                membership: membership_rx.clone(),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -305,6 +306,7 @@ impl Member {
 
         // Lifecycle: publish, cluster version, peers in step with membership.
         let (ready_tx, ready_rx) = watch::channel(false);
+        let (removed_tx, removed_rx) = watch::channel(false);
         let advertise: Vec<String> = cfg
             .advertise_client_urls
             .iter()
@@ -327,6 +329,7 @@ impl Member {
             peers.clone(),
             membership_rx,
             identity.member_id,
+            removed_tx,
             shutdown.clone(),
         ));
 
@@ -351,6 +354,7 @@ impl Member {
             runtime: Some(runtime),
             shutdown,
             ready: ready_rx,
+            removed: removed_rx,
             servers,
             core,
             election_timeout: cfg.election_timeout,
@@ -396,6 +400,12 @@ impl Member {
     /// Waits until the member has published itself and serves clients.
     pub async fn wait_ready(&self) {
         let mut rx = self.ready.clone();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Resolves when this member has been removed from the cluster (it should stop).
+    pub async fn removed(&self) {
+        let mut rx = self.removed.clone();
         let _ = rx.wait_for(|r| *r).await;
     }
 
@@ -450,9 +460,7 @@ impl Member {
         if let Some(mut node) = self.node.take() {
             node.stop();
         }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        drop(self.runtime.take());
     }
 
     /// Stops the member gracefully: a leader first hands leadership to a
@@ -475,6 +483,26 @@ impl Member {
             }
         }
         self.kill_now();
+    }
+}
+
+/// The member's runtime. Dropping it never blocks (it shuts down in the
+/// background), so a member can be dropped from async code, even when its start
+/// fails half-way.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("runtime present until drop")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -527,11 +555,84 @@ fn resolve_identity(cfg: &MemberConfig, storage: &RaftStorage) -> Result<Identit
     cfg.validate_bootstrap()
         .map_err(|e| MemberError::Config(e.to_string()))?;
     if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(MemberError::Config(
-            "joining a running cluster (--initial-cluster-state existing) with an empty data dir is not supported yet; start all members with --initial-cluster-state new".into(),
-        ));
+        return join_identity(cfg).map(|(identity, _)| identity);
     }
     derived
+}
+
+/// A member joining a running cluster: asks the members listed in
+/// `--initial-cluster` for the membership and finds itself by its peer URLs (it
+/// must have been added with `MemberAdd` first, as with etcd).
+fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberError> {
+    let mut mine: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.as_str().to_string())
+        .collect();
+    mine.sort();
+    let others: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().map(|u| u.as_str().to_string()))
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let fetched = std::thread::spawn(move || -> Result<Membership, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut last = "no other member in --initial-cluster".to_string();
+            for url in others {
+                match fetch_membership(&url).await {
+                    Ok(m) => return Ok(m),
+                    Err(e) => last = format!("{url}: {e}"),
+                }
+            }
+            Err(last)
+        })
+    })
+    .join()
+    .map_err(|_| MemberError::Config("membership fetch panicked".into()))?
+    .map_err(|e| {
+        MemberError::Config(format!("cannot reach the running cluster to join it: {e}"))
+    })?;
+    let me = fetched.members.iter().find(|m| {
+        let mut urls = m.peer_urls.clone();
+        urls.sort();
+        urls == mine
+    });
+    let Some(me) = me else {
+        return Err(MemberError::Config(format!(
+            "peer URLs {} are not in the running cluster's membership; add the member first (etcdctl member add {} --peer-urls={})",
+            mine.join(","),
+            cfg.name,
+            mine.join(",")
+        )));
+    };
+    let identity = Identity {
+        cluster_id: fetched.cluster_id,
+        member_id: me.id,
+        name: cfg.name.clone(),
+        cluster_token: cfg.initial_cluster_token.clone(),
+    };
+    Ok((identity, fetched))
+}
+
+async fn fetch_membership(url: &str) -> Result<Membership, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel);
+    client
+        .members(crate::pb::lcraftpb::ProbeRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
 }
 
 fn derive_identity(cfg: &MemberConfig) -> Result<Identity, MemberError> {
@@ -589,27 +690,33 @@ fn initial_membership(cfg: &MemberConfig, cluster_id: u64) -> Result<Membership,
     Ok(membership)
 }
 
-fn bind_all(
-    urls: &[String],
+/// Binds the listeners of `urls` with std (so a taken port fails the start
+/// before the data dir is touched), unless they were bound in advance.
+fn bind_std(
+    urls: &[EtcdUrl],
     given: Vec<std::net::TcpListener>,
-    addr_of: impl Fn(&str) -> Option<SocketAddr>,
-) -> Result<Vec<tokio::net::TcpListener>, MemberError> {
-    let std_listeners = if given.is_empty() {
-        let mut out = Vec::new();
-        for u in urls {
-            let addr = addr_of(u)
-                .ok_or_else(|| MemberError::Config(format!("cannot resolve listen URL {u}")))?;
-            let l = std::net::TcpListener::bind(addr).map_err(|e| MemberError::Bind {
-                url: u.clone(),
+) -> Result<Vec<std::net::TcpListener>, MemberError> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    urls.iter()
+        .map(|u| {
+            let addr = u
+                .bind_addr()
+                .map_err(|e| MemberError::Config(format!("cannot listen on {u}: {e}")))?;
+            std::net::TcpListener::bind(addr).map_err(|e| MemberError::Bind {
+                url: u.to_string(),
                 source: e,
-            })?;
-            out.push(l);
-        }
-        out
-    } else {
-        given
-    };
-    std_listeners
+            })
+        })
+        .collect()
+}
+
+/// Hands std listeners to the current tokio runtime.
+fn to_tokio(
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<Vec<tokio::net::TcpListener>, MemberError> {
+    listeners
         .into_iter()
         .map(|l| {
             l.set_nonblocking(true)?;
@@ -714,6 +821,7 @@ async fn follow_membership(
     peers: Arc<Peers>,
     mut membership: watch::Receiver<Membership>,
     self_id: u64,
+    removed: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let mut known: std::collections::HashMap<u64, String> = membership
@@ -726,6 +834,13 @@ async fn follow_membership(
         tokio::select! {
             r = membership.changed() => if r.is_err() { return },
             _ = shutdown.cancelled() => return,
+        }
+        if membership.borrow().removed.contains(&self_id) {
+            tracing::warn!(
+                member_id = %format!("{self_id:x}"),
+                "the member has been permanently removed from the cluster"
+            );
+            let _ = removed.send(true);
         }
         let now: std::collections::HashMap<u64, String> = membership
             .borrow()

@@ -1,23 +1,32 @@
-//! The Cluster service: the membership as this member has applied it.
+//! The Cluster service: the membership, and runtime reconfiguration.
 //!
 //! `MemberList` answers from the replicated membership (names and client URLs
-//! appear once each member has published itself). Runtime reconfiguration
-//! (`MemberAdd`, `MemberRemove`, `MemberUpdate`, `MemberPromote`) answers
-//! `etcdserver: not capable` for now: clusters are formed statically with
-//! `--initial-cluster`.
+//! appear once each member has published itself). `MemberAdd`, `MemberRemove`,
+//! `MemberUpdate` and `MemberPromote` propose a Raft configuration change whose
+//! context carries the member's record; the call returns once the change is
+//! applied on this member. A new member's ID is derived as etcd derives it for
+//! runtime additions: from its peer URLs, the cluster token and the current time.
+//! The new member then starts with `--initial-cluster-state existing` and learns
+//! its identity from the running members (see `crate::member`).
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use tonic::{Request, Response, Status};
+use prost::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use tonic::{Code, Request, Response, Status};
 
 use super::{errors, Core};
+use crate::apply::Applied;
+use crate::config::EtcdUrl;
+use crate::identity;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::pb::lcraftpb::MemberInfo;
+use crate::pb::lcraftpb::{ConfChangeContext, MemberInfo};
 
 /// The Cluster service of one member.
 pub struct ClusterService {
@@ -27,6 +36,93 @@ pub struct ClusterService {
 impl ClusterService {
     pub fn new(core: Arc<Core>) -> Self {
         ClusterService { core }
+    }
+
+    /// Proposes one configuration change and waits for it to be applied here.
+    async fn change(
+        &self,
+        kind: ConfChangeType,
+        id: u64,
+        member: MemberInfo,
+    ) -> Result<Vec<MemberInfo>, Status> {
+        self.core.unpaused().await;
+        self.core.wait_for_leader().await?;
+        let request_id = self.core.ids.next();
+        let context = ConfChangeContext {
+            member: Some(member),
+            request_id,
+        }
+        .encode_to_vec();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.mut_changes().push(single);
+        let rx = self.core.waiters.register(request_id);
+        if let Err(e) = self.core.raft.propose_conf_change(cc, context).await {
+            self.core.waiters.cancel(request_id);
+            return Err(errors::from_raft(e));
+        }
+        match tokio::time::timeout(self.core.limits.request_timeout, rx).await {
+            Ok(Ok(Ok((Applied::Members(members), _)))) => Ok(members),
+            Ok(Ok(Ok(_))) => Err(Status::internal("unexpected apply result")),
+            Ok(Ok(Err(e))) => Err(errors::from_apply(e)),
+            Ok(Err(_)) => Err(errors::stopped()),
+            Err(_) => {
+                self.core.waiters.cancel(request_id);
+                Err(errors::timeout())
+            }
+        }
+    }
+
+    fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
+        self.core.header(self.core.store.current_revision())
+    }
+
+    /// Parses peer URLs as etcd does, normalised to their Go form.
+    fn peer_urls(urls: &[String]) -> Result<Vec<String>, Status> {
+        if urls.is_empty() {
+            return Err(Status::new(Code::InvalidArgument, errors::MEMBER_BAD_URLS));
+        }
+        let mut out = Vec::new();
+        for u in urls {
+            let parsed = EtcdUrl::parse(u)
+                .map_err(|_| Status::new(Code::InvalidArgument, errors::MEMBER_BAD_URLS))?;
+            out.push(parsed.as_str().to_string());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), Status> {
+        let membership = self.core.membership.borrow();
+        let taken = membership
+            .members
+            .iter()
+            .filter(|m| m.id != except)
+            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)));
+        if taken {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                errors::PEER_URL_EXISTS,
+            ));
+        }
+        Ok(())
+    }
+
+    fn existing(&self, id: u64) -> Result<MemberInfo, Status> {
+        let membership = self.core.membership.borrow();
+        if membership.removed.contains(&id) {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                errors::MEMBER_REMOVED,
+            ));
+        }
+        membership
+            .member(id)
+            .cloned()
+            .ok_or_else(errors::member_not_found)
     }
 }
 
@@ -45,23 +141,70 @@ pub fn member_to_pb(m: &MemberInfo) -> Member {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(errors::not_capable())
+        let req = request.into_inner();
+        let urls = Self::peer_urls(&req.peer_ur_ls)?;
+        self.check_urls_free(&urls, 0)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let id = identity::member_id(&urls, &self.core.cluster_token, Some(now));
+        let info = MemberInfo {
+            id,
+            name: String::new(),
+            peer_urls: urls,
+            client_urls: vec![],
+            is_learner: req.is_learner,
+        };
+        let kind = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self.change(kind, id, info.clone()).await?;
+        tracing::info!(member_id = %format!("{id:x}"), peer_urls = ?info.peer_urls, learner = req.is_learner, "added member to cluster");
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member_to_pb(&info)),
+            members: members.iter().map(member_to_pb).collect(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(errors::not_capable())
+        let id = request.into_inner().id;
+        let info = self.existing(id)?;
+        let members = self.change(ConfChangeType::RemoveNode, id, info).await?;
+        tracing::info!(member_id = %format!("{id:x}"), "removed member from cluster");
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: members.iter().map(member_to_pb).collect(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _r: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(errors::not_capable())
+        let req = request.into_inner();
+        let mut info = self.existing(req.id)?;
+        let urls = Self::peer_urls(&req.peer_ur_ls)?;
+        self.check_urls_free(&urls, req.id)?;
+        info.peer_urls = urls;
+        let kind = if info.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self.change(kind, req.id, info).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: members.iter().map(member_to_pb).collect(),
+        }))
     }
 
     async fn member_list(
@@ -81,17 +224,25 @@ impl Cluster for ClusterService {
             .iter()
             .map(member_to_pb)
             .collect();
-        let revision = self.core.store.current_revision();
         Ok(Response::new(MemberListResponse {
-            header: self.core.header(revision),
+            header: self.header(),
             members,
         }))
     }
 
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(errors::not_capable())
+        let id = request.into_inner().id;
+        let info = self.existing(id)?;
+        if !info.is_learner {
+            return Err(Status::new(Code::FailedPrecondition, errors::NOT_LEARNER));
+        }
+        let members = self.change(ConfChangeType::AddNode, id, info).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: members.iter().map(member_to_pb).collect(),
+        }))
     }
 }

@@ -24,6 +24,10 @@ pub const TIMEOUT: &str = "etcdserver: request timed out";
 pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const STOPPED: &str = "etcdserver: server stopped";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+pub const MEMBER_REMOVED: &str = "etcdserver: member was removed";
+pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 
 pub fn empty_key() -> Status {

@@ -58,6 +58,8 @@ pub struct Limits {
 pub struct Core {
     pub cluster_id: u64,
     pub member_id: u64,
+    /// `--initial-cluster-token`: part of the IDs of members added at runtime.
+    pub cluster_token: String,
     pub raft: RaftHandle,
     pub store: Arc<Store>,
     pub waiters: Arc<Waiters<ApplyResult>>,

@@ -167,6 +167,19 @@ impl RaftStorage {
         Ok(())
     }
 
+    /// Records the identity of a member that joins a running cluster: no
+    /// configuration and no log; the leader's first snapshot provides both.
+    pub fn bootstrap_joining(&mut self, identity: &[u8]) -> Result<(), RaftError> {
+        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
+            meta.insert(KEY_IDENTITY, identity).map_err(RaftError::db)?;
+        }
+        tx.commit().map_err(RaftError::db)?;
+        Ok(())
+    }
+
     /// The current hard state.
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state

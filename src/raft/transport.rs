@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::node::{Msg, Outbox, RaftHandle};
 use crate::pb::lcraftpb::raft_transport_client::RaftTransportClient;
 use crate::pb::lcraftpb::raft_transport_server::RaftTransport;
-use crate::pb::lcraftpb::{ProbeRequest, ProbeResponse, RaftBatch, SendAck};
+use crate::pb::lcraftpb::{Membership, ProbeRequest, ProbeResponse, RaftBatch, SendAck};
 
 /// Peers whose messages are dropped (a simulated network partition).
 #[derive(Default, Debug)]
@@ -265,6 +265,7 @@ pub struct PeerService {
     pub member_id: u64,
     pub raft: RaftHandle,
     pub faults: Arc<Faults>,
+    pub membership: tokio::sync::watch::Receiver<Membership>,
 }
 
 #[tonic::async_trait]
@@ -306,5 +307,12 @@ impl RaftTransport for PeerService {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
         }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<Membership>, Status> {
+        Ok(Response::new(self.membership.borrow().clone()))
     }
 }
