@@ -187,6 +187,7 @@ impl Member {
         storage.set_snapshot_source(applier.snapshot_source());
         let events = applier.events();
         let leases = applier.leases();
+        let alarms = applier.alarms();
 
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder
@@ -263,10 +264,12 @@ impl Member {
                 max_txn_ops: cfg.max_txn_ops,
                 request_timeout,
                 leader_wait: 3 * cfg.election_timeout,
+                quota_bytes: cfg.quota_backend_bytes,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
             },
             events,
             leases,
+            alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
         });
 

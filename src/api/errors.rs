@@ -29,6 +29,7 @@ pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const MEMBER_REMOVED: &str = "etcdserver: member was removed";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 pub fn empty_key() -> Status {
     Status::new(Code::InvalidArgument, EMPTY_KEY)
@@ -59,6 +60,9 @@ pub fn stopped() -> Status {
 }
 pub fn not_capable() -> Status {
     Status::new(Code::Unavailable, NOT_CAPABLE)
+}
+pub fn no_space() -> Status {
+    Status::new(Code::ResourceExhausted, NO_SPACE)
 }
 pub fn member_not_found() -> Status {
     Status::new(Code::NotFound, MEMBER_NOT_FOUND)

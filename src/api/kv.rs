@@ -59,6 +59,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         check_put(&req)?;
+        self.core.check_quota().await?;
         match self.core.propose(Proposal::Put(req)).await? {
             (Applied::Put(mut resp), rev) => {
                 resp.header = self.core.header(rev);
@@ -88,6 +89,9 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         check_txn(&req, self.core.limits.max_txn_ops)?;
+        if has_puts(&req) {
+            self.core.check_quota().await?;
+        }
         match self.core.propose(Proposal::Txn(req)).await? {
             (Applied::Txn(mut resp), rev) => {
                 fill_headers(&self.core, &mut resp, rev);
@@ -110,6 +114,18 @@ impl Kv for KvService {
             _ => Err(Status::internal("unexpected apply result")),
         }
     }
+}
+
+/// Whether a txn may put anything (either branch, nested included).
+fn has_puts(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(t)) => has_puts(t),
+            _ => false,
+        })
 }
 
 /// Sets the header of a txn response and of every response inside it.

@@ -77,6 +77,7 @@ impl Lease for LeaseService {
             ));
         }
         req.ttl = req.ttl.max(self.core.limits.min_lease_ttl);
+        self.core.check_quota().await?;
         if req.id == 0 {
             req.id = (self.core.ids.next() & (i64::MAX as u64)) as i64;
         }

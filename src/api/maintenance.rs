@@ -3,7 +3,8 @@
 //!
 //! `Status` reports what `etcdctl endpoint status` shows: version, database
 //! size (and size in use), leader, Raft term, commit and applied indexes. Alarms
-//! are never raised (no space quota enforcement yet), so `Alarm` lists none.
+//! (NOSPACE, raised when the store outgrows `--quota-backend-bytes`) are
+//! replicated: `Alarm` lists, raises and disarms them through Raft.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,14 +14,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{errors, Core};
-use crate::apply::CLUSTER_VERSION;
+use crate::apply::{Applied, CLUSTER_VERSION};
 use crate::mvcc::MvccError;
+use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::pb::lcraftpb::request::Op;
 use crate::raft::node::Msg;
 
 /// The Maintenance service of one member.
@@ -40,13 +43,32 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         self.core.unpaused().await;
-        let rev = self.core.store.current_revision();
-        Ok(Response::new(AlarmResponse {
-            header: self.core.header(rev),
-            alarms: Vec::new(),
-        }))
+        let req = request.into_inner();
+        if req.action == AlarmAction::Get as i32 {
+            let alarms = self
+                .core
+                .alarms
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default();
+            let rev = self.core.store.current_revision();
+            return Ok(Response::new(AlarmResponse {
+                header: self.core.header(rev),
+                alarms,
+            }));
+        }
+        match self.core.propose(Op::Alarm(req)).await? {
+            (Applied::Alarms(alarms), rev) => Ok(Response::new(AlarmResponse {
+                header: self.core.header(rev),
+                alarms,
+            })),
+            _ => Err(Status::internal("unexpected apply result")),
+        }
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -58,6 +80,18 @@ impl Maintenance for MaintenanceService {
         let mut errors = Vec::new();
         if st.leader_id == 0 {
             errors.push(errors::NO_LEADER.to_string());
+        }
+        for a in self
+            .core
+            .alarms
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+        {
+            let name = crate::pb::etcdserverpb::AlarmType::try_from(a.alarm)
+                .map(|t| t.as_str_name().to_string())
+                .unwrap_or_else(|_| a.alarm.to_string());
+            errors.push(format!("memberID:{} alarm:{name} ", a.member_id));
         }
         Ok(Response::new(StatusResponse {
             header: self.core.header(rev),
@@ -71,7 +105,7 @@ impl Maintenance for MaintenanceService {
             db_size_in_use: in_use.min(db_size),
             is_learner: st.learners.contains(&self.core.member_id),
             storage_version: String::new(),
-            db_size_quota: 0,
+            db_size_quota: self.core.limits.quota_bytes.min(i64::MAX as u64) as i64,
             downgrade_info: None,
         }))
     }

@@ -50,6 +50,9 @@ pub struct Limits {
     /// How long a request waits for a leader to be elected before failing with
     /// `etcdserver: no leader` (etcd blocks in the same situation).
     pub leader_wait: Duration,
+    /// `--quota-backend-bytes`: past it the member raises the NOSPACE alarm and
+    /// refuses writes until the alarm is disarmed.
+    pub quota_bytes: u64,
     /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
 }
@@ -66,6 +69,8 @@ pub struct Core {
     pub ids: IdGen,
     pub membership: tokio::sync::watch::Receiver<Membership>,
     pub limits: Limits,
+    /// The raised alarms.
+    pub alarms: crate::apply::SharedAlarms,
     /// The lease table (replicated TTLs, local deadlines).
     pub leases: crate::apply::SharedLeases,
     /// Every applied batch of changes, for watchers.
@@ -132,6 +137,35 @@ impl Core {
             Ok(r) => r,
             Err(_) => Err(errors::timeout()),
         }
+    }
+
+    /// etcd's quota check before a write that may grow the store: refuses it
+    /// while a NOSPACE alarm is raised, and raises one when the store is over
+    /// `--quota-backend-bytes`.
+    pub async fn check_quota(&self) -> Result<(), Status> {
+        let nospace = crate::pb::etcdserverpb::AlarmType::Nospace as i32;
+        let raised = self
+            .alarms
+            .lock()
+            .map(|a| a.iter().any(|x| x.alarm == nospace))
+            .unwrap_or(false);
+        if raised {
+            return Err(errors::no_space());
+        }
+        let size = std::fs::metadata(&self.db_files[0])
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size > self.limits.quota_bytes {
+            use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest};
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.member_id,
+                alarm: nospace,
+            };
+            let _ = self.propose(Op::Alarm(req)).await;
+            return Err(errors::no_space());
+        }
+        Ok(())
     }
 
     /// Waits (a bounded time) until a leader is known, as during an election.

@@ -34,7 +34,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::lease::LeaseTable;
 use crate::mvcc::{self, MvccError, Store};
-use crate::pb::etcdserverpb::LeaseKeepAliveResponse;
+use crate::pb::etcdserverpb::alarm_request::AlarmAction;
+use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseKeepAliveResponse};
 use crate::pb::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
     ResponseHeader, TxnResponse,
@@ -49,6 +50,7 @@ const META_APPLIED: &str = "applied";
 const META_CONF_STATE: &str = "conf_state";
 const META_MEMBERSHIP: &str = "membership";
 const META_LEASES: &str = "leases";
+const META_ALARMS: &str = "alarms";
 
 /// The current cluster version this implementation announces.
 pub const CLUSTER_VERSION: &str = "3.5.0";
@@ -63,6 +65,8 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseKeepAlive(LeaseKeepAliveResponse),
+    /// The alarms an activation or deactivation changed.
+    Alarms(Vec<AlarmMember>),
     Members(Vec<MemberInfo>),
     Done,
 }
@@ -104,6 +108,7 @@ pub struct Applier {
     waiters: Arc<Waiters<ApplyResult>>,
     events: broadcast::Sender<Arc<AppliedEvents>>,
     leases: Arc<std::sync::Mutex<LeaseTable>>,
+    alarms: SharedAlarms,
     /// The applied index that is known to be on disk (see [`Applier::flush`]).
     durable_applied: u64,
     /// Whether a non-durable batch waits for a flush, and since when.
@@ -112,6 +117,20 @@ pub struct Applier {
 
 /// How long applied state may stay in memory only (the Raft log holds it).
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The raised alarms (replicated), shared with the API.
+pub type SharedAlarms = Arc<std::sync::Mutex<Vec<AlarmMember>>>;
+
+fn load_alarms(view: &mvcc::ReadView) -> Result<Vec<AlarmMember>, RaftError> {
+    Ok(match view.meta(META_ALARMS).map_err(apply_err)? {
+        Some(b) => {
+            AlarmResponse::decode(b.as_slice())
+                .map_err(RaftError::decode)?
+                .alarms
+        }
+        None => Vec::new(),
+    })
+}
 
 /// Shared handle to the lease table (the API and the leader's expiry task read it).
 pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
@@ -150,6 +169,7 @@ impl Applier {
             None => Membership::default(),
         };
         let leases = Arc::new(std::sync::Mutex::new(load_leases(&view)?));
+        let alarms = Arc::new(std::sync::Mutex::new(load_alarms(&view)?));
         drop(view);
         let (membership_tx, membership_rx) = watch::channel(membership.clone());
         let (events, _) = broadcast::channel(1024);
@@ -164,6 +184,7 @@ impl Applier {
                 waiters,
                 events,
                 leases,
+                alarms,
                 durable_applied: applied,
                 dirty_since: None,
             },
@@ -205,6 +226,11 @@ impl Applier {
     /// The lease table.
     pub fn leases(&self) -> SharedLeases {
         self.leases.clone()
+    }
+
+    /// The raised alarms.
+    pub fn alarms(&self) -> SharedAlarms {
+        self.alarms.clone()
     }
 
     /// The builder of snapshots for lagging followers.
@@ -333,7 +359,37 @@ impl Applier {
                 }
                 None => Err(ApplyError::LeaseNotFound),
             },
-            Op::Alarm(_) => Ok((Applied::Done, self.store_rev(batch))),
+            Op::Alarm(a) => {
+                let target = AlarmMember {
+                    member_id: a.member_id,
+                    alarm: a.alarm,
+                };
+                let mut alarms = self
+                    .alarms
+                    .lock()
+                    .map_err(|_| RaftError::Apply("alarm list poisoned".into()))?;
+                let changed = match AlarmAction::try_from(a.action) {
+                    Ok(AlarmAction::Activate) if a.alarm != 0 && !alarms.contains(&target) => {
+                        tracing::warn!(member_id = %format!("{:x}", a.member_id), alarm = a.alarm, "alarm raised");
+                        alarms.push(target.clone());
+                        vec![target]
+                    }
+                    Ok(AlarmAction::Deactivate) if alarms.contains(&target) => {
+                        alarms.retain(|x| x != &target);
+                        tracing::info!(member_id = %format!("{:x}", a.member_id), alarm = a.alarm, "alarm disarmed");
+                        vec![target]
+                    }
+                    _ => Vec::new(),
+                };
+                let record = AlarmResponse {
+                    header: None,
+                    alarms: alarms.clone(),
+                };
+                batch
+                    .set_meta(META_ALARMS, &record.encode_to_vec())
+                    .map_err(apply_err)?;
+                Ok((Applied::Alarms(changed), self.store_rev(batch)))
+            }
         };
         match result {
             Err(ApplyError::Mvcc(MvccError::Storage(e)))
@@ -482,9 +538,13 @@ impl StateMachine for Applier {
             None => Membership::default(),
         };
         let leases = load_leases(&view)?;
+        let alarms = load_alarms(&view)?;
         drop(view);
         if let Ok(mut t) = self.leases.lock() {
             *t = leases;
+        }
+        if let Ok(mut a) = self.alarms.lock() {
+            *a = alarms;
         }
         self.applied = meta.index;
         self.applied_term = meta.term;
