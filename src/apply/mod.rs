@@ -371,7 +371,7 @@ impl Applier {
                 let changed = match AlarmAction::try_from(a.action) {
                     Ok(AlarmAction::Activate) if a.alarm != 0 && !alarms.contains(&target) => {
                         tracing::warn!(member_id = %format!("{:x}", a.member_id), alarm = a.alarm, "alarm raised");
-                        alarms.push(target.clone());
+                        alarms.push(target);
                         vec![target]
                     }
                     Ok(AlarmAction::Deactivate) if alarms.contains(&target) => {
