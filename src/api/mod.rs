@@ -9,6 +9,8 @@
 //! - [`http`]: `GET /health`, `GET /version`.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
+//! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
+//!   `:authority` etcdctl sends, which h2 would reject.
 //!
 //! Every service shares one [`Core`]: it turns a write into a proposal and waits
 //! for the result of its application ([`Core::propose`]), makes reads
@@ -17,6 +19,7 @@
 
 pub mod cluster;
 pub mod errors;
+pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;

@@ -1,5 +1,8 @@
 //! One client listener serving gRPC (HTTP/2, with or without prior knowledge)
 //! and plain HTTP/1 side by side, as etcd does on its client URLs.
+//!
+//! Connections go through [`super::h2fix`], which repairs the URL-shaped
+//! `:authority` etcd's Go clients send and h2 would reject.
 
 use std::sync::Arc;
 
@@ -7,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterService;
+use super::h2fix::H2FixListener;
 use super::kv::KvService;
 use super::lease::LeaseService;
 use super::maintenance::MaintenanceService;
@@ -56,7 +60,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
 /// Serves `router` on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
     let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(listener, router)
+    if let Err(e) = axum::serve(H2FixListener::new(listener), router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {
