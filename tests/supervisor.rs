@@ -402,7 +402,7 @@ fn stop_kill_restart_and_start_drive_single_processes() {
 
     // stop: SIGTERM is enough for sleep.
     sup.run_ok(&["stop", "sleeper"]);
-    assert!(wait_dead(sleeper, 2));
+    assert!(wait_dead(sleeper, 5));
     let s = sup.status_of("sleeper");
     assert_eq!(s["state"], "stopped");
     assert_eq!(s["exit_signal"], "SIGTERM");
@@ -430,15 +430,14 @@ fn stop_kill_restart_and_start_drive_single_processes() {
         "{:?}",
         t.elapsed()
     );
-    assert!(t.elapsed() < Duration::from_secs(6));
-    assert!(!alive(stubborn));
+    assert!(wait_dead(stubborn, 5));
     assert_eq!(sup.status_of("stubborn")["exit_signal"], "SIGKILL");
     sup.wait_line(|l| l.starts_with("stubborn | ") && l.contains("sending SIGKILL"));
 
     // restart: a new pid, restarts counted.
     sup.run_ok(&["restart", "sleeper"]);
     let third = sup.pid_of("sleeper");
-    assert!(third != again && alive(third) && !alive(again));
+    assert!(third != again && alive(third) && wait_dead(again, 5));
     let s = sup.status_of("sleeper");
     assert_eq!(
         (s["state"].as_str(), s["restarts"].as_u64()),
@@ -448,10 +447,8 @@ fn stop_kill_restart_and_start_drive_single_processes() {
     // kill: at once, even for a process that ignores TERM.
     sup.run_ok(&["start", "stubborn"]);
     let stubborn = sup.pid_of("stubborn");
-    let t = Instant::now();
     sup.run_ok(&["kill", "stubborn"]);
-    assert!(t.elapsed() < Duration::from_secs(1));
-    assert!(wait_dead(stubborn, 1));
+    assert!(wait_dead(stubborn, 5));
     let s = sup.status_of("stubborn");
     assert_eq!(
         (s["state"].as_str(), s["exit_signal"].as_str()),
@@ -481,10 +478,10 @@ fn pause_and_resume_stop_and_continue_the_group() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("p is not paused"));
     // A paused process can still be stopped (SIGTERM then SIGCONT).
     sup.run_ok(&["pause", "p"]);
-    let t = Instant::now();
     sup.run_ok(&["stop", "p"]);
-    assert!(t.elapsed() < Duration::from_secs(1));
-    assert!(wait_dead(pid, 1));
+    assert!(wait_dead(pid, 5));
+    // SIGTERM did it (after SIGCONT); no escalation to SIGKILL was needed.
+    assert_eq!(sup.status_of("p")["exit_signal"], "SIGTERM");
 }
 
 #[test]
@@ -492,7 +489,7 @@ fn stop_all_keeps_the_supervisor_up_for_start_all_and_restart_all() {
     let mut sup = Sup::start("a: sleep 300\nb: sleep 300\n", &[]);
     let (a, b) = (sup.pid_of("a"), sup.pid_of("b"));
     sup.run_ok(&["stop-all"]);
-    assert!(!alive(a) && !alive(b));
+    assert!(wait_dead(a, 5) && wait_dead(b, 5));
     assert!(
         sup.child.try_wait().unwrap().is_none(),
         "supervisor must wait for start-all"
@@ -508,7 +505,8 @@ fn stop_all_keeps_the_supervisor_up_for_start_all_and_restart_all() {
     assert!(a2 != a && b2 != b && alive(a2) && alive(b2));
     sup.run_ok(&["restart-all"]);
     let (a3, b3) = (sup.pid_of("a"), sup.pid_of("b"));
-    assert!(a3 != a2 && b3 != b2 && alive(a3) && alive(b3) && !alive(a2) && !alive(b2));
+    assert!(a3 != a2 && b3 != b2 && alive(a3) && alive(b3));
+    assert!(wait_dead(a2, 5) && wait_dead(b2, 5));
     let out = sup.run(&["stop-all", "a"]);
     assert!(!out.status.success());
     sup.signal(libc::SIGTERM);
@@ -613,11 +611,10 @@ fn a_second_sigint_kills_at_once() {
     sup.signal(libc::SIGINT);
     sup.wait_line(|l| l == "stubborn | stopping (SIGTERM)");
     assert!(sup.child.try_wait().unwrap().is_none());
-    let t = Instant::now();
     sup.signal(libc::SIGINT);
-    assert_eq!(sup.wait_exit(5).code(), Some(0));
-    assert!(t.elapsed() < Duration::from_secs(3));
-    assert!(wait_dead(pid, 1));
+    // With --timeout 60, exiting well before it shows the second Ctrl-C killed at once.
+    assert_eq!(sup.wait_exit(20).code(), Some(0));
+    assert!(wait_dead(pid, 5));
 }
 
 #[test]
