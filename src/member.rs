@@ -429,7 +429,11 @@ impl Member {
     }
 
     /// Ends the member abruptly: tasks, sockets and the Raft thread stop at once.
-    /// Only what was already durable survives, as after SIGKILL.
+    /// Only what was already durable survives, as after SIGKILL. When this
+    /// returns the member's listeners are closed and its data files released
+    /// (unless the caller still holds a clone of [`Member::core`]), so the same
+    /// ports and data dir can be used again at once. Dropping a `Member` does
+    /// the same.
     pub fn kill(mut self) {
         self.kill_now();
     }
@@ -444,7 +448,7 @@ impl Member {
             node.stop();
         }
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            shutdown_runtime(rt);
         }
     }
 
@@ -474,6 +478,39 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill_now();
+    }
+}
+
+/// How long a killed member's runtime gets to drop its tasks.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Shuts a member's runtime down and waits until its tasks are dropped, so that
+/// its sockets are closed and its files released when this returns (a restart
+/// can bind the same ports and open the same files at once).
+///
+/// Tokio refuses to block on a runtime's shutdown from async code, so inside a
+/// runtime the waiting is done on a helper thread that this thread joins.
+fn shutdown_runtime(rt: tokio::runtime::Runtime) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
+    let helper = std::thread::Builder::new()
+        .name("member-shutdown".into())
+        .spawn(move || {
+            if let Ok(rt) = rx.recv() {
+                rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            }
+        });
+    match helper {
+        Ok(helper) => {
+            if let Err(std::sync::mpsc::SendError(rt)) = tx.send(rt) {
+                rt.shutdown_background();
+            }
+            let _ = helper.join();
+        }
+        Err(_) => rt.shutdown_background(),
     }
 }
 
