@@ -229,6 +229,14 @@ impl Sender {
                         }
                     }
                     if self.faults.is_blocked(self.to) {
+                        // Dropped as by a partition. A dropped snapshot must be
+                        // reported, or Raft waits for it forever and never
+                        // replicates to this peer again after the heal.
+                        for m in &batch {
+                            if m.get_msg_type() == MessageType::MsgSnapshot {
+                                let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: false });
+                            }
+                        }
                         continue;
                     }
                     let mut snapshots = 0;
