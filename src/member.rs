@@ -272,6 +272,7 @@ impl Member {
                 member_id: identity.member_id,
                 raft: raft.clone(),
                 faults: faults.clone(),
+                shutdown: shutdown.clone(),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

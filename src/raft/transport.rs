@@ -273,6 +273,10 @@ pub struct PeerService {
     pub member_id: u64,
     pub raft: RaftHandle,
     pub faults: Arc<Faults>,
+    /// Ends the open streams when the member stops: peers keep their streams
+    /// open for good, so a graceful server shutdown would otherwise wait for
+    /// them until it gives up.
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -282,7 +286,16 @@ impl RaftTransport for PeerService {
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        loop {
+            let batch = tokio::select! {
+                b = stream.message() => match b? {
+                    Some(b) => b,
+                    None => break,
+                },
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("member is stopping"));
+                }
+            };
             if batch.cluster_id != self.cluster_id {
                 return Err(Status::failed_precondition(format!(
                     "cluster ID mismatch: this member belongs to cluster {:x}, the sender to {:x}",
