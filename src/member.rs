@@ -74,6 +74,9 @@ pub struct Tuning {
     pub catchup_entries: Option<u64>,
     /// Worker threads of the member's runtime (default 2).
     pub worker_threads: Option<usize>,
+    /// How long a client request may wait for consensus before failing with
+    /// `etcdserver: request timed out` (default, as etcd: 5 s + 2 × election timeout).
+    pub request_timeout: Option<Duration>,
 }
 
 /// A running member.
@@ -247,7 +250,9 @@ impl Member {
             (raft.clone(), inbox),
         )?;
 
-        let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
+        let request_timeout = tuning
+            .request_timeout
+            .unwrap_or_else(|| Duration::from_secs(5) + 2 * cfg.election_timeout);
         let core = Arc::new(Core {
             cluster_id: identity.cluster_id,
             member_id: identity.member_id,
