@@ -6,11 +6,14 @@
 //! (run the committed entry) -> [`mvcc`] (revisioned store) -> the waiting
 //! [`api`] call gets the result. [`member`] wires one member together;
 //! [`config`] turns etcd's flags into its configuration; [`identity`] derives
-//! member and cluster IDs as etcd does.
+//! member and cluster IDs as etcd does. [`cluster`] runs N members in one
+//! process with fault hooks, for applications' integration tests
+//! ([`LocalCluster`], and [`blocking::LocalCluster`] for sync tests).
 
 pub mod api;
 pub mod apply;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod identity;
 pub mod layout;
@@ -23,5 +26,7 @@ pub mod raft;
 pub mod supervisor;
 pub mod wait;
 
+pub use cluster::blocking;
+pub use cluster::{ClusterError, LocalCluster, LocalClusterBuilder, MemberInfo};
 pub use config::MemberConfig;
 pub use member::{Member, MemberError};

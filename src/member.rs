@@ -74,6 +74,9 @@ pub struct Tuning {
     pub catchup_entries: Option<u64>,
     /// Worker threads of the member's runtime (default 2).
     pub worker_threads: Option<usize>,
+    /// How long a client request may wait for consensus before failing with
+    /// `etcdserver: request timed out` (default, as etcd: 5 s + 2 × election timeout).
+    pub request_timeout: Option<Duration>,
 }
 
 /// A running member.
@@ -249,7 +252,9 @@ impl Member {
             (raft.clone(), inbox),
         )?;
 
-        let request_timeout = Duration::from_secs(5) + 2 * cfg.election_timeout;
+        let request_timeout = tuning
+            .request_timeout
+            .unwrap_or_else(|| Duration::from_secs(5) + 2 * cfg.election_timeout);
         let core = Arc::new(Core {
             cluster_id: identity.cluster_id,
             member_id: identity.member_id,
@@ -282,6 +287,7 @@ impl Member {
                 raft: raft.clone(),
                 faults: faults.clone(),
                 membership: membership_rx.clone(),
+                shutdown: shutdown.clone(),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -449,7 +455,11 @@ impl Member {
     }
 
     /// Ends the member abruptly: tasks, sockets and the Raft thread stop at once.
-    /// Only what was already durable survives, as after SIGKILL.
+    /// Only what was already durable survives, as after SIGKILL. When this
+    /// returns the member's listeners are closed and its data files released
+    /// (unless the caller still holds a clone of [`Member::core`]), so the same
+    /// ports and data dir can be used again at once. Dropping a `Member` does
+    /// the same.
     pub fn kill(mut self) {
         self.kill_now();
     }
@@ -463,7 +473,9 @@ impl Member {
         if let Some(mut node) = self.node.take() {
             node.stop();
         }
-        drop(self.runtime.take());
+        if let Some(rt) = self.runtime.take().and_then(|mut owned| owned.0.take()) {
+            shutdown_runtime(rt);
+        }
     }
 
     /// Stops the member gracefully: a leader first hands leadership to a
@@ -512,6 +524,39 @@ impl Drop for OwnedRuntime {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill_now();
+    }
+}
+
+/// How long a killed member's runtime gets to drop its tasks.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Shuts a member's runtime down and waits until its tasks are dropped, so that
+/// its sockets are closed and its files released when this returns (a restart
+/// can bind the same ports and open the same files at once).
+///
+/// Tokio refuses to block on a runtime's shutdown from async code, so inside a
+/// runtime the waiting is done on a helper thread that this thread joins.
+fn shutdown_runtime(rt: tokio::runtime::Runtime) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::runtime::Runtime>();
+    let helper = std::thread::Builder::new()
+        .name("member-shutdown".into())
+        .spawn(move || {
+            if let Ok(rt) = rx.recv() {
+                rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            }
+        });
+    match helper {
+        Ok(helper) => {
+            if let Err(std::sync::mpsc::SendError(rt)) = tx.send(rt) {
+                rt.shutdown_background();
+            }
+            let _ = helper.join();
+        }
+        Err(_) => rt.shutdown_background(),
     }
 }
 

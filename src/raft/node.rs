@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::storage::RaftStorage;
 use super::RaftError;
+use crate::wait::IdGen;
 
 /// The replicated state machine driven by the node (see `crate::apply`).
 pub trait StateMachine: Send + 'static {
@@ -245,7 +246,7 @@ impl Node {
             config,
             pending_reads: Vec::new(),
             inflight_reads: HashMap::new(),
-            next_read_ctx: 0,
+            read_ids: IdGen::new(raft_config.id),
             paused: false,
             held: VecDeque::new(),
             last_leader: 0,
@@ -319,8 +320,11 @@ struct Loop {
     /// Read-index requests waiting for the next batch.
     pending_reads: Vec<Reply<u64>>,
     /// Batches of read-index requests sent to raft-rs, by context.
-    inflight_reads: HashMap<u64, Vec<Reply<u64>>>,
-    next_read_ctx: u64,
+    inflight_reads: HashMap<u64, InflightRead>,
+    /// Read-index contexts. The leader keeps pending reads by context and
+    /// ignores a request whose context is already pending, so contexts must
+    /// be unique across members and restarts, not just within this node.
+    read_ids: IdGen,
     paused: bool,
     /// Messages received while paused, handled on resume.
     held: VecDeque<Msg>,
@@ -330,6 +334,12 @@ struct Loop {
 enum Flow {
     Continue,
     Stop,
+}
+
+/// One batch of read-index requests sent to raft-rs under one context.
+struct InflightRead {
+    replies: Vec<Reply<u64>>,
+    sent: Instant,
 }
 
 impl Loop {
@@ -364,6 +374,7 @@ impl Loop {
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.retry_reads();
                 next_tick += self.config.tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.config.tick;
@@ -447,11 +458,30 @@ impl Loop {
         if self.pending_reads.is_empty() {
             return;
         }
-        self.next_read_ctx += 1;
-        let ctx = self.next_read_ctx;
+        let ctx = self.read_ids.next();
         self.raw.read_index(ctx.to_be_bytes().to_vec());
-        self.inflight_reads
-            .insert(ctx, std::mem::take(&mut self.pending_reads));
+        self.inflight_reads.insert(
+            ctx,
+            InflightRead {
+                replies: std::mem::take(&mut self.pending_reads),
+                sent: Instant::now(),
+            },
+        );
+    }
+
+    /// Sends again the read-index requests that got no answer for half an
+    /// election timeout (as etcd retries its read index): a leader drops them
+    /// silently until it has committed an entry of its term, and a message can
+    /// be lost on the way. The leader ignores a context it already has pending.
+    fn retry_reads(&mut self) {
+        let patience = self.config.tick * (self.config.election_ticks as u32 / 2).max(1);
+        let now = Instant::now();
+        for (ctx, read) in self.inflight_reads.iter_mut() {
+            if now.duration_since(read.sent) >= patience {
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                read.sent = now;
+            }
+        }
     }
 
     fn on_ready(&mut self) -> Result<(), RaftError> {
@@ -467,8 +497,8 @@ impl Loop {
         }
         for rs in ready.take_read_states() {
             let ctx = ctx_of(&rs.request_ctx);
-            if let Some(replies) = self.inflight_reads.remove(&ctx) {
-                for r in replies {
+            if let Some(read) = self.inflight_reads.remove(&ctx) {
+                for r in read.replies {
                     let _ = r.send(Ok(rs.index));
                 }
             }
@@ -545,8 +575,8 @@ impl Loop {
         };
         if leader_id != self.last_leader {
             // Reads in flight under the old leader may never be answered.
-            for (_, replies) in self.inflight_reads.drain() {
-                for r in replies {
+            for (_, read) in self.inflight_reads.drain() {
+                for r in read.replies {
                     let _ = r.send(Err(RaftError::LeaderChanged));
                 }
             }

@@ -229,6 +229,14 @@ impl Sender {
                         }
                     }
                     if self.faults.is_blocked(self.to) {
+                        // Dropped as by a partition. A dropped snapshot must be
+                        // reported, or Raft waits for it forever and never
+                        // replicates to this peer again after the heal.
+                        for m in &batch {
+                            if m.get_msg_type() == MessageType::MsgSnapshot {
+                                let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: false });
+                            }
+                        }
                         continue;
                     }
                     let mut snapshots = 0;
@@ -266,6 +274,10 @@ pub struct PeerService {
     pub raft: RaftHandle,
     pub faults: Arc<Faults>,
     pub membership: tokio::sync::watch::Receiver<Membership>,
+    /// Ends the open streams when the member stops: peers keep their streams
+    /// open for good, so a graceful server shutdown would otherwise wait for
+    /// them until it gives up.
+    pub shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -275,7 +287,16 @@ impl RaftTransport for PeerService {
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        loop {
+            let batch = tokio::select! {
+                b = stream.message() => match b? {
+                    Some(b) => b,
+                    None => break,
+                },
+                _ = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("member is stopping"));
+                }
+            };
             if batch.cluster_id != self.cluster_id {
                 return Err(Status::failed_precondition(format!(
                     "cluster ID mismatch: this member belongs to cluster {:x}, the sender to {:x}",
