@@ -1,0 +1,242 @@
+//! Runtime reconfiguration, as etcd's runbook does it: `MemberAdd` on the
+//! running cluster, then the new member starts with
+//! `--initial-cluster-state existing`, learns its identity from the others and
+//! is brought up by the leader's snapshot; learners are promoted; a removed
+//! member notices and stops.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use localcluster::config::{ClusterState, EtcdUrl, MemberConfig};
+use localcluster::member::{Listeners, Tuning};
+use localcluster::pb::etcdserverpb::cluster_client::ClusterClient;
+use localcluster::pb::etcdserverpb::{
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
+    RangeRequest,
+};
+use localcluster::{LocalCluster, Member};
+
+const WAIT: Duration = Duration::from_secs(20);
+const RPC: Duration = Duration::from_secs(5);
+const TOKEN: &str = "membership-test";
+
+fn bind() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+async fn cluster_client(url: &str) -> ClusterClient<tonic::transport::Channel> {
+    ClusterClient::new(localcluster::client::connect(url, RPC).await.unwrap())
+}
+
+/// Retries an RPC while it fails with `Unavailable` (an election under load).
+async fn retry<T, F, Fut>(mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// The config of a member joining `cluster` under `name` on the given URLs.
+fn joining_config(
+    cluster: &LocalCluster,
+    name: &str,
+    dir: &std::path::Path,
+    client: &str,
+    peer: &str,
+) -> MemberConfig {
+    let mut initial: Vec<(String, Vec<EtcdUrl>)> = cluster
+        .members()
+        .map(|m| (m.name.clone(), vec![EtcdUrl::parse(&m.peer_url).unwrap()]))
+        .collect();
+    initial.push((name.to_string(), vec![EtcdUrl::parse(peer).unwrap()]));
+    MemberConfig {
+        name: name.to_string(),
+        data_dir: dir.join(name),
+        listen_client_urls: vec![EtcdUrl::parse(client).unwrap()],
+        advertise_client_urls: vec![EtcdUrl::parse(client).unwrap()],
+        listen_peer_urls: vec![EtcdUrl::parse(peer).unwrap()],
+        initial_advertise_peer_urls: vec![EtcdUrl::parse(peer).unwrap()],
+        initial_cluster: initial,
+        initial_cluster_token: TOKEN.to_string(),
+        initial_cluster_state: ClusterState::Existing,
+        heartbeat_interval: Duration::from_millis(20),
+        election_timeout: Duration::from_millis(200),
+        ..MemberConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed() {
+    let cluster = LocalCluster::builder()
+        .members(3)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+
+    // Data written before the new member exists reaches it by snapshot.
+    let kv = localcluster::client::kv(&url, RPC).await.unwrap();
+    for i in 0..20 {
+        let req = PutRequest {
+            key: format!("before/{i}").into_bytes(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        retry(|| {
+            let mut kv = kv.clone();
+            let req = req.clone();
+            async move { kv.put(req).await }
+        })
+        .await;
+    }
+
+    // 1. MemberAdd, as a learner.
+    let (peer_listener, peer_url) = bind();
+    let (client_listener, client_url) = bind();
+    let mut cc = cluster_client(&url).await;
+    let added = retry(|| {
+        let mut cc = cc.clone();
+        let peer_url = peer_url.clone();
+        async move {
+            cc.member_add(MemberAddRequest {
+                peer_ur_ls: vec![peer_url],
+                is_learner: true,
+            })
+            .await
+        }
+    })
+    .await
+    .into_inner();
+    let new = added.member.expect("the added member");
+    assert!(new.is_learner);
+    assert!(new.name.is_empty(), "unstarted until it publishes");
+    assert_eq!(added.members.len(), 4);
+
+    // 2. The new member starts with --initial-cluster-state existing.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = joining_config(&cluster, "joiner", dir.path(), &client_url, &peer_url);
+    let listeners = Listeners {
+        client: vec![client_listener],
+        peer: vec![peer_listener],
+    };
+    let joiner = Member::start_with(&cfg, listeners, Tuning::default()).unwrap();
+    assert_eq!(joiner.id(), new.id, "it finds the ID the cluster gave it");
+    tokio::time::timeout(WAIT, joiner.wait_ready())
+        .await
+        .expect("joiner publishes itself");
+
+    let mut jkv = localcluster::client::kv(&client_url, RPC).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let range = RangeRequest {
+            key: b"before/".to_vec(),
+            range_end: b"before0".to_vec(),
+            serializable: true,
+            count_only: true,
+            ..Default::default()
+        };
+        let count = jkv
+            .range(range)
+            .await
+            .map(|r| r.into_inner().count)
+            .unwrap_or(0);
+        if count == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joiner has {count} of 20 keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(joiner.status().learners.contains(&new.id));
+
+    // 3. MemberPromote makes it a voter.
+    retry(|| {
+        let mut cc = cc.clone();
+        async move { cc.member_promote(MemberPromoteRequest { id: new.id }).await }
+    })
+    .await;
+    let list = cc
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = list
+        .members
+        .iter()
+        .find(|m| m.id == new.id)
+        .expect("listed");
+    assert!(!listed.is_learner);
+    assert_eq!(listed.name, "joiner");
+    assert_eq!(listed.client_ur_ls, vec![client_url.clone()]);
+
+    // 4. MemberRemove: the member notices and the others carry on with three.
+    retry(|| {
+        let mut cc = cc.clone();
+        async move { cc.member_remove(MemberRemoveRequest { id: new.id }).await }
+    })
+    .await;
+    tokio::time::timeout(WAIT, joiner.removed())
+        .await
+        .expect("the removed member is told");
+    let list = cc
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 3);
+    joiner.kill();
+
+    // Adding the same peer URL twice is refused with etcd's error.
+    let dup = cluster.member(1).peer_url.clone();
+    let err = cc
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![dup],
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: Peer URLs already exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_was_never_added_cannot_join() {
+    let cluster = LocalCluster::builder()
+        .members(1)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let (peer_listener, peer_url) = bind();
+    let (client_listener, client_url) = bind();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = joining_config(&cluster, "stranger", dir.path(), &client_url, &peer_url);
+    let listeners = Listeners {
+        client: vec![client_listener],
+        peer: vec![peer_listener],
+    };
+    let err = Member::start_with(&cfg, listeners, Tuning::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not in the running cluster's membership"),
+        "{err}"
+    );
+    assert!(err.contains("etcdctl member add stranger"), "{err}");
+}
