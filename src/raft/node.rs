@@ -90,6 +90,10 @@ impl NodeStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
+/// How long a read-index request may go unanswered before it is sent again
+/// (etcd: 500 ms).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+
 /// Messages to the node.
 pub enum Msg {
     Propose {
@@ -312,8 +316,9 @@ struct Loop {
     config: NodeConfig,
     /// Read-index requests waiting for the next batch.
     pending_reads: Vec<Reply<u64>>,
-    /// Batches of read-index requests sent to raft-rs, by context.
-    inflight_reads: HashMap<u64, Vec<Reply<u64>>>,
+    /// Batches of read-index requests sent to raft-rs, by context, with when
+    /// they were sent (raft-rs drops some silently; those are sent again).
+    inflight_reads: HashMap<u64, (Instant, Vec<Reply<u64>>)>,
     next_read_ctx: u64,
     paused: bool,
     /// Messages received while paused, handled on resume.
@@ -432,16 +437,35 @@ impl Loop {
         Ok(Flow::Continue)
     }
 
-    /// Sends one read-index request for every read that arrived since the last one.
+    /// Sends one read-index request for every read that arrived since the last one,
+    /// and again for batches unanswered for a while: raft-rs drops a read-index
+    /// request without a word when there is no leader or the leader has not yet
+    /// committed an entry of its term.
     fn flush_reads(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<u64> = self
+            .inflight_reads
+            .iter()
+            .filter(|(_, (sent, _))| now.duration_since(*sent) >= READ_INDEX_RETRY)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, replies)) = self.inflight_reads.remove(&ctx) {
+                self.pending_reads.extend(replies);
+            }
+        }
         if self.pending_reads.is_empty() {
             return;
         }
         self.next_read_ctx += 1;
         let ctx = self.next_read_ctx;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        // The leader keys pending reads by context and ignores a context it already
+        // holds, so contexts must be unique across the cluster, not just here.
+        let mut bytes = self.config.id.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&ctx.to_be_bytes());
+        self.raw.read_index(bytes);
         self.inflight_reads
-            .insert(ctx, std::mem::take(&mut self.pending_reads));
+            .insert(ctx, (now, std::mem::take(&mut self.pending_reads)));
     }
 
     fn on_ready(&mut self) -> Result<(), RaftError> {
@@ -456,8 +480,10 @@ impl Loop {
             self.raw.mut_store().apply_snapshot(snap.get_metadata())?;
         }
         for rs in ready.take_read_states() {
-            let ctx = ctx_of(&rs.request_ctx);
-            if let Some(replies) = self.inflight_reads.remove(&ctx) {
+            let Some(ctx) = ctx_of(self.config.id, &rs.request_ctx) else {
+                continue;
+            };
+            if let Some((_, replies)) = self.inflight_reads.remove(&ctx) {
                 for r in replies {
                     let _ = r.send(Ok(rs.index));
                 }
@@ -535,7 +561,7 @@ impl Loop {
         };
         if leader_id != self.last_leader {
             // Reads in flight under the old leader may never be answered.
-            for (_, replies) in self.inflight_reads.drain() {
+            for (_, (_, replies)) in self.inflight_reads.drain() {
                 for r in replies {
                     let _ = r.send(Err(RaftError::LeaderChanged));
                 }
@@ -553,10 +579,11 @@ impl Loop {
     }
 }
 
-fn ctx_of(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    if bytes.len() == 8 {
-        a.copy_from_slice(bytes);
+/// The counter of a read-index context made by `flush_reads` on member `id`.
+fn ctx_of(id: u64, bytes: &[u8]) -> Option<u64> {
+    let (member, counter) = bytes.split_at_checked(8)?;
+    if member != id.to_be_bytes() {
+        return None;
     }
-    u64::from_be_bytes(a)
+    Some(u64::from_be_bytes(counter.try_into().ok()?))
 }
