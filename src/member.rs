@@ -171,7 +171,7 @@ impl Member {
             .worker_threads(tuning.worker_threads.unwrap_or(2))
             .thread_name(format!("member-{}", cfg.name))
             .enable_all();
-        let runtime = builder.build()?;
+        let runtime = OwnedRuntime(Some(builder.build()?));
         let _guard = runtime.enter();
 
         let client_listeners = bind_all(
@@ -341,7 +341,7 @@ impl Member {
             faults,
             peers,
             node: Some(node),
-            runtime: Some(runtime),
+            runtime: runtime.into_inner(),
             shutdown,
             ready: ready_rx,
             servers,
@@ -474,6 +474,33 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill_now();
+    }
+}
+
+/// The member's runtime while `start_with` builds the member: if a later step
+/// fails, the runtime is shut down without blocking, since `start_with` may be
+/// called from async code, where dropping a runtime panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn into_inner(mut self) -> Option<tokio::runtime::Runtime> {
+        self.0.take()
+    }
+}
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        // Only `into_inner` (which consumes `self`) empties the option.
+        self.0.as_ref().expect("runtime present until into_inner")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
