@@ -212,13 +212,20 @@ impl Node {
     /// transport could get a handle before the node existed.
     pub fn start(
         config: NodeConfig,
-        storage: RaftStorage,
+        mut storage: RaftStorage,
         state_machine: Box<dyn StateMachine>,
         outbox: Box<dyn Outbox>,
         channel: (RaftHandle, NodeInbox),
     ) -> Result<Node, RaftError> {
         let (handle, inbox) = channel;
         let applied = state_machine.applied_index();
+        // A Ready's committed entries are applied before its hard state is
+        // persisted, so a crash in between leaves the stored commit index behind
+        // the applied one, and raft-rs refuses to start with applied > commit.
+        // Applied entries were committed, so the commit index catches up.
+        if storage.hard_state().commit < applied && applied <= storage.last() {
+            storage.set_commit(applied)?;
+        }
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -586,4 +593,88 @@ fn ctx_of(id: u64, bytes: &[u8]) -> Option<u64> {
         return None;
     }
     Some(u64::from_be_bytes(counter.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::HardState;
+
+    /// Counts applied entries; nothing else.
+    struct Counter(u64);
+
+    impl StateMachine for Counter {
+        fn apply(
+            &mut self,
+            entries: Vec<Entry>,
+            _conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+        ) -> Result<(), RaftError> {
+            if let Some(e) = entries.last() {
+                self.0 = e.index;
+            }
+            Ok(())
+        }
+        fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+            self.0 = snapshot.get_metadata().index;
+            Ok(())
+        }
+        fn applied_index(&self) -> u64 {
+            self.0
+        }
+    }
+
+    struct Nowhere;
+
+    impl Outbox for Nowhere {
+        fn send(&self, _messages: Vec<Message>) {}
+    }
+
+    #[test]
+    fn restarts_when_the_state_machine_applied_past_the_stored_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        storage
+            .bootstrap(b"id", ConfState::from((vec![1], vec![])))
+            .unwrap();
+        let entries: Vec<Entry> = (1..=5)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        // Killed after applying entry 5 but before saving commit = 5.
+        let hs = HardState {
+            term: 1,
+            vote: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        storage.persist(&entries, Some(&hs)).unwrap();
+
+        let (handle, inbox) = channel(1);
+        let config = NodeConfig {
+            id: 1,
+            name: "t".into(),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_count: 1000,
+            catchup_entries: 10,
+        };
+        let mut node = Node::start(
+            config,
+            storage,
+            Box::new(Counter(5)),
+            Box::new(Nowhere),
+            (handle.clone(), inbox),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.status().is_leader {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(handle.status().commit_index >= 5);
+        node.stop();
+    }
 }
