@@ -321,22 +321,19 @@ fn cluster_and_maintenance_commands_describe_the_three_members() {
     // prints this on stderr).
     let out = c.etcdctl(&["endpoint", "health", "--cluster"]);
     out.ok();
-    let mut lines = out
+    let lines = out
         .stderr
         .lines()
         .chain(out.stdout.lines())
         .filter(|l| !l.starts_with('{'))
         .collect::<Vec<_>>();
-    lines.sort();
     assert_eq!(lines.len(), 3, "{out:#?}");
-    for (line, m) in lines.iter().zip(&c.members) {
-        assert!(
-            line.starts_with(&format!(
-                "{} is healthy: successfully committed proposal: took = ",
-                m.client_url()
-            )),
-            "{out:#?}"
+    for m in &c.members {
+        let healthy = format!(
+            "{} is healthy: successfully committed proposal: took = ",
+            m.client_url()
         );
+        assert!(lines.iter().any(|l| l.starts_with(&healthy)), "{out:#?}");
     }
 
     // endpoint status (explicit endpoints): one leader, one term, one index.
@@ -442,15 +439,17 @@ fn endpoint_hashkv_cluster_prints_one_hash_for_every_member() {
         c.etcdctl_at(i, &["get", "h/9"]).ok();
     }
     let out = c.etcdctl(&["endpoint", "hashkv", "--cluster"]);
-    let mut lines = out.ok().lines().collect::<Vec<_>>();
-    lines.sort();
+    let lines = out.ok().lines().collect::<Vec<_>>();
     assert_eq!(lines.len(), 3, "{out:#?}");
-    let hashes: Vec<&str> = lines
+    let hashes: Vec<&str> = c
+        .members
         .iter()
-        .zip(&c.members)
-        .map(|(l, m)| {
-            l.strip_prefix(&format!("{}, ", m.client_url()))
-                .unwrap_or_else(|| panic!("unexpected line {l:?}"))
+        .map(|m| {
+            let prefix = format!("{}, ", m.client_url());
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no hash for {}: {out:#?}", m.name))
         })
         .collect();
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");

@@ -199,6 +199,8 @@ pub struct Member {
     pub log: PathBuf,
     cwd: PathBuf,
     child: Option<Child>,
+    /// How the last process ended, if it ended by itself (not by the test).
+    exited: Option<ExitStatus>,
     /// Log length when the current process started.
     log_start: u64,
 }
@@ -222,6 +224,7 @@ impl Member {
             log: dir.join(format!("{name}.log")),
             cwd: dir.to_path_buf(),
             child: None,
+            exited: None,
             log_start: 0,
         }
     }
@@ -241,7 +244,8 @@ impl Member {
 
     /// Starts the process (it must not be running).
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
+        assert!(!self.is_running(), "{} is already running", self.name);
+        self.exited = None;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,9 +270,27 @@ impl Member {
 
     /// Whether the process is running (reaps it if it ended).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => c.try_wait().unwrap().is_none(),
-            None => false,
+        let Some(c) = &mut self.child else {
+            return false;
+        };
+        match c.try_wait().unwrap() {
+            None => true,
+            Some(status) => {
+                self.exited = Some(status);
+                self.child = None;
+                false
+            }
+        }
+    }
+
+    /// "running", "exited: <status>" or "stopped by the test", for failure messages.
+    pub fn state(&mut self) -> String {
+        if self.is_running() {
+            "running".into()
+        } else if let Some(status) = self.exited {
+            format!("exited by itself: {status}")
+        } else {
+            "stopped by the test".into()
         }
     }
 
@@ -301,8 +323,9 @@ impl Member {
                 return;
             }
             if !self.is_running() {
+                let state = self.state();
                 panic!(
-                    "{} exited before it was ready; its log:\n{}",
+                    "{} {state} before it was ready; its log:\n{}",
                     self.name,
                     self.current_log()
                 );
@@ -393,6 +416,10 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = self.state();
+            eprintln!("{} was {state}", self.name);
+        }
         self.kill9();
         if std::thread::panicking() {
             let log = self.log_text();
@@ -538,8 +565,12 @@ impl Cluster {
             if Instant::now() > deadline {
                 let seen: Vec<String> = self
                     .members
-                    .iter()
-                    .map(|m| format!("{}: {:?}", m.name, m.status().map(|s| s.leader)))
+                    .iter_mut()
+                    .map(|m| {
+                        let leader = m.status().map(|s| format!("{:x}", s.leader));
+                        let state = m.state();
+                        format!("{} ({state}): leader {leader:?}", m.name)
+                    })
                     .collect();
                 panic!("no agreed leader after {START_TIMEOUT:?}: {seen:?}");
             }
