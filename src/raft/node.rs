@@ -24,7 +24,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -44,6 +44,9 @@ pub trait StateMachine: Send + 'static {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError>;
     /// The index of the last applied entry (durable).
     fn applied_index(&self) -> u64;
+    /// The index and term of the last applied entry and the configuration as of
+    /// it (durable): what a snapshot of the current state would carry.
+    fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError>;
 }
 
 /// Sends Raft messages to peers (see [`super::transport`]).
@@ -219,13 +222,7 @@ impl Node {
     ) -> Result<Node, RaftError> {
         let (handle, inbox) = channel;
         let applied = state_machine.applied_index();
-        // A Ready's committed entries are applied before its hard state is
-        // persisted, so a crash in between leaves the stored commit index behind
-        // the applied one, and raft-rs refuses to start with applied > commit.
-        // Applied entries were committed, so the commit index catches up.
-        if storage.hard_state().commit < applied && applied <= storage.last() {
-            storage.set_commit(applied)?;
-        }
+        reconcile_log(&mut storage, state_machine.as_ref())?;
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -586,6 +583,36 @@ impl Loop {
     }
 }
 
+/// Brings the log in line with what the state machine durably holds after a
+/// crash (raft-rs refuses to start with an applied index beyond the commit index
+/// or the log):
+/// - a Ready's committed entries are applied before its hard state is saved, so
+///   the stored commit index may be behind the applied one: those entries were
+///   committed, so the commit index catches up;
+/// - a leader's snapshot is restored into the state machine before it is
+///   recorded in the log, so the log may not hold the applied entry (or hold a
+///   stale one in its place): the snapshot is recorded now.
+fn reconcile_log(storage: &mut RaftStorage, sm: &dyn StateMachine) -> Result<(), RaftError> {
+    let meta = sm.applied_metadata()?;
+    let logged_term = match raft::Storage::term(storage, meta.index) {
+        Ok(term) => Some(term),
+        Err(raft::Error::Store(raft::StorageError::Unavailable)) => None,
+        // Behind the compaction point: the log is ahead; nothing to do.
+        Err(_) => return Ok(()),
+    };
+    if logged_term != Some(meta.term) {
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "recording the leader's snapshot restored before a crash"
+        );
+        storage.apply_snapshot(&meta)?;
+    } else if storage.hard_state().commit < meta.index {
+        storage.set_commit(meta.index)?;
+    }
+    Ok(())
+}
+
 /// The counter of a read-index context made by `flush_reads` on member `id`.
 fn ctx_of(id: u64, bytes: &[u8]) -> Option<u64> {
     let (member, counter) = bytes.split_at_checked(8)?;
@@ -600,8 +627,8 @@ mod tests {
     use super::*;
     use raft::prelude::HardState;
 
-    /// Counts applied entries; nothing else.
-    struct Counter(u64);
+    /// Remembers the index and term of the last applied entry; nothing else.
+    struct Counter(u64, u64);
 
     impl StateMachine for Counter {
         fn apply(
@@ -611,15 +638,26 @@ mod tests {
         ) -> Result<(), RaftError> {
             if let Some(e) = entries.last() {
                 self.0 = e.index;
+                self.1 = e.term;
             }
             Ok(())
         }
         fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
             self.0 = snapshot.get_metadata().index;
+            self.1 = snapshot.get_metadata().term;
             Ok(())
         }
         fn applied_index(&self) -> u64 {
             self.0
+        }
+        fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError> {
+            let mut meta = SnapshotMetadata {
+                index: self.0,
+                term: self.1,
+                ..Default::default()
+            };
+            meta.set_conf_state(ConfState::from((vec![1], vec![])));
+            Ok(meta)
         }
     }
 
@@ -629,10 +667,9 @@ mod tests {
         fn send(&self, _messages: Vec<Message>) {}
     }
 
-    #[test]
-    fn restarts_when_the_state_machine_applied_past_the_stored_commit_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+    /// A single-voter log holding entries 1..=5 of term 1, commit index 3.
+    fn log_of_five(dir: &std::path::Path) -> RaftStorage {
+        let mut storage = RaftStorage::open(&dir.join("raft.redb")).unwrap();
         storage
             .bootstrap(b"id", ConfState::from((vec![1], vec![])))
             .unwrap();
@@ -643,7 +680,6 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        // Killed after applying entry 5 but before saving commit = 5.
         let hs = HardState {
             term: 1,
             vote: 1,
@@ -651,7 +687,12 @@ mod tests {
             ..Default::default()
         };
         storage.persist(&entries, Some(&hs)).unwrap();
+        storage
+    }
 
+    /// Starts a node over `storage` and `sm`; waits until it leads and has
+    /// committed at least `index`.
+    fn start_and_lead(storage: RaftStorage, sm: Counter, index: u64) {
         let (handle, inbox) = channel(1);
         let config = NodeConfig {
             id: 1,
@@ -664,17 +705,41 @@ mod tests {
         let mut node = Node::start(
             config,
             storage,
-            Box::new(Counter(5)),
+            Box::new(sm),
             Box::new(Nowhere),
             (handle.clone(), inbox),
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !handle.status().is_leader {
+        while !(handle.status().is_leader && handle.status().commit_index > index) {
             assert!(Instant::now() < deadline, "{:?}", handle.status());
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(handle.status().commit_index >= 5);
         node.stop();
+    }
+
+    #[test]
+    fn restarts_when_the_state_machine_applied_past_the_stored_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed after applying entry 5 but before saving commit = 5.
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(5, 1), 5);
+        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        assert!(storage.hard_state().commit > 5);
+    }
+
+    #[test]
+    fn restarts_when_a_restored_snapshot_was_not_yet_recorded_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed after restoring a snapshot at index 50, term 2, before
+        // recording it in the log.
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(50, 2), 50);
+        // Or at index 4 of term 2, where the log holds an entry of term 1.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(4, 2), 4);
+        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        assert_eq!(storage.first(), 5);
     }
 }
