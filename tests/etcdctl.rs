@@ -166,6 +166,19 @@ fn put_get_del_txn_and_compaction_print_what_etcd_prints() {
         c.etcdctl_input(&["txn"], txn).lines(),
         ["SUCCESS", "", "t/k", "second", "", "OK"]
     );
+    // -i prompts for each block.
+    let txn = "mod(\"t/i\") = \"0\"\n\nput t/i 1\n\n\n";
+    assert_eq!(
+        c.etcdctl_input(&["txn", "-i"], txn).lines(),
+        [
+            "compares:",
+            "success requests (get, put, del):",
+            "failure requests (get, put, del):",
+            "SUCCESS",
+            "",
+            "OK"
+        ]
+    );
     let txn = "create(\"t/none\") > \"0\"\n\nput t/k wrong\n\ndel t/other\nget t/k\n\n";
     let j = c.etcdctl_input(&["txn", "-w", "json"], txn).json();
     assert!(j.get("succeeded").is_none_or(|s| s == false), "{j}");
@@ -222,6 +235,21 @@ fn put_get_del_txn_and_compaction_print_what_etcd_prints() {
     assert!(
         out.err().contains("Error: etcdserver: key is not provided"),
         "{out:#?}"
+    );
+
+    // The default --max-request-bytes (1.5 MiB): a value of 1.6 MB (read from
+    // stdin) is refused by the server, 1.4 MB is fine.
+    let out = c.etcdctl_input(&["put", "big/refused"], &"x".repeat(1_600_000));
+    assert!(
+        out.err()
+            .contains("Error: etcdserver: request is too large"),
+        "{out:#?}"
+    );
+    let out = c.etcdctl_input(&["put", "big/accepted"], &"x".repeat(1_400_000));
+    assert_eq!(out.ok(), "OK\n");
+    assert_eq!(
+        non_empty(c.etcdctl(&["get", "--prefix", "big/", "--keys-only"]).ok()),
+        ["big/accepted"]
     );
 }
 
