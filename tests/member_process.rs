@@ -451,6 +451,25 @@ fn a_bad_flag_value_is_refused_in_one_line() {
 }
 
 #[test]
+fn a_taken_client_port_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let m = single(dir.path(), "x");
+    let mut args = m.args.clone();
+    let url = format!("http://127.0.0.1:{port}");
+    set_flag(&mut args, "--listen-client-urls", &url);
+    set_flag(&mut args, "--advertise-client-urls", &url);
+    let out = member_once(dir.path(), &strs(&args), Duration::from_secs(20));
+    assert_refused(&out, &format!("cannot listen on {url}: "));
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn unknown_flags_are_accepted_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = single(dir.path(), "x");
