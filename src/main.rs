@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use localcluster::config::{help_text, ConfigError};
 use localcluster::supervisor::{self, DefaultProcfile, RunArgs, StartArgs};
@@ -165,7 +164,8 @@ fn member_main(args: Vec<String>) -> i32 {
     match run_member(cfg) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("localcluster member: {e:#}");
+            // The library's errors already name their cause; `{:#}` would repeat it.
+            eprintln!("localcluster member: {e}");
             1
         }
     }
@@ -175,7 +175,7 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start runtime")?;
+        .map_err(|e| anyhow::anyhow!("cannot start runtime: {e}"))?;
     rt.block_on(async {
         tracing::info!(
             name = %cfg.name,

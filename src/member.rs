@@ -93,7 +93,7 @@ pub struct Member {
     faults: Arc<Faults>,
     peers: Arc<Peers>,
     node: Option<Node>,
-    runtime: Option<OwnedRuntime>,
+    runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
     ready: watch::Receiver<bool>,
     removed: watch::Receiver<bool>,
@@ -360,7 +360,7 @@ impl Member {
             faults,
             peers,
             node: Some(node),
-            runtime: Some(runtime),
+            runtime: runtime.into_inner(),
             shutdown,
             ready: ready_rx,
             removed: removed_rx,
@@ -473,7 +473,7 @@ impl Member {
         if let Some(mut node) = self.node.take() {
             node.stop();
         }
-        if let Some(rt) = self.runtime.take().and_then(|mut owned| owned.0.take()) {
+        if let Some(rt) = self.runtime.take() {
             shutdown_runtime(rt);
         }
     }
@@ -498,26 +498,6 @@ impl Member {
             }
         }
         self.kill_now();
-    }
-}
-
-/// The member's runtime. Dropping it never blocks (it shuts down in the
-/// background), so a member can be dropped from async code, even when its start
-/// fails half-way.
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl std::ops::Deref for OwnedRuntime {
-    type Target = tokio::runtime::Runtime;
-    fn deref(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("runtime present until drop")
-    }
-}
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -557,6 +537,33 @@ fn shutdown_runtime(rt: tokio::runtime::Runtime) {
             let _ = helper.join();
         }
         Err(_) => rt.shutdown_background(),
+    }
+}
+
+/// The member's runtime while `start_with` builds the member: if a later step
+/// fails, the runtime is shut down without blocking, since `start_with` may be
+/// called from async code, where dropping a runtime panics.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn into_inner(mut self) -> Option<tokio::runtime::Runtime> {
+        self.0.take()
+    }
+}
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        // Only `into_inner` (which consumes `self`) empties the option.
+        self.0.as_ref().expect("runtime present until into_inner")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot,
+    SnapshotMetadata,
 };
 use raft_proto::ConfChangeI;
 use tokio::sync::{broadcast, watch};
@@ -578,6 +579,21 @@ impl StateMachine for Applier {
             self.dirty_since = None;
         }
         Ok(())
+    }
+
+    fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError> {
+        let view = self.store.read().map_err(apply_err)?;
+        let conf_state = match view.meta(META_CONF_STATE).map_err(apply_err)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
+            None => ConfState::default(),
+        };
+        let mut meta = SnapshotMetadata {
+            index: self.applied,
+            term: self.applied_term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
+        Ok(meta)
     }
 }
 

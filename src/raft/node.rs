@@ -24,7 +24,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -51,6 +51,9 @@ pub trait StateMachine: Send + 'static {
     /// Makes applied state durable when it has waited long enough (or now, with
     /// `force`).
     fn flush(&mut self, force: bool) -> Result<(), RaftError>;
+    /// The index and term of the last applied entry and the configuration as of
+    /// it (durable): what a snapshot of the current state would carry.
+    fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError>;
 }
 
 /// Sends Raft messages to peers (see [`super::transport`]).
@@ -215,13 +218,14 @@ impl Node {
     /// transport could get a handle before the node existed.
     pub fn start(
         config: NodeConfig,
-        storage: RaftStorage,
+        mut storage: RaftStorage,
         state_machine: Box<dyn StateMachine>,
         outbox: Box<dyn Outbox>,
         channel: (RaftHandle, NodeInbox),
     ) -> Result<Node, RaftError> {
         let (handle, inbox) = channel;
         let applied = state_machine.applied_index();
+        reconcile_log(&mut storage, state_machine.as_ref())?;
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -593,10 +597,169 @@ impl Loop {
     }
 }
 
+/// Brings the log in line with what the state machine durably holds after a
+/// crash (raft-rs refuses to start with an applied index beyond the commit index
+/// or the log):
+/// - a Ready's committed entries are applied before its hard state is saved, so
+///   the stored commit index may be behind the applied one: those entries were
+///   committed, so the commit index catches up;
+/// - a leader's snapshot is restored into the state machine before it is
+///   recorded in the log, so the log may not hold the applied entry (or hold a
+///   stale one in its place): the snapshot is recorded now.
+fn reconcile_log(storage: &mut RaftStorage, sm: &dyn StateMachine) -> Result<(), RaftError> {
+    let meta = sm.applied_metadata()?;
+    let logged_term = match raft::Storage::term(storage, meta.index) {
+        Ok(term) => Some(term),
+        Err(raft::Error::Store(raft::StorageError::Unavailable)) => None,
+        // Behind the compaction point: the log is ahead; nothing to do.
+        Err(_) => return Ok(()),
+    };
+    if logged_term != Some(meta.term) {
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "recording the leader's snapshot restored before a crash"
+        );
+        storage.apply_snapshot(&meta)?;
+    } else if storage.hard_state().commit < meta.index {
+        storage.set_commit(meta.index)?;
+    }
+    Ok(())
+}
+
+/// The read-index context in a read state (see `flush_reads`).
 fn ctx_of(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     if bytes.len() == 8 {
         a.copy_from_slice(bytes);
     }
     u64::from_be_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::HardState;
+
+    /// Remembers the index and term of the last applied entry; nothing else.
+    struct Counter(u64, u64);
+
+    impl StateMachine for Counter {
+        fn apply(
+            &mut self,
+            entries: Vec<Entry>,
+            _conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+        ) -> Result<(), RaftError> {
+            if let Some(e) = entries.last() {
+                self.0 = e.index;
+                self.1 = e.term;
+            }
+            Ok(())
+        }
+        fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+            self.0 = snapshot.get_metadata().index;
+            self.1 = snapshot.get_metadata().term;
+            Ok(())
+        }
+        fn applied_index(&self) -> u64 {
+            self.0
+        }
+        fn durable_index(&self) -> u64 {
+            self.0
+        }
+        fn flush(&mut self, _force: bool) -> Result<(), RaftError> {
+            Ok(())
+        }
+        fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError> {
+            let mut meta = SnapshotMetadata {
+                index: self.0,
+                term: self.1,
+                ..Default::default()
+            };
+            meta.set_conf_state(ConfState::from((vec![1], vec![])));
+            Ok(meta)
+        }
+    }
+
+    struct Nowhere;
+
+    impl Outbox for Nowhere {
+        fn send(&self, _messages: Vec<Message>) {}
+    }
+
+    /// A single-voter log holding entries 1..=5 of term 1, commit index 3.
+    fn log_of_five(dir: &std::path::Path) -> RaftStorage {
+        let mut storage = RaftStorage::open(&dir.join("raft.redb")).unwrap();
+        storage
+            .bootstrap(b"id", ConfState::from((vec![1], vec![])))
+            .unwrap();
+        let entries: Vec<Entry> = (1..=5)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                ..Default::default()
+            })
+            .collect();
+        let hs = HardState {
+            term: 1,
+            vote: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        storage.persist(&entries, Some(&hs)).unwrap();
+        storage
+    }
+
+    /// Starts a node over `storage` and `sm`; waits until it leads and has
+    /// committed at least `index`.
+    fn start_and_lead(storage: RaftStorage, sm: Counter, index: u64) {
+        let (handle, inbox) = channel(1);
+        let config = NodeConfig {
+            id: 1,
+            name: "t".into(),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_count: 1000,
+            catchup_entries: 10,
+        };
+        let mut node = Node::start(
+            config,
+            storage,
+            Box::new(sm),
+            Box::new(Nowhere),
+            (handle.clone(), inbox),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(handle.status().is_leader && handle.status().commit_index > index) {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        node.stop();
+    }
+
+    #[test]
+    fn restarts_when_the_state_machine_applied_past_the_stored_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed after applying entry 5 but before saving commit = 5.
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(5, 1), 5);
+        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        assert!(storage.hard_state().commit > 5);
+    }
+
+    #[test]
+    fn restarts_when_a_restored_snapshot_was_not_yet_recorded_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        // Killed after restoring a snapshot at index 50, term 2, before
+        // recording it in the log.
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(50, 2), 50);
+        // Or at index 4 of term 2, where the log holds an entry of term 1.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = log_of_five(dir.path());
+        start_and_lead(storage, Counter(4, 2), 4);
+        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        assert_eq!(storage.first(), 5);
+    }
 }
