@@ -50,7 +50,7 @@ pub enum MemberError {
     Config(String),
     #[error("{0}")]
     DataDir(String),
-    #[error("cannot listen on {url}")]
+    #[error("cannot listen on {url}: {source}")]
     Bind { url: String, source: std::io::Error },
     #[error("{0}")]
     Raft(#[from] RaftError),

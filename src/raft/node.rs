@@ -687,13 +687,14 @@ mod tests {
         fn send(&self, _messages: Vec<Message>) {}
     }
 
-    /// A single-voter log holding entries 1..=5 of term 1, commit index 3.
+    /// A single-voter log holding entries 2..=6 of term 1 (index 1 is the
+    /// bootstrap's compaction point), commit index 3.
     fn log_of_five(dir: &std::path::Path) -> RaftStorage {
         let mut storage = RaftStorage::open(&dir.join("raft.redb")).unwrap();
         storage
             .bootstrap(b"id", ConfState::from((vec![1], vec![])))
             .unwrap();
-        let entries: Vec<Entry> = (1..=5)
+        let entries: Vec<Entry> = (2..=6)
             .map(|index| Entry {
                 index,
                 term: 1,
