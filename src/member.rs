@@ -173,8 +173,12 @@ impl Member {
             .worker_threads(tuning.worker_threads.unwrap_or(2))
             .thread_name(format!("member-{}", cfg.name))
             .enable_all();
-        let runtime = builder.build()?;
-        let _guard = runtime.enter();
+        // Until the member is built, a failed start must not drop the runtime in
+        // place: that blocks, and panics when called from async code.
+        let built = builder.build()?;
+        let rt = built.handle().clone();
+        let mut runtime = BackgroundShutdown(Some(built));
+        let _guard = rt.enter();
 
         let client_listeners = bind_all(
             &cfg.listen_client_urls
@@ -283,7 +287,7 @@ impl Member {
             .max_encoding_message_size(usize::MAX);
             let token = shutdown.clone();
             let addr = l.local_addr().ok();
-            servers.push(runtime.spawn(async move {
+            servers.push(rt.spawn(async move {
                 let incoming = TcpListenerStream::new(l);
                 let res = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
@@ -300,7 +304,7 @@ impl Member {
         for l in client_listeners {
             let addr = l.local_addr().ok();
             tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
-            servers.push(runtime.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
+            servers.push(rt.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
         }
 
         // Lifecycle: publish, cluster version, peers in step with membership.
@@ -310,20 +314,20 @@ impl Member {
             .iter()
             .map(|u| u.as_str().to_string())
             .collect();
-        runtime.spawn(publish(
+        rt.spawn(publish(
             core.clone(),
             cfg.name.clone(),
             advertise.clone(),
             ready_tx,
             shutdown.clone(),
         ));
-        runtime.spawn(api::lease::expire_leases(core.clone(), shutdown.clone()));
-        runtime.spawn(decide_cluster_version(
+        rt.spawn(api::lease::expire_leases(core.clone(), shutdown.clone()));
+        rt.spawn(decide_cluster_version(
             core.clone(),
             cfg.election_timeout,
             shutdown.clone(),
         ));
-        runtime.spawn(follow_membership(
+        rt.spawn(follow_membership(
             peers.clone(),
             membership_rx,
             identity.member_id,
@@ -348,7 +352,7 @@ impl Member {
             faults,
             peers,
             node: Some(node),
-            runtime: Some(runtime),
+            runtime: runtime.0.take(),
             shutdown,
             ready: ready_rx,
             servers,
@@ -587,6 +591,18 @@ fn initial_membership(cfg: &MemberConfig, cluster_id: u64) -> Result<Membership,
     // etcd leaves a member's name empty until it publishes; we record the
     // configured names so `member list` reads well from the start.
     Ok(membership)
+}
+
+/// Owns a runtime and shuts it down in the background when dropped (see
+/// [`Member::start_with`]).
+struct BackgroundShutdown(Option<tokio::runtime::Runtime>);
+
+impl Drop for BackgroundShutdown {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn bind_all(
