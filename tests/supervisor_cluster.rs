@@ -685,3 +685,35 @@ fn demo_failover_stops_its_cluster_on_ctrl_c() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?}");
 }
+
+#[test]
+fn a_member_whose_port_is_taken_fails_with_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = taken.local_addr().unwrap().port();
+    let peer = free_port();
+    let out = Command::new(BIN)
+        .args([
+            "member",
+            "--name",
+            "m1",
+            "--data-dir",
+            &dir.path().join("m1").display().to_string(),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster",
+            &format!("m1=http://127.0.0.1:{peer}"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
