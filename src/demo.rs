@@ -573,14 +573,16 @@ async fn wait_for_leader(ctx: &Ctx) -> anyhow::Result<(Vec<ProcessStatus>, usize
         let polled = status(ctx).await;
         if let Ok(rows) = &polled {
             if let Some(r) = rows.iter().find(|r| !r.state.is_alive()) {
+                // Let the log writer catch up with the member's last words.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 bail!(
-                    "{} {} before the cluster came up (see {})",
+                    "{} {} before the cluster came up; its last lines:\n{}",
                     r.name,
                     r.exit_signal.as_deref().map_or_else(
                         || format!("exited with code {}", r.exit_code.unwrap_or(-1)),
                         |s| format!("was killed by {s}")
                     ),
-                    ctx.log_path.display()
+                    log_tail(&ctx.log_path, &r.name, 5)
                 );
             }
             if let Some(i) = agreed_leader(rows) {
@@ -600,6 +602,18 @@ async fn wait_for_leader(ctx: &Ctx) -> anyhow::Result<(Vec<ProcessStatus>, usize
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The last `n` lines of process `name` in the supervisor's log, indented.
+fn log_tail(log: &std::path::Path, name: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let prefix = format!("{name} |");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The index of the one member that leads, if every member answered, exactly one

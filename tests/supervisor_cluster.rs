@@ -152,7 +152,54 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts a cluster and waits until every member answers. A member that
+    /// could not bind its port (some other process took the free port in the
+    /// meantime) means a fresh start on new ports, at most three times.
     fn start() -> Cluster {
+        for _ in 0..3 {
+            let c = Cluster::start_once();
+            if c.wait_up() {
+                return c;
+            }
+            eprintln!(
+                "a member's port was taken; retrying on new ports\n{}",
+                c.sup.dump()
+            );
+        }
+        panic!("three clusters in a row could not bind their ports");
+    }
+
+    /// Waits until every member answers the probe; false if a member exited
+    /// because its port was taken.
+    fn wait_up(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(rows) = self.try_status() {
+                if rows.iter().all(|r| r["member"].is_object()) {
+                    return true;
+                }
+                if rows.iter().any(|r| r["state"] == "exited") {
+                    // Let the member's last words reach the log.
+                    std::thread::sleep(Duration::from_millis(300));
+                    let text = self.sup.lines().join("\n");
+                    assert!(
+                        text.contains("cannot listen on"),
+                        "a member exited\n{}",
+                        self.sup.dump()
+                    );
+                    return false;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not come up\n{}",
+                self.sup.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_once() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut layout = Layout::free(3, &data.display().to_string()).unwrap();
@@ -608,22 +655,41 @@ fn demo(tmp: &Path, args: &[&str]) -> Spawned {
     Spawned::new(cmd)
 }
 
-/// The member pids the demo printed (`cluster up: m1 pid 123 (leader), ...`).
-fn demo_pids(demo: &Spawned) -> Vec<i32> {
-    let line = demo.wait_line(60, |l| l.contains("cluster up: "));
-    let pids: Vec<i32> = line
-        .split(" pid ")
-        .skip(1)
-        .map(|s| s.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 3, "{line}");
-    pids
+/// Starts the demo and waits until its cluster is up; returns it and the member
+/// pids it printed (`cluster up: m1 pid 123 (leader), ...`). A member that could
+/// not bind its free port means another try, at most three.
+fn start_demo(tmp: &Path, args: &[&str]) -> (Spawned, Vec<i32>) {
+    for _ in 0..3 {
+        let mut d = demo(tmp, args);
+        let line = d.wait_line(60, |l| {
+            l.contains("cluster up: ") || l.starts_with("FAIL: ")
+        });
+        if line.starts_with("FAIL: ") {
+            d.wait_exit(30);
+            let text = d.lines().join("\n");
+            assert!(text.contains("cannot listen on"), "{}", d.dump());
+            eprintln!("a member's port was taken; retrying\n{text}");
+            // The failed run kept its directory for inspection.
+            for entry in std::fs::read_dir(tmp).unwrap() {
+                let _ = std::fs::remove_dir_all(entry.unwrap().path());
+            }
+            continue;
+        }
+        let pids: Vec<i32> = line
+            .split(" pid ")
+            .skip(1)
+            .map(|s| s.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 3, "{line}");
+        return (d, pids);
+    }
+    panic!("three demos in a row could not bind their ports");
 }
 
 #[test]
 fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = demo(
+    let (mut d, pids) = start_demo(
         tmp.path(),
         &[
             "--writes",
@@ -634,7 +700,6 @@ fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
             "200",
         ],
     );
-    let pids = demo_pids(&d);
     let status = d.wait_exit(180);
     assert!(status.success(), "{}", d.dump());
     let text = d.lines().join("\n");
@@ -662,7 +727,7 @@ fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
 #[test]
 fn demo_failover_stops_its_cluster_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = demo(
+    let (mut d, pids) = start_demo(
         tmp.path(),
         &[
             "--writes",
@@ -673,7 +738,6 @@ fn demo_failover_stops_its_cluster_on_ctrl_c() {
             "200",
         ],
     );
-    let pids = demo_pids(&d);
     d.wait_line(30, |l| l.contains("writer started"));
     d.signal(libc::SIGINT);
     let status = d.wait_exit(60);
