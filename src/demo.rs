@@ -21,9 +21,11 @@
 //!    the other, starting at the leader and moving to the next member after an error
 //!    or a write left unanswered for max(election timeout, 500 ms), until `--writes`
 //!    writes were acknowledged or two minutes passed;
-//! 4. after a third of the writes (or of the two minutes), kills the leader with SIGKILL through the control
-//!    endpoint (the `run kill leader` hook: the supervisor finds the leader with its
-//!    cluster probe), then polls the survivors' `Status` every 10 ms for a new leader;
+//! 4. after a third of the writes (or of the two minutes), kills the leader with
+//!    SIGKILL through the control endpoint (the `run kill leader` hook: the
+//!    supervisor finds the leader with its cluster probe and answers once the
+//!    process is reaped, which is time zero of the failover), then polls every
+//!    member's `Status` every 10 ms until one that is not the old leader leads;
 //! 5. prints the timeline as it happens (milliseconds since the demo started, and
 //!    since the kill), then a summary: the old leader, the time until a new leader,
 //!    the time until the next acknowledged write, and the final check: every
@@ -235,8 +237,8 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<i32> {
     let mut sup_finished = false;
     let ended = tokio::select! {
         report = scenario(&ctx) => Ended::Scenario(report),
-        _ = tokio::signal::ctrl_c() => Ended::Interrupted,
-        _ = sigterm.recv() => Ended::Interrupted,
+        Ok(()) = tokio::signal::ctrl_c() => Ended::Interrupted,
+        Some(()) = sigterm.recv() => Ended::Interrupted,
         result = &mut sup => {
             sup_finished = true;
             Ended::Supervisor(result)
@@ -270,7 +272,15 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<i32> {
     let code = match ended {
         Ended::Interrupted => 130,
         Ended::Supervisor(Ok(Ok(_))) => fail(dir, "the supervisor stopped unexpectedly".into()),
-        Ended::Supervisor(Ok(Err(e))) => return Err(anyhow!(e).context("cannot run the cluster")),
+        Ended::Supervisor(Ok(Err(e))) => {
+            let hint = match args.ports {
+                Ports::Default => {
+                    " (is a cluster already running on the standard ports? try --ports free)"
+                }
+                Ports::Free => "",
+            };
+            return Err(anyhow!(e).context(format!("cannot run the cluster{hint}")));
+        }
         Ended::Supervisor(Err(e)) => fail(dir, format!("the supervisor task failed: {e}")),
         Ended::Scenario(Err(e)) => fail(dir, format!("{e:#}")),
         Ended::Scenario(Ok(report)) => {
@@ -321,7 +331,8 @@ async fn status(ctx: &Ctx) -> anyhow::Result<Vec<ProcessStatus>> {
 struct Report {
     old_leader: String,
     old_term: u64,
-    acked_before_kill: u32,
+    /// Writes acknowledged when the kill was done.
+    acked_at_kill: usize,
     new_leader: String,
     new_term: u64,
     /// Kill to new leader.
@@ -345,7 +356,7 @@ impl Report {
         println!("summary");
         println!(
             "  old leader                        {} (term {}), killed after {} acknowledged writes",
-            self.old_leader, self.old_term, self.acked_before_kill
+            self.old_leader, self.old_term, self.acked_at_kill
         );
         println!(
             "  time until a new leader           {} ms ({}, term {})",
@@ -366,7 +377,7 @@ impl Report {
         );
         if self.failed > 0 {
             writes.push_str(&format!(
-                " (outcome unknown to the client; {} of them were applied anyway)",
+                " (outcome unknown to the client; applied anyway: {})",
                 self.applied_anyway
             ));
         }
@@ -417,14 +428,8 @@ async fn scenario(ctx: &Ctx) -> anyhow::Result<Report> {
         })
         .collect();
     ctx.say(&format!("cluster up: {}", row_text.join(", ")));
-    let old = rows[leader]
-        .member
-        .clone()
-        .context("leader row has no status")?;
-    ctx.say(&format!(
-        "leader: {} (term {})",
-        ctx.names[leader], old.raft_term
-    ));
+    let term = rows[leader].member.as_ref().map_or(0, |m| m.raft_term);
+    ctx.say(&format!("leader: {} (term {term})", ctx.names[leader]));
 
     let timeout = ctx.election.max(Duration::from_millis(500));
     let urls = ctx.layout.client_urls();
@@ -472,8 +477,16 @@ async fn scenario(ctx: &Ctx) -> anyhow::Result<Report> {
 
     // Kill the leader through the supervisor, as `localcluster run kill leader` does.
     // It answers once the process has been reaped: that is time zero of the failover.
+    // The leader is looked up again first: it may have changed since the start.
+    let (rows, leader) = wait_for_leader(ctx).await?;
+    let old = rows[leader]
+        .member
+        .clone()
+        .context("the leader's row has no status")?;
     ctx.say(&format!(
-        "SIGKILL the leader through the supervisor (`localcluster run -p {} kill leader`); {acked_before_kill} writes acknowledged so far",
+        "SIGKILL the leader, {} (term {}), through the supervisor (`localcluster run -p {} kill leader`); {acked_before_kill} writes acknowledged so far",
+        ctx.names[leader],
+        old.raft_term,
         ctx.control_port
     ));
     ask(ctx, RunCommand::Kill, &["leader"]).await?;
@@ -490,7 +503,7 @@ async fn scenario(ctx: &Ctx) -> anyhow::Result<Report> {
         let row = after[killed].clone();
         if killed != leader {
             bail!(
-                "`kill leader` killed {} but {} led a moment before: leadership moved during the kill; run the demo again",
+                "`kill leader` killed {} but {} led a moment before: leadership moved during the kill; please run the demo again",
                 row.name,
                 ctx.names[leader]
             );
@@ -519,6 +532,7 @@ async fn scenario(ctx: &Ctx) -> anyhow::Result<Report> {
         None => bail!("the writer is missing"),
     };
     let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.result.is_ok()).collect();
+    let acked_at_kill = acked.iter().filter(|a| a.ended <= t_kill).count();
     let failed = attempts.len() - acked.len();
     let next_ack = acked.iter().find(|a| a.started >= t_kill).map(|a| {
         (
@@ -550,7 +564,7 @@ async fn scenario(ctx: &Ctx) -> anyhow::Result<Report> {
     Ok(Report {
         old_leader: killed_row.name.clone(),
         old_term: old.raft_term,
-        acked_before_kill,
+        acked_at_kill,
         new_leader: ctx.names[new_leader].clone(),
         new_term,
         election: t_elected.saturating_duration_since(t_kill),

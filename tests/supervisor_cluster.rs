@@ -703,10 +703,8 @@ fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
     let status = d.wait_exit(180);
     assert!(status.success(), "{}", d.dump());
     let text = d.lines().join("\n");
-    assert!(
-        text.contains("SIGKILL the leader through the supervisor"),
-        "{text}"
-    );
+    assert!(text.contains("SIGKILL the leader, m"), "{text}");
+    assert!(text.contains("(`localcluster run -p "), "{text}");
     assert!(text.contains("killed by SIGKILL"), "{text}");
     assert!(text.contains(" new leader: m"), "{text}");
     assert!(text.contains("time until a new leader"), "{text}");
