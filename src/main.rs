@@ -6,6 +6,8 @@
 //! - `localcluster run CMD [NAME]`: drive a running supervisor.
 //! - `localcluster procfile`: print the built-in 3-member Procfile.
 //! - `localcluster bench put`: a load generator for any etcd endpoints.
+//! - `localcluster demo failover`: kill the leader under a writing client and time
+//!   the failover (see [`demo`]).
 //!
 //! Invoked through a link named `etcd`, the binary behaves as `localcluster member`,
 //! so scripts written for etcd run unchanged.
@@ -17,6 +19,8 @@ use clap::{Parser, Subcommand};
 use localcluster::config::{help_text, ConfigError};
 use localcluster::supervisor::{self, DefaultProcfile, RunArgs, StartArgs};
 use localcluster::{Member, MemberConfig};
+
+mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +55,9 @@ enum Command {
         #[arg(long, default_value = ".localcluster")]
         data_dir: String,
     },
+    /// Demonstrations on a real local cluster
+    #[command(subcommand)]
+    Demo(demo::DemoCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +90,7 @@ fn main() -> ExitCode {
             .await
         }),
         Command::Run(args) => supervise(|| supervisor::run_client(args)),
+        Command::Demo(command) => supervise(|| demo::run(command)),
         Command::Procfile { data_dir } => {
             print!("{}", localcluster::layout::procfile(&data_dir));
             0
