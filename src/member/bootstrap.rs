@@ -1,0 +1,202 @@
+//! Whose data dir is this? A member's identity (member ID, cluster ID, name,
+//! cluster token) is settled once, when its data dir is first used, and stored
+//! in it:
+//!
+//! - a new member of a new cluster derives every ID from `--initial-cluster` and
+//!   `--initial-cluster-token`, exactly as etcd does (see [`crate::identity`]),
+//!   so all members agree without talking to each other;
+//! - a member joining a running cluster (`--initial-cluster-state existing`)
+//!   asks the running members for the membership and finds itself by its peer
+//!   URLs (it must have been added with `MemberAdd` first);
+//! - a restarted member uses the stored identity and ignores the `--initial-*`
+//!   flags, but is refused when the data dir belongs to another member or to a
+//!   cluster with another token.
+
+use std::time::Duration;
+
+use prost::Message as _;
+
+use super::MemberError;
+use crate::config::{ClusterState, MemberConfig};
+use crate::identity;
+use crate::pb::lcraftpb::{Identity, MemberInfo, Membership};
+use crate::raft::RaftStorage;
+
+/// Works out who this data dir belongs to: the stored identity, or a new one
+/// derived from the flags.
+pub(super) fn resolve_identity(
+    cfg: &MemberConfig,
+    storage: &RaftStorage,
+) -> Result<Identity, MemberError> {
+    let derived = derive_identity(cfg);
+    if let Some(bytes) = storage.identity()? {
+        let stored = Identity::decode(bytes.as_slice()).map_err(|e| {
+            MemberError::DataDir(format!(
+                "corrupt identity record in {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+        if stored.name != cfg.name {
+            return Err(MemberError::DataDir(format!(
+                "data dir {} belongs to member {:?} ({:x}), not {:?}",
+                cfg.data_dir.display(),
+                stored.name,
+                stored.member_id,
+                cfg.name
+            )));
+        }
+        if stored.cluster_token != cfg.initial_cluster_token {
+            if let Ok(d) = &derived {
+                if d.cluster_id != stored.cluster_id {
+                    return Err(MemberError::DataDir(format!(
+                        "data dir {} belongs to cluster {:x} (token {:?}), but --initial-cluster-token is {:?}",
+                        cfg.data_dir.display(),
+                        stored.cluster_id,
+                        stored.cluster_token,
+                        cfg.initial_cluster_token
+                    )));
+                }
+            }
+        }
+        return Ok(stored);
+    }
+    cfg.validate_bootstrap()
+        .map_err(|e| MemberError::Config(e.to_string()))?;
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return join_identity(cfg).map(|(identity, _)| identity);
+    }
+    derived
+}
+
+/// A member joining a running cluster: asks the members listed in
+/// `--initial-cluster` for the membership and finds itself by its peer URLs (it
+/// must have been added with `MemberAdd` first, as with etcd).
+pub(super) fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberError> {
+    let mut mine: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.as_str().to_string())
+        .collect();
+    mine.sort();
+    let others: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().map(|u| u.as_str().to_string()))
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let fetched = std::thread::spawn(move || -> Result<Membership, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut last = "no other member in --initial-cluster".to_string();
+            for url in others {
+                match fetch_membership(&url).await {
+                    Ok(m) => return Ok(m),
+                    Err(e) => last = format!("{url}: {e}"),
+                }
+            }
+            Err(last)
+        })
+    })
+    .join()
+    .map_err(|_| MemberError::Config("membership fetch panicked".into()))?
+    .map_err(|e| {
+        MemberError::Config(format!("cannot reach the running cluster to join it: {e}"))
+    })?;
+    let me = fetched.members.iter().find(|m| {
+        let mut urls = m.peer_urls.clone();
+        urls.sort();
+        urls == mine
+    });
+    let Some(me) = me else {
+        return Err(MemberError::Config(format!(
+            "peer URLs {} are not in the running cluster's membership; add the member first (etcdctl member add {} --peer-urls={})",
+            mine.join(","),
+            cfg.name,
+            mine.join(",")
+        )));
+    };
+    let identity = Identity {
+        cluster_id: fetched.cluster_id,
+        member_id: me.id,
+        name: cfg.name.clone(),
+        cluster_token: cfg.initial_cluster_token.clone(),
+    };
+    Ok((identity, fetched))
+}
+
+async fn fetch_membership(url: &str) -> Result<Membership, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel);
+    client
+        .members(crate::pb::lcraftpb::ProbeRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+}
+
+fn derive_identity(cfg: &MemberConfig) -> Result<Identity, MemberError> {
+    let ids: Vec<(String, u64)> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            let urls: Vec<String> = urls.iter().map(|u| u.as_str().to_string()).collect();
+            (
+                name.clone(),
+                identity::member_id(&urls, &cfg.initial_cluster_token, None),
+            )
+        })
+        .collect();
+    let mut member_ids: Vec<u64> = ids.iter().map(|(_, id)| *id).collect();
+    member_ids.sort_unstable();
+    member_ids.dedup();
+    let cluster_id = identity::cluster_id(&member_ids);
+    let member_id = ids
+        .iter()
+        .find(|(n, _)| n == &cfg.name)
+        .map(|(_, id)| *id)
+        .ok_or_else(|| {
+            MemberError::Config(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            ))
+        })?;
+    Ok(Identity {
+        cluster_id,
+        member_id,
+        name: cfg.name.clone(),
+        cluster_token: cfg.initial_cluster_token.clone(),
+    })
+}
+
+pub(super) fn initial_membership(
+    cfg: &MemberConfig,
+    cluster_id: u64,
+) -> Result<Membership, MemberError> {
+    let mut membership = Membership {
+        cluster_id,
+        ..Default::default()
+    };
+    for (_name, urls) in &cfg.initial_cluster {
+        let urls: Vec<String> = urls.iter().map(|u| u.as_str().to_string()).collect();
+        let id = identity::member_id(&urls, &cfg.initial_cluster_token, None);
+        // As in etcd, a member's name and client URLs stay empty ("unstarted")
+        // until it publishes them itself.
+        membership.upsert(MemberInfo {
+            id,
+            name: String::new(),
+            peer_urls: urls,
+            client_urls: vec![],
+            is_learner: false,
+        });
+    }
+    Ok(membership)
+}
