@@ -52,6 +52,8 @@ enum Command {
         #[arg(long, default_value = ".localcluster")]
         data_dir: String,
     },
+    /// Load-test etcd endpoints (localcluster or real etcd): `localcluster bench put --help`
+    Bench(localcluster::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
             .await
         }),
         Command::Run(args) => supervise(|| supervisor::run_client(args)),
+        Command::Bench(args) => supervise(|| async { Ok(localcluster::bench::main(args).await) }),
         Command::Procfile { data_dir } => {
             print!("{}", localcluster::layout::procfile(&data_dir));
             0
