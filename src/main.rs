@@ -179,14 +179,17 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start runtime")?;
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "starting localcluster member"
+    );
+    // Started outside `block_on`: the member owns a runtime of its own, and a
+    // failed start drops it, which tokio refuses inside an async context (the
+    // panic would hide the start error).
+    let member = Member::start(&cfg)?;
     rt.block_on(async {
-        tracing::info!(
-            name = %cfg.name,
-            data_dir = %cfg.data_dir.display(),
-            version = env!("CARGO_PKG_VERSION"),
-            "starting localcluster member"
-        );
-        let member = Member::start(&cfg)?;
         wait_for_signal().await?;
         tracing::info!(name = %cfg.name, "received signal; shutting down");
         member.stop().await;
