@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod config;

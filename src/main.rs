@@ -58,6 +58,8 @@ enum Command {
     /// Demonstrations on a real local cluster
     #[command(subcommand)]
     Demo(demo::DemoCommand),
+    /// Load-test etcd endpoints (localcluster or real etcd): `localcluster bench put --help`
+    Bench(localcluster::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         }),
         Command::Run(args) => supervise(|| supervisor::run_client(args)),
         Command::Demo(command) => supervise(|| demo::run(command)),
+        Command::Bench(args) => supervise(|| async { Ok(localcluster::bench::main(args).await) }),
         Command::Procfile { data_dir } => {
             print!("{}", localcluster::layout::procfile(&data_dir));
             0
@@ -184,14 +187,15 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start runtime: {e}"))?;
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "starting localcluster member"
+    );
+    // Started outside `block_on`: the member owns a runtime of its own.
+    let member = Member::start(&cfg)?;
     rt.block_on(async {
-        tracing::info!(
-            name = %cfg.name,
-            data_dir = %cfg.data_dir.display(),
-            version = env!("CARGO_PKG_VERSION"),
-            "starting localcluster member"
-        );
-        let member = Member::start(&cfg)?;
         tokio::select! {
             r = wait_for_signal() => {
                 r?;

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Benchmarks localcluster against real etcd 3.4 on this machine, with the same
+# load generator (`localcluster bench put`) and the same cluster layout.
+#
+# For each server (localcluster, then etcd) and each client count, it starts a
+# fresh 3-member cluster on loopback (distinct ports, data dirs in a temporary
+# directory, etcd's default heartbeat 100 ms / election 1000 ms passed to both),
+# waits until every member reports /health, runs the benchmark against all three
+# endpoints, reads the members' RSS and CPU time from /proc, stops the cluster,
+# and finally prints a markdown table of both servers' figures and their ratio.
+#
+# Usage: scripts/bench-vs-etcd.sh
+# Knobs (environment): TOTAL (20000), CLIENTS ("16 64"), CONNS (3), KEY_SIZE (8),
+#   VAL_SIZE (256), BASE_PORT (41000), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
+#   an existing binary, LOCALCLUSTER_BIN (target/release/localcluster), KEEP=1
+#   to keep the data and logs.
+# Needs: cargo, jq, curl, and etcd-server (apt-installed when missing).
+
+set -euo pipefail
+
+TOTAL=${TOTAL:-20000}
+CLIENTS=${CLIENTS:-"16 64"}
+CONNS=${CONNS:-3}
+KEY_SIZE=${KEY_SIZE:-8}
+VAL_SIZE=${VAL_SIZE:-256}
+BASE_PORT=${BASE_PORT:-41000}
+ETCD=${ETCD:-/usr/bin/etcd}
+HEARTBEAT_MS=100
+ELECTION_MS=1000
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${LOCALCLUSTER_BIN:-"$ROOT/target/release/localcluster"}
+
+log() { echo "bench-vs-etcd: $*" >&2; }
+
+# apt-installs PACKAGE when COMMAND is missing.
+need() {
+    local cmd=$1 pkg=$2
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "$cmd" ]; then
+        log "installing $pkg"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+    fi
+}
+
+need jq jq
+need curl curl
+need "$ETCD" etcd-server
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-vs-etcd.XXXXXX")
+PIDS=()
+
+stop_cluster() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+
+cleanup() {
+    stop_cluster
+    if [ "${KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_cluster KIND DIR PORT_BASE: starts 3 members of KIND (localcluster|etcd);
+# member i listens for clients on PORT_BASE+i and for peers on PORT_BASE+10+i.
+start_cluster() {
+    local kind=$1 dir=$2 base=$3 i cluster="" cmd
+    for i in 1 2 3; do
+        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 + i))"
+    done
+    for i in 1 2 3; do
+        local c="http://127.0.0.1:$((base + i))" p="http://127.0.0.1:$((base + 10 + i))"
+        if [ "$kind" = etcd ]; then cmd=("$ETCD"); else cmd=("$BIN" member); fi
+        "${cmd[@]}" --name "m$i" --data-dir "$dir/m$i" \
+            --listen-client-urls "$c" --advertise-client-urls "$c" \
+            --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
+            --initial-cluster "$cluster" --initial-cluster-token "bench-$kind" \
+            --initial-cluster-state new \
+            --heartbeat-interval "$HEARTBEAT_MS" --election-timeout "$ELECTION_MS" \
+            >"$dir/m$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for i in 1 2 3; do
+        local url="http://127.0.0.1:$((base + i))/health" ok=0
+        for _ in $(seq 300); do
+            if curl -fsS -m 1 "$url" 2>/dev/null | grep -q '"health":"true"'; then ok=1; break; fi
+            sleep 0.1
+        done
+        if [ "$ok" != 1 ]; then
+            log "$kind member m$i never became healthy; its log:"
+            tail -n 20 "$dir/m$i.log" >&2
+            exit 1
+        fi
+    done
+}
+
+# Sum of VmRSS (KiB) of the running members.
+rss_kib() {
+    local pid sum=0 v
+    for pid in "${PIDS[@]}"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+# Sum of user+system CPU time (seconds) of the running members.
+cpu_seconds() {
+    local pid ticks=0 t tck
+    tck=$(getconf CLK_TCK)
+    for pid in "${PIDS[@]}"; do
+        # fields 14 and 15 of /proc/PID/stat, counted after the ")" closing comm
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+        ticks=$((ticks + t))
+    done
+    awk -v t="$ticks" -v h="$tck" 'BEGIN { printf "%.1f", t / h }'
+}
+
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+
+run_one() {
+    local kind=$1 clients=$2 base=$3
+    local dir="$WORK/$kind-c$clients"
+    mkdir -p "$dir"
+    log "$kind: starting 3 members (clients on $((base + 1))-$((base + 3)))"
+    start_cluster "$kind" "$dir" "$base"
+    local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
+    log "$kind: bench put --total $TOTAL --clients $clients --conns $CONNS"
+    local code=0
+    "$BIN" bench put --endpoints "$eps" --total "$TOTAL" --clients "$clients" \
+        --conns "$CONNS" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" -w json \
+        >"$dir/bench.json" || code=$?
+    if ! jq -e . "$dir/bench.json" >/dev/null 2>&1; then
+        log "$kind: bench failed (exit $code)"
+        exit 1
+    fi
+    local rss cpu
+    rss=$(rss_kib)
+    cpu=$(cpu_seconds)
+    stop_cluster
+    jq -c --arg server "$kind" --argjson rss "$rss" --argjson cpu "$cpu" \
+        '{server: $server, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu}' \
+        "$dir/bench.json" >>"$RESULTS"
+}
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for c in $CLIENTS; do
+    run_one localcluster "$c" "$BASE_PORT"
+    run_one etcd "$c" "$((BASE_PORT + 100))"
+done
+
+etcd_version=$("$ETCD" --version | awk '/etcd Version/ {print $3}')
+echo
+echo "$TOTAL puts, ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
+    "3 members on loopback; localcluster $("$BIN" --version | awk '{print $2}') vs etcd $etcd_version;" \
+    "$(nproc) cores; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
+echo
+echo "| server | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | RSS MiB (3 members) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo
+echo "| clients | req/s localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | RSS localcluster / etcd |"
+echo "|---:|---:|---:|---:|---:|"
+jq -rs '
+  def r2: . * 100 | round / 100;
+  group_by(.clients)[]
+  | (map(select(.server == "localcluster"))[0]) as $l
+  | (map(select(.server == "etcd"))[0]) as $e
+  | "| \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \($l.rss_kib / $e.rss_kib | r2) |"
+' "$RESULTS"

@@ -1,0 +1,365 @@
+//! `localcluster bench`: a load generator for any etcd v3 endpoints (localcluster
+//! members or real etcd), in the spirit of etcd's `tools/benchmark`.
+//!
+//! `localcluster bench put` sends `--total` Put requests from `--clients`
+//! concurrent clients over `--conns` gRPC connections, spread over `--endpoints`
+//! round-robin ([`plan`]), with keys and values shaped by [`keys`]; it then prints
+//! throughput and latency percentiles ([`summary`]) as text or, with `-w json`,
+//! as one JSON object.
+//!
+//! The connection flags (`--endpoints`, `--clients`, `--conns`, `--timeout`,
+//! `-w`) are global: they go before or after the operation's name.
+//! The command exits 0 when every request succeeded, 1 when any failed (the
+//! report is printed either way), 2 on bad arguments and when an endpoint cannot
+//! be reached.
+
+pub mod keys;
+pub mod plan;
+pub mod put;
+pub mod summary;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use summary::Summary;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("bad endpoint {0:?}: expected host:port or an http(s) URL")]
+    BadEndpoint(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("a benchmark client failed: {0}")]
+    Client(String),
+}
+
+/// How to print the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteOut {
+    /// Text for people.
+    Simple,
+    /// One JSON object.
+    Json,
+}
+
+/// `localcluster bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Endpoints, comma-separated (host:port or http://host:port)
+    #[arg(long, global = true, value_name = "LIST", default_value_t = crate::layout::endpoints())]
+    pub endpoints: String,
+
+    /// Concurrent clients (spread over the endpoints round-robin)
+    #[arg(long, global = true, value_name = "N", default_value_t = 16)]
+    pub clients: usize,
+
+    /// gRPC connections (at least one per endpoint; clients share them)
+    #[arg(long, global = true, value_name = "N", default_value_t = 1)]
+    pub conns: usize,
+
+    /// Dial and per-request timeout (e.g. 10s, 500ms)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Output format
+    #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value_t = WriteOut::Simple)]
+    pub write_out: WriteOut,
+
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Write --total keys with Put
+    Put(PutArgs),
+}
+
+/// `localcluster bench put`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PutArgs {
+    /// Number of Put requests
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub total: u64,
+
+    /// Key size in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 8)]
+    pub key_size: usize,
+
+    /// Value size in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub val_size: usize,
+
+    /// Use keys 0, 1, 2, ... (modulo the key space) instead of random keys
+    #[arg(long)]
+    pub sequential_keys: bool,
+
+    /// Number of distinct keys [default: --total; etcd's benchmark defaults to 1]
+    #[arg(long, value_name = "N")]
+    pub key_space_size: Option<u64>,
+}
+
+/// Accepts `10s`, `500ms`, `2m` or plain seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("invalid duration {s:?} (expected e.g. 10s, 500ms)")),
+    }
+}
+
+/// The machine-readable report of a `put` run: its settings and its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct PutReport {
+    pub benchmark: &'static str,
+    pub endpoints: Vec<String>,
+    pub clients: usize,
+    pub conns: usize,
+    pub total: u64,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub sequential_keys: bool,
+    pub key_space_size: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// A validated `put` run.
+#[derive(Debug, Clone)]
+pub struct PutRun {
+    pub endpoints: Vec<String>,
+    pub plan: plan::Plan,
+    pub timeout: Duration,
+    pub spec: put::PutSpec,
+}
+
+impl PutRun {
+    /// Checks the arguments of `bench put`.
+    pub fn new(args: &BenchArgs, put: &PutArgs) -> Result<PutRun, BenchError> {
+        let endpoints = plan::parse_endpoints(&args.endpoints)?;
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(BenchError::Invalid(format!("--{name} must be at least 1")))
+            } else {
+                Ok(())
+            }
+        };
+        positive("total", put.total)?;
+        positive("clients", args.clients as u64)?;
+        positive("conns", args.conns as u64)?;
+        positive("key-size", put.key_size as u64)?;
+        let key_space = put.key_space_size.unwrap_or(put.total);
+        positive("key-space-size", key_space)?;
+        // More clients than requests would only open idle streams.
+        let clients = args
+            .clients
+            .min(usize::try_from(put.total).unwrap_or(usize::MAX));
+        let plan = plan::Plan::new(endpoints.len(), args.conns, clients);
+        Ok(PutRun {
+            endpoints,
+            plan,
+            timeout: args.timeout,
+            spec: put::PutSpec {
+                total: put.total,
+                key_size: put.key_size,
+                val_size: put.val_size,
+                sequential: put.sequential_keys,
+                key_space,
+            },
+        })
+    }
+
+    /// Runs the benchmark.
+    pub async fn run(&self) -> Result<PutReport, BenchError> {
+        let summary = put::run(&self.endpoints, &self.plan, self.timeout, &self.spec).await?;
+        Ok(PutReport {
+            benchmark: "put",
+            endpoints: self.endpoints.clone(),
+            clients: self.plan.client_conns.len(),
+            conns: self.plan.conn_endpoints.len(),
+            total: self.spec.total,
+            key_size: self.spec.key_size,
+            val_size: self.spec.val_size,
+            sequential_keys: self.spec.sequential,
+            key_space_size: self.spec.key_space,
+            summary,
+        })
+    }
+}
+
+/// `localcluster bench ...`: runs the benchmark, prints its report on stdout and
+/// returns the exit code (see the module doc).
+pub async fn main(args: BenchArgs) -> i32 {
+    match run_and_print(&args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("localcluster bench: {e}");
+            2
+        }
+    }
+}
+
+async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
+    match &args.command {
+        BenchCommand::Put(put) => {
+            let run = PutRun::new(args, put)?;
+            if args.write_out == WriteOut::Simple {
+                println!(
+                    "put: {} requests, {} clients, {} connections to {} endpoint(s), {}-byte keys ({}), {}-byte values",
+                    run.spec.total,
+                    run.plan.client_conns.len(),
+                    run.plan.conn_endpoints.len(),
+                    run.endpoints.len(),
+                    run.spec.key_size,
+                    if run.spec.sequential { "sequential" } else { "random" },
+                    run.spec.val_size,
+                );
+            }
+            let report = run.run().await?;
+            match args.write_out {
+                WriteOut::Simple => print!("\n{}", report.summary.to_text()),
+                WriteOut::Json => match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        return Err(BenchError::Invalid(format!("cannot encode report: {e}")))
+                    }
+                },
+            }
+            Ok(if report.summary.errors == 0 { 0 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+    #[derive(clap::Subcommand)]
+    enum Top {
+        Bench(BenchArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let mut argv = vec!["localcluster", "bench"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| match c.cmd {
+            Top::Bench(b) => b,
+        })
+    }
+
+    fn put_of(b: &BenchArgs) -> &PutArgs {
+        match &b.command {
+            BenchCommand::Put(p) => p,
+        }
+    }
+
+    #[test]
+    fn put_defaults_match_the_documentation() {
+        let b = parse(&["put"]).unwrap();
+        assert_eq!(
+            b.endpoints,
+            "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+        );
+        assert_eq!((b.clients, b.conns), (16, 1));
+        assert_eq!(b.timeout, Duration::from_secs(10));
+        assert_eq!(b.write_out, WriteOut::Simple);
+        let p = put_of(&b);
+        assert_eq!((p.total, p.key_size, p.val_size), (10_000, 8, 256));
+        assert!(!p.sequential_keys);
+        let run = PutRun::new(&b, p).unwrap();
+        assert_eq!(run.spec.key_space, 10_000);
+        assert_eq!(run.plan.conn_endpoints.len(), 3);
+        assert_eq!(run.plan.client_conns.len(), 16);
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_operation() {
+        let b = parse(&[
+            "--endpoints",
+            "a:1,b:2",
+            "put",
+            "--total",
+            "200",
+            "--clients",
+            "4",
+            "-w",
+            "json",
+            "--sequential-keys",
+            "--key-size",
+            "16",
+            "--val-size",
+            "1024",
+            "--conns",
+            "5",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(b.endpoints, "a:1,b:2");
+        assert_eq!((b.clients, b.conns), (4, 5));
+        assert_eq!(b.write_out, WriteOut::Json);
+        assert_eq!(b.timeout, Duration::from_millis(500));
+        let p = put_of(&b);
+        assert_eq!((p.total, p.key_size, p.val_size), (200, 16, 1024));
+        assert!(p.sequential_keys);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["put", "-w", "yaml"]).is_err());
+        assert!(parse(&["put", "--total", "-1"]).is_err());
+        assert!(parse(&["put", "--timeout", "soon"]).is_err());
+        for args in [
+            &["put", "--total", "0"][..],
+            &["put", "--clients", "0"],
+            &["put", "--key-size", "0"],
+            &["--endpoints", ",", "put"],
+        ] {
+            let b = parse(args).unwrap();
+            assert!(PutRun::new(&b, put_of(&b)).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn clients_are_capped_at_the_number_of_requests() {
+        let b = parse(&["put", "--total", "3", "--clients", "10"]).unwrap();
+        let run = PutRun::new(&b, put_of(&b)).unwrap();
+        assert_eq!(run.plan.client_conns.len(), 3);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! End-to-end test of `localcluster bench put` against a real one-member
+//! cluster (the debug binary's `member` subcommand on free ports).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A member process, killed when dropped.
+struct MemberProc {
+    child: Child,
+    client_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MemberProc {
+    fn start() -> MemberProc {
+        let dir = tempfile::tempdir().unwrap();
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(BIN)
+            .arg("member")
+            .args(["--name", "b1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("b1"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("b1={peer}")])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        MemberProc {
+            child,
+            client_port,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `GET /health` answers 200 (a leader is known).
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("member exited early: {status}");
+            }
+            if http_get_ok(self.client_port, "/health") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "member never became healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for MemberProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get_ok(port: u16, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn bench_put_writes_every_key_and_reports_json() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let out = Command::new(BIN)
+        .args(["bench", "put", "--total", "200", "--clients", "4"])
+        .args(["--endpoints", &endpoint, "-w", "json", "--sequential-keys"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["benchmark"], "put");
+    assert_eq!(v["requests"], 200);
+    assert_eq!(v["ok"], 200);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["clients"], 4);
+    assert_eq!(v["endpoints"][0], format!("http://{endpoint}"));
+    assert!(v["rps"].as_f64().unwrap() > 0.0);
+    let lat = &v["latency_ms"];
+    let p50 = lat["p50"].as_f64().unwrap();
+    let p99 = lat["p99"].as_f64().unwrap();
+    let max = lat["max"].as_f64().unwrap();
+    assert!(p50 <= p99 && p99 <= max, "percentiles out of order: {lat}");
+}
+
+#[test]
+fn bench_put_without_a_server_fails_with_one_line() {
+    let port = free_port();
+    let out = Command::new(BIN)
+        .args(["bench", "put", "--total", "5", "--timeout", "1s"])
+        .args(["--endpoints", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "stderr: {stderr}");
+}
