@@ -51,6 +51,9 @@ use crate::raft::transport::{Faults, PeerService, Peers, PeersOutbox};
 use crate::raft::{RaftError, RaftHandle, RaftStorage};
 use crate::wait::{IdGen, Waiters};
 
+/// HTTP/2 flow-control window of peer streams (both directions).
+pub(crate) const PEER_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
@@ -302,9 +305,17 @@ impl Member {
             let token = shutdown.clone();
             let addr = l.local_addr().ok();
             servers.push(runtime.spawn(async move {
-                let incoming = TcpListenerStream::new(l);
+                // Raft traffic is many small messages: no Nagle delay on accepted
+                // connections, and HTTP/2 windows large enough that a burst of
+                // appends never waits for a window update.
+                let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(l), |s| {
+                    s.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                });
                 let res = tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(PEER_WINDOW))
+                    .initial_connection_window_size(Some(PEER_WINDOW))
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                     .await;

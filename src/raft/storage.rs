@@ -10,8 +10,10 @@
 //! - The in-memory log holds exactly the entries `compacted.index + 1 ..= last`,
 //!   contiguous, and matches the file after every [`RaftStorage::persist`] call.
 //! - [`RaftStorage::persist`] writes new entries and the hard state in one write
-//!   transaction with `Durability::Immediate` (fsync) before it returns, so nothing
-//!   is acknowledged that is not on disk.
+//!   transaction, fsync'ed before it returns whenever it holds entries or a new
+//!   term or vote, so nothing is acknowledged that is not on disk. A change of
+//!   the commit index alone is written without fsync: after a crash the commit
+//!   index is learned again from the leader (or from the applied index).
 //! - Snapshots are not stored: the state machine *is* the snapshot. When raft-rs
 //!   needs one for a lagging follower, [`SnapshotSource`] builds it from the
 //!   applied state, whose index is always at or beyond the compaction point.
@@ -200,8 +202,19 @@ impl RaftStorage {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
+        // Entries, term and vote must be on disk before anything depends on them;
+        // a commit index alone need not be (it is learned again after a crash),
+        // so it rides along with the next synced write.
+        let must_sync = !entries.is_empty()
+            || hard_state.is_some_and(|hs| {
+                hs.term != self.hard_state.term || hs.vote != self.hard_state.vote
+            });
         let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
+        tx.set_durability(if must_sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
         {
             let mut table = tx.open_table(ENTRIES).map_err(RaftError::db)?;
             if let Some(first) = entries.first() {

@@ -199,6 +199,8 @@ impl Sender {
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(crate::member::PEER_WINDOW))
+            .initial_connection_window_size(Some(crate::member::PEER_WINDOW))
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(3));
         let channel = tokio::select! {
