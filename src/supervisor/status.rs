@@ -11,7 +11,7 @@
 //! name `leader` ([`find_leader`]).
 //!
 //! Rendering is deterministic (no terminal-width dependence) so it can be
-//! compared against golden text.
+//! compared against golden files in `tests/golden/` (`UPDATE_GOLDEN=1` rewrites them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -349,28 +349,33 @@ mod tests {
         vec![a, b, c, d]
     }
 
-    #[test]
-    fn table_matches_golden_text() {
-        let want = "\
-NAME       PID  STATE    UPTIME    RESTARTS  EXIT
-m1        4242  running  1h02m03s         0  -
-member-2     -  exited   -                2  1
-m3           -  stopped  -                0  SIGKILL
-web         17  paused   1m05s            0  -
-";
-        assert_eq!(render_table(&sample(), false), want);
+    /// Compares `got` with the golden file `tests/golden/<name>`;
+    /// `UPDATE_GOLDEN=1 cargo test` rewrites the file instead.
+    fn check_golden(name: &str, got: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, got).unwrap();
+            return;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            got,
+            want,
+            "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+            path.display()
+        );
     }
 
     #[test]
-    fn table_with_cluster_columns_matches_golden_text() {
-        let want = "\
-NAME       PID  STATE    UPTIME    RESTARTS  EXIT     ROLE    TERM  INDEX
-m1        4242  running  1h02m03s         0  -        leader  3     120
-member-2     -  exited   -                2  1        -       -     -
-m3           -  stopped  -                0  SIGKILL  -       -     -
-web         17  paused   1m05s            0  -        -       -     -
-";
-        assert_eq!(render_table(&sample(), true), want);
+    fn table_matches_golden_file() {
+        check_golden("status_table.txt", &render_table(&sample(), false));
+    }
+
+    #[test]
+    fn table_with_cluster_columns_matches_golden_file() {
+        check_golden("status_table_cluster.txt", &render_table(&sample(), true));
     }
 
     #[test]
