@@ -6,6 +6,8 @@
 //! - [`maintenance`]: Status, Hash, HashKV, Alarm, Defragment, ...
 //! - [`lease`]: leases, and the leader's task that revokes expired ones.
 //! - [`watch`]: Watch streams, fed by the applied-changes broadcast.
+//! - [`lock`], [`election`]: etcd's server-side lock and election services,
+//!   built on [`recipes`] (the `clientv3/concurrency` recipe).
 //! - [`http`]: `GET /health`, `GET /version`.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
@@ -18,12 +20,15 @@
 //! response headers ([`Core::header`]).
 
 pub mod cluster;
+pub mod election;
 pub mod errors;
 pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipes;
 pub mod server;
 pub mod watch;
 

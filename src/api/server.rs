@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterService;
+use super::election::ElectionService;
 use super::h2fix::H2FixListener;
 use super::kv::KvService;
 use super::lease::LeaseService;
+use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
 use super::Core;
@@ -21,6 +23,8 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 
 /// Bytes a gRPC frame may exceed `--max-request-bytes` by before the transport
 /// itself refuses it (etcd allows the same overhead).
@@ -49,6 +53,8 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(LockServer::new(LockService::new(core.clone())))
+    .add_service(ElectionServer::new(ElectionService::new(core.clone())))
     .add_service(
         WatchServer::new(WatchService::new(core.clone()))
             .max_decoding_message_size(max)

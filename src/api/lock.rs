@@ -1,0 +1,67 @@
+//! The Lock service (`v3lockpb.Lock`): a distributed mutex held as long as the
+//! caller's lease lives, as etcd serves it (see [`super::recipes`]).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::recipes::{claim, owner_key, prefix_of, wait_predecessors};
+use super::{errors, Core};
+use crate::apply::Applied;
+use crate::pb::etcdserverpb::DeleteRangeRequest;
+use crate::pb::lcraftpb::request::Op;
+use crate::pb::v3lockpb::lock_server::Lock;
+use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+
+/// The Lock service of one member.
+pub struct LockService {
+    core: Arc<Core>,
+}
+
+impl LockService {
+    pub fn new(core: Arc<Core>) -> Self {
+        LockService { core }
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(errors::empty_key());
+        }
+        let prefix = prefix_of(&req.name);
+        let key = owner_key(&prefix, req.lease);
+        let (rev, _) = claim(&self.core, &key, b"", req.lease).await?;
+        wait_predecessors(&self.core, &prefix, rev).await?;
+        let now = self.core.store.current_revision();
+        Ok(Response::new(LockResponse {
+            header: self.core.header(now),
+            key,
+        }))
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let key = request.into_inner().key;
+        if key.is_empty() {
+            return Err(errors::empty_key());
+        }
+        match self
+            .core
+            .propose(Op::DeleteRange(DeleteRangeRequest {
+                key,
+                ..Default::default()
+            }))
+            .await?
+        {
+            (Applied::DeleteRange(_), rev) => Ok(Response::new(UnlockResponse {
+                header: self.core.header(rev),
+            })),
+            _ => Err(Status::internal("unexpected apply result")),
+        }
+    }
+}
