@@ -9,6 +9,12 @@
 //! member and cluster IDs as etcd does. [`cluster`] runs N members in one
 //! process with fault hooks, for applications' integration tests
 //! ([`LocalCluster`], and [`blocking::LocalCluster`] for sync tests).
+//! [`supervisor`] is the goreman-style Procfile runner behind `localcluster
+//! start`/`run`; [`layout`] is the standard 3-member layout it runs by default;
+//! [`bench`] is the load generator behind `localcluster bench`; [`client`] is
+//! the small etcd client those tools share. [`lease`], [`membership`] and
+//! [`wait`] are the replicated lease table, the replicated membership, and the
+//! request-ID/waiter plumbing between the API and the state machine.
 
 pub mod api;
 pub mod apply;
