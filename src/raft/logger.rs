@@ -26,7 +26,9 @@ impl Drain for TracingDrain {
         // raft-rs logs several records per message at its debug level: skip the
         // formatting unless someone listens.
         let enabled = match record.level() {
-            Level::Critical | Level::Error => tracing::enabled!(target: "raft", tracing::Level::ERROR),
+            Level::Critical | Level::Error => {
+                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+            }
             Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
             Level::Info => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
             Level::Debug | Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
