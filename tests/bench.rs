@@ -1,17 +1,15 @@
 //! End-to-end test of `localcluster bench put` against a real one-member
 //! cluster (the debug binary's `member` subcommand on free ports).
 
+mod common;
+use common::free_port;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A member process, killed when dropped.
 struct MemberProc {

@@ -3,6 +3,9 @@
 //! it with a fault hook and checks, through the etcd gRPC API, that writes go
 //! on and that every member ends with the same data (revision and HashKV).
 
+mod common;
+use common::retry;
+
 use std::time::{Duration, Instant};
 
 use localcluster::pb::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -32,26 +35,6 @@ async fn put_once(url: &str, key: &str, value: &str) -> Result<i64, tonic::Statu
         .await?
         .into_inner();
     Ok(resp.header.map(|h| h.revision).unwrap_or_default())
-}
-
-/// Retries `op` while it fails with a transient error (`Unavailable`: no
-/// leader, leader changed, request timed out), as etcd clients do: on a
-/// loaded machine a heartbeat can come late and an election start.
-async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{what}: {e:?}"),
-        }
-    }
 }
 
 /// A put on the member at `url` that must succeed (retried while transient

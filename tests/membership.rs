@@ -4,6 +4,9 @@
 //! is brought up by the leader's snapshot; learners are promoted; a removed
 //! member notices and stops.
 
+mod common;
+use common::retry;
+
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -28,24 +31,6 @@ fn bind() -> (TcpListener, String) {
 
 async fn cluster_client(url: &str) -> ClusterClient<tonic::transport::Channel> {
     ClusterClient::new(localcluster::client::connect(url, RPC).await.unwrap())
-}
-
-/// Retries an RPC while it fails with `Unavailable` (an election under load).
-async fn retry<T, F, Fut>(mut op: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
 }
 
 /// The config of a member joining `cluster` under `name` on the given URLs.
@@ -96,7 +81,7 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
             value: b"v".to_vec(),
             ..Default::default()
         };
-        retry(|| {
+        retry("put", || {
             let mut kv = kv.clone();
             let req = req.clone();
             async move { kv.put(req).await }
@@ -108,7 +93,7 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
     let (peer_listener, peer_url) = bind();
     let (client_listener, client_url) = bind();
     let mut cc = cluster_client(&url).await;
-    let added = retry(|| {
+    let added = retry("member add", || {
         let mut cc = cc.clone();
         let peer_url = peer_url.clone();
         async move {
@@ -166,7 +151,7 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
     assert!(joiner.status().learners.contains(&new.id));
 
     // 3. MemberPromote makes it a voter.
-    retry(|| {
+    retry("member promote", || {
         let mut cc = cc.clone();
         async move { cc.member_promote(MemberPromoteRequest { id: new.id }).await }
     })
@@ -186,7 +171,7 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
     assert_eq!(listed.client_ur_ls, vec![client_url.clone()]);
 
     // 4. MemberRemove: the member notices and the others carry on with three.
-    retry(|| {
+    retry("member remove", || {
         let mut cc = cc.clone();
         async move { cc.member_remove(MemberRemoveRequest { id: new.id }).await }
     })

@@ -6,6 +6,9 @@
 //! `/proc/PID/stat` (a zombie counts as dead: it is only waiting for its
 //! reaper).
 
+mod common;
+use common::{alive, free_port, proc_state, wait_dead};
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -13,11 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn command(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
@@ -188,29 +186,6 @@ impl Drop for Sup {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Process state letter from /proc/PID/stat, None if gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.chars().next()
-}
-
-fn alive(pid: i32) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
-}
-
-/// Waits up to `secs` for `pid` to be gone.
-fn wait_dead(pid: i32, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Pids of every live process in process group `pgid`.

@@ -14,6 +14,9 @@
 //! Liveness is read from `/proc/PID/stat` (a zombie counts as dead). Nothing here
 //! asserts on timing; waits are bounded and fail with the output collected so far.
 
+mod common;
+use common::{free_port, wait_dead};
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -28,11 +31,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
 /// Short Raft timings so elections are quick.
 const TIMINGS: &str = "--heartbeat-interval 20 --election-timeout 200";
 const ALL: [&str; 3] = ["m1", "m2", "m3"];
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -337,29 +335,6 @@ fn agreed_leader(rows: &[Value], among: &[&str]) -> Option<(String, u64)> {
             members[i]["raft_term"].as_u64().unwrap(),
         )
     })
-}
-
-/// Process state letter from /proc/PID/stat, None if gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.chars().next()
-}
-
-fn alive(pid: i32) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
-}
-
-/// Waits up to `secs` for `pid` to be gone.
-fn wait_dead(pid: i32, secs: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// The real etcdctl, or None after a loud note when it is missing (on CI a

@@ -94,7 +94,7 @@ impl Core {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.raft.status().term,
+            raft_term: self.raft.term(),
         })
     }
 
@@ -160,9 +160,7 @@ impl Core {
         if raised {
             return Err(errors::no_space());
         }
-        let size = std::fs::metadata(&self.db_files[0])
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let size = self.store.db_size().unwrap_or(0);
         if size > self.limits.quota_bytes {
             use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest};
             let req = AlarmRequest {
@@ -178,7 +176,7 @@ impl Core {
 
     /// Waits (a bounded time) until a leader is known, as during an election.
     pub async fn wait_for_leader(&self) -> Result<(), Status> {
-        if self.raft.status().leader_id != 0 {
+        if self.raft.leader_id() != 0 {
             return Ok(());
         }
         let mut rx = self.raft.watch_status();

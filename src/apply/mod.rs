@@ -39,7 +39,7 @@ use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseKeepAliveResponse};
 use crate::pb::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    ResponseHeader, TxnResponse,
+    TxnResponse,
 };
 use crate::pb::lcraftpb::{
     request::Op, ConfChangeContext, LeaseRecords, MemberInfo, Membership, Request,
@@ -122,17 +122,6 @@ const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100
 /// The raised alarms (replicated), shared with the API.
 pub type SharedAlarms = Arc<std::sync::Mutex<Vec<AlarmMember>>>;
 
-fn load_alarms(view: &mvcc::ReadView) -> Result<Vec<AlarmMember>, RaftError> {
-    Ok(match view.meta(META_ALARMS).map_err(apply_err)? {
-        Some(b) => {
-            AlarmResponse::decode(b.as_slice())
-                .map_err(RaftError::decode)?
-                .alarms
-        }
-        None => Vec::new(),
-    })
-}
-
 /// Shared handle to the lease table (the API and the leader's expiry task read it).
 pub type SharedLeases = Arc<std::sync::Mutex<LeaseTable>>;
 
@@ -142,15 +131,59 @@ impl txn::Leases for LeaseTable {
     }
 }
 
-fn load_leases(view: &mvcc::ReadView) -> Result<LeaseTable, RaftError> {
-    let records = match view.meta(META_LEASES).map_err(apply_err)? {
-        Some(b) => LeaseRecords::decode(b.as_slice()).map_err(RaftError::decode)?,
-        None => LeaseRecords::default(),
-    };
-    Ok(LeaseTable::from_records(
-        &records,
-        std::time::Instant::now(),
-    ))
+/// What the state machine keeps beside the key-value data, in the store's meta
+/// table: read back when the member starts and after a leader's snapshot.
+struct Stored {
+    applied: u64,
+    applied_term: u64,
+    membership: Membership,
+    leases: LeaseTable,
+    alarms: Vec<AlarmMember>,
+}
+
+impl Stored {
+    fn read(view: &mvcc::ReadView) -> Result<Stored, RaftError> {
+        let (applied, applied_term) = read_applied(view)?;
+        let membership = match view.meta(META_MEMBERSHIP).map_err(apply_err)? {
+            Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
+            None => Membership::default(),
+        };
+        let leases = match view.meta(META_LEASES).map_err(apply_err)? {
+            Some(b) => LeaseRecords::decode(b.as_slice()).map_err(RaftError::decode)?,
+            None => LeaseRecords::default(),
+        };
+        let alarms = match view.meta(META_ALARMS).map_err(apply_err)? {
+            Some(b) => {
+                AlarmResponse::decode(b.as_slice())
+                    .map_err(RaftError::decode)?
+                    .alarms
+            }
+            None => Vec::new(),
+        };
+        Ok(Stored {
+            applied,
+            applied_term,
+            membership,
+            leases: LeaseTable::from_records(&leases, std::time::Instant::now()),
+            alarms,
+        })
+    }
+}
+
+/// The index and term of the last applied entry, as stored.
+fn read_applied(view: &mvcc::ReadView) -> Result<(u64, u64), RaftError> {
+    Ok(match view.meta(META_APPLIED).map_err(apply_err)? {
+        Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
+        _ => (0, 0),
+    })
+}
+
+/// The Raft configuration as of the last applied entry, as stored.
+fn read_conf_state(view: &mvcc::ReadView) -> Result<ConfState, RaftError> {
+    Ok(match view.meta(META_CONF_STATE).map_err(apply_err)? {
+        Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
+        None => ConfState::default(),
+    })
 }
 
 impl Applier {
@@ -160,18 +193,16 @@ impl Applier {
         member_id: u64,
         waiters: Arc<Waiters<ApplyResult>>,
     ) -> Result<(Applier, watch::Receiver<Membership>), RaftError> {
-        let view = store.read().map_err(apply_err)?;
-        let (applied, applied_term) = match view.meta(META_APPLIED).map_err(apply_err)? {
-            Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
-            _ => (0, 0),
-        };
-        let membership = match view.meta(META_MEMBERSHIP).map_err(apply_err)? {
-            Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
-            None => Membership::default(),
-        };
-        let leases = Arc::new(std::sync::Mutex::new(load_leases(&view)?));
-        let alarms = Arc::new(std::sync::Mutex::new(load_alarms(&view)?));
-        drop(view);
+        let stored = Stored::read(&store.read().map_err(apply_err)?)?;
+        let Stored {
+            applied,
+            applied_term,
+            membership,
+            leases,
+            alarms,
+        } = stored;
+        let leases = Arc::new(std::sync::Mutex::new(leases));
+        let alarms = Arc::new(std::sync::Mutex::new(alarms));
         let (membership_tx, membership_rx) = watch::channel(membership.clone());
         let (events, _) = broadcast::channel(1024);
         Ok((
@@ -533,26 +564,19 @@ impl StateMachine for Applier {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
         self.store.restore(&snapshot.data).map_err(apply_err)?;
         let meta = snapshot.get_metadata();
-        let view = self.store.read().map_err(apply_err)?;
-        let membership = match view.meta(META_MEMBERSHIP).map_err(apply_err)? {
-            Some(b) => Membership::decode(b.as_slice()).map_err(RaftError::decode)?,
-            None => Membership::default(),
-        };
-        let leases = load_leases(&view)?;
-        let alarms = load_alarms(&view)?;
-        drop(view);
+        let stored = Stored::read(&self.store.read().map_err(apply_err)?)?;
         if let Ok(mut t) = self.leases.lock() {
-            *t = leases;
+            *t = stored.leases;
         }
         if let Ok(mut a) = self.alarms.lock() {
-            *a = alarms;
+            *a = stored.alarms;
         }
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.durable_applied = meta.index;
         self.dirty_since = None;
-        self.membership = membership.clone();
-        self.membership_tx.send_replace(membership);
+        self.membership = stored.membership.clone();
+        self.membership_tx.send_replace(stored.membership);
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -582,11 +606,7 @@ impl StateMachine for Applier {
     }
 
     fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError> {
-        let view = self.store.read().map_err(apply_err)?;
-        let conf_state = match view.meta(META_CONF_STATE).map_err(apply_err)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
-            None => ConfState::default(),
-        };
+        let conf_state = read_conf_state(&self.store.read().map_err(apply_err)?)?;
         let mut meta = SnapshotMetadata {
             index: self.applied,
             term: self.applied_term,
@@ -605,14 +625,8 @@ struct StoreSnapshots {
 impl SnapshotSource for StoreSnapshots {
     fn snapshot(&self) -> Result<Snapshot, RaftError> {
         let view = self.store.read().map_err(apply_err)?;
-        let (index, term) = match view.meta(META_APPLIED).map_err(apply_err)? {
-            Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
-            _ => (0, 0),
-        };
-        let conf_state = match view.meta(META_CONF_STATE).map_err(apply_err)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
-            None => ConfState::default(),
-        };
+        let (index, term) = read_applied(&view)?;
+        let conf_state = read_conf_state(&view)?;
         let data = view.snapshot_bytes().map_err(apply_err)?;
         let mut snap = Snapshot {
             data: data.into(),
@@ -630,14 +644,6 @@ impl SnapshotSource for StoreSnapshots {
         );
         Ok(snap)
     }
-}
-
-/// A response header with only the revision set (the API fills in the rest).
-pub fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
 }
 
 fn apply_err(e: MvccError) -> RaftError {

@@ -22,13 +22,22 @@ use crate::identity;
 use crate::pb::lcraftpb::{Identity, MemberInfo, Membership};
 use crate::raft::RaftStorage;
 
+/// Where a member's identity came from.
+pub(super) enum Origin {
+    /// The data dir already had it: a restart.
+    Stored,
+    /// A new member of a new cluster, derived from `--initial-cluster`.
+    New,
+    /// A new member of a running cluster, with the membership it fetched.
+    Joining(Membership),
+}
+
 /// Works out who this data dir belongs to: the stored identity, or a new one
-/// derived from the flags.
+/// derived from the flags (or fetched from the running cluster).
 pub(super) fn resolve_identity(
     cfg: &MemberConfig,
     storage: &RaftStorage,
-) -> Result<Identity, MemberError> {
-    let derived = derive_identity(cfg);
+) -> Result<(Identity, Origin), MemberError> {
     if let Some(bytes) = storage.identity()? {
         let stored = Identity::decode(bytes.as_slice()).map_err(|e| {
             MemberError::DataDir(format!(
@@ -36,42 +45,49 @@ pub(super) fn resolve_identity(
                 cfg.data_dir.display()
             ))
         })?;
-        if stored.name != cfg.name {
-            return Err(MemberError::DataDir(format!(
-                "data dir {} belongs to member {:?} ({:x}), not {:?}",
-                cfg.data_dir.display(),
-                stored.name,
-                stored.member_id,
-                cfg.name
-            )));
-        }
-        if stored.cluster_token != cfg.initial_cluster_token {
-            if let Ok(d) = &derived {
-                if d.cluster_id != stored.cluster_id {
-                    return Err(MemberError::DataDir(format!(
-                        "data dir {} belongs to cluster {:x} (token {:?}), but --initial-cluster-token is {:?}",
-                        cfg.data_dir.display(),
-                        stored.cluster_id,
-                        stored.cluster_token,
-                        cfg.initial_cluster_token
-                    )));
-                }
-            }
-        }
-        return Ok(stored);
+        check_stored(cfg, &stored)?;
+        return Ok((stored, Origin::Stored));
     }
     cfg.validate_bootstrap()
         .map_err(|e| MemberError::Config(e.to_string()))?;
     if cfg.initial_cluster_state == ClusterState::Existing {
-        return join_identity(cfg).map(|(identity, _)| identity);
+        let (identity, membership) = join_identity(cfg)?;
+        return Ok((identity, Origin::Joining(membership)));
     }
-    derived
+    Ok((derive_identity(cfg)?, Origin::New))
+}
+
+/// Refuses a data dir that belongs to another member, or to a cluster made
+/// with another `--initial-cluster-token`.
+fn check_stored(cfg: &MemberConfig, stored: &Identity) -> Result<(), MemberError> {
+    if stored.name != cfg.name {
+        return Err(MemberError::DataDir(format!(
+            "data dir {} belongs to member {:?} ({:x}), not {:?}",
+            cfg.data_dir.display(),
+            stored.name,
+            stored.member_id,
+            cfg.name
+        )));
+    }
+    if stored.cluster_token == cfg.initial_cluster_token {
+        return Ok(());
+    }
+    match derive_identity(cfg) {
+        Ok(d) if d.cluster_id != stored.cluster_id => Err(MemberError::DataDir(format!(
+            "data dir {} belongs to cluster {:x} (token {:?}), but --initial-cluster-token is {:?}",
+            cfg.data_dir.display(),
+            stored.cluster_id,
+            stored.cluster_token,
+            cfg.initial_cluster_token
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A member joining a running cluster: asks the members listed in
 /// `--initial-cluster` for the membership and finds itself by its peer URLs (it
 /// must have been added with `MemberAdd` first, as with etcd).
-pub(super) fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberError> {
+fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberError> {
     let mut mine: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
@@ -128,11 +144,7 @@ pub(super) fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership)
 }
 
 async fn fetch_membership(url: &str) -> Result<Membership, String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
+    let channel = crate::client::connect(url, Duration::from_secs(2))
         .await
         .map_err(|e| e.to_string())?;
     let mut client = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel);

@@ -37,13 +37,13 @@ mod bootstrap;
 mod lifecycle;
 mod listen;
 
-use bootstrap::{initial_membership, join_identity, resolve_identity};
+use bootstrap::{initial_membership, resolve_identity, Origin};
 use lifecycle::{decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
 
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
-use crate::config::{ClusterState, MemberConfig};
+use crate::config::MemberConfig;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::lcraftpb::raft_transport_server::RaftTransportServer;
 use crate::raft::node::{self, Msg, Node, NodeConfig};
@@ -154,49 +154,51 @@ impl Member {
         let store = Arc::new(Store::open(&kv_path)?);
         let waiters = Arc::new(Waiters::default());
 
-        let identity = resolve_identity(cfg, &storage)?;
+        let (identity, origin) = resolve_identity(cfg, &storage)?;
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
-        let fresh = storage.identity()?.is_none();
         let mut join_peers: Vec<(u64, String)> = Vec::new();
-        if fresh && cfg.initial_cluster_state == ClusterState::Existing {
-            // Joining: no configuration of our own; the leader's snapshot brings it.
-            let (_, membership) = join_identity(cfg)?;
-            join_peers = membership
-                .members
-                .iter()
-                .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
-                .collect();
-            storage.bootstrap_joining(&identity.encode_to_vec())?;
-            tracing::info!(
-                name = %cfg.name,
-                member_id = %format!("{:x}", identity.member_id),
-                cluster_id = %format!("{:x}", identity.cluster_id),
-                "joining a running cluster"
-            );
-        } else if fresh {
-            let membership = initial_membership(cfg, identity.cluster_id)?;
-            let cs = ConfState::from((
-                membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-                vec![],
-            ));
-            // Data first, then the identity record that marks the bootstrap complete.
-            applier.bootstrap(membership, &cs)?;
-            storage.bootstrap(&identity.encode_to_vec(), cs)?;
-            tracing::info!(
-                name = %cfg.name,
-                member_id = %format!("{:x}", identity.member_id),
-                cluster_id = %format!("{:x}", identity.cluster_id),
-                "bootstrapped a new member of a new cluster"
-            );
-        } else {
-            tracing::info!(
-                name = %cfg.name,
-                member_id = %format!("{:x}", identity.member_id),
-                cluster_id = %format!("{:x}", identity.cluster_id),
-                applied_index = storage_applied(&applier),
-                "restarting member from its data dir"
-            );
+        match origin {
+            Origin::Joining(membership) => {
+                // No configuration of our own; the leader's snapshot brings it.
+                join_peers = membership
+                    .members
+                    .iter()
+                    .filter_map(|m| m.peer_urls.first().map(|u| (m.id, u.clone())))
+                    .collect();
+                storage.bootstrap_joining(&identity.encode_to_vec())?;
+                tracing::info!(
+                    name = %cfg.name,
+                    member_id = %format!("{:x}", identity.member_id),
+                    cluster_id = %format!("{:x}", identity.cluster_id),
+                    "joining a running cluster"
+                );
+            }
+            Origin::New => {
+                let membership = initial_membership(cfg, identity.cluster_id)?;
+                let cs = ConfState::from((
+                    membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+                    vec![],
+                ));
+                // Data first, then the identity record that marks the bootstrap complete.
+                applier.bootstrap(membership, &cs)?;
+                storage.bootstrap(&identity.encode_to_vec(), cs)?;
+                tracing::info!(
+                    name = %cfg.name,
+                    member_id = %format!("{:x}", identity.member_id),
+                    cluster_id = %format!("{:x}", identity.cluster_id),
+                    "bootstrapped a new member of a new cluster"
+                );
+            }
+            Origin::Stored => {
+                tracing::info!(
+                    name = %cfg.name,
+                    member_id = %format!("{:x}", identity.member_id),
+                    cluster_id = %format!("{:x}", identity.cluster_id),
+                    applied_index = crate::raft::StateMachine::applied_index(&applier),
+                    "restarting member from its data dir"
+                );
+            }
         }
         storage.set_snapshot_source(applier.snapshot_source());
         let events = applier.events();
@@ -584,9 +586,4 @@ impl Drop for OwnedRuntime {
             rt.shutdown_background();
         }
     }
-}
-
-fn storage_applied(applier: &Applier) -> u64 {
-    use crate::raft::StateMachine;
-    applier.applied_index()
 }

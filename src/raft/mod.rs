@@ -16,7 +16,7 @@ pub mod node;
 pub mod storage;
 pub mod transport;
 
-pub use node::{NodeStatus, RaftHandle, Role, StateMachine};
+pub use node::{NodeStatus, RaftHandle, StateMachine};
 pub use storage::{RaftStorage, SnapshotSource};
 
 /// Errors of the consensus layer.

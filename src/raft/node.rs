@@ -61,14 +61,6 @@ pub trait Outbox: Send + 'static {
     fn send(&self, messages: Vec<Message>);
 }
 
-/// The member's role, as etcd names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Follower,
-    Candidate,
-    Leader,
-}
-
 /// What the node last published about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -84,18 +76,6 @@ pub struct NodeStatus {
     pub learners: Vec<u64>,
     /// True while paused by a fault hook.
     pub paused: bool,
-}
-
-impl NodeStatus {
-    pub fn role(&self) -> Role {
-        if self.is_leader {
-            Role::Leader
-        } else if self.leader_id == 0 {
-            Role::Candidate
-        } else {
-            Role::Follower
-        }
-    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
@@ -121,7 +101,6 @@ pub enum Msg {
         ok: bool,
     },
     TransferLeader(u64),
-    Campaign,
     Pause,
     Resume,
     Stop,
@@ -198,6 +177,16 @@ impl RaftHandle {
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
+    }
+
+    /// The current term (without copying the whole status).
+    pub fn term(&self) -> u64 {
+        self.status.borrow().term
+    }
+
+    /// The current leader, 0 when none is known.
+    pub fn leader_id(&self) -> u64 {
+        self.status.borrow().leader_id
     }
 
     /// A receiver that sees every status change.
@@ -441,9 +430,6 @@ impl Loop {
                 self.raw.report_snapshot(to, status);
             }
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
-            Msg::Campaign => {
-                let _ = self.raw.campaign();
-            }
             Msg::Pause => {
                 self.paused = true;
                 self.publish_status();

@@ -360,11 +360,6 @@ impl RaftStorage {
             .get((idx - self.compacted.0 - 1) as usize)
             .map(|e| e.term)
     }
-
-    /// Size in bytes of the log file.
-    pub fn file_size(&self, path: &Path) -> u64 {
-        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-    }
 }
 
 impl raft::Storage for RaftStorage {
