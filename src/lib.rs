@@ -15,12 +15,15 @@
 //! the small etcd client those tools share. [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
 //! request-ID/waiter plumbing between the API and the state machine.
+//! [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
+//! the leader.
 
 pub mod api;
 pub mod apply;
 pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod compactor;
 pub mod config;
 pub mod identity;
 pub mod layout;

@@ -63,6 +63,10 @@ pub struct Limits {
     pub quota_bytes: u64,
     /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts).
     pub min_lease_ttl: i64,
+    /// How often a watcher created with `progress_notify` hears the current
+    /// revision while it has no events (etcd's
+    /// `--experimental-watch-progress-notify-interval`).
+    pub watch_progress_interval: Duration,
 }
 
 /// What every service of one member shares.

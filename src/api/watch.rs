@@ -8,15 +8,31 @@
 //! already sent. A session that falls behind the broadcast (it lagged) replays
 //! history from where each watcher stopped. A start revision below the compacted
 //! revision cancels the watcher with `compact_revision` set, as etcd does.
+//! History is replayed at most [`MAX_REVS_PER_RESPONSE`] revisions per response
+//! (etcd's `watchBatchMaxRevs`), so a far-behind watcher is caught up in steps
+//! without loading its whole backlog at once.
+//!
+//! Progress: `synced_rev` is the revision up to which every watcher of the
+//! session has been sent every matching event. A `ProgressRequest` is answered
+//! with it (watch ID -1, as etcd 3.4+), and every
+//! `--experimental-watch-progress-notify-interval` a `progress_notify` watcher
+//! that got no event since the previous tick is told it too, so a client can
+//! tell "nothing happened up to R" from "the stream stalled".
+//!
+//! Fragments: a watcher created with `fragment` gets responses larger than
+//! `--max-request-bytes` split into several, all but the last marked
+//! `fragment`, never splitting below one event (etcd's `sendFragments`).
 //!
 //! Invariants: each watcher delivers every matching event exactly once, in
-//! revision order; `next_rev` is the lowest revision it has not delivered.
+//! revision order; `next_rev` is the lowest revision it has not delivered;
+//! `synced_rev` never claims a revision whose events are still queued.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,6 +45,9 @@ use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+
+/// Most revisions replayed from history in one response (etcd's `watchBatchMaxRevs`).
+pub const MAX_REVS_PER_RESPONSE: i64 = 1000;
 
 /// The Watch service of one member.
 pub struct WatchService {
@@ -53,12 +72,16 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchStream>, Status> {
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
+        // Read before subscribing: revisions in between are then neither
+        // claimed by progress reports nor needed by any watcher (none exists).
+        let synced_rev = self.core.store.current_revision();
         let session = Session {
             core: self.core.clone(),
             events: self.core.events.subscribe(),
             out: tx,
             watchers: HashMap::new(),
             next_id: 0,
+            synced_rev,
         };
         // The session ends when the client closes its side or stops reading.
         tokio::spawn(session.run(input));
@@ -71,6 +94,10 @@ struct Watcher {
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// No event was sent since the last progress tick.
+    idle: bool,
     /// The lowest revision not delivered yet.
     next_rev: i64,
 }
@@ -90,6 +117,8 @@ struct Session {
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
+    /// Every watcher has been sent every matching event up to this revision.
+    synced_rev: i64,
 }
 
 /// The session stops: the client went away.
@@ -97,8 +126,12 @@ struct Gone;
 
 impl Session {
     async fn run(mut self, mut input: Streaming<WatchRequest>) {
+        let period = self.core.limits.watch_progress_interval;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
+                _ = progress.tick() => self.notify_progress().await,
                 msg = input.message() => match msg {
                     Ok(Some(req)) => self.handle(req).await,
                     Ok(None) | Err(_) => Err(Gone),
@@ -138,9 +171,8 @@ impl Session {
                 Ok(())
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                let rev = self.core.store.current_revision();
                 self.send(WatchResponse {
-                    header: self.core.header(rev),
+                    header: self.core.header(self.synced_rev),
                     watch_id: -1,
                     ..Default::default()
                 })
@@ -184,6 +216,9 @@ impl Session {
             prev_kv: c.prev_kv,
             no_put,
             no_delete,
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            idle: true,
             next_rev,
         };
         self.watchers.insert(id, watcher);
@@ -200,62 +235,99 @@ impl Session {
         Ok(())
     }
 
-    /// Replays history for one watcher, from its `next_rev` to the current revision.
+    /// Replays history for one watcher, from its `next_rev` to the current
+    /// revision, at most [`MAX_REVS_PER_RESPONSE`] revisions per response.
     async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
-        let Some(w) = self.watchers.get(&id) else {
-            return Ok(());
-        };
-        let from = w.next_rev - 1;
-        let history = self.core.store.read().and_then(|view| {
-            let to = view.current_revision();
-            view.events(from, to).map(|evs| (evs, to))
-        });
-        match history {
-            Ok((events, to)) => {
-                let selected: Vec<mvcc::Event> =
-                    events.into_iter().filter(|e| w.wants(e)).collect();
-                let prev_kv = w.prev_kv;
-                if let Some(w) = self.watchers.get_mut(&id) {
-                    w.next_rev = to + 1;
+        loop {
+            let Some(w) = self.watchers.get(&id) else {
+                return Ok(());
+            };
+            let from = w.next_rev - 1;
+            let history = self.core.store.read().and_then(|view| {
+                let current = view.current_revision();
+                let to = current.min(from.saturating_add(MAX_REVS_PER_RESPONSE));
+                view.events(from, to).map(|evs| (evs, to, current))
+            });
+            match history {
+                Ok((events, to, current)) => {
+                    let selected: Vec<mvcc::Event> =
+                        events.into_iter().filter(|e| w.wants(e)).collect();
+                    let prev_kv = w.prev_kv;
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.next_rev = w.next_rev.max(to + 1);
+                    }
+                    if !selected.is_empty() {
+                        self.send_events(id, selected, prev_kv, to).await?;
+                    }
+                    if to >= current {
+                        return Ok(());
+                    }
                 }
-                if !selected.is_empty() {
-                    self.send_events(id, selected, prev_kv, to).await?;
+                Err(MvccError::Compacted) => {
+                    self.watchers.remove(&id);
+                    let compact = self.core.store.compact_revision();
+                    let rev = self.core.store.current_revision();
+                    return self
+                        .send(WatchResponse {
+                            header: self.core.header(rev),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: compact,
+                            cancel_reason: super::errors::COMPACTED.into(),
+                            ..Default::default()
+                        })
+                        .await;
                 }
-                Ok(())
-            }
-            Err(MvccError::Compacted) => {
-                self.watchers.remove(&id);
-                let compact = self.core.store.compact_revision();
-                let rev = self.core.store.current_revision();
-                self.send(WatchResponse {
-                    header: self.core.header(rev),
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision: compact,
-                    cancel_reason: super::errors::COMPACTED.into(),
-                    ..Default::default()
-                })
-                .await
-            }
-            Err(e) => {
-                self.watchers.remove(&id);
-                let rev = self.core.store.current_revision();
-                self.send(WatchResponse {
-                    header: self.core.header(rev),
-                    watch_id: id,
-                    canceled: true,
-                    cancel_reason: format!("etcdserver: {e}"),
-                    ..Default::default()
-                })
-                .await
+                Err(e) => {
+                    self.watchers.remove(&id);
+                    let rev = self.core.store.current_revision();
+                    return self
+                        .send(WatchResponse {
+                            header: self.core.header(rev),
+                            watch_id: id,
+                            canceled: true,
+                            cancel_reason: format!("etcdserver: {e}"),
+                            ..Default::default()
+                        })
+                        .await;
+                }
             }
         }
     }
 
+    /// After the session lagged behind the broadcast: replays every
+    /// watcher's missed history from the store.
     async fn catch_up_all(&mut self) -> Result<(), Gone> {
+        // Every batch up to here is in the store (batches are broadcast after
+        // they commit), so once each watcher caught up to the store's current
+        // revision, the session is synced at least to `now`.
+        let now = self.core.store.current_revision();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             self.catch_up(id).await?;
+        }
+        self.synced_rev = self.synced_rev.max(now);
+        Ok(())
+    }
+
+    /// A progress tick: every `progress_notify` watcher that got no event
+    /// since the previous tick hears the session's synced revision.
+    async fn notify_progress(&mut self) -> Result<(), Gone> {
+        let mut due = Vec::new();
+        for (id, w) in self.watchers.iter_mut() {
+            if w.progress_notify && w.idle {
+                due.push(*id);
+            }
+            w.idle = true;
+        }
+        due.sort_unstable();
+        for id in due {
+            self.send(WatchResponse {
+                header: self.core.header(self.synced_rev),
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
         }
         Ok(())
     }
@@ -274,11 +346,12 @@ impl Session {
         for (id, selected, prev_kv) in out {
             self.send_events(id, selected, prev_kv, revision).await?;
         }
+        self.synced_rev = self.synced_rev.max(revision);
         Ok(())
     }
 
     async fn send_events(
-        &self,
+        &mut self,
         id: i64,
         events: Vec<mvcc::Event>,
         prev_kv: bool,
@@ -293,12 +366,129 @@ impl Session {
                 event_to_pb(e)
             })
             .collect();
-        self.send(WatchResponse {
+        let resp = WatchResponse {
             header: self.core.header(revision),
             watch_id: id,
             events,
             ..Default::default()
-        })
-        .await
+        };
+        let fragment = match self.watchers.get_mut(&id) {
+            Some(w) => {
+                w.idle = false;
+                w.fragment
+            }
+            None => false,
+        };
+        if fragment {
+            for part in fragments(resp, self.core.limits.max_request_bytes) {
+                self.send(part).await?;
+            }
+            Ok(())
+        } else {
+            self.send(resp).await
+        }
+    }
+}
+
+/// Splits `resp` into responses of fewer than `max_bytes` encoded bytes each
+/// (but at least one event each), all but the last marked `fragment`. A
+/// response already below the limit, or with fewer than two events, is
+/// returned whole.
+pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    let mut shell = resp;
+    let events = std::mem::take(&mut shell.events);
+    shell.fragment = true;
+    let base = shell.encoded_len();
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut size = base;
+    for ev in events {
+        // Each event is a length-delimited field 11 of the response.
+        let len = ev.encoded_len();
+        let field = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if !current.is_empty() && size + field >= max_bytes {
+            parts.push(WatchResponse {
+                events: std::mem::take(&mut current),
+                ..shell.clone()
+            });
+            size = base;
+        }
+        size += field;
+        current.push(ev);
+    }
+    parts.push(WatchResponse {
+        events: current,
+        fragment: false,
+        ..shell
+    });
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb::{Event, KeyValue};
+
+    fn event(i: usize, value_len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: format!("k{i}").into_bytes(),
+                value: vec![b'x'; value_len],
+                mod_revision: i as i64 + 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn response(n: usize, value_len: usize) -> WatchResponse {
+        WatchResponse {
+            watch_id: 7,
+            events: (0..n).map(|i| event(i, value_len)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_small_response_is_not_fragmented() {
+        let parts = fragments(response(3, 10), 1024);
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].fragment);
+        assert_eq!(parts[0].events.len(), 3);
+    }
+
+    #[test]
+    fn a_large_response_is_split_below_the_limit_keeping_order() {
+        let whole = response(10, 100);
+        let parts = fragments(whole.clone(), 350);
+        assert!(parts.len() > 1);
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(p.fragment, i + 1 < parts.len(), "only the last is final");
+            assert!(
+                p.encoded_len() < 350 || p.events.len() == 1,
+                "{}",
+                p.encoded_len()
+            );
+            assert_eq!(p.watch_id, 7);
+        }
+        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, whole.events);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_travels_alone() {
+        let parts = fragments(response(3, 1000), 500);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.events.len() == 1));
+    }
+
+    #[test]
+    fn a_single_event_is_never_fragmented() {
+        let parts = fragments(response(1, 5000), 100);
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].fragment);
     }
 }

@@ -358,7 +358,7 @@ mod tests {
             "name: a\n\
              enable-v2: true\n\
              discovery:\n\
-             auto-compaction-retention: '1'\n\
+             experimental-corrupt-check-time: 1m\n\
              client-transport-security:\n  cert-file:\n  auto-tls: false\n\
              peer-transport-security:\n\
              frobnicate: 3\n",
@@ -368,7 +368,7 @@ mod tests {
             warnings,
             vec![
                 "config file key enable-v2 is not supported by localcluster; ignored",
-                "config file key auto-compaction-retention is not supported by localcluster; ignored",
+                "config file key experimental-corrupt-check-time is not supported by localcluster; ignored",
                 "config file key client-transport-security is not supported by localcluster; ignored",
                 "unknown config file key frobnicate ignored",
             ]

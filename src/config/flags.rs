@@ -73,8 +73,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "discovery-cacert",
     "discovery-user",
     "discovery-password",
-    "auto-compaction-retention",
-    "auto-compaction-mode",
     "v2-deprecation",
     "cert-file",
     "key-file",
@@ -129,8 +127,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "experimental-compaction-batch-limit",
     "compaction-sleep-interval",
     "experimental-compaction-sleep-interval",
-    "watch-progress-notify-interval",
-    "experimental-watch-progress-notify-interval",
     "downgrade-check-time",
     "experimental-downgrade-check-time",
     "warning-apply-duration",
@@ -485,6 +481,14 @@ mod tests {
         assert_eq!(lookup("config-file"), Some(FlagKind::ConfigFile));
         assert_eq!(
             lookup("auto-compaction-retention"),
+            Some(FlagKind::Setting(Setting::AutoCompactionRetention))
+        );
+        assert_eq!(
+            lookup("watch-progress-notify-interval"),
+            Some(FlagKind::Setting(Setting::WatchProgressNotifyInterval))
+        );
+        assert_eq!(
+            lookup("experimental-corrupt-check-time"),
             Some(FlagKind::Unsupported { boolean: false })
         );
         assert_eq!(

@@ -28,7 +28,7 @@ mod file;
 mod flags;
 mod settings;
 mod urls;
-mod values;
+pub(crate) mod values;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -141,6 +141,11 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`
+    /// (retention 0, the default) disables auto-compaction.
+    pub auto_compaction: Option<crate::compactor::AutoCompaction>,
+    /// `--experimental-watch-progress-notify-interval`, default 10 minutes.
+    pub watch_progress_notify_interval: Duration,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -167,6 +172,8 @@ impl Default for MemberConfig {
             initial_cluster_token: draft.initial_cluster_token,
             initial_cluster_state: draft.initial_cluster_state,
             log_level: draft.log_level,
+            auto_compaction: None,
+            watch_progress_notify_interval: draft.watch_progress_notify_interval,
             warnings: Vec::new(),
         }
     }
@@ -286,6 +293,11 @@ impl MemberConfig {
                 "unknown log level {:?} (valid: debug, info, warn, error, panic, fatal)",
                 self.log_level
             ));
+        }
+        if self.watch_progress_notify_interval.is_zero() {
+            return invalid(
+                "--experimental-watch-progress-notify-interval must be >0 (set to 0s)".into(),
+            );
         }
         for (flag, urls) in [
             ("--listen-peer-urls", &self.listen_peer_urls),
@@ -465,6 +477,12 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
         log_level,
+        auto_compaction: crate::compactor::AutoCompaction::parse(
+            &draft.auto_compaction_mode,
+            &draft.auto_compaction_retention,
+        )
+        .map_err(ConfigError::Invalid)?,
+        watch_progress_notify_interval: draft.watch_progress_notify_interval,
         warnings,
     };
     config.validate()?;

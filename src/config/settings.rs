@@ -10,9 +10,10 @@
 //! corresponding etcd flag.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
-use super::values::{parse_int, parse_uint};
+use super::values::{parse_duration, parse_int, parse_uint};
 use super::ClusterState;
 
 /// etcd's default member name.
@@ -37,6 +38,10 @@ pub const DEFAULT_MAX_TXN_OPS: u64 = 128;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// etcd 3.5's default (and only) `--logger`.
 pub const DEFAULT_LOGGER: &str = "zap";
+/// etcd's default `--auto-compaction-mode`.
+pub const DEFAULT_AUTO_COMPACTION_MODE: &str = "periodic";
+/// etcd's default `--experimental-watch-progress-notify-interval`.
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
 
 /// One supported etcd flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,11 +64,14 @@ pub enum Setting {
     MaxTxnOps,
     LogLevel,
     Logger,
+    AutoCompactionMode,
+    AutoCompactionRetention,
+    WatchProgressNotifyInterval,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 18] = [
+    pub const ALL: [Setting; 21] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -80,6 +88,9 @@ impl Setting {
         Setting::InitialClusterState,
         Setting::InitialClusterToken,
         Setting::AdvertiseClientUrls,
+        Setting::AutoCompactionRetention,
+        Setting::AutoCompactionMode,
+        Setting::WatchProgressNotifyInterval,
         Setting::Logger,
         Setting::LogLevel,
     ];
@@ -105,11 +116,18 @@ impl Setting {
             Setting::MaxTxnOps => "max-txn-ops",
             Setting::LogLevel => "log-level",
             Setting::Logger => "logger",
+            Setting::AutoCompactionMode => "auto-compaction-mode",
+            Setting::AutoCompactionRetention => "auto-compaction-retention",
+            Setting::WatchProgressNotifyInterval => "experimental-watch-progress-notify-interval",
         }
     }
 
-    /// The setting a flag name (without dashes) stands for.
+    /// The setting a flag name (without dashes) stands for. etcd 3.6's
+    /// unprefixed name of a former `experimental-` flag is an alias.
     pub fn from_flag_name(name: &str) -> Option<Setting> {
+        if name == "watch-progress-notify-interval" {
+            return Some(Setting::WatchProgressNotifyInterval);
+        }
         Setting::ALL.into_iter().find(|s| s.flag_name() == name)
     }
 
@@ -174,6 +192,18 @@ impl Setting {
                 "info",
                 "Configures log level: debug, info, warn, error, panic, or fatal.",
             ),
+            Setting::AutoCompactionMode => (
+                "periodic",
+                "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.",
+            ),
+            Setting::AutoCompactionRetention => (
+                "0",
+                "Auto compaction retention for mvcc key value store. 0 means disable auto compaction.",
+            ),
+            Setting::WatchProgressNotifyInterval => (
+                "10m0s",
+                "Duration of periodic watch progress notifications.",
+            ),
         }
     }
 }
@@ -202,6 +232,11 @@ pub struct Draft {
     pub max_txn_ops: u64,
     pub log_level: String,
     pub logger: String,
+    /// `--auto-compaction-mode`, checked when the draft is finished.
+    pub auto_compaction_mode: String,
+    /// `--auto-compaction-retention`, interpreted according to the mode.
+    pub auto_compaction_retention: String,
+    pub watch_progress_notify_interval: Duration,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -229,6 +264,9 @@ impl Draft {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             logger: DEFAULT_LOGGER.to_owned(),
+            auto_compaction_mode: DEFAULT_AUTO_COMPACTION_MODE.to_owned(),
+            auto_compaction_retention: "0".to_owned(),
+            watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -255,6 +293,11 @@ impl Draft {
             Setting::InitialClusterToken => self.initial_cluster_token = raw.to_owned(),
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
+            Setting::AutoCompactionMode => self.auto_compaction_mode = raw.to_owned(),
+            Setting::AutoCompactionRetention => self.auto_compaction_retention = raw.to_owned(),
+            Setting::WatchProgressNotifyInterval => {
+                self.watch_progress_notify_interval = parse_duration(raw)?;
+            }
             Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls

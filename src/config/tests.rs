@@ -402,7 +402,7 @@ fn unknown_and_obsolete_flags_only_warn() {
     let c = parse(&[
         "--frobnicate",
         "3",
-        "--auto-compaction-retention",
+        "--experimental-corrupt-check-time",
         "1h",
         "-v",
         "--name",
@@ -414,7 +414,7 @@ fn unknown_and_obsolete_flags_only_warn() {
         &c.warnings[..3],
         &[
             "unknown flag --frobnicate ignored",
-            "flag --auto-compaction-retention is not supported by localcluster; ignored",
+            "flag --experimental-corrupt-check-time is not supported by localcluster; ignored",
             "flag --v is ignored",
         ]
     );
@@ -670,5 +670,45 @@ fn validate_rejects_hand_built_configs_with_duplicate_members() {
     assert_eq!(
         c.validate_bootstrap().unwrap_err().to_string(),
         "--initial-cluster lists member \"default\" more than once"
+    );
+}
+
+#[test]
+fn auto_compaction_and_progress_notify_flags_are_honoured() {
+    use crate::compactor::AutoCompaction;
+    let c = parse(&[
+        "--auto-compaction-mode",
+        "revision",
+        "--auto-compaction-retention",
+        "1000",
+        "--experimental-watch-progress-notify-interval",
+        "5s",
+    ])
+    .unwrap();
+    assert!(matches!(
+        c.auto_compaction,
+        Some(AutoCompaction::Revision {
+            retention: 1000,
+            ..
+        })
+    ));
+    assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5));
+    let d = parse(&[]).unwrap();
+    assert_eq!(d.auto_compaction, None, "off by default, as in etcd");
+    assert_eq!(d.watch_progress_notify_interval, Duration::from_secs(600));
+    let e = parse(&[
+        "--auto-compaction-mode",
+        "hourly",
+        "--auto-compaction-retention",
+        "1",
+    ]);
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "unknown auto-compaction-mode \"hourly\""
+    );
+    let e = parse(&["--experimental-watch-progress-notify-interval", "soon"]);
+    assert_eq!(
+        e.unwrap_err().to_string(),
+        "invalid value \"soon\" for flag --experimental-watch-progress-notify-interval: parse error"
     );
 }

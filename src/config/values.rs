@@ -110,6 +110,51 @@ pub fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
+/// Go's `time.ParseDuration` for the non-negative durations flags take:
+/// `300ms`, `1.5h`, `2h45m`, `0`; units `ns us µs ms s m h`. Errors read as
+/// Go's `flag` package words them (`parse error`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    const PARSE: &str = "parse error";
+    let s = text.strip_prefix('+').unwrap_or(text);
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return Err(PARSE.to_owned());
+    }
+    let mut nanos: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return Err(PARSE.to_owned());
+        }
+        let value: f64 = num.parse().map_err(|_| PARSE.to_owned())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(PARSE.to_owned()),
+        };
+        nanos += value * scale;
+        rest = tail;
+    }
+    if !nanos.is_finite() || nanos > i64::MAX as f64 {
+        return Err(PARSE.to_owned());
+    }
+    Ok(std::time::Duration::from_nanos(nanos.round() as u64))
+}
+
 /// Go's rule for `_` in a number literal: only between digits, or right after
 /// a base prefix.
 fn underscores_ok(text: &str) -> bool {
@@ -212,7 +257,34 @@ mod tests {
         assert_eq!(NumError::Range.to_string(), "value out of range");
     }
 
+    #[test]
+    fn durations_parse_as_go_parses_them() {
+        use std::time::Duration;
+        let ok = [
+            ("0", Duration::ZERO),
+            ("10m", Duration::from_secs(600)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("300ms", Duration::from_millis(300)),
+            ("2s500ms", Duration::from_millis(2500)),
+            ("10us", Duration::from_micros(10)),
+            ("7ns", Duration::from_nanos(7)),
+            ("+5s", Duration::from_secs(5)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "5", "s", "1x", "-1s", "1..5s", "h1", "1h 2m"] {
+            assert_eq!(parse_duration(bad), Err("parse error".into()), "{bad:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn durations_never_panic(s in ".{0,24}") {
+            let _ = parse_duration(&s);
+        }
+
         #[test]
         fn uint_round_trips_decimal(n in any::<u64>()) {
             prop_assert_eq!(parse_uint(&n.to_string(), 64), Ok(n));

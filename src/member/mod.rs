@@ -284,6 +284,7 @@ impl Member {
                 leader_wait: 3 * cfg.election_timeout,
                 quota_bytes: cfg.quota_backend_bytes,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
+                watch_progress_interval: cfg.watch_progress_notify_interval,
             },
             events,
             leases,
@@ -350,6 +351,13 @@ impl Member {
             shutdown.clone(),
         ));
         runtime.spawn(api::lease::expire_leases(core.clone(), shutdown.clone()));
+        if let Some(policy) = cfg.auto_compaction {
+            runtime.spawn(crate::compactor::run(
+                core.clone(),
+                policy,
+                shutdown.clone(),
+            ));
+        }
         runtime.spawn(decide_cluster_version(
             core.clone(),
             cfg.election_timeout,
