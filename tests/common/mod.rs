@@ -15,6 +15,8 @@
 
 #![allow(dead_code)]
 
+pub mod background;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
