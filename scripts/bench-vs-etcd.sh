@@ -9,8 +9,13 @@
 # endpoints, reads the members' RSS and CPU time from /proc, stops the cluster,
 # and finally prints a markdown table of both servers' figures and their ratio.
 #
+# Then the same for watch fan-out (`localcluster bench watch`): WATCHERS
+# watchers on one prefix receive every one of WATCH_TOTAL puts.
+#
 # Usage: scripts/bench-vs-etcd.sh
 # Knobs (environment): TOTAL (20000), CLIENTS ("16 64"), CONNS (3), KEY_SIZE (8),
+#   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
+#   WATCH_WRITERS (16),
 #   VAL_SIZE (256), BASE_PORT (41000), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
 #   an existing binary, LOCALCLUSTER_BIN (target/release/localcluster), KEEP=1
 #   to keep the data and logs.
@@ -23,6 +28,10 @@ CLIENTS=${CLIENTS:-"16 64"}
 CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
 VAL_SIZE=${VAL_SIZE:-256}
+WATCHERS=${WATCHERS:-"100 1000"}
+WATCH_TOTAL=${WATCH_TOTAL:-2000}
+WATCH_STREAMS=${WATCH_STREAMS:-10}
+WATCH_WRITERS=${WATCH_WRITERS:-16}
 BASE_PORT=${BASE_PORT:-41000}
 ETCD=${ETCD:-/usr/bin/etcd}
 HEARTBEAT_MS=100
@@ -158,10 +167,41 @@ run_one() {
         "$dir/bench.json" >>"$RESULTS"
 }
 
+WATCH_RESULTS="$WORK/watch.jsonl"
+: >"$WATCH_RESULTS"
+
+run_watch() {
+    local kind=$1 watchers=$2 base=$3
+    local dir="$WORK/$kind-w$watchers"
+    mkdir -p "$dir"
+    log "$kind: starting 3 members (clients on $((base + 1))-$((base + 3)))"
+    start_cluster "$kind" "$dir" "$base"
+    local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
+    log "$kind: bench watch --watchers $watchers --total $WATCH_TOTAL"
+    local code=0
+    "$BIN" bench watch --endpoints "$eps" --total "$WATCH_TOTAL" --watchers "$watchers" \
+        --streams "$WATCH_STREAMS" --clients "$WATCH_WRITERS" --val-size "$VAL_SIZE" -w json \
+        >"$dir/bench.json" || code=$?
+    if ! jq -e . "$dir/bench.json" >/dev/null 2>&1; then
+        log "$kind: bench watch failed (exit $code)"
+        exit 1
+    fi
+    local rss
+    rss=$(rss_kib)
+    stop_cluster
+    jq -c --arg server "$kind" --argjson rss "$rss" \
+        '{server: $server, watchers, rps, put_rps, errors, latency_ms, rss_kib: $rss}' \
+        "$dir/bench.json" >>"$WATCH_RESULTS"
+}
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in $CLIENTS; do
     run_one localcluster "$c" "$BASE_PORT"
     run_one etcd "$c" "$((BASE_PORT + 100))"
+done
+for w in $WATCHERS; do
+    run_watch localcluster "$w" "$BASE_PORT"
+    run_watch etcd "$w" "$((BASE_PORT + 100))"
 done
 
 etcd_version=$("$ETCD" --version | awk '/etcd Version/ {print $3}')
@@ -183,3 +223,19 @@ jq -rs '
   | (map(select(.server == "etcd"))[0]) as $e
   | "| \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \($l.rss_kib / $e.rss_kib | r2) |"
 ' "$RESULTS"
+echo
+echo "Watch fan-out: $WATCH_TOTAL puts from $WATCH_WRITERS writers, each delivered to every watcher ($WATCH_STREAMS streams)"
+echo
+echo "| server | watchers | events/s | puts/s | delivery p50 ms | p99 ms | missing | RSS MiB (3 members) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.watchers) | \(.rps | floor) | \(.put_rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.errors) | \(.rss_kib / 1024 | round) |"' "$WATCH_RESULTS"
+echo
+echo "| watchers | events/s localcluster / etcd | delivery p99 localcluster / etcd |"
+echo "|---:|---:|---:|"
+jq -rs '
+  def r2: . * 100 | round / 100;
+  group_by(.watchers)[]
+  | (map(select(.server == "localcluster"))[0]) as $l
+  | (map(select(.server == "etcd"))[0]) as $e
+  | "| \($l.watchers) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) |"
+' "$WATCH_RESULTS"

@@ -1,4 +1,4 @@
-//! End-to-end test of `localcluster bench put` against a real one-member
+//! End-to-end tests of `localcluster bench put` and `bench watch` against a real one-member
 //! cluster (the debug binary's `member` subcommand on free ports).
 
 mod common;
@@ -114,6 +114,33 @@ fn bench_put_writes_every_key_and_reports_json() {
     let p99 = lat["p99"].as_f64().unwrap();
     let max = lat["max"].as_f64().unwrap();
     assert!(p50 <= p99 && p99 <= max, "percentiles out of order: {lat}");
+}
+
+#[test]
+fn bench_watch_delivers_every_put_to_every_watcher() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let out = Command::new(BIN)
+        .args(["bench", "watch", "--total", "100", "--watchers", "20"])
+        .args(["--streams", "3", "--clients", "4"])
+        .args(["--endpoints", &endpoint, "-w", "json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["benchmark"], "watch");
+    assert_eq!(v["watchers"], 20);
+    assert_eq!(v["ok"], 2000, "100 puts x 20 watchers: {v}");
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["put_errors"], 0);
+    assert!(v["rps"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -7,6 +7,11 @@
 //! throughput and latency percentiles ([`summary`]) as text or, with `-w json`,
 //! as one JSON object.
 //!
+//! `localcluster bench watch` measures fan-out instead: `--watchers` watchers on
+//! one prefix over `--streams` streams, `--clients` writers putting `--total`
+//! keys under it; it reports deliveries per second and delivery latency
+//! ([`watch`]).
+//!
 //! The connection flags (`--endpoints`, `--clients`, `--conns`, `--timeout`,
 //! `-w`) are global: they go before or after the operation's name.
 //! The command exits 0 when every request succeeded, 1 when any failed (the
@@ -17,6 +22,7 @@ pub mod keys;
 pub mod plan;
 pub mod put;
 pub mod summary;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -84,6 +90,51 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Write --total keys with Put
     Put(PutArgs),
+    /// Deliver --total puts to --watchers watchers; events/s and latency
+    Watch(WatchArgs),
+}
+
+/// `localcluster bench watch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Number of puts (each is delivered to every watcher)
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    pub total: u64,
+
+    /// Number of watchers, all on the same key prefix
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub watchers: usize,
+
+    /// Watch streams the watchers are spread over (one gRPC connection each)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub streams: usize,
+
+    /// Key size in bytes (after the run's prefix)
+    #[arg(long, value_name = "BYTES", default_value_t = 8)]
+    pub key_size: usize,
+
+    /// Value size in bytes (at least 8: the send time travels in it)
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub val_size: usize,
+}
+
+/// The machine-readable report of a `watch` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchReport {
+    pub benchmark: &'static str,
+    pub endpoints: Vec<String>,
+    pub writers: usize,
+    pub watchers: usize,
+    pub streams: usize,
+    pub total: u64,
+    pub val_size: usize,
+    /// Puts per second while writing.
+    pub put_rps: f64,
+    pub put_errors: u64,
+    /// Deliveries: `rps` is events delivered per second, `latency_ms` from the
+    /// send of a put to the arrival of its event at a watcher.
+    #[serde(flatten)]
+    pub summary: Summary,
 }
 
 /// `localcluster bench put`.
@@ -221,6 +272,70 @@ pub async fn main(args: BenchArgs) -> i32 {
 
 async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
     match &args.command {
+        BenchCommand::Watch(w) => {
+            let endpoints = plan::parse_endpoints(&args.endpoints)?;
+            for (name, v) in [
+                ("total", w.total),
+                ("watchers", w.watchers as u64),
+                ("streams", w.streams as u64),
+                ("clients", args.clients as u64),
+                ("key-size", w.key_size as u64),
+            ] {
+                if v == 0 {
+                    return Err(BenchError::Invalid(format!("--{name} must be at least 1")));
+                }
+            }
+            let spec = watch::WatchSpec {
+                total: w.total,
+                watchers: w.watchers,
+                streams: w.streams.min(w.watchers),
+                writers: args.clients,
+                key_size: w.key_size,
+                val_size: w.val_size.max(8),
+            };
+            if args.write_out == WriteOut::Simple {
+                println!(
+                    "watch: {} puts from {} writers, each delivered to {} watchers over {} streams on {} endpoint(s), {}-byte values",
+                    spec.total, spec.writers, spec.watchers, spec.streams, endpoints.len(), spec.val_size
+                );
+            }
+            let out = watch::run(&endpoints, args.timeout, &spec).await?;
+            let report = WatchReport {
+                benchmark: "watch",
+                endpoints,
+                writers: spec.writers,
+                watchers: spec.watchers,
+                streams: spec.streams,
+                total: spec.total,
+                val_size: spec.val_size,
+                put_rps: out.put_rps,
+                put_errors: out.put_errors,
+                summary: out.deliveries,
+            };
+            match args.write_out {
+                WriteOut::Simple => print!(
+                    "\nPuts/sec: {:.1} ({} errors)\nDeliveries (events to watchers):\n{}",
+                    report.put_rps,
+                    report.put_errors,
+                    report
+                        .summary
+                        .to_text()
+                        .replace("Requests:     ", "Events:       ")
+                        .replace("Requests/sec: ", "Events/sec:   ")
+                ),
+                WriteOut::Json => match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        return Err(BenchError::Invalid(format!("cannot encode report: {e}")))
+                    }
+                },
+            }
+            Ok(if report.summary.errors == 0 && report.put_errors == 0 {
+                0
+            } else {
+                1
+            })
+        }
         BenchCommand::Put(put) => {
             let run = PutRun::new(args, put)?;
             if args.write_out == WriteOut::Simple {
@@ -276,6 +391,28 @@ mod tests {
     fn put_of(b: &BenchArgs) -> &PutArgs {
         match &b.command {
             BenchCommand::Put(p) => p,
+            other => panic!("not put: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn watch_takes_its_own_flags_and_the_global_ones() {
+        let b = parse(&[
+            "watch",
+            "--watchers",
+            "50",
+            "--streams",
+            "5",
+            "--clients",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(b.clients, 4);
+        match &b.command {
+            BenchCommand::Watch(w) => {
+                assert_eq!((w.watchers, w.streams, w.total), (50, 5, 2_000));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
