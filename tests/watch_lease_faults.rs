@@ -681,3 +681,55 @@ async fn a_fragment_watcher_gets_large_responses_in_pieces_below_the_request_lim
     assert_eq!(revs, (first..first + 10).collect::<Vec<_>>());
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_caught_up_not_dropped() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+    let (_tx, mut stream) = open_watch(
+        &url,
+        WatchCreateRequest {
+            key: b"slow/".to_vec(),
+            range_end: prefix_end("slow/"),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Far more changes than the member buffers for one stream (its queue of
+    // responses and the applied-changes broadcast), while nobody reads.
+    let total = 3000;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let url = url.clone();
+        writers.spawn(async move {
+            for n in (w..total).step_by(4) {
+                let key = format!("slow/{n:05}");
+                retry("put", || put_once(&url, &key, b"v", 0)).await;
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    let mut revs = Vec::new();
+    while revs.len() < total {
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        assert!(!resp.canceled, "{resp:?}");
+        revs.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision),
+        );
+    }
+    assert_eq!(revs.len(), total);
+    assert!(
+        revs.windows(2).all(|p| p[1] == p[0] + 1),
+        "in order, no gap, no duplicate"
+    );
+    cluster.shutdown().await.unwrap();
+}
