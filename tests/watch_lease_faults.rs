@@ -485,6 +485,23 @@ async fn compaction_then_defragment_gives_the_disk_space_back() {
     cluster.shutdown().await.unwrap();
 }
 
+/// Waits until the compacted revision of the member at `url` satisfies `done`.
+async fn wait_compacted(url: &str, done: impl Fn(i64) -> bool) {
+    retry("compaction", || async {
+        let st = MaintenanceClient::new(channel(url).await?)
+            .hash_kv(localcluster::pb::etcdserverpb::HashKvRequest { revision: 0 })
+            .await?
+            .into_inner();
+        if done(st.compact_revision) {
+            Ok(())
+        } else {
+            let at = st.compact_revision;
+            Err(tonic::Status::unavailable(format!("compacted at {at}")))
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_compaction_in_revision_mode_keeps_the_last_n_revisions() {
     use localcluster::compactor::AutoCompaction;
@@ -506,21 +523,7 @@ async fn auto_compaction_in_revision_mode_keeps_the_last_n_revisions() {
         last = retry("put", || put_once(&url, &key, b"v", 0)).await;
     }
     for m in cluster.client_urls() {
-        retry("compaction to current - 10", || async {
-            let st = MaintenanceClient::new(channel(&m).await?)
-                .hash_kv(localcluster::pb::etcdserverpb::HashKvRequest { revision: 0 })
-                .await?
-                .into_inner();
-            if st.compact_revision == last - 10 {
-                Ok(())
-            } else {
-                Err(tonic::Status::unavailable(format!(
-                    "at {}",
-                    st.compact_revision
-                )))
-            }
-        })
-        .await;
+        wait_compacted(&m, |c| c == last - 10).await;
     }
     cluster.shutdown().await.unwrap();
 }
@@ -540,21 +543,7 @@ async fn auto_compaction_in_periodic_mode_compacts_what_is_older_than_the_retent
     let first = put_once(&url, "pc/a", b"1", 0).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     put_once(&url, "pc/a", b"2", 0).await.unwrap();
-    retry("a periodic compaction", || async {
-        let st = MaintenanceClient::new(channel(&url).await?)
-            .hash_kv(localcluster::pb::etcdserverpb::HashKvRequest { revision: 0 })
-            .await?
-            .into_inner();
-        if st.compact_revision >= first {
-            Ok(())
-        } else {
-            Err(tonic::Status::unavailable(format!(
-                "at {}",
-                st.compact_revision
-            )))
-        }
-    })
-    .await;
+    wait_compacted(&url, |c| c >= first).await;
     cluster.shutdown().await.unwrap();
 }
 

@@ -264,35 +264,29 @@ impl Session {
                     }
                 }
                 Err(MvccError::Compacted) => {
-                    self.watchers.remove(&id);
                     let compact = self.core.store.compact_revision();
-                    let rev = self.core.store.current_revision();
                     return self
-                        .send(WatchResponse {
-                            header: self.core.header(rev),
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision: compact,
-                            cancel_reason: super::errors::COMPACTED.into(),
-                            ..Default::default()
-                        })
+                        .cancel(id, compact, super::errors::COMPACTED.into())
                         .await;
                 }
-                Err(e) => {
-                    self.watchers.remove(&id);
-                    let rev = self.core.store.current_revision();
-                    return self
-                        .send(WatchResponse {
-                            header: self.core.header(rev),
-                            watch_id: id,
-                            canceled: true,
-                            cancel_reason: format!("etcdserver: {e}"),
-                            ..Default::default()
-                        })
-                        .await;
-                }
+                Err(e) => return self.cancel(id, 0, format!("etcdserver: {e}")).await,
             }
         }
+    }
+
+    /// Drops watcher `id` and tells the client why.
+    async fn cancel(&mut self, id: i64, compact_revision: i64, reason: String) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        let rev = self.core.store.current_revision();
+        self.send(WatchResponse {
+            header: self.core.header(rev),
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        })
+        .await
     }
 
     /// After the session lagged behind the broadcast: replays every
