@@ -722,3 +722,32 @@ async fn a_watcher_that_stops_reading_is_caught_up_not_dropped() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_can_be_granted_with_its_own_id_once() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+    let mut leases = LeaseClient::new(channel(&url).await.unwrap());
+    let resp = leases
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 4242 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.id, resp.ttl), (4242, 30));
+    let err = leases
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 4242 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: lease already exists");
+    let err = leases
+        .lease_grant(LeaseGrantRequest {
+            ttl: 9_000_000_001,
+            id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: too large lease TTL");
+    let err = put_once(&url, "k", b"v", 777).await.unwrap_err();
+    assert_eq!(err.message(), "etcdserver: requested lease not found");
+    cluster.shutdown().await.unwrap();
+}
