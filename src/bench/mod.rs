@@ -1,11 +1,12 @@
 //! `localcluster bench`: a load generator for any etcd v3 endpoints (localcluster
 //! members or real etcd), in the spirit of etcd's `tools/benchmark`.
 //!
-//! `localcluster bench put` sends `--total` Put requests from `--clients`
-//! concurrent clients over `--conns` gRPC connections, spread over `--endpoints`
-//! round-robin ([`plan`]), with keys and values shaped by [`keys`]; it then prints
-//! throughput and latency percentiles ([`summary`]) as text or, with `-w json`,
-//! as one JSON object.
+//! `localcluster bench put|range|txn-put|mixed` sends `--total` requests (or
+//! as many as fit in `--duration`, optionally paced at `--rate` per second)
+//! from `--clients` concurrent clients over `--conns` gRPC connections, spread
+//! over `--endpoints` round-robin ([`plan`]), with keys and values shaped by
+//! [`keys`] ([`load`] runs them); it then prints throughput and latency
+//! percentiles ([`summary`]) as text or, with `-w json`, as one JSON object.
 //!
 //! `localcluster bench watch` measures fan-out instead: `--watchers` watchers on
 //! one prefix over `--streams` streams, `--clients` writers putting `--total`
@@ -19,8 +20,8 @@
 //! be reached.
 
 pub mod keys;
+pub mod load;
 pub mod plan;
-pub mod put;
 pub mod summary;
 pub mod watch;
 
@@ -88,10 +89,84 @@ pub struct BenchArgs {
 /// The benchmarks.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Write --total keys with Put
-    Put(PutArgs),
+    /// Write keys with Put
+    Put(LoadArgs),
+    /// Read keys with Range (linearizable unless --consistency s)
+    Range(RangeArgs),
+    /// Write keys with a Txn holding one Put
+    TxnPut(LoadArgs),
+    /// Reads and writes mixed by --read-ratio
+    Mixed(MixedArgs),
     /// Deliver --total puts to --watchers watchers; events/s and latency
     Watch(WatchArgs),
+}
+
+/// How long a load runs, how fast, and on which keys.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Number of requests [default: 10000, or unlimited with --duration]
+    #[arg(long, value_name = "N")]
+    pub total: Option<u64>,
+
+    /// Run for this long instead of a number of requests (e.g. 30s, 2m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Requests per second for the whole run [default: as fast as possible]
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+
+    /// Key size in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 8)]
+    pub key_size: usize,
+
+    /// Value size in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub val_size: usize,
+
+    /// Use keys 0, 1, 2, ... (modulo the key space) instead of random keys
+    #[arg(long)]
+    pub sequential_keys: bool,
+
+    /// Number of distinct keys [default: --total, or 100000 with --duration;
+    /// etcd's benchmark defaults to 1]
+    #[arg(long, alias = "key-space", value_name = "N")]
+    pub key_space_size: Option<u64>,
+}
+
+/// Read consistency, as etcd's benchmark names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consistency {
+    /// Linearizable (through the leader's ReadIndex)
+    L,
+    /// Serializable (the member's local state)
+    S,
+}
+
+/// `localcluster bench range`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RangeArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// l: linearizable, s: serializable
+    #[arg(long, value_enum, default_value_t = Consistency::L)]
+    pub consistency: Consistency,
+}
+
+/// `localcluster bench mixed`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Share of requests that are reads (0 to 1)
+    #[arg(long, value_name = "R", default_value_t = 0.9)]
+    pub read_ratio: f64,
+
+    /// l: linearizable, s: serializable reads
+    #[arg(long, value_enum, default_value_t = Consistency::L)]
+    pub consistency: Consistency,
 }
 
 /// `localcluster bench watch`.
@@ -179,34 +254,72 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The machine-readable report of a `put` run: its settings and its summary.
+/// The machine-readable report of a `put`, `range`, `txn-put` or `mixed` run:
+/// its settings and its summary.
 #[derive(Debug, Clone, Serialize)]
-pub struct PutReport {
+pub struct LoadReport {
     pub benchmark: &'static str,
     pub endpoints: Vec<String>,
     pub clients: usize,
     pub conns: usize,
-    pub total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     pub key_size: usize,
     pub val_size: usize,
     pub sequential_keys: bool,
     pub key_space_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serializable: Option<bool>,
     #[serde(flatten)]
     pub summary: Summary,
 }
 
-/// A validated `put` run.
+/// A validated load run.
 #[derive(Debug, Clone)]
-pub struct PutRun {
+pub struct LoadRun {
     pub endpoints: Vec<String>,
     pub plan: plan::Plan,
     pub timeout: Duration,
-    pub spec: put::PutSpec,
+    pub op: load::Op,
+    pub spec: load::LoadSpec,
 }
 
-impl PutRun {
-    /// Checks the arguments of `bench put`.
-    pub fn new(args: &BenchArgs, put: &PutArgs) -> Result<PutRun, BenchError> {
+impl LoadRun {
+    /// Checks the arguments of a load benchmark (`command` is not `watch`).
+    pub fn new(args: &BenchArgs) -> Result<LoadRun, BenchError> {
+        let (load, op) = match &args.command {
+            BenchCommand::Put(l) => (l, load::Op::Put),
+            BenchCommand::TxnPut(l) => (l, load::Op::TxnPut),
+            BenchCommand::Range(r) => (
+                &r.load,
+                load::Op::Range {
+                    serializable: r.consistency == Consistency::S,
+                },
+            ),
+            BenchCommand::Mixed(m) => {
+                if !(0.0..=1.0).contains(&m.read_ratio) {
+                    return Err(BenchError::Invalid(
+                        "--read-ratio must be between 0 and 1".into(),
+                    ));
+                }
+                (
+                    &m.load,
+                    load::Op::Mixed {
+                        read_ratio: m.read_ratio,
+                        serializable: m.consistency == Consistency::S,
+                    },
+                )
+            }
+            BenchCommand::Watch(_) => {
+                return Err(BenchError::Invalid("watch is not a load benchmark".into()))
+            }
+        };
         let endpoints = plan::parse_endpoints(&args.endpoints)?;
         let positive = |name: &str, v: u64| {
             if v == 0 {
@@ -215,46 +328,119 @@ impl PutRun {
                 Ok(())
             }
         };
-        positive("total", put.total)?;
+        let total = match (load.total, load.duration) {
+            (None, None) => Some(10_000),
+            (total, _) => total,
+        };
+        if let Some(t) = total {
+            positive("total", t)?;
+        }
+        if load.duration.is_some_and(|d| d.is_zero()) {
+            return Err(BenchError::Invalid("--duration must be positive".into()));
+        }
+        if let Some(r) = load.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(BenchError::Invalid("--rate must be positive".into()));
+            }
+        }
         positive("clients", args.clients as u64)?;
         positive("conns", args.conns as u64)?;
-        positive("key-size", put.key_size as u64)?;
-        let key_space = put.key_space_size.unwrap_or(put.total);
+        positive("key-size", load.key_size as u64)?;
+        let key_space = load.key_space_size.unwrap_or(total.unwrap_or(100_000));
         positive("key-space-size", key_space)?;
         // More clients than requests would only open idle streams.
-        let clients = args
-            .clients
-            .min(usize::try_from(put.total).unwrap_or(usize::MAX));
+        let clients = match total {
+            Some(t) => args.clients.min(usize::try_from(t).unwrap_or(usize::MAX)),
+            None => args.clients,
+        };
         let plan = plan::Plan::new(endpoints.len(), args.conns, clients);
-        Ok(PutRun {
+        Ok(LoadRun {
             endpoints,
             plan,
             timeout: args.timeout,
-            spec: put::PutSpec {
-                total: put.total,
-                key_size: put.key_size,
-                val_size: put.val_size,
-                sequential: put.sequential_keys,
+            op,
+            spec: load::LoadSpec {
+                total,
+                duration: load.duration,
+                rate: load.rate,
+                key_size: load.key_size,
+                val_size: load.val_size,
+                sequential: load.sequential_keys,
                 key_space,
             },
         })
     }
 
     /// Runs the benchmark.
-    pub async fn run(&self) -> Result<PutReport, BenchError> {
-        let summary = put::run(&self.endpoints, &self.plan, self.timeout, &self.spec).await?;
-        Ok(PutReport {
-            benchmark: "put",
+    pub async fn run(&self) -> Result<LoadReport, BenchError> {
+        let summary = load::run(
+            &self.endpoints,
+            &self.plan,
+            self.timeout,
+            self.op,
+            &self.spec,
+        )
+        .await?;
+        let (read_ratio, serializable) = match self.op {
+            load::Op::Range { serializable } => (None, Some(serializable)),
+            load::Op::Mixed {
+                read_ratio,
+                serializable,
+            } => (Some(read_ratio), Some(serializable)),
+            _ => (None, None),
+        };
+        Ok(LoadReport {
+            benchmark: self.op.name(),
             endpoints: self.endpoints.clone(),
             clients: self.plan.client_conns.len(),
             conns: self.plan.conn_endpoints.len(),
             total: self.spec.total,
+            duration_s: self.spec.duration.map(|d| d.as_secs_f64()),
+            rate: self.spec.rate,
             key_size: self.spec.key_size,
             val_size: self.spec.val_size,
             sequential_keys: self.spec.sequential,
             key_space_size: self.spec.key_space,
+            read_ratio,
+            serializable,
             summary,
         })
+    }
+
+    /// The one-line description printed before a text report.
+    fn describe(&self) -> String {
+        let amount = match (self.spec.total, self.spec.duration) {
+            (Some(t), None) => format!("{t} requests"),
+            (None, Some(d)) => format!("{:.1}s", d.as_secs_f64()),
+            (Some(t), Some(d)) => format!("{t} requests or {:.1}s", d.as_secs_f64()),
+            (None, None) => String::new(),
+        };
+        let rate = self
+            .spec
+            .rate
+            .map(|r| format!(" at {r} req/s"))
+            .unwrap_or_default();
+        let what = match self.op {
+            load::Op::Range { serializable } | load::Op::Mixed { serializable, .. } => {
+                if serializable {
+                    ", serializable reads"
+                } else {
+                    ", linearizable reads"
+                }
+            }
+            _ => "",
+        };
+        format!(
+            "{}: {amount}{rate}, {} clients, {} connections to {} endpoint(s), {}-byte keys ({}, {} distinct), {}-byte values{what}",
+            self.op.name(),
+            self.plan.client_conns.len(),
+            self.plan.conn_endpoints.len(),
+            self.endpoints.len(),
+            self.spec.key_size,
+            if self.spec.sequential { "sequential" } else { "random" },
+            self.spec.key_space,
+            self.spec.val_size,
+        )
     }
 }
 
@@ -336,19 +522,10 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
                 1
             })
         }
-        BenchCommand::Put(put) => {
-            let run = PutRun::new(args, put)?;
+        _ => {
+            let run = LoadRun::new(args)?;
             if args.write_out == WriteOut::Simple {
-                println!(
-                    "put: {} requests, {} clients, {} connections to {} endpoint(s), {}-byte keys ({}), {}-byte values",
-                    run.spec.total,
-                    run.plan.client_conns.len(),
-                    run.plan.conn_endpoints.len(),
-                    run.endpoints.len(),
-                    run.spec.key_size,
-                    if run.spec.sequential { "sequential" } else { "random" },
-                    run.spec.val_size,
-                );
+                println!("{}", run.describe());
             }
             let report = run.run().await?;
             match args.write_out {
@@ -388,7 +565,7 @@ mod tests {
         })
     }
 
-    fn put_of(b: &BenchArgs) -> &PutArgs {
+    fn put_of(b: &BenchArgs) -> &LoadArgs {
         match &b.command {
             BenchCommand::Put(p) => p,
             other => panic!("not put: {other:?}"),
@@ -427,10 +604,12 @@ mod tests {
         assert_eq!(b.timeout, Duration::from_secs(10));
         assert_eq!(b.write_out, WriteOut::Simple);
         let p = put_of(&b);
-        assert_eq!((p.total, p.key_size, p.val_size), (10_000, 8, 256));
+        assert_eq!((p.total, p.key_size, p.val_size), (None, 8, 256));
         assert!(!p.sequential_keys);
-        let run = PutRun::new(&b, p).unwrap();
+        let run = LoadRun::new(&b).unwrap();
+        assert_eq!(run.spec.total, Some(10_000));
         assert_eq!(run.spec.key_space, 10_000);
+        assert_eq!(run.op, load::Op::Put);
         assert_eq!(run.plan.conn_endpoints.len(), 3);
         assert_eq!(run.plan.client_conns.len(), 16);
     }
@@ -463,7 +642,7 @@ mod tests {
         assert_eq!(b.write_out, WriteOut::Json);
         assert_eq!(b.timeout, Duration::from_millis(500));
         let p = put_of(&b);
-        assert_eq!((p.total, p.key_size, p.val_size), (200, 16, 1024));
+        assert_eq!((p.total, p.key_size, p.val_size), (Some(200), 16, 1024));
         assert!(p.sequential_keys);
     }
 
@@ -472,22 +651,59 @@ mod tests {
         assert!(parse(&["put", "-w", "yaml"]).is_err());
         assert!(parse(&["put", "--total", "-1"]).is_err());
         assert!(parse(&["put", "--timeout", "soon"]).is_err());
+        assert!(parse(&["txn-put", "--duration", "0s"]).is_err());
         for args in [
             &["put", "--total", "0"][..],
             &["put", "--clients", "0"],
             &["put", "--key-size", "0"],
             &["--endpoints", ",", "put"],
+            &["range", "--rate", "0"],
+            &["mixed", "--read-ratio", "1.5"],
         ] {
             let b = parse(args).unwrap();
-            assert!(PutRun::new(&b, put_of(&b)).is_err(), "{args:?} accepted");
+            assert!(LoadRun::new(&b).is_err(), "{args:?} accepted");
         }
     }
 
     #[test]
     fn clients_are_capped_at_the_number_of_requests() {
         let b = parse(&["put", "--total", "3", "--clients", "10"]).unwrap();
-        let run = PutRun::new(&b, put_of(&b)).unwrap();
+        let run = LoadRun::new(&b).unwrap();
         assert_eq!(run.plan.client_conns.len(), 3);
+    }
+
+    #[test]
+    fn each_load_benchmark_names_its_request() {
+        let op = |args: &[&str]| LoadRun::new(&parse(args).unwrap()).unwrap().op;
+        assert_eq!(
+            op(&["range"]),
+            load::Op::Range {
+                serializable: false
+            }
+        );
+        assert_eq!(
+            op(&["range", "--consistency", "s"]),
+            load::Op::Range { serializable: true }
+        );
+        assert_eq!(op(&["txn-put"]), load::Op::TxnPut);
+        assert_eq!(
+            op(&["mixed", "--read-ratio", "0.5"]),
+            load::Op::Mixed {
+                read_ratio: 0.5,
+                serializable: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_timed_run_has_no_request_count_unless_given_one() {
+        let b = parse(&["put", "--duration", "30s", "--rate", "500"]).unwrap();
+        let run = LoadRun::new(&b).unwrap();
+        assert_eq!(run.spec.total, None);
+        assert_eq!(run.spec.duration, Some(Duration::from_secs(30)));
+        assert_eq!(run.spec.rate, Some(500.0));
+        assert_eq!(run.spec.key_space, 100_000);
+        assert_eq!(run.plan.client_conns.len(), 16);
     }
 
     #[test]
