@@ -284,11 +284,13 @@ impl Member {
                 leader_wait: 3 * cfg.election_timeout,
                 quota_bytes: cfg.quota_backend_bytes,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
+                health_interval: 5 * cfg.election_timeout,
             },
             events,
             leases,
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
+            peers: peers.clone(),
         });
 
         let mut servers = Vec::new();
