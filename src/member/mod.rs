@@ -15,6 +15,7 @@
 //!    peer senders in step with the membership.
 //!
 //! Files: [`bootstrap`] settles the identity, [`listen`] binds the listeners,
+//! [`restore`] builds a data dir from a backup snapshot,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
 //! membership following); this file wires them with the node and the API.
 //!
@@ -36,10 +37,12 @@ use tokio_util::sync::CancellationToken;
 mod bootstrap;
 mod lifecycle;
 mod listen;
+mod restore;
 
 use bootstrap::{initial_membership, resolve_identity, Origin};
 use lifecycle::{decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
+pub use restore::restore_data_dir;
 
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
