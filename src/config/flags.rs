@@ -62,8 +62,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "discovery-proxy",
     "discovery-srv",
     "discovery-srv-name",
-    "discovery-endpoints",
-    "discovery-token",
     "discovery-dial-timeout",
     "discovery-request-timeout",
     "discovery-keepalive-time",

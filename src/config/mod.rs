@@ -141,6 +141,11 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
+    /// `--discovery-endpoints`: client endpoints of the cluster serving etcd's
+    /// v3 discovery; when set, a new member finds its `--initial-cluster` there.
+    pub discovery_endpoints: Vec<String>,
+    /// `--discovery-token`: the new cluster's name in the discovery service.
+    pub discovery_token: String,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -167,6 +172,8 @@ impl Default for MemberConfig {
             initial_cluster_token: draft.initial_cluster_token,
             initial_cluster_state: draft.initial_cluster_state,
             log_level: draft.log_level,
+            discovery_endpoints: draft.discovery_endpoints,
+            discovery_token: draft.discovery_token,
             warnings: Vec::new(),
         }
     }
@@ -465,6 +472,8 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
         log_level,
+        discovery_endpoints: draft.discovery_endpoints,
+        discovery_token: draft.discovery_token,
         warnings,
     };
     config.validate()?;

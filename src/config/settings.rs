@@ -59,11 +59,13 @@ pub enum Setting {
     MaxTxnOps,
     LogLevel,
     Logger,
+    DiscoveryEndpoints,
+    DiscoveryToken,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 18] = [
+    pub const ALL: [Setting; 20] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -82,6 +84,8 @@ impl Setting {
         Setting::AdvertiseClientUrls,
         Setting::Logger,
         Setting::LogLevel,
+        Setting::DiscoveryEndpoints,
+        Setting::DiscoveryToken,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -105,6 +109,8 @@ impl Setting {
             Setting::MaxTxnOps => "max-txn-ops",
             Setting::LogLevel => "log-level",
             Setting::Logger => "logger",
+            Setting::DiscoveryEndpoints => "discovery-endpoints",
+            Setting::DiscoveryToken => "discovery-token",
         }
     }
 
@@ -174,6 +180,14 @@ impl Setting {
                 "info",
                 "Configures log level: debug, info, warn, error, panic, or fatal.",
             ),
+            Setting::DiscoveryEndpoints => (
+                "",
+                "V3 discovery: comma-separated client endpoints of the cluster serving discovery.",
+            ),
+            Setting::DiscoveryToken => (
+                "",
+                "V3 discovery: the token that identifies the new cluster in the discovery service.",
+            ),
         }
     }
 }
@@ -202,6 +216,9 @@ pub struct Draft {
     pub max_txn_ops: u64,
     pub log_level: String,
     pub logger: String,
+    /// `--discovery-endpoints` (empty: no discovery).
+    pub discovery_endpoints: Vec<String>,
+    pub discovery_token: String,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -229,6 +246,8 @@ impl Draft {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             logger: DEFAULT_LOGGER.to_owned(),
+            discovery_endpoints: Vec::new(),
+            discovery_token: String::new(),
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -255,6 +274,15 @@ impl Draft {
             Setting::InitialClusterToken => self.initial_cluster_token = raw.to_owned(),
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
+            Setting::DiscoveryToken => self.discovery_token = raw.to_owned(),
+            Setting::DiscoveryEndpoints => {
+                self.discovery_endpoints = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+            }
             Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls

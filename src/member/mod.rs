@@ -15,7 +15,8 @@
 //!    peer senders in step with the membership.
 //!
 //! Files: [`bootstrap`] settles the identity, [`listen`] binds the listeners,
-//! [`restore`] builds a data dir from a backup snapshot,
+//! [`restore`] builds a data dir from a backup snapshot, [`discovery`] finds
+//! a new cluster's members through etcd's v3 discovery,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
 //! membership following); this file wires them with the node and the API.
 //!
@@ -35,6 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 mod bootstrap;
+mod discovery;
 mod lifecycle;
 mod listen;
 mod restore;
@@ -157,6 +159,16 @@ impl Member {
         let store = Arc::new(Store::open(&kv_path)?);
         let waiters = Arc::new(Waiters::default());
 
+        // A new member bootstrapping by discovery learns --initial-cluster first.
+        let discovered = if !cfg.discovery_endpoints.is_empty()
+            && cfg.initial_cluster_state == crate::config::ClusterState::New
+            && storage.identity()?.is_none()
+        {
+            Some(discovery::discover(cfg)?)
+        } else {
+            None
+        };
+        let cfg = discovered.as_ref().unwrap_or(cfg);
         let (identity, origin) = resolve_identity(cfg, &storage)?;
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
