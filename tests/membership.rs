@@ -318,3 +318,51 @@ fn the_blocking_cluster_adds_and_removes_members() {
     cluster.wait_healthy(WAIT).unwrap();
     assert_eq!(cluster.status(0).unwrap().voters.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_neither_counts_for_quorum_nor_serves_linearizable_requests() {
+    let mut cluster = LocalCluster::builder()
+        .members(1)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    let learner = cluster.add_member(true).await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+
+    // A learner refuses writes and linearizable reads, serves serializable ones.
+    let mut lkv = localcluster::client::kv(&cluster.member(learner).client_url, RPC)
+        .await
+        .unwrap();
+    let put = PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let err = lkv.put(put.clone()).await.unwrap_err();
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
+    let read = RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    let err = lkv.range(read.clone()).await.unwrap_err();
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
+    let serializable = RangeRequest {
+        serializable: true,
+        ..read
+    };
+    lkv.range(serializable).await.unwrap();
+
+    // With the learner down, the single voter is still a quorum.
+    cluster.kill(learner).unwrap();
+    let kv = localcluster::client::kv(&cluster.client_urls()[0], RPC)
+        .await
+        .unwrap();
+    retry("put without the learner", || {
+        let mut kv = kv.clone();
+        let put = put.clone();
+        async move { kv.put(put).await }
+    })
+    .await;
+    assert_eq!(cluster.status(0).unwrap().voters.len(), 1);
+}
