@@ -125,7 +125,8 @@ fn a_saved_snapshot_restores_a_new_three_member_cluster_with_the_same_keys_and_h
 }
 
 #[test]
-fn a_truncated_or_corrupt_snapshot_file_is_refused_with_a_clear_error() {
+fn localcluster_saves_snapshots_too_and_a_truncated_or_corrupt_file_is_refused_with_a_clear_error()
+{
     if skip_without_etcdctl() {
         return;
     }
@@ -136,6 +137,28 @@ fn a_truncated_or_corrupt_snapshot_file_is_refused_with_a_clear_error() {
     let at = cluster.members[0].endpoint();
     common::etcdctl(&at, &["snapshot", "save", file.to_str().unwrap()]).ok();
     let good = std::fs::read(&file).unwrap();
+
+    // `localcluster snapshot save` writes the same kind of file.
+    let ours = dir.join("ours.db");
+    let out = localcluster(&[
+        "snapshot",
+        "save",
+        ours.to_str().unwrap(),
+        "--endpoints",
+        &at,
+    ]);
+    assert!(out.ok().contains("Snapshot saved at"), "{out:?}");
+    let status = |f: &Path| {
+        let out = localcluster(&["snapshot", "status", f.to_str().unwrap(), "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+        (
+            v["revision"].as_i64(),
+            v["hash"].as_u64(),
+            v["totalKey"].as_i64(),
+        )
+    };
+    assert_eq!(status(&ours), status(&file));
+    assert_eq!(status(&ours).2, Some(1));
 
     let truncated = dir.join("truncated.db");
     std::fs::write(&truncated, &good[..good.len() - 100]).unwrap();
