@@ -401,3 +401,21 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn with_strict_reconfig_check_off_a_removal_that_costs_the_quorum_is_accepted() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &["--strict-reconfig-check=false"]);
+    let leader = cluster.wait_leader();
+    let down = (leader + 1) % 3;
+    let removed = (leader + 2) % 3;
+    cluster.kill9(down);
+    let id = hex_id(&cluster.members[removed]);
+    let out = until_ok(&mut cluster, leader, &["member", "remove", &id]);
+    assert!(
+        out.contains(&format!("Member {} removed", printed(&id))),
+        "{out}"
+    );
+}

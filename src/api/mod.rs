@@ -69,6 +69,9 @@ pub struct Limits {
     /// voter is removed (etcd: 5 s; here 5 election timeouts, the same at
     /// etcd's default timings).
     pub health_interval: Duration,
+    /// `--strict-reconfig-check`: refuse membership changes that would cost
+    /// the cluster its quorum.
+    pub strict_reconfig: bool,
 }
 
 /// What every service of one member shares.

@@ -15,7 +15,9 @@
 //!   every voter connected now, removing a voter needs a quorum of the
 //!   remaining voters connected for a while ([`Refusal::Unhealthy`]);
 //! - a learner may be promoted once the leader knows its log to match at least
-//!   90 % of the leader's own ([`Refusal::LearnerNotReady`]).
+//!   90 % of the leader's own ([`Refusal::LearnerNotReady`]); as in etcd, this
+//!   rule holds even with `--strict-reconfig-check=false`, which turns the
+//!   others off.
 
 use std::time::Instant;
 

@@ -146,6 +146,9 @@ pub struct MemberConfig {
     pub discovery_endpoints: Vec<String>,
     /// `--discovery-token`: the new cluster's name in the discovery service.
     pub discovery_token: String,
+    /// `--strict-reconfig-check`, default true: refuse membership changes
+    /// that would cost the cluster its quorum (see `crate::api::reconfig`).
+    pub strict_reconfig_check: bool,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -174,6 +177,7 @@ impl Default for MemberConfig {
             log_level: draft.log_level,
             discovery_endpoints: draft.discovery_endpoints,
             discovery_token: draft.discovery_token,
+            strict_reconfig_check: draft.strict_reconfig_check,
             warnings: Vec::new(),
         }
     }
@@ -213,7 +217,9 @@ impl MemberConfig {
             }
             match kind {
                 FlagKind::Setting(setting) => {
-                    let value = value.as_deref().unwrap_or_default();
+                    // A boolean flag given alone means true.
+                    let alone = if setting.is_boolean() { "true" } else { "" };
+                    let value = value.as_deref().unwrap_or(alone);
                     draft.apply_str(setting, value).map_err(|reason| {
                         ConfigError::Flag(format!(
                             "invalid value {value:?} for flag --{name}: {reason}"
@@ -474,6 +480,7 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         log_level,
         discovery_endpoints: draft.discovery_endpoints,
         discovery_token: draft.discovery_token,
+        strict_reconfig_check: draft.strict_reconfig_check,
         warnings,
     };
     config.validate()?;

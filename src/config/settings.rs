@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
-use super::values::{parse_int, parse_uint};
+use super::values::{parse_bool, parse_int, parse_uint};
 use super::ClusterState;
 
 /// etcd's default member name.
@@ -61,11 +61,12 @@ pub enum Setting {
     Logger,
     DiscoveryEndpoints,
     DiscoveryToken,
+    StrictReconfigCheck,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 20] = [
+    pub const ALL: [Setting; 21] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -84,6 +85,7 @@ impl Setting {
         Setting::AdvertiseClientUrls,
         Setting::Logger,
         Setting::LogLevel,
+        Setting::StrictReconfigCheck,
         Setting::DiscoveryEndpoints,
         Setting::DiscoveryToken,
     ];
@@ -111,7 +113,13 @@ impl Setting {
             Setting::Logger => "logger",
             Setting::DiscoveryEndpoints => "discovery-endpoints",
             Setting::DiscoveryToken => "discovery-token",
+            Setting::StrictReconfigCheck => "strict-reconfig-check",
         }
+    }
+
+    /// Whether the flag is boolean (`--flag` alone means true).
+    pub fn is_boolean(self) -> bool {
+        self == Setting::StrictReconfigCheck
     }
 
     /// The setting a flag name (without dashes) stands for.
@@ -188,6 +196,10 @@ impl Setting {
                 "",
                 "V3 discovery: the token that identifies the new cluster in the discovery service.",
             ),
+            Setting::StrictReconfigCheck => (
+                "true",
+                "Reject reconfiguration requests that would cause quorum loss.",
+            ),
         }
     }
 }
@@ -219,6 +231,7 @@ pub struct Draft {
     /// `--discovery-endpoints` (empty: no discovery).
     pub discovery_endpoints: Vec<String>,
     pub discovery_token: String,
+    pub strict_reconfig_check: bool,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -248,6 +261,7 @@ impl Draft {
             logger: DEFAULT_LOGGER.to_owned(),
             discovery_endpoints: Vec::new(),
             discovery_token: String::new(),
+            strict_reconfig_check: true,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -275,6 +289,9 @@ impl Draft {
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
             Setting::DiscoveryToken => self.discovery_token = raw.to_owned(),
+            Setting::StrictReconfigCheck => {
+                self.strict_reconfig_check = parse_bool(raw).ok_or("parse error")?;
+            }
             Setting::DiscoveryEndpoints => {
                 self.discovery_endpoints = raw
                     .split(',')

@@ -300,6 +300,7 @@ impl Member {
                 quota_bytes: cfg.quota_backend_bytes,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
                 health_interval: 5 * cfg.election_timeout,
+                strict_reconfig: cfg.strict_reconfig_check,
             },
             events,
             leases,
