@@ -4,7 +4,7 @@
 //! Connections go through [`super::h2fix`], which repairs the URL-shaped
 //! `:authority` etcd's Go clients send and h2 would reject.
 //!
-//! While this member is a learner, [`learner_guard`] refuses every gRPC call a
+//! While this member is a learner, `learner_guard` refuses every gRPC call a
 //! learner does not serve (all but `Status`, `Snapshot` and `Range`, whose
 //! linearizable form `super::kv` refuses) with etcd's
 //! `etcdserver: rpc not supported for learner`.
