@@ -12,7 +12,8 @@
 //! [`supervisor`] is the goreman-style Procfile runner behind `localcluster
 //! start`/`run`; [`layout`] is the standard 3-member layout it runs by default;
 //! [`bench`] is the load generator behind `localcluster bench`; [`client`] is
-//! the small etcd client those tools share. [`lease`], [`membership`] and
+//! the small etcd client those tools share; [`backup`] saves, inspects and
+//! restores snapshot files (`localcluster snapshot`). [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
 //! request-ID/waiter plumbing between the API and the state machine.
 //! [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod cluster;

@@ -6,6 +6,8 @@
 //! - `localcluster run CMD [NAME]`: drive a running supervisor.
 //! - `localcluster procfile`: print the built-in 3-member Procfile.
 //! - `localcluster bench put`: a load generator for any etcd endpoints.
+//! - `localcluster snapshot save|status|restore`: backup snapshot files
+//!   (see [`snapshot_cmd`]).
 //! - `localcluster demo failover`: kill the leader under a writing client and time
 //!   the failover (see [`demo`]).
 //!
@@ -21,6 +23,7 @@ use localcluster::supervisor::{self, DefaultProcfile, RunArgs, StartArgs};
 use localcluster::{Member, MemberConfig};
 
 mod demo;
+mod snapshot_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +63,9 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Load-test etcd endpoints (localcluster or real etcd): `localcluster bench put --help`
     Bench(localcluster::bench::BenchArgs),
+    /// Backup snapshots: save one from a member, print a file's status, restore a new cluster's data dir from one
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Command::Run(args) => supervise(|| supervisor::run_client(args)),
         Command::Demo(command) => supervise(|| demo::run(command)),
         Command::Bench(args) => supervise(|| async { Ok(localcluster::bench::main(args).await) }),
+        Command::Snapshot(command) => snapshot_cmd::run(command),
         Command::Procfile { data_dir } => {
             print!("{}", localcluster::layout::procfile(&data_dir));
             0

@@ -2,7 +2,8 @@
 //! running cluster, then the new member starts with
 //! `--initial-cluster-state existing`, learns its identity from the others and
 //! is brought up by the leader's snapshot; learners are promoted; a removed
-//! member notices and stops.
+//! member notices and stops. The embedded cluster's hooks (`add_member`,
+//! `promote_member`, `remove_member`) do the same.
 
 mod common;
 use common::retry;
@@ -224,4 +225,144 @@ async fn a_member_that_was_never_added_cannot_join() {
         "{err}"
     );
     assert!(err.contains("etcdctl member add stranger"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cluster_grows_with_a_promoted_learner_and_shrinks_with_its_hooks() {
+    let mut cluster = LocalCluster::builder()
+        .members(3)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    let url = cluster.client_urls()[0].clone();
+    let kv = localcluster::client::kv(&url, RPC).await.unwrap();
+    retry("put", || {
+        let mut kv = kv.clone();
+        async move {
+            kv.put(PutRequest {
+                key: b"grown".to_vec(),
+                value: b"yes".to_vec(),
+                ..Default::default()
+            })
+            .await
+        }
+    })
+    .await;
+
+    // A learner, then promoted; then a voter.
+    let learner = cluster.add_member(true).await.unwrap();
+    assert_eq!(learner, 3);
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let id = cluster.member(learner).id;
+    assert!(cluster.status(learner).unwrap().learners.contains(&id));
+    cluster.promote_member(learner).await.unwrap();
+    let voter = cluster.add_member(false).await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    assert_eq!(cluster.status(leader).unwrap().voters.len(), 5);
+
+    // The new voter has the data.
+    let vkv = localcluster::client::kv(&cluster.member(voter).client_url, RPC)
+        .await
+        .unwrap();
+    let got = retry("range", || {
+        let mut vkv = vkv.clone();
+        async move {
+            vkv.range(RangeRequest {
+                key: b"grown".to_vec(),
+                ..Default::default()
+            })
+            .await
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(got.kvs[0].value, b"yes");
+
+    // Shrink: the leader first, then another; removed members never return.
+    cluster.remove_member(leader).await.unwrap();
+    assert!(!cluster.is_running(leader));
+    assert!(matches!(
+        cluster.start(leader),
+        Err(localcluster::ClusterError::Removed(i)) if i == leader
+    ));
+    let next = cluster.wait_leader(WAIT).await.unwrap();
+    let other = (0..cluster.len())
+        .find(|&i| i != next && cluster.is_running(i))
+        .unwrap();
+    cluster.remove_member(other).await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    assert_eq!(cluster.status(leader).unwrap().voters.len(), 3);
+    let mut cc = cluster_client(&cluster.member(leader).client_url).await;
+    let list = cc
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 3);
+}
+
+#[test]
+fn the_blocking_cluster_adds_and_removes_members() {
+    let mut cluster = localcluster::blocking::LocalCluster::builder()
+        .members(1)
+        .cluster_token(TOKEN)
+        .start_blocking()
+        .unwrap();
+    let added = cluster.add_member(false).unwrap();
+    cluster.wait_healthy(WAIT).unwrap();
+    assert_eq!(cluster.status(0).unwrap().voters.len(), 2);
+    cluster.remove_member(added).unwrap();
+    cluster.wait_healthy(WAIT).unwrap();
+    assert_eq!(cluster.status(0).unwrap().voters.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_neither_counts_for_quorum_nor_serves_linearizable_requests() {
+    let mut cluster = LocalCluster::builder()
+        .members(1)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    let learner = cluster.add_member(true).await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+
+    // A learner refuses writes and linearizable reads, serves serializable ones.
+    let mut lkv = localcluster::client::kv(&cluster.member(learner).client_url, RPC)
+        .await
+        .unwrap();
+    let put = PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    let err = lkv.put(put.clone()).await.unwrap_err();
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
+    let read = RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    let err = lkv.range(read.clone()).await.unwrap_err();
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
+    let serializable = RangeRequest {
+        serializable: true,
+        ..read
+    };
+    lkv.range(serializable).await.unwrap();
+
+    // With the learner down, the single voter is still a quorum.
+    cluster.kill(learner).unwrap();
+    let kv = localcluster::client::kv(&cluster.client_urls()[0], RPC)
+        .await
+        .unwrap();
+    retry("put without the learner", || {
+        let mut kv = kv.clone();
+        let put = put.clone();
+        async move { kv.put(put).await }
+    })
+    .await;
+    assert_eq!(cluster.status(0).unwrap().voters.len(), 1);
 }

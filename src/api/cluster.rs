@@ -8,6 +8,12 @@
 //! runtime additions: from its peer URLs, the cluster token and the current time.
 //! The new member then starts with `--initial-cluster-state existing` and learns
 //! its identity from the running members (see `crate::member`).
+//!
+//! Before proposing, a change passes etcd's strict reconfiguration check
+//! ([`super::reconfig`]): no change may leave the cluster without a quorum of
+//! started, connected voters, and a learner is promoted only once it is in
+//! sync with the leader (a follower asks the leader for its progress over the
+//! peer `Progress` RPC, as etcd forwards a promotion to its leader).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +22,7 @@ use prost::Message as _;
 use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use tonic::{Code, Request, Response, Status};
 
+use super::reconfig::{self, Refusal};
 use super::{errors, Core};
 use crate::apply::Applied;
 use crate::config::EtcdUrl;
@@ -111,6 +118,65 @@ impl ClusterService {
         Ok(())
     }
 
+    /// Runs one rule of the strict reconfiguration check against the current
+    /// membership and this member's peer connections.
+    fn check(
+        &self,
+        rule: impl FnOnce(&crate::pb::lcraftpb::Membership, &reconfig::Peers<'_>) -> Result<(), Refusal>,
+    ) -> Result<(), Status> {
+        if !self.core.limits.strict_reconfig {
+            return Ok(());
+        }
+        let membership = self.core.membership.borrow().clone();
+        let active = |id: u64| self.core.peers.active_since(id);
+        let peers = reconfig::Peers {
+            self_id: self.core.member_id,
+            active_since: &active,
+            health_interval: self.core.limits.health_interval,
+        };
+        rule(&membership, &peers).map_err(|r| {
+            tracing::warn!(refusal = %r, "rejecting a membership change");
+            refusal(r)
+        })
+    }
+
+    /// Refuses to promote learner `id` unless the leader finds it in sync.
+    async fn check_learner_ready(&self, id: u64) -> Result<(), Status> {
+        self.core.wait_for_leader().await?;
+        let progress = match self.core.raft.progress().await? {
+            Some(p) => p,
+            None => self.leader_progress().await?,
+        };
+        reconfig::check_learner_ready(&progress, id).map_err(refusal)
+    }
+
+    /// The leader's progress tracker, fetched over its peer URL.
+    async fn leader_progress(&self) -> Result<crate::raft::node::LeaderProgress, Status> {
+        let leader = self.core.raft.leader_id();
+        let url = self
+            .core
+            .membership
+            .borrow()
+            .member(leader)
+            .and_then(|m| m.peer_urls.first().cloned())
+            .ok_or_else(errors::no_leader)?;
+        let channel = crate::client::connect(&url, self.core.limits.leader_wait)
+            .await
+            .map_err(|_| errors::no_leader())?;
+        let answer = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel)
+            .progress(crate::pb::lcraftpb::ProbeRequest {})
+            .await
+            .map_err(|_| errors::no_leader())?
+            .into_inner();
+        if !answer.is_leader {
+            return Err(Status::new(Code::Unavailable, errors::LEADER_CHANGED));
+        }
+        Ok(crate::raft::node::LeaderProgress {
+            leader_id: answer.leader_id,
+            matched: answer.matched.iter().map(|m| (m.id, m.index)).collect(),
+        })
+    }
+
     fn existing(&self, id: u64) -> Result<MemberInfo, Status> {
         let membership = self.core.membership.borrow();
         if membership.removed.contains(&id) {
@@ -124,6 +190,15 @@ impl ClusterService {
             .cloned()
             .ok_or_else(errors::member_not_found)
     }
+}
+
+/// A refused reconfiguration as etcd reports it.
+fn refusal(r: Refusal) -> Status {
+    let code = match r {
+        Refusal::NotEnoughStarted | Refusal::LearnerNotReady => Code::FailedPrecondition,
+        Refusal::Unhealthy => Code::Unavailable,
+    };
+    Status::new(code, r.to_string())
 }
 
 /// A recorded member as etcd's wire `Member`.
@@ -146,6 +221,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
         self.check_urls_free(&urls, 0)?;
+        self.check(|m, p| reconfig::check_add(m, req.is_learner, p))?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -178,6 +254,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         let info = self.existing(id)?;
+        self.check(|m, p| reconfig::check_remove(m, id, p))?;
         let members = self.change(ConfChangeType::RemoveNode, id, info).await?;
         tracing::info!(member_id = %format!("{id:x}"), "removed member from cluster");
         Ok(Response::new(MemberRemoveResponse {
@@ -239,6 +316,8 @@ impl Cluster for ClusterService {
         if !info.is_learner {
             return Err(Status::new(Code::FailedPrecondition, errors::NOT_LEARNER));
         }
+        self.check(|m, _| reconfig::check_promote_quorum(m))?;
+        self.check_learner_ready(id).await?;
         let members = self.change(ConfChangeType::AddNode, id, info).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),

@@ -28,6 +28,7 @@ pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const MEMBER_REMOVED: &str = "etcdserver: member was removed";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+pub const LEARNER_NOT_SUPPORTED: &str = "etcdserver: rpc not supported for learner";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
@@ -60,6 +61,9 @@ pub fn stopped() -> Status {
 }
 pub fn not_capable() -> Status {
     Status::new(Code::Unavailable, NOT_CAPABLE)
+}
+pub fn not_supported_for_learner() -> Status {
+    Status::new(Code::Unavailable, LEARNER_NOT_SUPPORTED)
 }
 pub fn no_space() -> Status {
     Status::new(Code::ResourceExhausted, NO_SPACE)

@@ -42,6 +42,9 @@ impl Kv for KvService {
         let req = request.into_inner();
         check_range(&req)?;
         if !req.serializable {
+            if self.core.is_learner() {
+                return Err(errors::not_supported_for_learner());
+            }
             self.core.read_barrier().await?;
         } else {
             self.core.unpaused().await;

@@ -5,6 +5,9 @@
 //! size (and size in use), leader, Raft term, commit and applied indexes. Alarms
 //! (NOSPACE, raised when the store outgrows `--quota-backend-bytes`) are
 //! replicated: `Alarm` lists, raises and disarms them through Raft.
+//! `Snapshot` streams a consistent snapshot of the store framed as a backup
+//! file (`crate::backup`): what `etcdctl snapshot save` writes and
+//! `localcluster snapshot restore` reads.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -171,7 +174,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<SnapshotStream>, Status> {
         self.core.unpaused().await;
         let view = self.core.store.read().map_err(errors::from_mvcc)?;
-        let data = view.snapshot_bytes().map_err(errors::from_mvcc)?;
+        let data = crate::backup::frame(&view.snapshot_bytes().map_err(errors::from_mvcc)?);
         let rev = view.current_revision();
         let header = self.core.header(rev);
         let total = data.len();

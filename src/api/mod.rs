@@ -9,6 +9,7 @@
 //! - [`lock`], [`election`]: etcd's server-side lock and election services,
 //!   built on [`recipes`] (the `clientv3/concurrency` recipe).
 //! - [`http`]: `GET /health`, `GET /version`.
+//! - [`reconfig`]: etcd's strict reconfiguration check for membership changes.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
 //! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod recipes;
+pub mod reconfig;
 pub mod server;
 pub mod watch;
 
@@ -67,6 +69,13 @@ pub struct Limits {
     /// revision while it has no events (etcd's
     /// `--experimental-watch-progress-notify-interval`).
     pub watch_progress_interval: Duration,
+    /// How long a peer must have been connected to count as healthy when a
+    /// voter is removed (etcd: 5 s; here 5 election timeouts, the same at
+    /// etcd's default timings).
+    pub health_interval: Duration,
+    /// `--strict-reconfig-check`: refuse membership changes that would cost
+    /// the cluster its quorum.
+    pub strict_reconfig: bool,
 }
 
 /// What every service of one member shares.
@@ -89,6 +98,8 @@ pub struct Core {
     pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
     /// Files whose sizes make up the reported database size.
     pub db_files: Vec<std::path::PathBuf>,
+    /// The peer senders (their connection state feeds the reconfiguration check).
+    pub peers: Arc<crate::raft::transport::Peers>,
 }
 
 impl Core {
@@ -100,6 +111,15 @@ impl Core {
             revision,
             raft_term: self.raft.term(),
         })
+    }
+
+    /// Whether this member is a learner (it then serves only serializable
+    /// reads and status).
+    pub fn is_learner(&self) -> bool {
+        self.membership
+            .borrow()
+            .member(self.member_id)
+            .is_some_and(|m| m.is_learner)
     }
 
     /// Waits while the member is paused by a fault hook (like a SIGSTOPped process).

@@ -3,6 +3,11 @@
 //!
 //! Connections go through [`super::h2fix`], which repairs the URL-shaped
 //! `:authority` etcd's Go clients send and h2 would reject.
+//!
+//! While this member is a learner, `learner_guard` refuses every gRPC call a
+//! learner does not serve (all but `Status`, `Snapshot` and `Range`, whose
+//! linearizable form `super::kv` refuses) with etcd's
+//! `etcdserver: rpc not supported for learner`.
 
 use std::sync::Arc;
 
@@ -60,7 +65,32 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );
-    super::http::routes(routes.into_axum_router(), core)
+    let grpc = routes
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            learner_guard,
+        ));
+    super::http::routes(grpc, core)
+}
+
+/// The gRPC methods a learner serves (etcd's `isRPCSupportedForLearner`).
+const LEARNER_METHODS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Snapshot",
+];
+
+/// Refuses the calls a learner does not serve while this member is one.
+async fn learner_guard(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if core.is_learner() && !LEARNER_METHODS.contains(&request.uri().path()) {
+        return super::errors::not_supported_for_learner().into_http();
+    }
+    next.run(request).await
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.

@@ -150,6 +150,27 @@ impl LocalCluster {
             None => unreachable!("the runtime lives as long as the cluster"),
         }
     }
+    /// See [`super::LocalCluster::add_member`].
+    pub fn add_member(&mut self, learner: bool) -> Result<usize, ClusterError> {
+        match self.runtime.as_ref() {
+            Some(rt) => rt.block_on(self.inner.add_member(learner)),
+            None => unreachable!("the runtime lives as long as the cluster"),
+        }
+    }
+    /// See [`super::LocalCluster::promote_member`].
+    pub fn promote_member(&mut self, i: usize) -> Result<(), ClusterError> {
+        match self.runtime.as_ref() {
+            Some(rt) => rt.block_on(self.inner.promote_member(i)),
+            None => unreachable!("the runtime lives as long as the cluster"),
+        }
+    }
+    /// See [`super::LocalCluster::remove_member`].
+    pub fn remove_member(&mut self, i: usize) -> Result<(), ClusterError> {
+        match self.runtime.as_ref() {
+            Some(rt) => rt.block_on(self.inner.remove_member(i)),
+            None => unreachable!("the runtime lives as long as the cluster"),
+        }
+    }
     /// See [`super::LocalCluster::start`].
     pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
         self.inner.start(i)

@@ -316,6 +316,7 @@ impl LocalClusterBuilder {
                 config,
                 member: None,
                 paused: false,
+                removed: false,
             });
         }
 
@@ -357,7 +358,7 @@ pub(super) fn bind(name: &str, port: u16) -> Result<TcpListener, ClusterError> {
     })
 }
 
-fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, ClusterError> {
+pub(super) fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, ClusterError> {
     l.local_addr().map_err(|source| ClusterError::Bind {
         name: name.to_string(),
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -365,7 +366,7 @@ fn local_addr(name: &str, l: &TcpListener) -> Result<SocketAddr, ClusterError> {
     })
 }
 
-fn url_of(name: &str, addr: SocketAddr) -> Result<EtcdUrl, ClusterError> {
+pub(super) fn url_of(name: &str, addr: SocketAddr) -> Result<EtcdUrl, ClusterError> {
     EtcdUrl::parse(&format!("http://{addr}")).map_err(|e| ClusterError::Config {
         name: name.to_string(),
         reason: e.to_string(),

@@ -52,6 +52,13 @@ pub enum ClusterError {
         after: Duration,
         state: String,
     },
+    /// The cluster refused a membership change (etcd's message, e.g.
+    /// `etcdserver: re-configuration failed due to not enough started members`).
+    #[error("{0}")]
+    Reconfig(String),
+    /// The member was removed from the cluster; it cannot start again.
+    #[error("member {0} was removed from the cluster")]
+    Removed(usize),
     /// The blocking wrapper could not make its runtime.
     #[error("cannot start a tokio runtime: {0}")]
     Runtime(std::io::Error),

@@ -15,6 +15,9 @@
 //! | [`pause`](LocalCluster::pause) | the member freezes, as on SIGSTOP: no ticks, no answers | [`resume`](LocalCluster::resume) |
 //! | [`partition`](LocalCluster::partition) | Raft traffic between groups is dropped; clients still reach every member | [`heal`](LocalCluster::heal) |
 //! | [`kill_leader`](LocalCluster::kill_leader) | kills whichever member leads | [`start`](LocalCluster::start) |
+//! | [`add_member`](LocalCluster::add_member) | `member add` (voter or learner), then the new member starts and joins | [`remove_member`](LocalCluster::remove_member) |
+//! | [`promote_member`](LocalCluster::promote_member) | `member promote` of a learner | — |
+//! | [`remove_member`](LocalCluster::remove_member) | `member remove`, then the member stops for good | — |
 //!
 //! A restarted member keeps its name, ID, ports and data dir, and catches up
 //! from the leader.
@@ -66,13 +69,14 @@
 //! is usually healthy within half a second. The builder changes all of them.
 //!
 //! Invariants: member `i` is always named `m{i}` and keeps its ID, URLs and
-//! data dir for the life of the cluster; a member that is not running holds no
+//! data dir for the life of the cluster (a removed member keeps its index); a member that is not running holds no
 //! port and no open file; the data of a temporary cluster is removed only after
 //! every member has stopped.
 
 pub mod blocking;
 mod builder;
 mod error;
+mod membership;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -132,6 +136,8 @@ struct Slot {
     config: MemberConfig,
     member: Option<Member>,
     paused: bool,
+    /// Removed from the cluster by [`LocalCluster::remove_member`]: never runs again.
+    removed: bool,
 }
 
 impl Slot {
@@ -237,7 +243,6 @@ impl LocalCluster {
     /// [`partition`](LocalCluster::partition). A leader cut off in a minority
     /// is not counted, even before it and its former followers notice.
     pub fn leader(&self) -> Option<usize> {
-        let quorum = self.slots.len() / 2 + 1;
         let statuses: Vec<Option<NodeStatus>> = self
             .slots
             .iter()
@@ -249,11 +254,15 @@ impl LocalCluster {
             if !st.is_leader {
                 return None;
             }
+            // A quorum of the voters as the leader knows them (learners and
+            // removed members do not count).
+            let quorum = st.voters.len() / 2 + 1;
             let followers = statuses
                 .iter()
                 .enumerate()
                 .filter_map(|(j, o)| o.as_ref().map(|o| (j, o)))
                 .filter(|(j, o)| o.leader_id == st.id && o.term == st.term && group(*j) == group(i))
+                .filter(|(_, o)| st.voters.contains(&o.id))
                 .count();
             (followers >= quorum).then_some(i)
         })
@@ -427,6 +436,9 @@ impl LocalCluster {
         let tuning = self.tuning.clone();
         let blocked = self.blocked_for(i);
         let slot = self.slot_mut(i)?;
+        if slot.removed {
+            return Err(ClusterError::Removed(i));
+        }
         if slot.member.is_some() {
             return Err(ClusterError::AlreadyRunning(i));
         }

@@ -120,6 +120,8 @@ struct FileConfig {
     #[serde(rename = "log-level")]
     log_level: Option<Text>,
     logger: Option<Text>,
+    #[serde(rename = "strict-reconfig-check")]
+    strict_reconfig_check: Option<bool>,
 }
 
 impl FileConfig {
@@ -190,6 +192,10 @@ impl FileConfig {
         if let Some(quota) = self.quota_backend_bytes {
             draft.quota_backend_bytes = quota;
             draft.mark_set(Setting::QuotaBackendBytes);
+        }
+        if let Some(strict) = self.strict_reconfig_check {
+            draft.strict_reconfig_check = strict;
+            draft.mark_set(Setting::StrictReconfigCheck);
         }
         draft
     }

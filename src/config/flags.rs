@@ -35,10 +35,13 @@ pub enum FlagKind {
 impl FlagKind {
     /// Whether the flag is boolean (stands alone, never takes the next argument).
     pub fn is_boolean(self) -> bool {
-        matches!(
-            self,
-            FlagKind::Version | FlagKind::Obsolete | FlagKind::Unsupported { boolean: true }
-        )
+        match self {
+            FlagKind::Setting(s) => s.is_boolean(),
+            FlagKind::Version | FlagKind::Obsolete | FlagKind::Unsupported { boolean: true } => {
+                true
+            }
+            FlagKind::ConfigFile | FlagKind::Unsupported { boolean: false } => false,
+        }
     }
 }
 
@@ -62,8 +65,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "discovery-proxy",
     "discovery-srv",
     "discovery-srv-name",
-    "discovery-endpoints",
-    "discovery-token",
     "discovery-dial-timeout",
     "discovery-request-timeout",
     "discovery-keepalive-time",
@@ -151,7 +152,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "enable-grpc-gateway",
     "socket-reuse-port",
     "socket-reuse-address",
-    "strict-reconfig-check",
     "pre-vote",
     "enable-v2",
     "client-cert-auth",

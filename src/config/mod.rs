@@ -146,6 +146,14 @@ pub struct MemberConfig {
     pub auto_compaction: Option<crate::compactor::AutoCompaction>,
     /// `--experimental-watch-progress-notify-interval`, default 10 minutes.
     pub watch_progress_notify_interval: Duration,
+    /// `--discovery-endpoints`: client endpoints of the cluster serving etcd's
+    /// v3 discovery; when set, a new member finds its `--initial-cluster` there.
+    pub discovery_endpoints: Vec<String>,
+    /// `--discovery-token`: the new cluster's name in the discovery service.
+    pub discovery_token: String,
+    /// `--strict-reconfig-check`, default true: refuse membership changes
+    /// that would cost the cluster its quorum (see `crate::api::reconfig`).
+    pub strict_reconfig_check: bool,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -174,6 +182,9 @@ impl Default for MemberConfig {
             log_level: draft.log_level,
             auto_compaction: None,
             watch_progress_notify_interval: draft.watch_progress_notify_interval,
+            discovery_endpoints: draft.discovery_endpoints,
+            discovery_token: draft.discovery_token,
+            strict_reconfig_check: draft.strict_reconfig_check,
             warnings: Vec::new(),
         }
     }
@@ -213,7 +224,9 @@ impl MemberConfig {
             }
             match kind {
                 FlagKind::Setting(setting) => {
-                    let value = value.as_deref().unwrap_or_default();
+                    // A boolean flag given alone means true.
+                    let alone = if setting.is_boolean() { "true" } else { "" };
+                    let value = value.as_deref().unwrap_or(alone);
                     draft.apply_str(setting, value).map_err(|reason| {
                         ConfigError::Flag(format!(
                             "invalid value {value:?} for flag --{name}: {reason}"
@@ -483,6 +496,9 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         )
         .map_err(ConfigError::Invalid)?,
         watch_progress_notify_interval: draft.watch_progress_notify_interval,
+        discovery_endpoints: draft.discovery_endpoints,
+        discovery_token: draft.discovery_token,
+        strict_reconfig_check: draft.strict_reconfig_check,
         warnings,
     };
     config.validate()?;

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
-use super::values::{parse_duration, parse_int, parse_uint};
+use super::values::{parse_bool, parse_duration, parse_int, parse_uint};
 use super::ClusterState;
 
 /// etcd's default member name.
@@ -67,11 +67,14 @@ pub enum Setting {
     AutoCompactionMode,
     AutoCompactionRetention,
     WatchProgressNotifyInterval,
+    DiscoveryEndpoints,
+    DiscoveryToken,
+    StrictReconfigCheck,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 21] = [
+    pub const ALL: [Setting; 24] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -93,6 +96,9 @@ impl Setting {
         Setting::WatchProgressNotifyInterval,
         Setting::Logger,
         Setting::LogLevel,
+        Setting::StrictReconfigCheck,
+        Setting::DiscoveryEndpoints,
+        Setting::DiscoveryToken,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -119,7 +125,15 @@ impl Setting {
             Setting::AutoCompactionMode => "auto-compaction-mode",
             Setting::AutoCompactionRetention => "auto-compaction-retention",
             Setting::WatchProgressNotifyInterval => "experimental-watch-progress-notify-interval",
+            Setting::DiscoveryEndpoints => "discovery-endpoints",
+            Setting::DiscoveryToken => "discovery-token",
+            Setting::StrictReconfigCheck => "strict-reconfig-check",
         }
+    }
+
+    /// Whether the flag is boolean (`--flag` alone means true).
+    pub fn is_boolean(self) -> bool {
+        self == Setting::StrictReconfigCheck
     }
 
     /// The setting a flag name (without dashes) stands for. etcd 3.6's
@@ -204,6 +218,18 @@ impl Setting {
                 "10m0s",
                 "Duration of periodic watch progress notifications.",
             ),
+            Setting::DiscoveryEndpoints => (
+                "",
+                "V3 discovery: comma-separated client endpoints of the cluster serving discovery.",
+            ),
+            Setting::DiscoveryToken => (
+                "",
+                "V3 discovery: the token that identifies the new cluster in the discovery service.",
+            ),
+            Setting::StrictReconfigCheck => (
+                "true",
+                "Reject reconfiguration requests that would cause quorum loss.",
+            ),
         }
     }
 }
@@ -237,6 +263,10 @@ pub struct Draft {
     /// `--auto-compaction-retention`, interpreted according to the mode.
     pub auto_compaction_retention: String,
     pub watch_progress_notify_interval: Duration,
+    /// `--discovery-endpoints` (empty: no discovery).
+    pub discovery_endpoints: Vec<String>,
+    pub discovery_token: String,
+    pub strict_reconfig_check: bool,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -267,6 +297,9 @@ impl Draft {
             auto_compaction_mode: DEFAULT_AUTO_COMPACTION_MODE.to_owned(),
             auto_compaction_retention: "0".to_owned(),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            discovery_endpoints: Vec::new(),
+            discovery_token: String::new(),
+            strict_reconfig_check: true,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -297,6 +330,18 @@ impl Draft {
             Setting::AutoCompactionRetention => self.auto_compaction_retention = raw.to_owned(),
             Setting::WatchProgressNotifyInterval => {
                 self.watch_progress_notify_interval = parse_duration(raw)?;
+            }
+            Setting::DiscoveryToken => self.discovery_token = raw.to_owned(),
+            Setting::StrictReconfigCheck => {
+                self.strict_reconfig_check = parse_bool(raw).ok_or("parse error")?;
+            }
+            Setting::DiscoveryEndpoints => {
+                self.discovery_endpoints = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect();
             }
             Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls

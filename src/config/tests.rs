@@ -712,3 +712,48 @@ fn auto_compaction_and_progress_notify_flags_are_honoured() {
         "invalid value \"soon\" for flag --experimental-watch-progress-notify-interval: parse error"
     );
 }
+
+#[test]
+fn strict_reconfig_check_is_on_by_default_and_a_boolean_flag() {
+    assert!(parse(&[]).unwrap().strict_reconfig_check);
+    assert!(
+        !parse(&["--strict-reconfig-check=false"])
+            .unwrap()
+            .strict_reconfig_check
+    );
+    // Alone it means true and does not take the next argument.
+    let c = parse(&["--strict-reconfig-check", "--name", "x"]).unwrap();
+    assert!(c.strict_reconfig_check);
+    assert_eq!(c.name, "x");
+    let c = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_STRICT_RECONFIG_CHECK", "false")]),
+    )
+    .unwrap();
+    assert!(!c.strict_reconfig_check);
+    let file = yaml_file("strict-reconfig-check: false\n");
+    let c = parse(&["--config-file", file.path().to_str().unwrap()]).unwrap();
+    assert!(!c.strict_reconfig_check);
+    assert!(parse(&["--strict-reconfig-check=maybe"]).is_err());
+}
+
+#[test]
+fn discovery_flags_are_honoured() {
+    let c = parse(&[
+        "--discovery-endpoints",
+        "127.0.0.1:2379, 127.0.0.1:22379",
+        "--discovery-token",
+        "tok",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.discovery_endpoints,
+        vec!["127.0.0.1:2379", "127.0.0.1:22379"]
+    );
+    assert_eq!(c.discovery_token, "tok");
+    assert!(
+        c.warnings.iter().all(|w| !w.contains("discovery")),
+        "{:?}",
+        c.warnings
+    );
+}

@@ -155,7 +155,7 @@ async fn fetch_membership(url: &str) -> Result<Membership, String> {
         .map_err(|s| s.message().to_string())
 }
 
-fn derive_identity(cfg: &MemberConfig) -> Result<Identity, MemberError> {
+pub(super) fn derive_identity(cfg: &MemberConfig) -> Result<Identity, MemberError> {
     let ids: Vec<(String, u64)> = cfg
         .initial_cluster
         .iter()

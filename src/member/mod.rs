@@ -15,6 +15,8 @@
 //!    peer senders in step with the membership.
 //!
 //! Files: [`bootstrap`] settles the identity, [`listen`] binds the listeners,
+//! [`restore`] builds a data dir from a backup snapshot, [`discovery`] finds
+//! a new cluster's members through etcd's v3 discovery,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
 //! membership following); this file wires them with the node and the API.
 //!
@@ -34,12 +36,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 mod bootstrap;
+mod discovery;
 mod lifecycle;
 mod listen;
+mod restore;
 
 use bootstrap::{initial_membership, resolve_identity, Origin};
 use lifecycle::{decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
+pub use restore::restore_data_dir;
 
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
@@ -154,6 +159,16 @@ impl Member {
         let store = Arc::new(Store::open(&kv_path)?);
         let waiters = Arc::new(Waiters::default());
 
+        // A new member bootstrapping by discovery learns --initial-cluster first.
+        let discovered = if !cfg.discovery_endpoints.is_empty()
+            && cfg.initial_cluster_state == crate::config::ClusterState::New
+            && storage.identity()?.is_none()
+        {
+            Some(discovery::discover(cfg)?)
+        } else {
+            None
+        };
+        let cfg = discovered.as_ref().unwrap_or(cfg);
         let (identity, origin) = resolve_identity(cfg, &storage)?;
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
@@ -285,11 +300,14 @@ impl Member {
                 quota_bytes: cfg.quota_backend_bytes,
                 min_lease_ttl: (cfg.election_timeout.as_millis() * 3 / 2).div_ceil(1000) as i64,
                 watch_progress_interval: cfg.watch_progress_notify_interval,
+                health_interval: 5 * cfg.election_timeout,
+                strict_reconfig: cfg.strict_reconfig_check,
             },
             events,
             leases,
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
+            peers: peers.clone(),
         });
 
         let mut servers = Vec::new();

@@ -1,4 +1,5 @@
-//! Whole-store snapshot bytes, for Raft snapshots.
+//! Whole-store snapshot bytes, for Raft snapshots (and, framed by
+//! `crate::backup`, for backup files).
 //!
 //! Format: the magic `LCMVCC01`, then for each table of
 //! [`ALL_TABLES`](super::store::ALL_TABLES) in order: its name (u32-length
@@ -41,6 +42,11 @@ pub(crate) fn encode<T: ReadableTable<&'static [u8], &'static [u8]>>(
     let sum = crc32c(&out);
     out.extend_from_slice(&sum.to_be_bytes());
     Ok(out)
+}
+
+/// Checks snapshot bytes whole (checksum, magic, tables, no trailing bytes).
+pub fn validate(bytes: &[u8]) -> Result<()> {
+    decode(bytes).map(|_| ())
 }
 
 /// Parses and validates snapshot bytes into per-table entries, in

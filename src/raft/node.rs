@@ -80,6 +80,24 @@ pub struct NodeStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
+/// How far the leader knows each member's log to match its own (Raft's
+/// progress tracker); only a leader has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderProgress {
+    /// The leader's ID.
+    pub leader_id: u64,
+    /// `(member ID, highest log index known to match the leader's)`, the
+    /// leader included.
+    pub matched: Vec<(u64, u64)>,
+}
+
+impl LeaderProgress {
+    /// The match index of `id`, if the leader tracks it.
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.matched.iter().find(|(m, _)| *m == id).map(|(_, i)| *i)
+    }
+}
+
 /// Messages to the node.
 pub enum Msg {
     Propose {
@@ -93,6 +111,10 @@ pub enum Msg {
     },
     ReadIndex {
         reply: Reply<u64>,
+    },
+    /// The leader's progress tracker; `None` when this node is not the leader.
+    Progress {
+        reply: Reply<Option<LeaderProgress>>,
     },
     Step(Box<Message>),
     Unreachable(u64),
@@ -152,6 +174,13 @@ impl RaftHandle {
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::ReadIndex { reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// The leader's view of every member's log, or `None` on a follower.
+    pub async fn progress(&self) -> Result<Option<LeaderProgress>, RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Progress { reply })?;
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
@@ -414,6 +443,14 @@ impl Loop {
                 let _ = reply.send(r);
             }
             Msg::ReadIndex { reply } => self.pending_reads.push(reply),
+            Msg::Progress { reply } => {
+                let raft = &self.raw.raft;
+                let progress = (raft.state == StateRole::Leader).then(|| LeaderProgress {
+                    leader_id: raft.id,
+                    matched: raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect(),
+                });
+                let _ = reply.send(Ok(progress));
+            }
             Msg::Step(m) => {
                 // Messages for a stale configuration are refused by raft-rs; that is normal.
                 if let Err(e) = self.raw.step(*m) {

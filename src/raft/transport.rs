@@ -10,13 +10,18 @@
 //! A receiver refuses batches stamped with another cluster ID, so two clusters
 //! with different tokens never mix even when their ports are confused.
 //!
+//! Each sender records since when its stream to the peer has been up
+//! ([`Peers::active_since`], etcd's `transport.ActiveSince`): the Cluster
+//! service's strict reconfiguration check counts the peers this member is
+//! connected to.
+//!
 //! [`Faults`] implements the embedded cluster's `partition`/`heal` hooks: messages
 //! to or from a blocked peer are silently dropped on both sides, as a network
 //! partition would, while client traffic is unaffected.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
@@ -28,7 +33,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::node::{Msg, Outbox, RaftHandle};
 use crate::pb::lcraftpb::raft_transport_client::RaftTransportClient;
 use crate::pb::lcraftpb::raft_transport_server::RaftTransport;
-use crate::pb::lcraftpb::{Membership, ProbeRequest, ProbeResponse, RaftBatch, SendAck};
+use crate::pb::lcraftpb::{
+    MemberMatch, Membership, ProbeRequest, ProbeResponse, ProgressResponse, RaftBatch, SendAck,
+};
 
 /// Peers whose messages are dropped (a simulated network partition).
 #[derive(Default, Debug)]
@@ -69,6 +76,43 @@ pub struct Peers {
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
+    active: Arc<ActiveSince>,
+    /// The generation of the next sender.
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// Since when the stream to each peer has been up (absent: down), with the
+/// generation of the sender that reported it: a replaced sender winding down
+/// must not mark its successor's stream down.
+#[derive(Default, Debug)]
+struct ActiveSince(Mutex<HashMap<u64, (u64, Instant)>>);
+
+impl ActiveSince {
+    fn up(&self, peer: u64, generation: u64) {
+        if let Ok(mut a) = self.0.lock() {
+            match a.get(&peer) {
+                Some((g, _)) if *g == generation => {}
+                _ => {
+                    a.insert(peer, (generation, Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn down(&self, peer: u64, generation: Option<u64>) {
+        if let Ok(mut a) = self.0.lock() {
+            if generation.is_none() || a.get(&peer).map(|(g, _)| *g) == generation {
+                a.remove(&peer);
+            }
+        }
+    }
+
+    fn get(&self, peer: u64) -> Option<Instant> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&peer).map(|(_, t)| *t))
+    }
 }
 
 impl Peers {
@@ -88,7 +132,18 @@ impl Peers {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
+            active: Arc::new(ActiveSince::default()),
+            generations: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// Since when the stream to `peer` has been up; `None` while it is down
+    /// (or for this member itself).
+    pub fn active_since(&self, peer: u64) -> Option<Instant> {
+        if self.faults.is_blocked(peer) {
+            return None;
+        }
+        self.active.get(peer)
     }
 
     /// Starts (or replaces) the sender for `peer` at `url`.
@@ -105,6 +160,10 @@ impl Peers {
             raft: self.raft.clone(),
             faults: self.faults.clone(),
             shutdown: self.shutdown.child_token(),
+            active: self.active.clone(),
+            generation: self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -121,6 +180,7 @@ impl Peers {
         if let Ok(mut q) = self.queues.lock() {
             q.remove(&peer);
         }
+        self.active.down(peer, None);
     }
 
     /// Aborts every sender task at once.
@@ -158,6 +218,8 @@ struct Sender {
     raft: RaftHandle,
     faults: Arc<Faults>,
     shutdown: CancellationToken,
+    active: Arc<ActiveSince>,
+    generation: u64,
 }
 
 const MAX_BATCH: usize = 512;
@@ -169,7 +231,9 @@ impl Sender {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            match self.stream(&mut queue).await {
+            let result = self.stream(&mut queue).await;
+            self.active.down(self.to, Some(self.generation));
+            match result {
                 Ok(()) => return, // queue closed or shutdown
                 Err(e) => {
                     tracing::debug!(peer = %format!("{:x}", self.to), error = %e, "peer stream broke");
@@ -213,6 +277,7 @@ impl Sender {
         let (tx, rx) = mpsc::channel::<RaftBatch>(64);
         let call = client.send(ReceiverStream::new(rx));
         tokio::pin!(call);
+        self.active.up(self.to, self.generation);
         loop {
             tokio::select! {
                 res = &mut call => {
@@ -337,5 +402,28 @@ impl RaftTransport for PeerService {
         _request: Request<ProbeRequest>,
     ) -> Result<Response<Membership>, Status> {
         Ok(Response::new(self.membership.borrow().clone()))
+    }
+
+    async fn progress(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProgressResponse>, Status> {
+        let progress = self
+            .raft
+            .progress()
+            .await
+            .map_err(|_| Status::unavailable("member is stopping"))?;
+        Ok(Response::new(match progress {
+            Some(p) => ProgressResponse {
+                is_leader: true,
+                leader_id: p.leader_id,
+                matched: p
+                    .matched
+                    .into_iter()
+                    .map(|(id, index)| MemberMatch { id, index })
+                    .collect(),
+            },
+            None => ProgressResponse::default(),
+        }))
     }
 }
