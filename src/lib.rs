@@ -16,13 +16,15 @@
 //! restores snapshot files (`localcluster snapshot`). [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
 //! request-ID/waiter plumbing between the API and the state machine.
-//! [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
+//! [`chaos`] runs clients and injected faults against an embedded cluster and
+//! checks the history for linearizability. [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
 //! the leader.
 
 pub mod api;
 pub mod apply;
 pub mod backup;
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod compactor;

@@ -1,0 +1,405 @@
+//! Chaos: concurrent clients and injected faults against an embedded cluster,
+//! with the resulting history checked for linearizability.
+//!
+//! [`run`] drives a [`LocalCluster`]: `clients` tasks read, write and
+//! compare-and-set a few keys through random members (every value written is
+//! unique), recording each operation's invocation, completion and result
+//! ([`linearizable::Operation`]); an operation that fails or times out has an
+//! unknown outcome (it may still commit). Meanwhile a nemesis injects one
+//! fault at a time and repairs it: SIGKILL-like kills of the leader or of a
+//! random member (then a restart), pauses (a frozen member, like SIGSTOP) and
+//! partitions (the leader isolated from the majority). At the end the history
+//! of each key is checked by [`linearizable::check`], and the revisions of
+//! acknowledged writes must be distinct.
+
+pub mod linearizable;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+
+use crate::cluster::LocalCluster;
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::{
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use linearizable::{Op, Operation, Verdict};
+
+/// The faults the nemesis picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Kill the leader, restart it after a while.
+    KillLeader,
+    /// Kill a random member, restart it after a while.
+    KillRandom,
+    /// Freeze a random member, then let it go on.
+    Pause,
+    /// Cut the leader off from the rest, then heal.
+    IsolateLeader,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 4] = [
+        Fault::KillLeader,
+        Fault::KillRandom,
+        Fault::Pause,
+        Fault::IsolateLeader,
+    ];
+}
+
+/// How a chaos run goes.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    pub duration: Duration,
+    pub clients: usize,
+    pub keys: usize,
+    /// Faults to inject, one at a time; empty: none.
+    pub faults: Vec<Fault>,
+    /// How long a fault lasts, and the calm after it.
+    pub fault_period: Duration,
+    /// Client-side timeout of one operation.
+    pub op_timeout: Duration,
+    pub seed: u64,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        ChaosConfig {
+            duration: Duration::from_secs(10),
+            clients: 4,
+            keys: 3,
+            faults: Fault::ALL.to_vec(),
+            fault_period: Duration::from_millis(800),
+            op_timeout: Duration::from_secs(1),
+            seed: 1,
+        }
+    }
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct ChaosReport {
+    /// Operations recorded (reads that failed are dropped: they changed nothing).
+    pub operations: usize,
+    /// Of which with an unknown outcome.
+    pub unknown: usize,
+    pub faults_injected: usize,
+    /// Per key that is not linearizable, the operations around the violation.
+    pub violations: Vec<(String, Vec<Operation>)>,
+    /// Revisions acknowledged to two different writes.
+    pub duplicate_revisions: Vec<i64>,
+}
+
+impl ChaosReport {
+    /// Whether nothing was found.
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty() && self.duplicate_revisions.is_empty()
+    }
+}
+
+/// One client's record: per key, its operations; and acknowledged write revisions.
+type Record = (Vec<(usize, Operation)>, Vec<i64>);
+
+/// Runs clients and the nemesis against `cluster` for `cfg.duration`, then
+/// repairs every fault and checks the history.
+pub async fn run(cluster: &mut LocalCluster, cfg: &ChaosConfig) -> ChaosReport {
+    let urls = cluster.client_urls();
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..cfg.clients {
+        clients.spawn(client(
+            c,
+            urls.clone(),
+            cfg.clone(),
+            start,
+            deadline,
+            cfg.seed.wrapping_mul(31).wrapping_add(c as u64),
+        ));
+    }
+    let faults = nemesis(cluster, cfg, deadline).await;
+
+    let mut by_key: BTreeMap<usize, Vec<Operation>> = BTreeMap::new();
+    let mut revisions: HashMap<i64, usize> = HashMap::new();
+    while let Some(joined) = clients.join_next().await {
+        let Ok((ops, revs)) = joined else { continue };
+        for (k, o) in ops {
+            by_key.entry(k).or_default().push(o);
+        }
+        for r in revs {
+            *revisions.entry(r).or_default() += 1;
+        }
+    }
+    let mut report = ChaosReport {
+        faults_injected: faults,
+        ..Default::default()
+    };
+    for (k, ops) in &by_key {
+        report.operations += ops.len();
+        report.unknown += ops.iter().filter(|o| o.is_unknown()).count();
+        if let Verdict::Violation { stuck } = linearizable::check(None, ops) {
+            report.violations.push((key(*k), stuck));
+        }
+    }
+    let mut dups: Vec<i64> = revisions
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(r, _)| r)
+        .collect();
+    dups.sort_unstable();
+    report.duplicate_revisions = dups;
+    report
+}
+
+fn key(k: usize) -> String {
+    format!("chaos/{k}")
+}
+
+/// Injects faults one at a time until `deadline`, repairing each; returns
+/// how many it injected. Leaves every member running and connected.
+async fn nemesis(cluster: &mut LocalCluster, cfg: &ChaosConfig, deadline: Instant) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut injected = 0;
+    while Instant::now() + 2 * cfg.fault_period < deadline && !cfg.faults.is_empty() {
+        tokio::time::sleep(cfg.fault_period).await;
+        let fault = cfg.faults[rng.gen_range(0..cfg.faults.len())];
+        let n = cluster.len();
+        let leader = cluster.leader();
+        let random = rng.gen_range(0..n);
+        let done = match fault {
+            Fault::KillLeader => leader.and_then(|l| cluster.kill(l).ok().map(|_| Some(l))),
+            Fault::KillRandom => cluster.kill(random).ok().map(|_| Some(random)),
+            Fault::Pause => cluster.pause(random).ok().map(|_| None),
+            Fault::IsolateLeader => leader.and_then(|l| {
+                let rest: Vec<usize> = (0..n).filter(|&i| i != l).collect();
+                cluster.partition(&[&[l], &rest]).ok().map(|_| None)
+            }),
+        };
+        if done.is_some() {
+            injected += 1;
+            tracing::info!(?fault, "chaos: fault injected");
+        }
+        tokio::time::sleep(cfg.fault_period).await;
+        repair(cluster);
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    repair(cluster);
+    injected
+}
+
+/// Restarts killed members, resumes paused ones, heals partitions.
+fn repair(cluster: &mut LocalCluster) {
+    cluster.heal();
+    for i in 0..cluster.len() {
+        if cluster.is_paused(i) {
+            let _ = cluster.resume(i);
+        }
+        if !cluster.is_running(i) {
+            let _ = cluster.start(i);
+        }
+    }
+}
+
+/// One client: random operations on random keys through random members.
+async fn client(
+    id: usize,
+    urls: Vec<String>,
+    cfg: ChaosConfig,
+    start: Instant,
+    deadline: Instant,
+    seed: u64,
+) -> Record {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ops = Vec::new();
+    let mut revs = Vec::new();
+    let mut counter = 0u64;
+    let conns: Arc<Mutex<HashMap<usize, tonic::transport::Channel>>> = Arc::default();
+    let now = |t: Instant| t.duration_since(start).as_nanos() as u64;
+    while Instant::now() < deadline {
+        let k = rng.gen_range(0..cfg.keys.max(1));
+        let m = rng.gen_range(0..urls.len());
+        counter += 1;
+        let fresh = (id as u64 + 1) * 1_000_000_000 + counter;
+        let kind = rng.gen_range(0..10);
+        let op = match kind {
+            0..=3 => Op::Read(None),
+            4..=6 => Op::Write(fresh),
+            // Value 0 is never written: such a CAS must fail.
+            _ => Op::Cas {
+                from: 0,
+                to: fresh,
+                ok: None,
+            },
+        };
+        // A CAS mostly targets the value last read or written on this key.
+        let op = match (op, last_value(&ops, k)) {
+            (Op::Cas { to, .. }, Some(v)) if rng.gen_bool(0.8) => Op::Cas {
+                from: v,
+                to,
+                ok: None,
+            },
+            (op, _) => op,
+        };
+        let invoked = now(Instant::now());
+        let channel = {
+            let mut c = conns.lock().await;
+            match c.get(&m) {
+                Some(ch) => Some(ch.clone()),
+                None => match crate::client::connect(&urls[m], cfg.op_timeout).await {
+                    Ok(ch) => {
+                        c.insert(m, ch.clone());
+                        Some(ch)
+                    }
+                    Err(_) => None,
+                },
+            }
+        };
+        let result = match channel {
+            Some(ch) => tokio::time::timeout(cfg.op_timeout, execute(ch, &key(k), &op))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let returned = now(Instant::now());
+        match (op, result) {
+            (Op::Read(_), Some(Outcome::Read(v))) => ops.push((
+                k,
+                Operation {
+                    client: id,
+                    op: Op::Read(Some(v)),
+                    invoked,
+                    returned: Some(returned),
+                },
+            )),
+            (Op::Read(_), _) => {}
+            (Op::Write(v), Some(Outcome::Written(rev))) => {
+                revs.push(rev);
+                ops.push((k, done(id, Op::Write(v), invoked, Some(returned))));
+            }
+            (Op::Cas { from, to, .. }, Some(Outcome::Cas(ok, rev))) => {
+                if ok {
+                    revs.push(rev);
+                }
+                ops.push((
+                    k,
+                    done(
+                        id,
+                        Op::Cas {
+                            from,
+                            to,
+                            ok: Some(ok),
+                        },
+                        invoked,
+                        Some(returned),
+                    ),
+                ));
+            }
+            (op, _) => {
+                // Failed or timed out: it may still take effect.
+                conns.lock().await.remove(&m);
+                ops.push((k, done(id, op, invoked, None)));
+            }
+        }
+    }
+    (ops, revs)
+}
+
+fn done(client: usize, op: Op, invoked: u64, returned: Option<u64>) -> Operation {
+    Operation {
+        client,
+        op,
+        invoked,
+        returned,
+    }
+}
+
+/// The last value this client saw or wrote on key `k`.
+fn last_value(ops: &[(usize, Operation)], k: usize) -> Option<u64> {
+    ops.iter().rev().find_map(|(key, o)| {
+        if *key != k {
+            return None;
+        }
+        match o.op {
+            Op::Read(Some(v)) => v,
+            Op::Write(v) => Some(v),
+            Op::Cas {
+                to, ok: Some(true), ..
+            } => Some(to),
+            _ => None,
+        }
+    })
+}
+
+enum Outcome {
+    Read(Option<u64>),
+    Written(i64),
+    Cas(bool, i64),
+}
+
+async fn execute(
+    channel: tonic::transport::Channel,
+    key: &str,
+    op: &Op,
+) -> Result<Outcome, tonic::Status> {
+    let mut kv = crate::pb::etcdserverpb::kv_client::KvClient::new(channel);
+    let k = key.as_bytes().to_vec();
+    match op {
+        Op::Read(_) => {
+            let resp = kv
+                .range(RangeRequest {
+                    key: k,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let v = resp
+                .kvs
+                .first()
+                .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
+            Ok(Outcome::Read(v))
+        }
+        Op::Write(v) => {
+            let resp = kv
+                .put(PutRequest {
+                    key: k,
+                    value: v.to_string().into_bytes(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(Outcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or_default(),
+            ))
+        }
+        Op::Cas { from, to, .. } => {
+            let resp = kv
+                .txn(TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Value as i32,
+                        key: k.clone(),
+                        target_union: Some(TargetUnion::Value(from.to_string().into_bytes())),
+                        ..Default::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: k,
+                            value: to.to_string().into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![],
+                })
+                .await?
+                .into_inner();
+            Ok(Outcome::Cas(
+                resp.succeeded,
+                resp.header.map(|h| h.revision).unwrap_or_default(),
+            ))
+        }
+    }
+}
