@@ -15,6 +15,10 @@
 //! the small etcd client those tools share. [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
 //! request-ID/waiter plumbing between the API and the state machine.
+//! [`disk`] opens the redb files (fsyncs timed, or skipped under
+//! `--unsafe-no-fsync`); [`metrics`] is a member's Prometheus registry;
+//! [`logging`] and [`notify`] are the member process's log output and
+//! systemd readiness notification.
 
 pub mod api;
 pub mod apply;
@@ -22,12 +26,16 @@ pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod disk;
 pub mod identity;
 pub mod layout;
 pub mod lease;
+pub mod logging;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
+pub mod notify;
 pub mod pb;
 pub mod raft;
 pub mod supervisor;

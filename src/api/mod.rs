@@ -8,7 +8,8 @@
 //! - [`watch`]: Watch streams, fed by the applied-changes broadcast.
 //! - [`lock`], [`election`]: etcd's server-side lock and election services,
 //!   built on [`recipes`] (the `clientv3/concurrency` recipe).
-//! - [`http`]: `GET /health`, `GET /version`.
+//! - [`http`]: `GET /health`, `GET /version`, `GET /metrics`.
+//! - [`grpc_metrics`]: counts gRPC calls by service, method and status code.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
 //! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
@@ -22,6 +23,7 @@
 pub mod cluster;
 pub mod election;
 pub mod errors;
+pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;
 pub mod kv;
@@ -85,6 +87,8 @@ pub struct Core {
     pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
     /// Files whose sizes make up the reported database size.
     pub db_files: Vec<std::path::PathBuf>,
+    /// The member's Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Core {
@@ -106,6 +110,24 @@ impl Core {
 
     /// Proposes `op` through Raft and waits for its application on this member.
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
+        // A guard, so that a request dropped mid-wait (client gone) is no
+        // longer counted as pending either.
+        struct Pending<'a>(&'a prometheus::IntGauge);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.metrics.proposals_pending.inc();
+        let _pending = Pending(&self.metrics.proposals_pending);
+        let result = self.propose_inner(op).await;
+        if result.is_err() {
+            self.metrics.proposals_failed.inc();
+        }
+        result
+    }
+
+    async fn propose_inner(&self, op: Op) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
         let data = Request { id, op: Some(op) }.encode_to_vec();

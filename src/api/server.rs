@@ -60,7 +60,12 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     );
-    super::http::routes(routes.into_axum_router(), core)
+    let grpc = routes
+        .into_axum_router()
+        .layer(super::grpc_metrics::GrpcMetricsLayer::new(
+            core.metrics.clone(),
+        ));
+    super::http::routes(grpc, core)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.

@@ -38,14 +38,13 @@ impl FlagKind {
         matches!(
             self,
             FlagKind::Version | FlagKind::Obsolete | FlagKind::Unsupported { boolean: true }
-        )
+        ) || matches!(self, FlagKind::Setting(s) if s.is_boolean())
     }
 }
 
 /// etcd flags that take a value and that localcluster does not implement.
 const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "listen-client-http-urls",
-    "listen-metrics-urls",
     "max-snapshots",
     "max-wals",
     "backend-bbolt-freelist-type",
@@ -101,8 +100,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "bcrypt-cost",
     "auth-token-ttl",
     "metrics",
-    "log-outputs",
-    "log-format",
     "log-rotation-config-json",
     "log-package-levels",
     "proxy",
@@ -179,7 +176,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "experimental-stop-grpc-service-on-defrag",
     "experimental-set-member-localaddr",
     "force-new-cluster",
-    "unsafe-no-fsync",
     "discovery-insecure-transport",
     "discovery-insecure-skip-tls-verify",
     "debug",

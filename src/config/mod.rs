@@ -101,6 +101,31 @@ impl FromStr for ClusterState {
     }
 }
 
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (localcluster's default).
+    #[default]
+    Console,
+    /// One JSON object per line in etcd's zap shape
+    /// (`{"level":"info","ts":"...","caller":"...","msg":"...",...}`).
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    /// etcd's values `json` and `console` (`text` is taken as `console`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "console" | "text" | "" => Ok(LogFormat::Console),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (valid: json, console)"
+            )),
+        }
+    }
+}
+
 /// Everything one member needs to start, with etcd's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberConfig {
@@ -141,6 +166,15 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
+    /// `--log-outputs`: `default`/`stderr`, `stdout`, or file paths.
+    pub log_outputs: Vec<String>,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
+    pub listen_metrics_urls: Vec<EtcdUrl>,
+    /// `--unsafe-no-fsync`: never fsync the Raft log or the store. Unsafe: a
+    /// machine crash loses acknowledged writes. For test suites only.
+    pub unsafe_no_fsync: bool,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -167,6 +201,10 @@ impl Default for MemberConfig {
             initial_cluster_token: draft.initial_cluster_token,
             initial_cluster_state: draft.initial_cluster_state,
             log_level: draft.log_level,
+            log_outputs: draft.log_outputs,
+            log_format: LogFormat::Console,
+            listen_metrics_urls: draft.listen_metrics_urls,
+            unsafe_no_fsync: draft.unsafe_no_fsync,
             warnings: Vec::new(),
         }
     }
@@ -465,6 +503,14 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
         log_level,
+        log_outputs: if draft.log_outputs.is_empty() {
+            vec![settings::DEFAULT_LOG_OUTPUT.to_owned()]
+        } else {
+            draft.log_outputs
+        },
+        log_format: draft.log_format.parse().map_err(ConfigError::Invalid)?,
+        listen_metrics_urls: draft.listen_metrics_urls,
+        unsafe_no_fsync: draft.unsafe_no_fsync,
         warnings,
     };
     config.validate()?;

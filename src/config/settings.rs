@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
-use super::values::{parse_int, parse_uint};
+use super::values::{parse_bool, parse_int, parse_uint};
 use super::ClusterState;
 
 /// etcd's default member name.
@@ -37,6 +37,11 @@ pub const DEFAULT_MAX_TXN_OPS: u64 = 128;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// etcd 3.5's default (and only) `--logger`.
 pub const DEFAULT_LOGGER: &str = "zap";
+/// etcd's default `--log-outputs`: standard error.
+pub const DEFAULT_LOG_OUTPUT: &str = "default";
+/// localcluster's default `--log-format`: human-readable lines (etcd's
+/// default is `json`; pass `--log-format json` for machines).
+pub const DEFAULT_LOG_FORMAT: &str = "console";
 
 /// One supported etcd flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,11 +64,15 @@ pub enum Setting {
     MaxTxnOps,
     LogLevel,
     Logger,
+    LogOutputs,
+    LogFormat,
+    ListenMetricsUrls,
+    UnsafeNoFsync,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 18] = [
+    pub const ALL: [Setting; 22] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -80,8 +89,12 @@ impl Setting {
         Setting::InitialClusterState,
         Setting::InitialClusterToken,
         Setting::AdvertiseClientUrls,
+        Setting::ListenMetricsUrls,
         Setting::Logger,
         Setting::LogLevel,
+        Setting::LogOutputs,
+        Setting::LogFormat,
+        Setting::UnsafeNoFsync,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -105,7 +118,16 @@ impl Setting {
             Setting::MaxTxnOps => "max-txn-ops",
             Setting::LogLevel => "log-level",
             Setting::Logger => "logger",
+            Setting::LogOutputs => "log-outputs",
+            Setting::LogFormat => "log-format",
+            Setting::ListenMetricsUrls => "listen-metrics-urls",
+            Setting::UnsafeNoFsync => "unsafe-no-fsync",
         }
+    }
+
+    /// Whether the flag is a Go boolean flag (`--flag` alone means true).
+    pub fn is_boolean(self) -> bool {
+        matches!(self, Setting::UnsafeNoFsync)
     }
 
     /// The setting a flag name (without dashes) stands for.
@@ -174,6 +196,22 @@ impl Setting {
                 "info",
                 "Configures log level: debug, info, warn, error, panic, or fatal.",
             ),
+            Setting::LogOutputs => (
+                "default",
+                "Where to write logs: 'default' or 'stderr', 'stdout', or a file path (comma-separated).",
+            ),
+            Setting::LogFormat => (
+                "console",
+                "Log format: 'console' (human-readable) or 'json' (one zap-style JSON object per line).",
+            ),
+            Setting::ListenMetricsUrls => (
+                "",
+                "List of URLs to serve /metrics and /health on, besides the client URLs.",
+            ),
+            Setting::UnsafeNoFsync => (
+                "false",
+                "Disables fsync, unsafe, will cause data loss (for test suites only).",
+            ),
         }
     }
 }
@@ -202,6 +240,10 @@ pub struct Draft {
     pub max_txn_ops: u64,
     pub log_level: String,
     pub logger: String,
+    pub log_outputs: Vec<String>,
+    pub log_format: String,
+    pub listen_metrics_urls: Vec<EtcdUrl>,
+    pub unsafe_no_fsync: bool,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -229,6 +271,10 @@ impl Draft {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             logger: DEFAULT_LOGGER.to_owned(),
+            log_outputs: vec![DEFAULT_LOG_OUTPUT.to_owned()],
+            log_format: DEFAULT_LOG_FORMAT.to_owned(),
+            listen_metrics_urls: Vec::new(),
+            unsafe_no_fsync: false,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -255,7 +301,16 @@ impl Draft {
             Setting::InitialClusterToken => self.initial_cluster_token = raw.to_owned(),
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
-            Setting::ListenClientUrls
+            Setting::LogFormat => self.log_format = raw.to_owned(),
+            Setting::LogOutputs => self.log_outputs = split_list(raw),
+            Setting::UnsafeNoFsync => {
+                // A Go boolean flag: written alone it is true.
+                self.unsafe_no_fsync = raw.is_empty()
+                    || parse_bool(raw)
+                        .ok_or_else(|| "parse error (expected a boolean)".to_owned())?;
+            }
+            Setting::ListenMetricsUrls
+            | Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls
             | Setting::InitialAdvertisePeerUrls => {
@@ -293,6 +348,7 @@ impl Draft {
             Setting::ListenClientUrls => &mut self.listen_client_urls,
             Setting::AdvertiseClientUrls => &mut self.advertise_client_urls,
             Setting::ListenPeerUrls => &mut self.listen_peer_urls,
+            Setting::ListenMetricsUrls => &mut self.listen_metrics_urls,
             _ => &mut self.initial_advertise_peer_urls,
         }
     }
@@ -321,6 +377,15 @@ fn default_url(text: &str) -> EtcdUrl {
         Ok(url) => url,
         Err(e) => unreachable!("built-in default URL {text} is invalid: {e}"),
     }
+}
+
+/// A comma-separated list flag (Go's `flags.StringSlice`): empty items dropped.
+pub fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn uint(raw: &str) -> Result<u64, String> {

@@ -123,7 +123,6 @@ fn procfile_member_parses_with_warnings_for_unsupported_flags() {
         c.warnings,
         vec![
             "flag --enable-pprof is not supported by localcluster; ignored",
-            "flag --log-outputs is not supported by localcluster; ignored",
             "'data-dir' was empty; using default: infra1.etcd",
         ]
     );
@@ -671,4 +670,49 @@ fn validate_rejects_hand_built_configs_with_duplicate_members() {
         c.validate_bootstrap().unwrap_err().to_string(),
         "--initial-cluster lists member \"default\" more than once"
     );
+}
+
+#[test]
+fn unsafe_no_fsync_is_a_go_boolean_flag() {
+    assert!(!parse(&[]).unwrap().unsafe_no_fsync);
+    // Alone it is true and does not swallow the next argument.
+    let c = parse(&["--unsafe-no-fsync", "--name", "n1"]).unwrap();
+    assert!(c.unsafe_no_fsync);
+    assert_eq!(c.name, "n1");
+    assert!(!parse(&["--unsafe-no-fsync=false"]).unwrap().unsafe_no_fsync);
+    let env = HashMap::from([("ETCD_UNSAFE_NO_FSYNC".to_owned(), "true".to_owned())]);
+    assert!(
+        MemberConfig::from_args(Vec::<String>::new(), &env)
+            .unwrap()
+            .unsafe_no_fsync
+    );
+    assert!(parse(&["--unsafe-no-fsync=maybe"]).is_err());
+}
+
+#[test]
+fn log_outputs_and_format_are_honoured() {
+    let c = parse(&["--log-outputs", "stdout,/tmp/m.log", "--log-format", "json"]).unwrap();
+    assert_eq!(c.log_outputs, vec!["stdout", "/tmp/m.log"]);
+    assert_eq!(c.log_format, crate::config::LogFormat::Json);
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.log_outputs, vec!["default"]);
+    assert_eq!(c.log_format, crate::config::LogFormat::Console);
+    assert!(matches!(
+        parse(&["--log-format", "xml"]),
+        Err(ConfigError::Invalid(m)) if m.contains("unknown log format")
+    ));
+}
+
+#[test]
+fn listen_metrics_urls_are_parsed() {
+    let c = parse(&[
+        "--listen-metrics-urls",
+        "http://127.0.0.1:9101,http://127.0.0.1:9102",
+    ])
+    .unwrap();
+    assert_eq!(
+        urls(&c.listen_metrics_urls),
+        "http://127.0.0.1:9101,http://127.0.0.1:9102"
+    );
+    assert!(parse(&[]).unwrap().listen_metrics_urls.is_empty());
 }

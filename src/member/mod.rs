@@ -135,6 +135,7 @@ impl Member {
         tuning: Tuning,
     ) -> Result<Member, MemberError> {
         let client_std = bind_std(&cfg.listen_client_urls, listeners.client)?;
+        let metrics_std = bind_std(&cfg.listen_metrics_urls, Vec::new())?;
         let peer_std = bind_std(&cfg.listen_peer_urls, listeners.peer)?;
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir).map_err(|e| {
@@ -150,8 +151,26 @@ impl Member {
         let raft_path = wal_dir.join("raft.redb");
         let kv_path = member_dir.join("kv.redb");
 
-        let mut storage = RaftStorage::open(&raft_path)?;
-        let store = Arc::new(Store::open(&kv_path)?);
+        let metrics = crate::metrics::Metrics::new(crate::apply::CLUSTER_VERSION)
+            .map_err(|e| MemberError::Config(format!("cannot set up metrics: {e}")))?;
+        if cfg.unsafe_no_fsync {
+            tracing::warn!("--unsafe-no-fsync: the Raft log and the store are never fsync'ed; a machine crash may lose acknowledged writes");
+        }
+        let mut storage = RaftStorage::open_with(
+            &raft_path,
+            &crate::disk::DiskOptions {
+                no_fsync: cfg.unsafe_no_fsync,
+                fsync_seconds: Some(metrics.wal_fsync.clone()),
+            },
+        )?;
+        let store = Arc::new(Store::open_with(
+            &kv_path,
+            &crate::disk::DiskOptions {
+                no_fsync: cfg.unsafe_no_fsync,
+                fsync_seconds: None,
+            },
+            Some(metrics.backend_commit.clone()),
+        )?);
         let waiters = Arc::new(Waiters::default());
 
         let (identity, origin) = resolve_identity(cfg, &storage)?;
@@ -215,6 +234,7 @@ impl Member {
 
         let client_listeners = to_tokio(client_std)?;
         let peer_listeners = to_tokio(peer_std)?;
+        let metrics_listeners = to_tokio(metrics_std)?;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -233,6 +253,7 @@ impl Member {
             raft.clone(),
             faults.clone(),
             shutdown.child_token(),
+            Some(metrics.peer_rtt.clone()),
         );
         for m in &membership_rx.borrow().members {
             if let Some(url) = m.peer_urls.first() {
@@ -256,6 +277,7 @@ impl Member {
             election_ticks,
             snapshot_count: cfg.snapshot_count,
             catchup_entries: catchup,
+            leader_changes: Some(metrics.leader_changes.clone()),
         };
         let node = Node::start(
             node_cfg,
@@ -289,6 +311,7 @@ impl Member {
             leases,
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
+            metrics: metrics.clone(),
         });
 
         let mut servers = Vec::new();
@@ -332,6 +355,17 @@ impl Member {
             let addr = l.local_addr().ok();
             tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
             servers.push(runtime.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
+        }
+        // --listen-metrics-urls: /metrics and /health only.
+        let metrics_router = api::http::metrics_router(core.clone());
+        for l in metrics_listeners {
+            let addr = l.local_addr().ok();
+            tracing::info!(address = ?addr, "serving metrics");
+            servers.push(runtime.spawn(api::server::serve(
+                l,
+                metrics_router.clone(),
+                shutdown.clone(),
+            )));
         }
 
         // Lifecycle: publish, cluster version, peers in step with membership.

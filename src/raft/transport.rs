@@ -69,6 +69,7 @@ pub struct Peers {
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
+    rtt: Option<prometheus::HistogramVec>,
 }
 
 impl Peers {
@@ -78,6 +79,7 @@ impl Peers {
         raft: RaftHandle,
         faults: Arc<Faults>,
         shutdown: CancellationToken,
+        rtt: Option<prometheus::HistogramVec>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
@@ -88,6 +90,7 @@ impl Peers {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
+            rtt,
         })
     }
 
@@ -105,6 +108,10 @@ impl Peers {
             raft: self.raft.clone(),
             faults: self.faults.clone(),
             shutdown: self.shutdown.child_token(),
+            rtt: self
+                .rtt
+                .as_ref()
+                .map(|h| h.with_label_values(&[&format!("{peer:x}")])),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -158,11 +165,34 @@ struct Sender {
     raft: RaftHandle,
     faults: Arc<Faults>,
     shutdown: CancellationToken,
+    /// Observes probe round trips to this peer.
+    rtt: Option<prometheus::Histogram>,
 }
 
 const MAX_BATCH: usize = 512;
 
+/// How often a sender measures the round trip to its peer (etcd's prober).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Sender {
+    /// Probes the peer every [`PROBE_INTERVAL`] on the stream's connection
+    /// and records the round trip; never returns.
+    async fn probe_loop(&self, mut client: RaftTransportClient<tonic::transport::Channel>) {
+        loop {
+            match &self.rtt {
+                Some(h) if !self.faults.is_blocked(self.to) => {
+                    let start = std::time::Instant::now();
+                    if client.probe(ProbeRequest {}).await.is_ok() {
+                        h.observe(start.elapsed().as_secs_f64());
+                    }
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
     async fn run(self, mut queue: mpsc::UnboundedReceiver<Message>) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -211,10 +241,13 @@ impl Sender {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::channel::<RaftBatch>(64);
+        let prober = self.probe_loop(client.clone());
         let call = client.send(ReceiverStream::new(rx));
         tokio::pin!(call);
+        tokio::pin!(prober);
         loop {
             tokio::select! {
+                _ = &mut prober => {}
                 res = &mut call => {
                     return Err(match res {
                         Ok(_) => "peer closed the stream".to_string(),
