@@ -9,6 +9,8 @@
 //! - [`lock`], [`election`]: etcd's server-side lock and election services,
 //!   built on [`recipes`] (the `clientv3/concurrency` recipe).
 //! - [`http`]: `GET /health`, `GET /version`, `GET /metrics`.
+//! - [`gateway`]: etcd's JSON gateway (`POST /v3/kv/put`, ...), a JSON
+//!   front of the gRPC services above.
 //! - [`grpc_metrics`]: counts gRPC calls by service, method and status code.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
@@ -23,6 +25,7 @@
 pub mod cluster;
 pub mod election;
 pub mod errors;
+pub mod gateway;
 pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;

@@ -65,7 +65,8 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(super::grpc_metrics::GrpcMetricsLayer::new(
             core.metrics.clone(),
         ));
-    super::http::routes(grpc, core)
+    let with_gateway = super::gateway::routes(grpc.clone(), grpc);
+    super::http::routes(with_gateway, core)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.
