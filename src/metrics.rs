@@ -41,6 +41,15 @@ pub struct Metrics {
     pub proposals_failed: IntCounter,
     /// `etcd_mvcc_db_total_size_in_bytes`.
     pub db_total_size: IntGauge,
+    /// `etcd_debugging_mvcc_db_total_size_in_bytes`: the same figure under the
+    /// name etcd 3.4's Grafana dashboard reads.
+    pub db_total_size_debugging: IntGauge,
+    /// `etcd_mvcc_db_total_size_in_use_in_bytes`.
+    pub db_total_size_in_use: IntGauge,
+    /// `etcd_network_client_grpc_received_bytes_total`.
+    pub client_grpc_received: IntCounter,
+    /// `etcd_network_client_grpc_sent_bytes_total`.
+    pub client_grpc_sent: IntCounter,
     /// `etcd_disk_wal_fsync_duration_seconds`: fsyncs of the Raft log.
     pub wal_fsync: Histogram,
     /// `etcd_disk_backend_commit_duration_seconds`: commits of the MVCC store.
@@ -113,6 +122,22 @@ impl Metrics {
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the underlying database physically allocated in bytes.",
         )?;
+        let db_total_size_debugging = gauge(
+            "etcd_debugging_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+        )?;
+        let db_total_size_in_use = gauge(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+        )?;
+        let client_grpc_received = counter(
+            "etcd_network_client_grpc_received_bytes_total",
+            "The total number of bytes received from grpc clients.",
+        )?;
+        let client_grpc_sent = counter(
+            "etcd_network_client_grpc_sent_bytes_total",
+            "The total number of bytes sent to grpc clients.",
+        )?;
         let wal_fsync = histogram(
             "etcd_disk_wal_fsync_duration_seconds",
             "The latency distributions of fsync called by WAL.",
@@ -169,6 +194,10 @@ impl Metrics {
             proposals_pending,
             proposals_failed,
             db_total_size,
+            db_total_size_debugging,
+            db_total_size_in_use,
+            client_grpc_received,
+            client_grpc_sent,
             wal_fsync,
             backend_commit,
             peer_rtt,
@@ -217,6 +246,10 @@ mod tests {
             "etcd_server_proposals_pending 0",
             "etcd_server_proposals_failed_total 0",
             "etcd_mvcc_db_total_size_in_bytes 0",
+            "etcd_debugging_mvcc_db_total_size_in_bytes 0",
+            "etcd_mvcc_db_total_size_in_use_in_bytes 0",
+            "etcd_network_client_grpc_received_bytes_total 0",
+            "etcd_network_client_grpc_sent_bytes_total 0",
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 0",
             "etcd_disk_backend_commit_duration_seconds_count 0",
             "etcd_network_peer_round_trip_time_seconds_count{To=\"8e9e05c52164694d\"} 1",

@@ -53,6 +53,11 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
             metric_value(&text, "etcd_disk_backend_commit_duration_seconds_count").unwrap() > 0.0
         );
         assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+        assert!(metric_value(&text, "etcd_debugging_mvcc_db_total_size_in_bytes").unwrap() > 0.0);
+        assert!(
+            metric_value(&text, "etcd_network_client_grpc_received_bytes_total").unwrap() > 0.0
+        );
+        assert!(metric_value(&text, "etcd_network_client_grpc_sent_bytes_total").unwrap() > 0.0);
         assert_eq!(
             metric_value(
                 &text,
@@ -63,6 +68,19 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
         );
         assert!(text.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
     }
+    // A proposal applied with an error (no such lease) is not a failed one.
+    let failed = |c: &Cluster| {
+        let (_, text) = curl(&[&format!("{}/metrics", c.members[0].client_url())]);
+        metric_value(&text, "etcd_server_proposals_failed_total").unwrap()
+    };
+    let before = failed(&c);
+    let revoke = c.etcdctl(&["lease", "revoke", "123"]);
+    assert!(
+        revoke.stderr.contains("requested lease not found"),
+        "{revoke:?}"
+    );
+    assert_eq!(failed(&c), before);
+
     // The metrics listener serves /health too, but not the client API.
     let (code, body) = curl(&[&format!("http://127.0.0.1:{metrics_port}/health")]);
     assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));

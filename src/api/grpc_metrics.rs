@@ -7,7 +7,8 @@
 //! A stream the client abandons before the trailers (a watch closed by its
 //! client) counts as `Canceled`. Labels follow Go's names: `grpc_type` is
 //! `unary`, `server_stream` or `bidi_stream`, `grpc_code` is e.g. `OK`,
-//! `InvalidArgument`, `Canceled`.
+//! `InvalidArgument`, `Canceled`. The bytes of gRPC calls in each direction
+//! are counted too (`etcd_network_client_grpc_{received,sent}_bytes_total`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -112,9 +113,9 @@ fn status_of(headers: &HeaderMap) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-impl<S, B> tower::Service<Request<B>> for GrpcMetricsService<S>
+impl<S> tower::Service<Request<Body>> for GrpcMetricsService<S>
 where
-    S: tower::Service<Request<B>, Response = Response<Body>>,
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -126,9 +127,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let call = Call::from_path(req.uri().path());
         let metrics = self.metrics.clone();
+        let req = if call.is_some() {
+            let received = metrics.client_grpc_received.clone();
+            req.map(|body| {
+                Body::new(CountedBody {
+                    inner: body,
+                    bytes: received,
+                })
+            })
+        } else {
+            req
+        };
         if let Some(c) = &call {
             metrics
                 .grpc_started
@@ -141,6 +153,7 @@ where
             let Some(call) = call else {
                 return Ok(response);
             };
+            let sent = metrics.client_grpc_sent.clone();
             let mut tracker = Tracker {
                 metrics,
                 call,
@@ -152,9 +165,12 @@ where
             let (parts, body) = response.into_parts();
             Ok(Response::from_parts(
                 parts,
-                Body::new(TrackedBody {
-                    inner: body,
-                    tracker,
+                Body::new(CountedBody {
+                    inner: TrackedBody {
+                        inner: body,
+                        tracker,
+                    },
+                    bytes: sent,
                 }),
             ))
         })
@@ -216,6 +232,42 @@ impl http_body::Body for TrackedBody {
             // a body the server cut short.
             Poll::Ready(None) => this.tracker.finish(2),
             Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body whose data bytes are counted as they pass.
+struct CountedBody<B> {
+    inner: B,
+    bytes: prometheus::IntCounter,
+}
+
+impl<B> http_body::Body for CountedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.inc_by(data.len() as u64);
+            }
         }
         polled
     }

@@ -97,7 +97,11 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     m.is_leader.set(i64::from(st.is_leader));
     m.proposals_committed.set(st.commit_index as i64);
     m.proposals_applied.set(st.applied_index as i64);
-    m.db_total_size.set(core.db_size());
+    let size = core.db_size();
+    m.db_total_size.set(size);
+    m.db_total_size_debugging.set(size);
+    let in_use = core.store.db_size_in_use().unwrap_or(0) as i64;
+    m.db_total_size_in_use.set(in_use.min(size));
     ([("content-type", crate::metrics::CONTENT_TYPE)], m.encode())
 }
 

@@ -112,25 +112,12 @@ impl Core {
     }
 
     /// Proposes `op` through Raft and waits for its application on this member.
+    ///
+    /// Metrics as etcd keeps them: the proposal is pending from its hand-over
+    /// to Raft until its result (or until the caller gives up), and failed if
+    /// Raft refused it, the member stopped or the wait timed out — not when
+    /// it was applied with an error such as `requested lease not found`.
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
-        // A guard, so that a request dropped mid-wait (client gone) is no
-        // longer counted as pending either.
-        struct Pending<'a>(&'a prometheus::IntGauge);
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0.dec();
-            }
-        }
-        self.metrics.proposals_pending.inc();
-        let _pending = Pending(&self.metrics.proposals_pending);
-        let result = self.propose_inner(op).await;
-        if result.is_err() {
-            self.metrics.proposals_failed.inc();
-        }
-        result
-    }
-
-    async fn propose_inner(&self, op: Op) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
         let data = Request { id, op: Some(op) }.encode_to_vec();
@@ -138,18 +125,19 @@ impl Core {
             return Err(errors::request_too_large());
         }
         self.wait_for_leader().await?;
+        let pending = PendingProposal::new(&self.metrics);
         let rx = self.waiters.register(id);
         if let Err(e) = self.raft.propose(data).await {
             self.waiters.cancel(id);
-            return Err(errors::from_raft(e));
+            return Err(pending.failed(errors::from_raft(e)));
         }
         match tokio::time::timeout(self.limits.request_timeout, rx).await {
             Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(e))) => Err(errors::from_apply(e)),
-            Ok(Err(_)) => Err(errors::stopped()),
+            Ok(Err(_)) => Err(pending.failed(errors::stopped())),
             Err(_) => {
                 self.waiters.cancel(id);
-                Err(errors::timeout())
+                Err(pending.failed(errors::timeout()))
             }
         }
     }
@@ -223,6 +211,29 @@ impl Core {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len() as i64)
             .sum()
+    }
+}
+
+/// One proposal in `etcd_server_proposals_pending` while it lives (a guard,
+/// so a request dropped mid-wait by its client stops counting too).
+struct PendingProposal<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> PendingProposal<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.proposals_pending.inc();
+        PendingProposal(metrics)
+    }
+
+    /// Counts the proposal in `etcd_server_proposals_failed_total`.
+    fn failed(&self, status: Status) -> Status {
+        self.0.proposals_failed.inc();
+        status
+    }
+}
+
+impl Drop for PendingProposal<'_> {
+    fn drop(&mut self) {
+        self.0.proposals_pending.dec();
     }
 }
 
