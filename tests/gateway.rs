@@ -266,3 +266,19 @@ fn cluster_member_list_add_remove_and_maintenance_status() {
     assert_eq!(int(&status["leader"]), int(&status["header"]["member_id"]));
     assert!(status["version"].as_str().unwrap().starts_with("3."));
 }
+
+#[test]
+fn a_request_over_max_request_bytes_gets_etcds_error() {
+    if skip_without_curl() {
+        return;
+    }
+    let c = Cluster::start(1, &["--max-request-bytes", "1024"]);
+    let base = c.members[0].client_url();
+    let big = "x".repeat(4096);
+    let (code, err) = curl_post(
+        &format!("{base}/v3/kv/put"),
+        &format!(r#"{{"key":"{}","value":"{}"}}"#, b64("big"), b64(&big)),
+    );
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(err["error"], "etcdserver: request is too large");
+}

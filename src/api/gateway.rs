@@ -42,294 +42,75 @@ use tower::ServiceExt;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::{v3electionpb as el, v3lockpb as lk};
 
-/// Adds the gateway routes to `router`; `grpc` serves the gRPC calls they make.
-pub fn routes(router: Router, grpc: Router) -> Router {
+/// Adds the gateway routes to `router`; `grpc` serves the gRPC calls they
+/// make. Request bodies up to `max_body` bytes are read (base64 and JSON make
+/// a request about 4/3 of its binary size, so pass a multiple of
+/// `--max-request-bytes`: the gRPC service then refuses what is too large
+/// with etcd's own error).
+#[rustfmt::skip]
+pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
     let g = Gateway { grpc };
-    router
+    let gateway = Router::new()
         // KV
-        .route(
-            "/v3/kv/range",
-            g.unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"),
-        )
-        .route(
-            "/v3/kv/put",
-            g.unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"),
-        )
-        .route(
-            "/v3/kv/deleterange",
-            g.unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>(
-                "/etcdserverpb.KV/DeleteRange",
-            ),
-        )
-        .route(
-            "/v3/kv/txn",
-            g.unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"),
-        )
-        .route(
-            "/v3/kv/compaction",
-            g.unary::<pb::CompactionRequest, pb::CompactionResponse>("/etcdserverpb.KV/Compact"),
-        )
+        .route("/v3/kv/range", g.unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"))
+        .route("/v3/kv/put", g.unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"))
+        .route("/v3/kv/deleterange", g.unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>("/etcdserverpb.KV/DeleteRange"))
+        .route("/v3/kv/txn", g.unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"))
+        .route("/v3/kv/compaction", g.unary::<pb::CompactionRequest, pb::CompactionResponse>("/etcdserverpb.KV/Compact"))
         // Watch
-        .route(
-            "/v3/watch",
-            g.stream::<pb::WatchRequest, pb::WatchResponse>(
-                "/etcdserverpb.Watch/Watch",
-                KeepOpen::Yes,
-            ),
-        )
+        .route("/v3/watch", g.stream::<pb::WatchRequest, pb::WatchResponse>("/etcdserverpb.Watch/Watch", KeepOpen::Yes))
         // Lease (etcd serves some under /v3/kv/lease/ too)
-        .route(
-            "/v3/lease/grant",
-            g.unary::<pb::LeaseGrantRequest, pb::LeaseGrantResponse>(
-                "/etcdserverpb.Lease/LeaseGrant",
-            ),
-        )
-        .route(
-            "/v3/lease/revoke",
-            g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>(
-                "/etcdserverpb.Lease/LeaseRevoke",
-            ),
-        )
-        .route(
-            "/v3/kv/lease/revoke",
-            g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>(
-                "/etcdserverpb.Lease/LeaseRevoke",
-            ),
-        )
-        .route(
-            "/v3/lease/keepalive",
-            g.stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>(
-                "/etcdserverpb.Lease/LeaseKeepAlive",
-                KeepOpen::No,
-            ),
-        )
-        .route(
-            "/v3/lease/timetolive",
-            g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>(
-                "/etcdserverpb.Lease/LeaseTimeToLive",
-            ),
-        )
-        .route(
-            "/v3/kv/lease/timetolive",
-            g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>(
-                "/etcdserverpb.Lease/LeaseTimeToLive",
-            ),
-        )
-        .route(
-            "/v3/lease/leases",
-            g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>(
-                "/etcdserverpb.Lease/LeaseLeases",
-            ),
-        )
-        .route(
-            "/v3/kv/lease/leases",
-            g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>(
-                "/etcdserverpb.Lease/LeaseLeases",
-            ),
-        )
+        .route("/v3/lease/grant", g.unary::<pb::LeaseGrantRequest, pb::LeaseGrantResponse>("/etcdserverpb.Lease/LeaseGrant"))
+        .route("/v3/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
+        .route("/v3/kv/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
+        .route("/v3/lease/keepalive", g.stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>("/etcdserverpb.Lease/LeaseKeepAlive", KeepOpen::No))
+        .route("/v3/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
+        .route("/v3/kv/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
+        .route("/v3/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
+        .route("/v3/kv/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
         // Cluster
-        .route(
-            "/v3/cluster/member/add",
-            g.unary::<pb::MemberAddRequest, pb::MemberAddResponse>(
-                "/etcdserverpb.Cluster/MemberAdd",
-            ),
-        )
-        .route(
-            "/v3/cluster/member/remove",
-            g.unary::<pb::MemberRemoveRequest, pb::MemberRemoveResponse>(
-                "/etcdserverpb.Cluster/MemberRemove",
-            ),
-        )
-        .route(
-            "/v3/cluster/member/update",
-            g.unary::<pb::MemberUpdateRequest, pb::MemberUpdateResponse>(
-                "/etcdserverpb.Cluster/MemberUpdate",
-            ),
-        )
-        .route(
-            "/v3/cluster/member/list",
-            g.unary::<pb::MemberListRequest, pb::MemberListResponse>(
-                "/etcdserverpb.Cluster/MemberList",
-            ),
-        )
-        .route(
-            "/v3/cluster/member/promote",
-            g.unary::<pb::MemberPromoteRequest, pb::MemberPromoteResponse>(
-                "/etcdserverpb.Cluster/MemberPromote",
-            ),
-        )
+        .route("/v3/cluster/member/add", g.unary::<pb::MemberAddRequest, pb::MemberAddResponse>("/etcdserverpb.Cluster/MemberAdd"))
+        .route("/v3/cluster/member/remove", g.unary::<pb::MemberRemoveRequest, pb::MemberRemoveResponse>("/etcdserverpb.Cluster/MemberRemove"))
+        .route("/v3/cluster/member/update", g.unary::<pb::MemberUpdateRequest, pb::MemberUpdateResponse>("/etcdserverpb.Cluster/MemberUpdate"))
+        .route("/v3/cluster/member/list", g.unary::<pb::MemberListRequest, pb::MemberListResponse>("/etcdserverpb.Cluster/MemberList"))
+        .route("/v3/cluster/member/promote", g.unary::<pb::MemberPromoteRequest, pb::MemberPromoteResponse>("/etcdserverpb.Cluster/MemberPromote"))
         // Maintenance
-        .route(
-            "/v3/maintenance/alarm",
-            g.unary::<pb::AlarmRequest, pb::AlarmResponse>("/etcdserverpb.Maintenance/Alarm"),
-        )
-        .route(
-            "/v3/maintenance/status",
-            g.unary::<pb::StatusRequest, pb::StatusResponse>("/etcdserverpb.Maintenance/Status"),
-        )
-        .route(
-            "/v3/maintenance/defragment",
-            g.unary::<pb::DefragmentRequest, pb::DefragmentResponse>(
-                "/etcdserverpb.Maintenance/Defragment",
-            ),
-        )
-        .route(
-            "/v3/maintenance/hash",
-            g.unary::<pb::HashRequest, pb::HashResponse>("/etcdserverpb.Maintenance/Hash"),
-        )
-        .route(
-            "/v3/maintenance/hashkv",
-            g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"),
-        )
-        .route(
-            "/v3/maintenance/snapshot",
-            g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>(
-                "/etcdserverpb.Maintenance/Snapshot",
-                KeepOpen::No,
-            ),
-        )
-        .route(
-            "/v3/maintenance/transfer-leadership",
-            g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>(
-                "/etcdserverpb.Maintenance/MoveLeader",
-            ),
-        )
+        .route("/v3/maintenance/alarm", g.unary::<pb::AlarmRequest, pb::AlarmResponse>("/etcdserverpb.Maintenance/Alarm"))
+        .route("/v3/maintenance/status", g.unary::<pb::StatusRequest, pb::StatusResponse>("/etcdserverpb.Maintenance/Status"))
+        .route("/v3/maintenance/defragment", g.unary::<pb::DefragmentRequest, pb::DefragmentResponse>("/etcdserverpb.Maintenance/Defragment"))
+        .route("/v3/maintenance/hash", g.unary::<pb::HashRequest, pb::HashResponse>("/etcdserverpb.Maintenance/Hash"))
+        .route("/v3/maintenance/hashkv", g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"))
+        .route("/v3/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::No))
+        .route("/v3/maintenance/transfer-leadership", g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>("/etcdserverpb.Maintenance/MoveLeader"))
         // Auth: answered by the Auth service once it is registered with the
         // gRPC router (until then these answer 501 Unimplemented).
-        .route(
-            "/v3/auth/enable",
-            g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>(
-                "/etcdserverpb.Auth/AuthEnable",
-            ),
-        )
-        .route(
-            "/v3/auth/disable",
-            g.unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>(
-                "/etcdserverpb.Auth/AuthDisable",
-            ),
-        )
-        .route(
-            "/v3/auth/status",
-            g.unary::<pb::AuthStatusRequest, pb::AuthStatusResponse>(
-                "/etcdserverpb.Auth/AuthStatus",
-            ),
-        )
-        .route(
-            "/v3/auth/authenticate",
-            g.unary::<pb::AuthenticateRequest, pb::AuthenticateResponse>(
-                "/etcdserverpb.Auth/Authenticate",
-            ),
-        )
-        .route(
-            "/v3/auth/user/add",
-            g.unary::<pb::AuthUserAddRequest, pb::AuthUserAddResponse>(
-                "/etcdserverpb.Auth/UserAdd",
-            ),
-        )
-        .route(
-            "/v3/auth/user/get",
-            g.unary::<pb::AuthUserGetRequest, pb::AuthUserGetResponse>(
-                "/etcdserverpb.Auth/UserGet",
-            ),
-        )
-        .route(
-            "/v3/auth/user/list",
-            g.unary::<pb::AuthUserListRequest, pb::AuthUserListResponse>(
-                "/etcdserverpb.Auth/UserList",
-            ),
-        )
-        .route(
-            "/v3/auth/user/delete",
-            g.unary::<pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse>(
-                "/etcdserverpb.Auth/UserDelete",
-            ),
-        )
-        .route(
-            "/v3/auth/user/changepw",
-            g.unary::<pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse>(
-                "/etcdserverpb.Auth/UserChangePassword",
-            ),
-        )
-        .route(
-            "/v3/auth/user/grant",
-            g.unary::<pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse>(
-                "/etcdserverpb.Auth/UserGrantRole",
-            ),
-        )
-        .route(
-            "/v3/auth/user/revoke",
-            g.unary::<pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse>(
-                "/etcdserverpb.Auth/UserRevokeRole",
-            ),
-        )
-        .route(
-            "/v3/auth/role/add",
-            g.unary::<pb::AuthRoleAddRequest, pb::AuthRoleAddResponse>(
-                "/etcdserverpb.Auth/RoleAdd",
-            ),
-        )
-        .route(
-            "/v3/auth/role/get",
-            g.unary::<pb::AuthRoleGetRequest, pb::AuthRoleGetResponse>(
-                "/etcdserverpb.Auth/RoleGet",
-            ),
-        )
-        .route(
-            "/v3/auth/role/list",
-            g.unary::<pb::AuthRoleListRequest, pb::AuthRoleListResponse>(
-                "/etcdserverpb.Auth/RoleList",
-            ),
-        )
-        .route(
-            "/v3/auth/role/delete",
-            g.unary::<pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse>(
-                "/etcdserverpb.Auth/RoleDelete",
-            ),
-        )
-        .route(
-            "/v3/auth/role/grant",
-            g.unary::<pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse>(
-                "/etcdserverpb.Auth/RoleGrantPermission",
-            ),
-        )
-        .route(
-            "/v3/auth/role/revoke",
-            g.unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>(
-                "/etcdserverpb.Auth/RoleRevokePermission",
-            ),
-        )
+        .route("/v3/auth/enable", g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))
+        .route("/v3/auth/disable", g.unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>("/etcdserverpb.Auth/AuthDisable"))
+        .route("/v3/auth/status", g.unary::<pb::AuthStatusRequest, pb::AuthStatusResponse>("/etcdserverpb.Auth/AuthStatus"))
+        .route("/v3/auth/authenticate", g.unary::<pb::AuthenticateRequest, pb::AuthenticateResponse>("/etcdserverpb.Auth/Authenticate"))
+        .route("/v3/auth/user/add", g.unary::<pb::AuthUserAddRequest, pb::AuthUserAddResponse>("/etcdserverpb.Auth/UserAdd"))
+        .route("/v3/auth/user/get", g.unary::<pb::AuthUserGetRequest, pb::AuthUserGetResponse>("/etcdserverpb.Auth/UserGet"))
+        .route("/v3/auth/user/list", g.unary::<pb::AuthUserListRequest, pb::AuthUserListResponse>("/etcdserverpb.Auth/UserList"))
+        .route("/v3/auth/user/delete", g.unary::<pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse>("/etcdserverpb.Auth/UserDelete"))
+        .route("/v3/auth/user/changepw", g.unary::<pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse>("/etcdserverpb.Auth/UserChangePassword"))
+        .route("/v3/auth/user/grant", g.unary::<pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse>("/etcdserverpb.Auth/UserGrantRole"))
+        .route("/v3/auth/user/revoke", g.unary::<pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse>("/etcdserverpb.Auth/UserRevokeRole"))
+        .route("/v3/auth/role/add", g.unary::<pb::AuthRoleAddRequest, pb::AuthRoleAddResponse>("/etcdserverpb.Auth/RoleAdd"))
+        .route("/v3/auth/role/get", g.unary::<pb::AuthRoleGetRequest, pb::AuthRoleGetResponse>("/etcdserverpb.Auth/RoleGet"))
+        .route("/v3/auth/role/list", g.unary::<pb::AuthRoleListRequest, pb::AuthRoleListResponse>("/etcdserverpb.Auth/RoleList"))
+        .route("/v3/auth/role/delete", g.unary::<pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse>("/etcdserverpb.Auth/RoleDelete"))
+        .route("/v3/auth/role/grant", g.unary::<pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse>("/etcdserverpb.Auth/RoleGrantPermission"))
+        .route("/v3/auth/role/revoke", g.unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>("/etcdserverpb.Auth/RoleRevokePermission"))
         // Lock and election
-        .route(
-            "/v3/lock/lock",
-            g.unary::<lk::LockRequest, lk::LockResponse>("/v3lockpb.Lock/Lock"),
-        )
-        .route(
-            "/v3/lock/unlock",
-            g.unary::<lk::UnlockRequest, lk::UnlockResponse>("/v3lockpb.Lock/Unlock"),
-        )
-        .route(
-            "/v3/election/campaign",
-            g.unary::<el::CampaignRequest, el::CampaignResponse>("/v3electionpb.Election/Campaign"),
-        )
-        .route(
-            "/v3/election/proclaim",
-            g.unary::<el::ProclaimRequest, el::ProclaimResponse>("/v3electionpb.Election/Proclaim"),
-        )
-        .route(
-            "/v3/election/leader",
-            g.unary::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Leader"),
-        )
-        .route(
-            "/v3/election/observe",
-            g.stream::<el::LeaderRequest, el::LeaderResponse>(
-                "/v3electionpb.Election/Observe",
-                KeepOpen::No,
-            ),
-        )
-        .route(
-            "/v3/election/resign",
-            g.unary::<el::ResignRequest, el::ResignResponse>("/v3electionpb.Election/Resign"),
-        )
+        .route("/v3/lock/lock", g.unary::<lk::LockRequest, lk::LockResponse>("/v3lockpb.Lock/Lock"))
+        .route("/v3/lock/unlock", g.unary::<lk::UnlockRequest, lk::UnlockResponse>("/v3lockpb.Lock/Unlock"))
+        .route("/v3/election/campaign", g.unary::<el::CampaignRequest, el::CampaignResponse>("/v3electionpb.Election/Campaign"))
+        .route("/v3/election/proclaim", g.unary::<el::ProclaimRequest, el::ProclaimResponse>("/v3electionpb.Election/Proclaim"))
+        .route("/v3/election/leader", g.unary::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Leader"))
+        .route("/v3/election/observe", g.stream::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Observe", KeepOpen::No))
+        .route("/v3/election/resign", g.unary::<el::ResignRequest, el::ResignResponse>("/v3electionpb.Election/Resign"))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body));
+    router.merge(gateway)
 }
 
 /// Whether a streaming call's request side stays open after the body's

@@ -65,7 +65,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(super::grpc_metrics::GrpcMetricsLayer::new(
             core.metrics.clone(),
         ));
-    let with_gateway = super::gateway::routes(grpc.clone(), grpc);
+    let with_gateway = super::gateway::routes(grpc.clone(), grpc, 2 * max);
     super::http::routes(with_gateway, core)
 }
 
