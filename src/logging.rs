@@ -1,5 +1,6 @@
 //! A member process's log output, set up from etcd's flags: `--log-level`,
-//! `--log-outputs` (`default`/`stderr`, `stdout`, file paths; several at once)
+//! `--log-outputs` (`default`/`stderr`, `stdout`, file paths; several at once;
+//! `systemd/journal` is standard error, which systemd sends to the journal)
 //! and `--log-format` (`console` for people, `json` for machines).
 //!
 //! The JSON format is the shape of etcd's zap logger, one object per line:
@@ -37,7 +38,8 @@ pub fn make_writer(outputs: &[String]) -> Result<BoxMakeWriter, LogOutputError> 
     let mut writer: Option<BoxMakeWriter> = None;
     for output in outputs {
         let next = match output.as_str() {
-            "default" | "stderr" => BoxMakeWriter::new(io::stderr),
+            // Under systemd, standard error already goes to the journal.
+            "default" | "stderr" | "systemd/journal" => BoxMakeWriter::new(io::stderr),
             "stdout" => BoxMakeWriter::new(io::stdout),
             path => {
                 let file = OpenOptions::new()
@@ -122,10 +124,7 @@ fn zap_line(event: &Event<'_>, ts: &str) -> String {
         tracing::Level::DEBUG | tracing::Level::TRACE => "debug",
     };
     let caller = match (meta.file(), meta.line()) {
-        (Some(file), Some(line)) => {
-            let file = file.strip_prefix("src/").unwrap_or(file);
-            format!("{file}:{line}")
-        }
+        (Some(file), Some(line)) => format!("{}:{line}", short_path(file)),
         _ => meta.target().to_owned(),
     };
     let mut fields = Fields::default();
@@ -149,6 +148,15 @@ fn zap_line(event: &Event<'_>, ts: &str) -> String {
     }
     out.push('}');
     out
+}
+
+/// The last directory and file name of `path`, as zap's short caller
+/// (`member/lifecycle.rs`, `src/main.rs`).
+fn short_path(path: &str) -> &str {
+    match path.rmatch_indices('/').nth(1) {
+        Some((i, _)) => &path[i + 1..],
+        None => path,
+    }
 }
 
 fn push_pair(out: &mut String, key: &str, value: &serde_json::Value) {
@@ -250,7 +258,7 @@ mod tests {
         assert_eq!(v["name"], "m1");
         assert_eq!(v["applied_index"], 7);
         assert_eq!(v["ok"], true);
-        assert!(v["caller"].as_str().unwrap().starts_with("logging.rs:"));
+        assert!(v["caller"].as_str().unwrap().starts_with("src/logging.rs:"));
         let ts = v["ts"].as_str().unwrap();
         assert!(
             ts.ends_with('Z') && ts.len() == "2024-01-02T03:04:05.678Z".len(),
@@ -281,6 +289,17 @@ mod tests {
         assert!(bad
             .to_string()
             .starts_with("cannot open log output /nonexistent-dir/x.log"));
+    }
+
+    #[test]
+    fn callers_are_short_like_zaps() {
+        assert_eq!(short_path("src/member/lifecycle.rs"), "member/lifecycle.rs");
+        assert_eq!(short_path("src/main.rs"), "src/main.rs");
+        assert_eq!(
+            short_path("/home/u/.cargo/registry/src/x/raft-0.7.0/src/raw_node.rs"),
+            "src/raw_node.rs"
+        );
+        assert_eq!(short_path("lib.rs"), "lib.rs");
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //!    (member and cluster IDs derived as etcd derives them); an existing one keeps
 //!    its stored identity and ignores the `--initial-*` flags, but is refused if it
 //!    belongs to another member or cluster;
-//! 3. bind the peer and client listeners (so a taken port fails the start);
+//! 3. bind the peer, client and `--listen-metrics-urls` listeners (so a taken
+//!    port fails the start);
 //! 4. start the Raft node thread and, on a tokio runtime owned by the member, the
-//!    peer sender tasks, the peer and client servers, and the lifecycle tasks that
+//!    peer sender tasks, the peer, client and metrics servers, and the lifecycle tasks that
 //!    publish the member to the cluster (logging etcd's milestones) and keep the
 //!    peer senders in step with the membership.
 //!
