@@ -92,81 +92,78 @@ impl Metrics {
         };
         let has_leader = gauge(
             "etcd_server_has_leader",
-            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            "1 while this member knows a leader, else 0.",
         )?;
         let is_leader = gauge(
             "etcd_server_is_leader",
-            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            "1 while this member is the leader, else 0.",
         )?;
         let leader_changes = counter(
             "etcd_server_leader_changes_seen_total",
-            "The number of leader changes seen.",
+            "New leaders this member has seen.",
         )?;
         let proposals_committed = gauge(
             "etcd_server_proposals_committed_total",
-            "The total number of consensus proposals committed.",
+            "Raft log index committed (proposals committed).",
         )?;
         let proposals_applied = gauge(
             "etcd_server_proposals_applied_total",
-            "The total number of consensus proposals applied.",
+            "Raft log index applied (proposals applied).",
         )?;
         let proposals_pending = gauge(
             "etcd_server_proposals_pending",
-            "The current number of pending proposals to commit.",
+            "Proposals waiting for their result.",
         )?;
         let proposals_failed = counter(
             "etcd_server_proposals_failed_total",
-            "The total number of failed proposals seen.",
+            "Proposals refused by Raft, stopped or timed out.",
         )?;
         let db_total_size = gauge(
             "etcd_mvcc_db_total_size_in_bytes",
-            "Total size of the underlying database physically allocated in bytes.",
+            "Bytes the database files take on disk.",
         )?;
         let db_total_size_debugging = gauge(
             "etcd_debugging_mvcc_db_total_size_in_bytes",
-            "Total size of the underlying database physically allocated in bytes.",
+            "Bytes the database files take on disk.",
         )?;
         let db_total_size_in_use = gauge(
             "etcd_mvcc_db_total_size_in_use_in_bytes",
-            "Total size of the underlying database logically in use in bytes.",
+            "Bytes of the database in use.",
         )?;
         let client_grpc_received = counter(
             "etcd_network_client_grpc_received_bytes_total",
-            "The total number of bytes received from grpc clients.",
+            "Bytes received from gRPC clients.",
         )?;
         let client_grpc_sent = counter(
             "etcd_network_client_grpc_sent_bytes_total",
-            "The total number of bytes sent to grpc clients.",
+            "Bytes sent to gRPC clients.",
         )?;
         let wal_fsync = histogram(
             "etcd_disk_wal_fsync_duration_seconds",
-            "The latency distributions of fsync called by WAL.",
+            "Duration of the Raft log's fsyncs.",
         )?;
         let backend_commit = histogram(
             "etcd_disk_backend_commit_duration_seconds",
-            "The latency distributions of commit called by backend.",
+            "Duration of the key-value store's commits.",
         )?;
         let peer_rtt = HistogramVec::new(
             HistogramOpts::new(
                 "etcd_network_peer_round_trip_time_seconds",
-                "Round-Trip-Time histogram between peers",
+                "Round trip of a probe to each peer.",
             )
             .buckets(exponential_buckets(0.0001, 2.0, 14)?),
             &["To"],
         )?;
         registry.register(Box::new(peer_rtt.clone()))?;
         let grpc_started = IntCounterVec::new(
-            Opts::new(
-                "grpc_server_started_total",
-                "Total number of RPCs started on the server.",
-            ),
+            Opts::new("grpc_server_started_total", "gRPC calls started."),
             &["grpc_type", "grpc_service", "grpc_method"],
         )?;
         registry.register(Box::new(grpc_started.clone()))?;
         let grpc_handled = IntCounterVec::new(
             Opts::new(
                 "grpc_server_handled_total",
-                "Total number of RPCs completed on the server, regardless of success or failure.",
+                "gRPC calls finished, by status code.",
             ),
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
@@ -174,7 +171,7 @@ impl Metrics {
         let version = IntGaugeVec::new(
             Opts::new(
                 "etcd_server_version",
-                "Which version is running. 1 for 'server_version' label with current version.",
+                "1, labelled with the API version this member serves.",
             ),
             &["server_version"],
         )?;

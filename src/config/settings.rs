@@ -210,7 +210,7 @@ impl Setting {
             ),
             Setting::UnsafeNoFsync => (
                 "false",
-                "Disables fsync, unsafe, will cause data loss (for test suites only).",
+                "Never fsync the Raft log or the store: fast, but a machine crash can lose acknowledged writes (test suites only).",
             ),
         }
     }
