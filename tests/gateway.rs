@@ -282,3 +282,46 @@ fn a_request_over_max_request_bytes_gets_etcds_error() {
     assert_eq!(code, 400, "{err}");
     assert_eq!(err["error"], "etcdserver: request is too large");
 }
+
+#[test]
+fn v3beta_prefix_and_cors_preflight_answer_as_etcd_34() {
+    let Some((_c, base)) = started() else { return };
+    let (code, put) = curl_post(
+        &format!("{base}/v3beta/kv/put"),
+        &format!(r#"{{"key":"{}","value":"{}"}}"#, b64("beta"), b64("1")),
+    );
+    assert_eq!(code, 200, "{put}");
+    // A browser's preflight, and the CORS headers on the answer itself.
+    let (code, head) = curl(&[
+        "-X",
+        "OPTIONS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{base}/v3/kv/range"),
+    ]);
+    assert_eq!(code, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(
+        head.contains("access-control-allow-headers: accept, content-type, authorization"),
+        "{head}"
+    );
+    let (_, head) = curl(&[
+        "-X",
+        "POST",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{base}/v3/kv/range"),
+        "-d",
+        &format!(r#"{{"key":"{}"}}"#, b64("beta")),
+    ]);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{head}"
+    );
+}

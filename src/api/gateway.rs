@@ -22,7 +22,11 @@
 //! the HTTP client goes away, as with etcd; a keepalive ends after answering
 //! its requests. The request body is read whole before the call starts.
 //!
-//! Adding a route is one line in [`routes`].
+//! Responses carry etcd's default CORS headers (any origin), and `OPTIONS`
+//! preflights are answered, so browser pages can use the gateway.
+//!
+//! Adding a route is one line in [`routes`]. Every route is served under
+//! `/v3` and, as etcd 3.4 does, under the deprecated `/v3beta`.
 
 use std::convert::Infallible;
 
@@ -52,65 +56,69 @@ pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
     let g = Gateway { grpc };
     let gateway = Router::new()
         // KV
-        .route("/v3/kv/range", g.unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"))
-        .route("/v3/kv/put", g.unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"))
-        .route("/v3/kv/deleterange", g.unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>("/etcdserverpb.KV/DeleteRange"))
-        .route("/v3/kv/txn", g.unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"))
-        .route("/v3/kv/compaction", g.unary::<pb::CompactionRequest, pb::CompactionResponse>("/etcdserverpb.KV/Compact"))
+        .route("/kv/range", g.unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"))
+        .route("/kv/put", g.unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"))
+        .route("/kv/deleterange", g.unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>("/etcdserverpb.KV/DeleteRange"))
+        .route("/kv/txn", g.unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"))
+        .route("/kv/compaction", g.unary::<pb::CompactionRequest, pb::CompactionResponse>("/etcdserverpb.KV/Compact"))
         // Watch
-        .route("/v3/watch", g.stream::<pb::WatchRequest, pb::WatchResponse>("/etcdserverpb.Watch/Watch", KeepOpen::Yes))
-        // Lease (etcd serves some under /v3/kv/lease/ too)
-        .route("/v3/lease/grant", g.unary::<pb::LeaseGrantRequest, pb::LeaseGrantResponse>("/etcdserverpb.Lease/LeaseGrant"))
-        .route("/v3/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
-        .route("/v3/kv/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
-        .route("/v3/lease/keepalive", g.stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>("/etcdserverpb.Lease/LeaseKeepAlive", KeepOpen::No))
-        .route("/v3/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
-        .route("/v3/kv/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
-        .route("/v3/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
-        .route("/v3/kv/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
+        .route("/watch", g.stream::<pb::WatchRequest, pb::WatchResponse>("/etcdserverpb.Watch/Watch", KeepOpen::Yes))
+        // Lease (etcd serves some under /kv/lease/ too)
+        .route("/lease/grant", g.unary::<pb::LeaseGrantRequest, pb::LeaseGrantResponse>("/etcdserverpb.Lease/LeaseGrant"))
+        .route("/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
+        .route("/kv/lease/revoke", g.unary::<pb::LeaseRevokeRequest, pb::LeaseRevokeResponse>("/etcdserverpb.Lease/LeaseRevoke"))
+        .route("/lease/keepalive", g.stream::<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>("/etcdserverpb.Lease/LeaseKeepAlive", KeepOpen::No))
+        .route("/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
+        .route("/kv/lease/timetolive", g.unary::<pb::LeaseTimeToLiveRequest, pb::LeaseTimeToLiveResponse>("/etcdserverpb.Lease/LeaseTimeToLive"))
+        .route("/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
+        .route("/kv/lease/leases", g.unary::<pb::LeaseLeasesRequest, pb::LeaseLeasesResponse>("/etcdserverpb.Lease/LeaseLeases"))
         // Cluster
-        .route("/v3/cluster/member/add", g.unary::<pb::MemberAddRequest, pb::MemberAddResponse>("/etcdserverpb.Cluster/MemberAdd"))
-        .route("/v3/cluster/member/remove", g.unary::<pb::MemberRemoveRequest, pb::MemberRemoveResponse>("/etcdserverpb.Cluster/MemberRemove"))
-        .route("/v3/cluster/member/update", g.unary::<pb::MemberUpdateRequest, pb::MemberUpdateResponse>("/etcdserverpb.Cluster/MemberUpdate"))
-        .route("/v3/cluster/member/list", g.unary::<pb::MemberListRequest, pb::MemberListResponse>("/etcdserverpb.Cluster/MemberList"))
-        .route("/v3/cluster/member/promote", g.unary::<pb::MemberPromoteRequest, pb::MemberPromoteResponse>("/etcdserverpb.Cluster/MemberPromote"))
+        .route("/cluster/member/add", g.unary::<pb::MemberAddRequest, pb::MemberAddResponse>("/etcdserverpb.Cluster/MemberAdd"))
+        .route("/cluster/member/remove", g.unary::<pb::MemberRemoveRequest, pb::MemberRemoveResponse>("/etcdserverpb.Cluster/MemberRemove"))
+        .route("/cluster/member/update", g.unary::<pb::MemberUpdateRequest, pb::MemberUpdateResponse>("/etcdserverpb.Cluster/MemberUpdate"))
+        .route("/cluster/member/list", g.unary::<pb::MemberListRequest, pb::MemberListResponse>("/etcdserverpb.Cluster/MemberList"))
+        .route("/cluster/member/promote", g.unary::<pb::MemberPromoteRequest, pb::MemberPromoteResponse>("/etcdserverpb.Cluster/MemberPromote"))
         // Maintenance
-        .route("/v3/maintenance/alarm", g.unary::<pb::AlarmRequest, pb::AlarmResponse>("/etcdserverpb.Maintenance/Alarm"))
-        .route("/v3/maintenance/status", g.unary::<pb::StatusRequest, pb::StatusResponse>("/etcdserverpb.Maintenance/Status"))
-        .route("/v3/maintenance/defragment", g.unary::<pb::DefragmentRequest, pb::DefragmentResponse>("/etcdserverpb.Maintenance/Defragment"))
-        .route("/v3/maintenance/hash", g.unary::<pb::HashRequest, pb::HashResponse>("/etcdserverpb.Maintenance/Hash"))
-        .route("/v3/maintenance/hashkv", g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"))
-        .route("/v3/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::No))
-        .route("/v3/maintenance/transfer-leadership", g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>("/etcdserverpb.Maintenance/MoveLeader"))
+        .route("/maintenance/alarm", g.unary::<pb::AlarmRequest, pb::AlarmResponse>("/etcdserverpb.Maintenance/Alarm"))
+        .route("/maintenance/status", g.unary::<pb::StatusRequest, pb::StatusResponse>("/etcdserverpb.Maintenance/Status"))
+        .route("/maintenance/defragment", g.unary::<pb::DefragmentRequest, pb::DefragmentResponse>("/etcdserverpb.Maintenance/Defragment"))
+        .route("/maintenance/hash", g.unary::<pb::HashRequest, pb::HashResponse>("/etcdserverpb.Maintenance/Hash"))
+        .route("/maintenance/hashkv", g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"))
+        .route("/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::No))
+        .route("/maintenance/transfer-leadership", g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>("/etcdserverpb.Maintenance/MoveLeader"))
         // Auth: answered by the Auth service once it is registered with the
         // gRPC router (until then these answer 501 Unimplemented).
-        .route("/v3/auth/enable", g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))
-        .route("/v3/auth/disable", g.unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>("/etcdserverpb.Auth/AuthDisable"))
-        .route("/v3/auth/status", g.unary::<pb::AuthStatusRequest, pb::AuthStatusResponse>("/etcdserverpb.Auth/AuthStatus"))
-        .route("/v3/auth/authenticate", g.unary::<pb::AuthenticateRequest, pb::AuthenticateResponse>("/etcdserverpb.Auth/Authenticate"))
-        .route("/v3/auth/user/add", g.unary::<pb::AuthUserAddRequest, pb::AuthUserAddResponse>("/etcdserverpb.Auth/UserAdd"))
-        .route("/v3/auth/user/get", g.unary::<pb::AuthUserGetRequest, pb::AuthUserGetResponse>("/etcdserverpb.Auth/UserGet"))
-        .route("/v3/auth/user/list", g.unary::<pb::AuthUserListRequest, pb::AuthUserListResponse>("/etcdserverpb.Auth/UserList"))
-        .route("/v3/auth/user/delete", g.unary::<pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse>("/etcdserverpb.Auth/UserDelete"))
-        .route("/v3/auth/user/changepw", g.unary::<pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse>("/etcdserverpb.Auth/UserChangePassword"))
-        .route("/v3/auth/user/grant", g.unary::<pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse>("/etcdserverpb.Auth/UserGrantRole"))
-        .route("/v3/auth/user/revoke", g.unary::<pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse>("/etcdserverpb.Auth/UserRevokeRole"))
-        .route("/v3/auth/role/add", g.unary::<pb::AuthRoleAddRequest, pb::AuthRoleAddResponse>("/etcdserverpb.Auth/RoleAdd"))
-        .route("/v3/auth/role/get", g.unary::<pb::AuthRoleGetRequest, pb::AuthRoleGetResponse>("/etcdserverpb.Auth/RoleGet"))
-        .route("/v3/auth/role/list", g.unary::<pb::AuthRoleListRequest, pb::AuthRoleListResponse>("/etcdserverpb.Auth/RoleList"))
-        .route("/v3/auth/role/delete", g.unary::<pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse>("/etcdserverpb.Auth/RoleDelete"))
-        .route("/v3/auth/role/grant", g.unary::<pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse>("/etcdserverpb.Auth/RoleGrantPermission"))
-        .route("/v3/auth/role/revoke", g.unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>("/etcdserverpb.Auth/RoleRevokePermission"))
+        .route("/auth/enable", g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))
+        .route("/auth/disable", g.unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>("/etcdserverpb.Auth/AuthDisable"))
+        .route("/auth/status", g.unary::<pb::AuthStatusRequest, pb::AuthStatusResponse>("/etcdserverpb.Auth/AuthStatus"))
+        .route("/auth/authenticate", g.unary::<pb::AuthenticateRequest, pb::AuthenticateResponse>("/etcdserverpb.Auth/Authenticate"))
+        .route("/auth/user/add", g.unary::<pb::AuthUserAddRequest, pb::AuthUserAddResponse>("/etcdserverpb.Auth/UserAdd"))
+        .route("/auth/user/get", g.unary::<pb::AuthUserGetRequest, pb::AuthUserGetResponse>("/etcdserverpb.Auth/UserGet"))
+        .route("/auth/user/list", g.unary::<pb::AuthUserListRequest, pb::AuthUserListResponse>("/etcdserverpb.Auth/UserList"))
+        .route("/auth/user/delete", g.unary::<pb::AuthUserDeleteRequest, pb::AuthUserDeleteResponse>("/etcdserverpb.Auth/UserDelete"))
+        .route("/auth/user/changepw", g.unary::<pb::AuthUserChangePasswordRequest, pb::AuthUserChangePasswordResponse>("/etcdserverpb.Auth/UserChangePassword"))
+        .route("/auth/user/grant", g.unary::<pb::AuthUserGrantRoleRequest, pb::AuthUserGrantRoleResponse>("/etcdserverpb.Auth/UserGrantRole"))
+        .route("/auth/user/revoke", g.unary::<pb::AuthUserRevokeRoleRequest, pb::AuthUserRevokeRoleResponse>("/etcdserverpb.Auth/UserRevokeRole"))
+        .route("/auth/role/add", g.unary::<pb::AuthRoleAddRequest, pb::AuthRoleAddResponse>("/etcdserverpb.Auth/RoleAdd"))
+        .route("/auth/role/get", g.unary::<pb::AuthRoleGetRequest, pb::AuthRoleGetResponse>("/etcdserverpb.Auth/RoleGet"))
+        .route("/auth/role/list", g.unary::<pb::AuthRoleListRequest, pb::AuthRoleListResponse>("/etcdserverpb.Auth/RoleList"))
+        .route("/auth/role/delete", g.unary::<pb::AuthRoleDeleteRequest, pb::AuthRoleDeleteResponse>("/etcdserverpb.Auth/RoleDelete"))
+        .route("/auth/role/grant", g.unary::<pb::AuthRoleGrantPermissionRequest, pb::AuthRoleGrantPermissionResponse>("/etcdserverpb.Auth/RoleGrantPermission"))
+        .route("/auth/role/revoke", g.unary::<pb::AuthRoleRevokePermissionRequest, pb::AuthRoleRevokePermissionResponse>("/etcdserverpb.Auth/RoleRevokePermission"))
         // Lock and election
-        .route("/v3/lock/lock", g.unary::<lk::LockRequest, lk::LockResponse>("/v3lockpb.Lock/Lock"))
-        .route("/v3/lock/unlock", g.unary::<lk::UnlockRequest, lk::UnlockResponse>("/v3lockpb.Lock/Unlock"))
-        .route("/v3/election/campaign", g.unary::<el::CampaignRequest, el::CampaignResponse>("/v3electionpb.Election/Campaign"))
-        .route("/v3/election/proclaim", g.unary::<el::ProclaimRequest, el::ProclaimResponse>("/v3electionpb.Election/Proclaim"))
-        .route("/v3/election/leader", g.unary::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Leader"))
-        .route("/v3/election/observe", g.stream::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Observe", KeepOpen::No))
-        .route("/v3/election/resign", g.unary::<el::ResignRequest, el::ResignResponse>("/v3electionpb.Election/Resign"))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body));
-    router.merge(gateway)
+        .route("/lock/lock", g.unary::<lk::LockRequest, lk::LockResponse>("/v3lockpb.Lock/Lock"))
+        .route("/lock/unlock", g.unary::<lk::UnlockRequest, lk::UnlockResponse>("/v3lockpb.Lock/Unlock"))
+        .route("/election/campaign", g.unary::<el::CampaignRequest, el::CampaignResponse>("/v3electionpb.Election/Campaign"))
+        .route("/election/proclaim", g.unary::<el::ProclaimRequest, el::ProclaimResponse>("/v3electionpb.Election/Proclaim"))
+        .route("/election/leader", g.unary::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Leader"))
+        .route("/election/observe", g.stream::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Observe", KeepOpen::No))
+        .route("/election/resign", g.unary::<el::ResignRequest, el::ResignResponse>("/v3electionpb.Election/Resign"))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(cors));
+    // etcd 3.4 also answers under the older /v3beta prefix.
+    router
+        .nest("/v3", gateway.clone())
+        .nest("/v3beta", gateway)
 }
 
 /// Whether a streaming call's request side stays open after the body's
@@ -137,6 +145,7 @@ impl Gateway {
             let grpc = grpc.clone();
             async move { unary::<Req, Resp>(grpc, path, headers, body).await }
         })
+        .options(preflight)
     }
 
     fn stream<Req, Resp>(&self, path: &'static str, keep_open: KeepOpen) -> MethodRouter
@@ -149,7 +158,29 @@ impl Gateway {
             let grpc = grpc.clone();
             async move { streaming::<Req, Resp>(grpc, path, headers, body, keep_open).await }
         })
+        .options(preflight)
     }
+}
+
+/// etcd's default CORS answer (`--cors '*'`): any origin may call the
+/// gateway from a browser.
+async fn cors(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    headers.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    response
+}
+
+/// A browser's CORS preflight: allowed (the headers come from [`cors`]).
+async fn preflight() -> StatusCode {
+    StatusCode::OK
 }
 
 /// One unary call: JSON in, JSON out.
