@@ -29,6 +29,15 @@ pub struct Metrics {
     pub has_leader: IntGauge,
     /// `etcd_server_is_leader`: 1 on the leader.
     pub is_leader: IntGauge,
+    /// `etcd_server_is_learner`: 1 while this member is a learner.
+    pub is_learner: IntGauge,
+    /// `etcd_server_health_success` / `etcd_server_health_failures`: `/health` answers.
+    pub health_success: IntCounter,
+    pub health_failures: IntCounter,
+    /// `etcd_server_quota_backend_bytes`.
+    pub quota_backend_bytes: IntGauge,
+    /// `etcd_server_id{server_id="<hex id>"} 1`.
+    server_id: IntGaugeVec,
     /// `etcd_server_leader_changes_seen_total`.
     pub leader_changes: IntCounter,
     /// `etcd_server_proposals_committed_total` (a gauge in etcd: the commit index).
@@ -98,6 +107,27 @@ impl Metrics {
             "etcd_server_is_leader",
             "1 while this member is the leader, else 0.",
         )?;
+        let is_learner = gauge(
+            "etcd_server_is_learner",
+            "1 while this member is a learner, else 0.",
+        )?;
+        let health_success = counter("etcd_server_health_success", "Healthy answers of /health.")?;
+        let health_failures = counter(
+            "etcd_server_health_failures",
+            "Unhealthy answers of /health.",
+        )?;
+        let quota_backend_bytes = gauge(
+            "etcd_server_quota_backend_bytes",
+            "The backend quota in bytes (--quota-backend-bytes).",
+        )?;
+        let server_id = IntGaugeVec::new(
+            Opts::new(
+                "etcd_server_id",
+                "1, labelled with this member's ID in hex.",
+            ),
+            &["server_id"],
+        )?;
+        registry.register(Box::new(server_id.clone()))?;
         let leader_changes = counter(
             "etcd_server_leader_changes_seen_total",
             "New leaders this member has seen.",
@@ -185,6 +215,11 @@ impl Metrics {
             registry,
             has_leader,
             is_leader,
+            is_learner,
+            health_success,
+            health_failures,
+            quota_backend_bytes,
+            server_id,
             leader_changes,
             proposals_committed,
             proposals_applied,
@@ -201,6 +236,15 @@ impl Metrics {
             grpc_started,
             grpc_handled,
         })
+    }
+
+    /// Records who this member is and its quota, once known.
+    pub fn set_member(&self, member_id: u64, quota_bytes: u64) {
+        self.server_id
+            .with_label_values(&[&format!("{member_id:x}")])
+            .set(1);
+        self.quota_backend_bytes
+            .set(i64::try_from(quota_bytes).unwrap_or(i64::MAX));
     }
 
     /// Everything in Prometheus' text format.
@@ -227,6 +271,7 @@ mod tests {
         let m = Metrics::new("3.4.0").unwrap();
         m.has_leader.set(1);
         m.leader_changes.inc();
+        m.set_member(0x8e9e05c52164694d, 2 << 30);
         m.peer_rtt
             .with_label_values(&["8e9e05c52164694d"])
             .observe(0.001);
@@ -252,6 +297,11 @@ mod tests {
             "etcd_network_peer_round_trip_time_seconds_count{To=\"8e9e05c52164694d\"} 1",
             "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
             "etcd_server_version{server_version=\"3.4.0\"} 1",
+            "etcd_server_id{server_id=\"8e9e05c52164694d\"} 1",
+            "etcd_server_quota_backend_bytes 2147483648",
+            "etcd_server_is_learner 0",
+            "etcd_server_health_success 0",
+            "etcd_server_health_failures 0",
             "process_resident_memory_bytes ",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");

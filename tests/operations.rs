@@ -54,6 +54,9 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
         );
         assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
         assert!(metric_value(&text, "etcd_debugging_mvcc_db_total_size_in_bytes").unwrap() > 0.0);
+        assert_eq!(metric_value(&text, "etcd_server_is_learner"), Some(0.0));
+        let id = format!(r#"etcd_server_id{{server_id="{:x}"}}"#, c.members[0].id());
+        assert_eq!(metric_value(&text, &id), Some(1.0), "{text}");
         assert!(
             metric_value(&text, "etcd_network_client_grpc_received_bytes_total").unwrap() > 0.0
         );

@@ -44,6 +44,16 @@ fn metrics_routes(router: Router, core: Arc<Core>) -> Router {
 type Answer = (StatusCode, [(&'static str, &'static str); 1], String);
 
 async fn health(core: Arc<Core>, query: HashMap<String, String>) -> Answer {
+    let answer = check_health(&core, query).await;
+    if answer.0 == StatusCode::OK {
+        core.metrics.health_success.inc();
+    } else {
+        core.metrics.health_failures.inc();
+    }
+    answer
+}
+
+async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
     let json = [("content-type", "application/json")];
     let serializable = query.get("serializable").is_some_and(|v| v == "true");
     let excluded: Vec<&str> = query
@@ -95,6 +105,8 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     let st = core.raft.status();
     m.has_leader.set(i64::from(st.leader_id != 0));
     m.is_leader.set(i64::from(st.is_leader));
+    m.is_learner
+        .set(i64::from(st.learners.contains(&core.member_id)));
     m.proposals_committed.set(st.commit_index as i64);
     m.proposals_applied.set(st.applied_index as i64);
     let size = core.db_size();

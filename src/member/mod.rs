@@ -175,6 +175,7 @@ impl Member {
         let waiters = Arc::new(Waiters::default());
 
         let (identity, origin) = resolve_identity(cfg, &storage)?;
+        metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
         let mut join_peers: Vec<(u64, String)> = Vec::new();
