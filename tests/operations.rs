@@ -69,6 +69,13 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
         );
         assert!(text.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
     }
+    // Nothing stays pending once the member is idle.
+    let url = format!("{}/metrics", c.members[0].client_url());
+    eventually(Duration::from_secs(20), "no pending proposal", || {
+        let (_, text) = curl(&[&url]);
+        (metric_value(&text, "etcd_server_proposals_pending") == Some(0.0)).then_some(())
+    });
+
     // A proposal applied with an error (no such lease) is not a failed one.
     let failed = |c: &Cluster| {
         let (_, text) = curl(&[&format!("{}/metrics", c.members[0].client_url())]);
