@@ -186,7 +186,8 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
             }
             member.wait_ready().await;
             match localcluster::notify::notify_ready(notify_socket.as_deref()) {
-                Ok(_) => tracing::info!("notified systemd of readiness"),
+                Ok(true) => tracing::info!("notified systemd of readiness"),
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot notify systemd of readiness"),
             }
             std::future::pending::<()>().await
