@@ -4,10 +4,10 @@
 //!
 //! `/health` answers as etcd does: unhealthy (503) while an alarm is raised
 //! (`{"health":"false","reason":"ALARM NOSPACE"}`; `?exclude=NOSPACE` ignores
-//! that alarm) or no leader is known (`RAFT NO LEADER`), and otherwise after a
-//! read through Raft succeeds — linearizable by default, local with
-//! `?serializable=true`, which also skips the leader check, so a member cut off
-//! from its quorum can still report itself up for serializable reads.
+//! that alarm) or no leader is known (`RAFT NO LEADER`), and otherwise once a
+//! linearizable read barrier through Raft succeeds (`QGET ERROR:...` if not).
+//! `?serializable=true` skips the leader check and the barrier, so a member
+//! cut off from its quorum still reports itself fit for serializable reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
