@@ -5,8 +5,8 @@
 //! runs several members in one process, so nothing is global). The pieces that
 //! produce a figure record it where it happens: the Raft node thread counts
 //! leader changes, [`crate::disk`] times the log's fsyncs, the MVCC store times
-//! its commits, the peer senders time their probes, the API counts proposals
-//! and gRPC calls. Figures that are a state rather than an event (leader known,
+//! its commits, the peer transport times its probes and counts its bytes, the
+//! API counts proposals and gRPC calls. Figures that are a state rather than an event (leader known,
 //! committed and applied indexes, database size) are sampled when scraped, by
 //! the caller of [`Metrics::encode`].
 //!
@@ -65,6 +65,10 @@ pub struct Metrics {
     pub backend_commit: Histogram,
     /// `etcd_network_peer_round_trip_time_seconds{To="<peer id>"}`.
     pub peer_rtt: HistogramVec,
+    /// `etcd_network_peer_sent_bytes_total{To="<peer id>"}`.
+    pub peer_sent: IntCounterVec,
+    /// `etcd_network_peer_received_bytes_total{From="<peer id>"}`.
+    pub peer_received: IntCounterVec,
     /// `grpc_server_started_total{grpc_type,grpc_service,grpc_method}`.
     pub grpc_started: IntCounterVec,
     /// `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`.
@@ -185,6 +189,22 @@ impl Metrics {
             &["To"],
         )?;
         registry.register(Box::new(peer_rtt.clone()))?;
+        let peer_sent = IntCounterVec::new(
+            Opts::new(
+                "etcd_network_peer_sent_bytes_total",
+                "Bytes of Raft messages sent to each peer.",
+            ),
+            &["To"],
+        )?;
+        registry.register(Box::new(peer_sent.clone()))?;
+        let peer_received = IntCounterVec::new(
+            Opts::new(
+                "etcd_network_peer_received_bytes_total",
+                "Bytes of Raft messages received from each peer.",
+            ),
+            &["From"],
+        )?;
+        registry.register(Box::new(peer_received.clone()))?;
         let grpc_started = IntCounterVec::new(
             Opts::new("grpc_server_started_total", "gRPC calls started."),
             &["grpc_type", "grpc_service", "grpc_method"],
@@ -233,6 +253,8 @@ impl Metrics {
             wal_fsync,
             backend_commit,
             peer_rtt,
+            peer_sent,
+            peer_received,
             grpc_started,
             grpc_handled,
         })

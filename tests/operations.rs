@@ -97,7 +97,7 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
 }
 
 #[test]
-fn peer_round_trip_times_are_measured_per_peer() {
+fn peer_round_trip_times_and_traffic_are_measured_per_peer() {
     if skip_without_curl() {
         return;
     }
@@ -109,6 +109,14 @@ fn peer_round_trip_times_are_measured_per_peer() {
         let (_, text) = curl(&[&url]);
         metric_value(&text, &series).filter(|n| *n >= 1.0)
     });
+    let (_, text) = curl(&[&url]);
+    let sent = format!(r#"etcd_network_peer_sent_bytes_total{{To="{peer_id}"}}"#);
+    let received = format!(r#"etcd_network_peer_received_bytes_total{{From="{peer_id}"}}"#);
+    assert!(metric_value(&text, &sent).unwrap_or(0.0) > 0.0, "{text}");
+    assert!(
+        metric_value(&text, &received).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
 }
 
 #[test]

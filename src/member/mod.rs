@@ -255,7 +255,7 @@ impl Member {
             raft.clone(),
             faults.clone(),
             shutdown.child_token(),
-            Some(metrics.peer_rtt.clone()),
+            Some(metrics.clone()),
         );
         for m in &membership_rx.borrow().members {
             if let Some(url) = m.peer_urls.first() {
@@ -326,6 +326,7 @@ impl Member {
                 faults: faults.clone(),
                 membership: membership_rx.clone(),
                 shutdown: shutdown.clone(),
+                received: Some(metrics.peer_received.clone()),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

@@ -69,7 +69,7 @@ pub struct Peers {
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
-    rtt: Option<prometheus::HistogramVec>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Peers {
@@ -79,7 +79,7 @@ impl Peers {
         raft: RaftHandle,
         faults: Arc<Faults>,
         shutdown: CancellationToken,
-        rtt: Option<prometheus::HistogramVec>,
+        metrics: Option<crate::metrics::Metrics>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
@@ -90,7 +90,7 @@ impl Peers {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
-            rtt,
+            metrics,
         })
     }
 
@@ -109,9 +109,13 @@ impl Peers {
             faults: self.faults.clone(),
             shutdown: self.shutdown.child_token(),
             rtt: self
-                .rtt
+                .metrics
                 .as_ref()
-                .map(|h| h.with_label_values(&[&format!("{peer:x}")])),
+                .map(|m| m.peer_rtt.with_label_values(&[&format!("{peer:x}")])),
+            sent: self
+                .metrics
+                .as_ref()
+                .map(|m| m.peer_sent.with_label_values(&[&format!("{peer:x}")])),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -167,6 +171,8 @@ struct Sender {
     shutdown: CancellationToken,
     /// Observes probe round trips to this peer.
     rtt: Option<prometheus::Histogram>,
+    /// Counts the bytes of Raft messages sent to this peer.
+    sent: Option<prometheus::IntCounter>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -282,6 +288,9 @@ impl Sender {
                         }
                         messages.push(m.write_to_bytes().map_err(|e| e.to_string())?);
                     }
+                    if let Some(sent) = &self.sent {
+                        sent.inc_by(messages.iter().map(|m| m.len() as u64).sum());
+                    }
                     let out = RaftBatch { cluster_id: self.cluster_id, from: self.from, messages };
                     tokio::select! {
                         r = tx.send(out) => r.map_err(|_| "stream closed".to_string())?,
@@ -313,6 +322,8 @@ pub struct PeerService {
     /// open for good, so a graceful server shutdown would otherwise wait for
     /// them until it gives up.
     pub shutdown: CancellationToken,
+    /// Counts received bytes per sender (`etcd_network_peer_received_bytes_total`).
+    pub received: Option<prometheus::IntCounterVec>,
 }
 
 #[tonic::async_trait]
@@ -340,6 +351,11 @@ impl RaftTransport for PeerService {
             }
             if self.faults.is_blocked(batch.from) {
                 continue;
+            }
+            if let Some(received) = &self.received {
+                received
+                    .with_label_values(&[&format!("{:x}", batch.from)])
+                    .inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             }
             for bytes in batch.messages {
                 let msg = Message::parse_from_bytes(&bytes)
