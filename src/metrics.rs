@@ -73,6 +73,9 @@ pub struct Metrics {
     pub grpc_started: IntCounterVec,
     /// `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`.
     pub grpc_handled: IntCounterVec,
+    /// `grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}`,
+    /// with `--metrics extensive` only (as in etcd).
+    pub grpc_handling: Option<HistogramVec>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,8 +86,9 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// A fresh set of metrics in a registry of its own. `server_version` is
-    /// reported as `etcd_server_version{server_version=...} 1`.
-    pub fn new(server_version: &str) -> Result<Metrics, prometheus::Error> {
+    /// reported as `etcd_server_version{server_version=...} 1`; `extensive`
+    /// (`--metrics extensive`) adds the gRPC handling-time histograms.
+    pub fn new(server_version: &str, extensive: bool) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::with_opts(Opts::new(name, help))?;
@@ -218,6 +222,19 @@ impl Metrics {
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
         registry.register(Box::new(grpc_handled.clone()))?;
+        let grpc_handling = if extensive {
+            let h = HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Time from a gRPC call's arrival to its status.",
+                ),
+                &["grpc_type", "grpc_service", "grpc_method"],
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Some(h)
+        } else {
+            None
+        };
         let version = IntGaugeVec::new(
             Opts::new(
                 "etcd_server_version",
@@ -257,6 +274,7 @@ impl Metrics {
             peer_received,
             grpc_started,
             grpc_handled,
+            grpc_handling,
         })
     }
 
@@ -290,7 +308,7 @@ mod tests {
 
     #[test]
     fn encodes_etcds_metric_names() {
-        let m = Metrics::new("3.4.0").unwrap();
+        let m = Metrics::new("3.4.0", false).unwrap();
         m.has_leader.set(1);
         m.leader_changes.inc();
         m.set_member(0x8e9e05c52164694d, 2 << 30);
@@ -331,9 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn extensive_adds_grpc_handling_histograms() {
+        let basic = Metrics::new("3.4.0", false).unwrap();
+        assert!(basic.grpc_handling.is_none());
+        let m = Metrics::new("3.4.0", true).unwrap();
+        m.grpc_handling
+            .as_ref()
+            .unwrap()
+            .with_label_values(&["unary", "etcdserverpb.KV", "Put"])
+            .observe(0.002);
+        assert!(m.encode().contains(
+            "grpc_server_handling_seconds_count{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1"
+        ));
+    }
+
+    #[test]
     fn two_members_in_one_process_have_separate_metrics() {
-        let a = Metrics::new("3.4.0").unwrap();
-        let b = Metrics::new("3.4.0").unwrap();
+        let a = Metrics::new("3.4.0", false).unwrap();
+        let b = Metrics::new("3.4.0", false).unwrap();
         a.leader_changes.inc();
         assert!(b
             .encode()

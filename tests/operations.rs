@@ -29,7 +29,15 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
     }
     let metrics_port = free_port();
     let metrics_url = format!("http://127.0.0.1:{metrics_port}");
-    let mut c = Cluster::start(1, &["--listen-metrics-urls", &metrics_url]);
+    let mut c = Cluster::start(
+        1,
+        &[
+            "--listen-metrics-urls",
+            &metrics_url,
+            "--metrics",
+            "extensive",
+        ],
+    );
     c.etcdctl(&["put", "k", "v"]).ok();
     c.etcdctl(&["get", "k"]).ok();
 
@@ -68,6 +76,14 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
             "{text}"
         );
         assert!(text.contains("# TYPE etcd_disk_wal_fsync_duration_seconds histogram"));
+        // --metrics extensive: each call's duration too.
+        assert_eq!(
+            metric_value(
+                &text,
+                r#"grpc_server_handling_seconds_count{grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#
+            ),
+            Some(1.0)
+        );
     }
     // Nothing stays pending once the member is idle.
     let url = format!("{}/metrics", c.members[0].client_url());

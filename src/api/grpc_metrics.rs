@@ -8,7 +8,9 @@
 //! client) counts as `Canceled`. Labels follow Go's names: `grpc_type` is
 //! `unary`, `server_stream` or `bidi_stream`, `grpc_code` is e.g. `OK`,
 //! `InvalidArgument`, `Canceled`. The bytes of gRPC calls in each direction
-//! are counted too (`etcd_network_client_grpc_{received,sent}_bytes_total`).
+//! are counted too (`etcd_network_client_grpc_{received,sent}_bytes_total`),
+//! and with `--metrics extensive` each call's duration
+//! (`grpc_server_handling_seconds`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -147,6 +149,7 @@ where
                 .with_label_values(&[c.kind, &c.service, &c.method])
                 .inc();
         }
+        let started = std::time::Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await?;
@@ -157,6 +160,7 @@ where
             let mut tracker = Tracker {
                 metrics,
                 call,
+                started,
                 done: false,
             };
             if let Some(code) = status_of(response.headers()) {
@@ -181,6 +185,7 @@ where
 struct Tracker {
     metrics: Metrics,
     call: Call,
+    started: std::time::Instant,
     done: bool,
 }
 
@@ -195,6 +200,10 @@ impl Tracker {
             .grpc_handled
             .with_label_values(&[c.kind, &c.service, &c.method, code_name(code)])
             .inc();
+        if let Some(h) = &self.metrics.grpc_handling {
+            h.with_label_values(&[c.kind, &c.service, &c.method])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -126,6 +126,7 @@ struct FileConfig {
     log_format: Option<Text>,
     #[serde(rename = "listen-metrics-urls")]
     listen_metrics_urls: Option<Urls>,
+    metrics: Option<Text>,
     #[serde(rename = "unsafe-no-fsync")]
     unsafe_no_fsync: Option<Bool>,
 }
@@ -151,6 +152,7 @@ impl FileConfig {
         text(Setting::LogLevel, self.log_level, |d| &mut d.log_level);
         text(Setting::Logger, self.logger, |d| &mut d.logger);
         text(Setting::LogFormat, self.log_format, |d| &mut d.log_format);
+        text(Setting::Metrics, self.metrics, |d| &mut d.metrics);
         if let Some(TextList(outputs)) = self.log_outputs {
             draft.log_outputs = outputs;
             draft.mark_set(Setting::LogOutputs);

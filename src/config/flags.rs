@@ -99,7 +99,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "auth-token",
     "bcrypt-cost",
     "auth-token-ttl",
-    "metrics",
     "log-rotation-config-json",
     "log-package-levels",
     "proxy",

@@ -172,6 +172,8 @@ pub struct MemberConfig {
     pub log_format: LogFormat,
     /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
     pub listen_metrics_urls: Vec<EtcdUrl>,
+    /// `--metrics extensive` (default `basic`): also time every gRPC call.
+    pub extensive_metrics: bool,
     /// `--unsafe-no-fsync`: never fsync the Raft log or the store. Unsafe: a
     /// machine crash loses acknowledged writes. For test suites only.
     pub unsafe_no_fsync: bool,
@@ -204,6 +206,7 @@ impl Default for MemberConfig {
             log_outputs: draft.log_outputs,
             log_format: LogFormat::Console,
             listen_metrics_urls: draft.listen_metrics_urls,
+            extensive_metrics: false,
             unsafe_no_fsync: draft.unsafe_no_fsync,
             warnings: Vec::new(),
         }
@@ -510,6 +513,15 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         },
         log_format: draft.log_format.parse().map_err(ConfigError::Invalid)?,
         listen_metrics_urls: draft.listen_metrics_urls,
+        extensive_metrics: match draft.metrics.as_str() {
+            "basic" | "" => false,
+            "extensive" => true,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown --metrics {other:?} (valid: basic, extensive)"
+                )))
+            }
+        },
         unsafe_no_fsync: draft.unsafe_no_fsync,
         warnings,
     };

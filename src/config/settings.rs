@@ -67,12 +67,13 @@ pub enum Setting {
     LogOutputs,
     LogFormat,
     ListenMetricsUrls,
+    Metrics,
     UnsafeNoFsync,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 22] = [
+    pub const ALL: [Setting; 23] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -90,6 +91,7 @@ impl Setting {
         Setting::InitialClusterToken,
         Setting::AdvertiseClientUrls,
         Setting::ListenMetricsUrls,
+        Setting::Metrics,
         Setting::Logger,
         Setting::LogLevel,
         Setting::LogOutputs,
@@ -121,6 +123,7 @@ impl Setting {
             Setting::LogOutputs => "log-outputs",
             Setting::LogFormat => "log-format",
             Setting::ListenMetricsUrls => "listen-metrics-urls",
+            Setting::Metrics => "metrics",
             Setting::UnsafeNoFsync => "unsafe-no-fsync",
         }
     }
@@ -208,6 +211,10 @@ impl Setting {
                 "",
                 "List of URLs to serve /metrics and /health on, besides the client URLs.",
             ),
+            Setting::Metrics => (
+                "basic",
+                "'basic' or 'extensive' (adds grpc_server_handling_seconds histograms).",
+            ),
             Setting::UnsafeNoFsync => (
                 "false",
                 "Never fsync the Raft log or the store: fast, but a machine crash can lose acknowledged writes (test suites only).",
@@ -243,6 +250,7 @@ pub struct Draft {
     pub log_outputs: Vec<String>,
     pub log_format: String,
     pub listen_metrics_urls: Vec<EtcdUrl>,
+    pub metrics: String,
     pub unsafe_no_fsync: bool,
     explicitly_set: BTreeSet<Setting>,
 }
@@ -274,6 +282,7 @@ impl Draft {
             log_outputs: vec![DEFAULT_LOG_OUTPUT.to_owned()],
             log_format: DEFAULT_LOG_FORMAT.to_owned(),
             listen_metrics_urls: Vec::new(),
+            metrics: "basic".to_owned(),
             unsafe_no_fsync: false,
             explicitly_set: BTreeSet::new(),
         }
@@ -302,6 +311,7 @@ impl Draft {
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
             Setting::LogFormat => self.log_format = raw.to_owned(),
+            Setting::Metrics => self.metrics = raw.to_owned(),
             Setting::LogOutputs => self.log_outputs = split_list(raw),
             Setting::UnsafeNoFsync => {
                 // A Go boolean flag: written alone it is true.

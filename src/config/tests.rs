@@ -481,14 +481,17 @@ fn flag_and_its_environment_variable_conflict_as_in_etcd() {
 fn unknown_environment_variables_warn() {
     let c = MemberConfig::from_args(
         Vec::<String>::new(),
-        &env(&[("ETCD_NAMEE", "x"), ("ETCD_METRICS", "basic")]),
+        &env(&[
+            ("ETCD_NAMEE", "x"),
+            ("ETCD_AUTO_COMPACTION_MODE", "periodic"),
+        ]),
     )
     .unwrap();
     assert!(c
         .warnings
         .contains(&"unrecognized environment variable ETCD_NAMEE=x".to_owned()));
     assert!(c.warnings.contains(
-        &"environment variable ETCD_METRICS (--metrics) is not supported by localcluster; ignored"
+        &"environment variable ETCD_AUTO_COMPACTION_MODE (--auto-compaction-mode) is not supported by localcluster; ignored"
             .to_owned()
     ));
 }
@@ -715,4 +718,19 @@ fn listen_metrics_urls_are_parsed() {
         "http://127.0.0.1:9101,http://127.0.0.1:9102"
     );
     assert!(parse(&[]).unwrap().listen_metrics_urls.is_empty());
+}
+
+#[test]
+fn metrics_level_is_basic_or_extensive() {
+    assert!(!parse(&[]).unwrap().extensive_metrics);
+    assert!(
+        parse(&["--metrics", "extensive"])
+            .unwrap()
+            .extensive_metrics
+    );
+    assert!(!parse(&["--metrics=basic"]).unwrap().extensive_metrics);
+    assert!(matches!(
+        parse(&["--metrics", "everything"]),
+        Err(ConfigError::Invalid(m)) if m.contains("valid: basic, extensive")
+    ));
 }

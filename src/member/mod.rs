@@ -152,8 +152,9 @@ impl Member {
         let raft_path = wal_dir.join("raft.redb");
         let kv_path = member_dir.join("kv.redb");
 
-        let metrics = crate::metrics::Metrics::new(crate::apply::CLUSTER_VERSION)
-            .map_err(|e| MemberError::Config(format!("cannot set up metrics: {e}")))?;
+        let metrics =
+            crate::metrics::Metrics::new(crate::apply::CLUSTER_VERSION, cfg.extensive_metrics)
+                .map_err(|e| MemberError::Config(format!("cannot set up metrics: {e}")))?;
         if cfg.unsafe_no_fsync {
             tracing::warn!("--unsafe-no-fsync: the Raft log and the store are never fsync'ed; a machine crash may lose acknowledged writes");
         }
