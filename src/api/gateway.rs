@@ -5,7 +5,9 @@
 //! a JSON request becomes a gRPC call through the same router that serves
 //! gRPC clients (so the same validation, errors, metrics and — once the Auth
 //! service is added — permission checks apply; the `Authorization` header is
-//! passed on as metadata), and the answer is turned back into JSON. Nothing
+//! passed on as metadata and the connection's request extensions, such as
+//! its peer address, are carried over), and the answer is turned back into
+//! JSON. Nothing
 //! of a service's logic is repeated here.
 //!
 //! JSON as etcd 3.4's gateway writes it (proto3 JSON mapping, by pbjson): the
@@ -31,7 +33,7 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use axum::Router;
@@ -141,10 +143,16 @@ impl Gateway {
         Resp: prost::Message + Serialize + Default + 'static,
     {
         let grpc = self.grpc.clone();
-        post(move |headers: HeaderMap, body: Bytes| {
-            let grpc = grpc.clone();
-            async move { unary::<Req, Resp>(grpc, path, headers, body).await }
-        })
+        post(
+            move |headers: HeaderMap, extensions: Extensions, body: Bytes| {
+                let grpc = grpc.clone();
+                let from = Caller {
+                    headers,
+                    extensions,
+                };
+                async move { unary::<Req, Resp>(grpc, path, from, body).await }
+            },
+        )
         .options(preflight)
     }
 
@@ -154,10 +162,16 @@ impl Gateway {
         Resp: prost::Message + Serialize + Default + 'static,
     {
         let grpc = self.grpc.clone();
-        post(move |headers: HeaderMap, body: Bytes| {
-            let grpc = grpc.clone();
-            async move { streaming::<Req, Resp>(grpc, path, headers, body, keep_open).await }
-        })
+        post(
+            move |headers: HeaderMap, extensions: Extensions, body: Bytes| {
+                let grpc = grpc.clone();
+                let from = Caller {
+                    headers,
+                    extensions,
+                };
+                async move { streaming::<Req, Resp>(grpc, path, from, body, keep_open).await }
+            },
+        )
         .options(preflight)
     }
 }
@@ -184,12 +198,7 @@ async fn preflight() -> StatusCode {
 }
 
 /// One unary call: JSON in, JSON out.
-async fn unary<Req, Resp>(
-    grpc: Router,
-    path: &'static str,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response
+async fn unary<Req, Resp>(grpc: Router, path: &'static str, from: Caller, body: Bytes) -> Response
 where
     Req: prost::Message + DeserializeOwned + Default,
     Resp: prost::Message + Serialize + Default,
@@ -199,7 +208,7 @@ where
         Err(e) => return error_response(&e),
     };
     let body = Body::from(frame(&request));
-    let response = call(grpc, path, &headers, body).await;
+    let response = call(grpc, path, from, body).await;
     if let Some(status) = failed(response.headers()) {
         return error_response(&status);
     }
@@ -223,7 +232,7 @@ where
 async fn streaming<Req, Resp>(
     grpc: Router,
     path: &'static str,
-    headers: HeaderMap,
+    from: Caller,
     body: Bytes,
     keep_open: KeepOpen,
 ) -> Response
@@ -247,7 +256,7 @@ where
         )),
         KeepOpen::No => Body::new(http_body_util::StreamBody::new(frames)),
     };
-    let response = call(grpc, path, &headers, request_body).await;
+    let response = call(grpc, path, from, request_body).await;
     if let Some(status) = failed(response.headers()) {
         return error_response(&status);
     }
@@ -288,20 +297,30 @@ where
     response
 }
 
-/// Sends one gRPC request through `grpc`, passing on `Authorization`.
-async fn call(grpc: Router, path: &'static str, headers: &HeaderMap, body: Body) -> Response {
+/// What the gateway passes on from the HTTP request to its gRPC call.
+struct Caller {
+    headers: HeaderMap,
+    /// The connection's extensions (peer address, TLS details), so the
+    /// services see the call as coming from the HTTP client's connection.
+    extensions: Extensions,
+}
+
+/// Sends one gRPC request through `grpc`, passing on `Authorization` and
+/// the HTTP request's extensions.
+async fn call(grpc: Router, path: &'static str, from: Caller, body: Body) -> Response {
     let mut request = Request::builder()
         .method("POST")
         .uri(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers");
-    if let Some(token) = headers.get("authorization") {
+    if let Some(token) = from.headers.get("authorization") {
         request = request.header("authorization", token.clone());
     }
-    let request = match request.body(body) {
+    let mut request = match request.body(body) {
         Ok(r) => r,
         Err(e) => return error_response(&Status::internal(e.to_string())),
     };
+    request.extensions_mut().extend(from.extensions);
     match grpc.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
