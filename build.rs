@@ -1,5 +1,7 @@
 //! Compiles the wire definitions in `proto/` with protox (pure Rust, no `protoc`)
-//! and generates prost messages and tonic clients/servers for them.
+//! and generates prost messages and tonic clients/servers for them, plus serde
+//! impls (pbjson: proto3's JSON mapping, with the .proto field names as etcd's
+//! grpc-gateway writes them) for the client API's packages.
 
 use std::path::{Path, PathBuf};
 
@@ -25,9 +27,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
+    let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -19,6 +19,10 @@
 //! [`chaos`] runs clients and injected faults against an embedded cluster and
 //! checks the history for linearizability. [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
 //! the leader.
+//! [`disk`] opens the redb files (fsyncs timed, or skipped under
+//! `--unsafe-no-fsync`); [`metrics`] is a member's Prometheus registry;
+//! [`logging`] and [`notify`] are the member process's log output and
+//! systemd readiness notification.
 
 pub mod api;
 pub mod apply;
@@ -29,12 +33,16 @@ pub mod client;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
+pub mod disk;
 pub mod identity;
 pub mod layout;
 pub mod lease;
+pub mod logging;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
+pub mod notify;
 pub mod pb;
 pub mod raft;
 pub mod supervisor;

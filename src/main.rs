@@ -135,27 +135,6 @@ where
     }
 }
 
-fn init_tracing(level: &str) {
-    let level = match level {
-        "debug" => "debug",
-        "warn" => "warn",
-        "error" | "panic" | "fatal" => "error",
-        _ => "info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// `localcluster member`: parse etcd's flags, run the member until SIGINT/SIGTERM.
 fn member_main(args: Vec<String>) -> i32 {
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -175,7 +154,10 @@ fn member_main(args: Vec<String>) -> i32 {
             return e.exit_code();
         }
     };
-    init_tracing(&cfg.log_level);
+    if let Err(e) = localcluster::logging::init(&cfg.log_level, cfg.log_format, &cfg.log_outputs) {
+        eprintln!("localcluster member: {e}");
+        return 1;
+    }
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
@@ -203,7 +185,22 @@ fn run_member(cfg: MemberConfig) -> anyhow::Result<()> {
     // Started outside `block_on`: the member owns a runtime of its own.
     let member = Member::start(&cfg)?;
     rt.block_on(async {
+        // systemd (Type=notify): READY=1 once the member serves, as etcd does.
+        let notify_socket = std::env::var_os(localcluster::notify::NOTIFY_SOCKET);
+        let ready = async {
+            if notify_socket.is_none() {
+                return std::future::pending().await;
+            }
+            member.wait_ready().await;
+            match localcluster::notify::notify_ready(notify_socket.as_deref()) {
+                Ok(true) => tracing::info!("notified systemd of readiness"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot notify systemd of readiness"),
+            }
+            std::future::pending::<()>().await
+        };
         tokio::select! {
+            _ = ready => {}
             r = wait_for_signal() => {
                 r?;
                 tracing::info!(name = %cfg.name, "received signal; shutting down");

@@ -399,3 +399,32 @@ fn the_blocking_cluster_survives_a_leader_kill() {
     assert_eq!(cluster.block_on(get(&old_url, "k")).as_deref(), Some("v"));
     cluster.shutdown().unwrap();
 }
+
+#[tokio::test]
+async fn unsafe_no_fsync_skips_every_fsync_and_survives_killed_members() {
+    let mut cluster = builder().unsafe_no_fsync(true).start().await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    let url = cluster.member(leader).client_url.clone();
+    put(&url, "fast", "1").await;
+    // A killed process loses nothing: the page cache outlives it.
+    cluster.kill(leader).unwrap();
+    cluster.start(leader).unwrap();
+    cluster.wait_converged(WAIT).await.unwrap();
+    let url = cluster.member(leader).client_url.clone();
+    assert_eq!(get(&url, "fast").await.as_deref(), Some("1"));
+    for i in 0..3 {
+        let member = cluster.member_handle(i).unwrap();
+        assert_eq!(
+            member.core().metrics.wal_fsync.get_sample_count(),
+            0,
+            "member {i} fsynced its log"
+        );
+    }
+
+    // The default is safe: the log is fsynced.
+    let safe = LocalCluster::builder().members(1).start().await.unwrap();
+    safe.wait_leader(WAIT).await.unwrap();
+    put(&safe.member(0).client_url, "safe", "1").await;
+    let member = safe.member_handle(0).unwrap();
+    assert!(member.core().metrics.wal_fsync.get_sample_count() > 0);
+}

@@ -642,3 +642,25 @@ fn run_without_a_supervisor_fails_with_one_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the supervisor"), "{err}");
 }
+
+#[test]
+fn a_members_json_log_lines_are_prefixed_like_any_other() {
+    let (client, peer) = (free_port(), free_port());
+    let procfile = format!(
+        "m1: {BIN} member --name m1 --data-dir m1.etcd --log-format json \
+         --listen-client-urls http://127.0.0.1:{client} --advertise-client-urls http://127.0.0.1:{client} \
+         --listen-peer-urls http://127.0.0.1:{peer} --initial-advertise-peer-urls http://127.0.0.1:{peer} \
+         --initial-cluster m1=http://127.0.0.1:{peer}\n"
+    );
+    let mut sup = Sup::start(&procfile, &[]);
+    let line = sup.wait_line(|l| l.contains("ready to serve client requests"));
+    let json = line
+        .strip_prefix("m1 | ")
+        .unwrap_or_else(|| panic!("not prefixed: {line:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json:?}"));
+    assert_eq!(v["msg"], "ready to serve client requests");
+    assert_eq!(v["level"], "info");
+    sup.signal(libc::SIGTERM);
+    assert!(sup.wait_exit(20).success());
+}

@@ -8,7 +8,10 @@
 //! - [`watch`]: Watch streams, fed by the applied-changes broadcast.
 //! - [`lock`], [`election`]: etcd's server-side lock and election services,
 //!   built on [`recipes`] (the `clientv3/concurrency` recipe).
-//! - [`http`]: `GET /health`, `GET /version`.
+//! - [`http`]: `GET /health`, `GET /version`, `GET /metrics`.
+//! - [`gateway`]: etcd's JSON gateway (`POST /v3/kv/put`, ...), a JSON
+//!   front of the gRPC services above.
+//! - [`grpc_metrics`]: counts gRPC calls by service, method and status code.
 //! - [`reconfig`]: etcd's strict reconfiguration check for membership changes.
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
@@ -23,6 +26,8 @@
 pub mod cluster;
 pub mod election;
 pub mod errors;
+pub mod gateway;
+pub mod grpc_metrics;
 pub mod h2fix;
 pub mod http;
 pub mod kv;
@@ -100,6 +105,8 @@ pub struct Core {
     pub db_files: Vec<std::path::PathBuf>,
     /// The peer senders (their connection state feeds the reconfiguration check).
     pub peers: Arc<crate::raft::transport::Peers>,
+    /// The member's Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Core {
@@ -129,6 +136,11 @@ impl Core {
     }
 
     /// Proposes `op` through Raft and waits for its application on this member.
+    ///
+    /// Metrics as etcd keeps them: the proposal is pending from its hand-over
+    /// to Raft until its result (or until the caller gives up), and failed if
+    /// Raft refused it, the member stopped or the wait timed out — not when
+    /// it was applied with an error such as `requested lease not found`.
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
@@ -137,18 +149,19 @@ impl Core {
             return Err(errors::request_too_large());
         }
         self.wait_for_leader().await?;
+        let pending = PendingProposal::new(&self.metrics);
         let rx = self.waiters.register(id);
         if let Err(e) = self.raft.propose(data).await {
             self.waiters.cancel(id);
-            return Err(errors::from_raft(e));
+            return Err(pending.failed(errors::from_raft(e)));
         }
         match tokio::time::timeout(self.limits.request_timeout, rx).await {
             Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(e))) => Err(errors::from_apply(e)),
-            Ok(Err(_)) => Err(errors::stopped()),
+            Ok(Err(_)) => Err(pending.failed(errors::stopped())),
             Err(_) => {
                 self.waiters.cancel(id);
-                Err(errors::timeout())
+                Err(pending.failed(errors::timeout()))
             }
         }
     }
@@ -222,6 +235,29 @@ impl Core {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len() as i64)
             .sum()
+    }
+}
+
+/// One proposal in `etcd_server_proposals_pending` while it lives (a guard,
+/// so a request dropped mid-wait by its client stops counting too).
+struct PendingProposal<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> PendingProposal<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.proposals_pending.inc();
+        PendingProposal(metrics)
+    }
+
+    /// Counts the proposal in `etcd_server_proposals_failed_total`.
+    fn failed(&self, status: Status) -> Status {
+        self.0.proposals_failed.inc();
+        status
+    }
+}
+
+impl Drop for PendingProposal<'_> {
+    fn drop(&mut self) {
+        self.0.proposals_pending.dec();
     }
 }
 

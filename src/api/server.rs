@@ -70,8 +70,12 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             core.clone(),
             learner_guard,
+        ))
+        .layer(super::grpc_metrics::GrpcMetricsLayer::new(
+            core.metrics.clone(),
         ));
-    super::http::routes(grpc, core)
+    let with_gateway = super::gateway::routes(grpc.clone(), grpc, 2 * max);
+    super::http::routes(with_gateway, core)
 }
 
 /// The gRPC methods a learner serves (etcd's `isRPCSupportedForLearner`).

@@ -46,6 +46,7 @@ pub struct LocalClusterBuilder {
     ports: Option<Vec<(u16, u16)>>,
     token: String,
     start_timeout: Duration,
+    unsafe_no_fsync: bool,
     configure: Option<Configure>,
 }
 
@@ -63,6 +64,7 @@ impl fmt::Debug for LocalClusterBuilder {
             .field("ports", &self.ports)
             .field("token", &self.token)
             .field("start_timeout", &self.start_timeout)
+            .field("unsafe_no_fsync", &self.unsafe_no_fsync)
             .field("configure", &self.configure.is_some())
             .finish()
     }
@@ -82,6 +84,7 @@ impl Default for LocalClusterBuilder {
             ports: None,
             token: DEFAULT_TOKEN.to_string(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            unsafe_no_fsync: false,
             configure: None,
         }
     }
@@ -134,6 +137,16 @@ impl LocalClusterBuilder {
     /// partitioned minority fail after at most this long.
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
+        self
+    }
+
+    /// Never fsync the members' Raft logs and stores (etcd's
+    /// `--unsafe-no-fsync`; default off). **Unsafe**: a machine crash or power
+    /// loss may lose acknowledged writes or corrupt the data; killing members
+    /// (the fault hooks) loses nothing, since the page cache survives. Meant
+    /// for test suites on slow disks, where it can speed writes up a lot.
+    pub fn unsafe_no_fsync(mut self, on: bool) -> Self {
+        self.unsafe_no_fsync = on;
         self
     }
 
@@ -293,6 +306,7 @@ impl LocalClusterBuilder {
                 heartbeat_interval: self.heartbeat,
                 election_timeout: self.election,
                 snapshot_count: self.snapshot_count,
+                unsafe_no_fsync: self.unsafe_no_fsync,
                 ..MemberConfig::default()
             };
             if let Some(f) = &self.configure {

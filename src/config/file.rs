@@ -122,6 +122,15 @@ struct FileConfig {
     logger: Option<Text>,
     #[serde(rename = "strict-reconfig-check")]
     strict_reconfig_check: Option<bool>,
+    #[serde(rename = "log-outputs")]
+    log_outputs: Option<TextList>,
+    #[serde(rename = "log-format")]
+    log_format: Option<Text>,
+    #[serde(rename = "listen-metrics-urls")]
+    listen_metrics_urls: Option<Urls>,
+    metrics: Option<Text>,
+    #[serde(rename = "unsafe-no-fsync")]
+    unsafe_no_fsync: Option<Bool>,
 }
 
 impl FileConfig {
@@ -144,11 +153,22 @@ impl FileConfig {
         );
         text(Setting::LogLevel, self.log_level, |d| &mut d.log_level);
         text(Setting::Logger, self.logger, |d| &mut d.logger);
+        text(Setting::LogFormat, self.log_format, |d| &mut d.log_format);
+        text(Setting::Metrics, self.metrics, |d| &mut d.metrics);
+        if let Some(TextList(outputs)) = self.log_outputs {
+            draft.log_outputs = outputs;
+            draft.mark_set(Setting::LogOutputs);
+        }
+        if let Some(Bool(on)) = self.unsafe_no_fsync {
+            draft.unsafe_no_fsync = on;
+            draft.mark_set(Setting::UnsafeNoFsync);
+        }
 
         for (setting, value) in [
             (Setting::ListenClientUrls, self.listen_client_urls),
             (Setting::AdvertiseClientUrls, self.advertise_client_urls),
             (Setting::ListenPeerUrls, self.listen_peer_urls),
+            (Setting::ListenMetricsUrls, self.listen_metrics_urls),
             (
                 Setting::InitialAdvertisePeerUrls,
                 self.initial_advertise_peer_urls,
@@ -251,6 +271,40 @@ struct Text(String);
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         scalar(deserializer, |text| Ok(Text(text)))
+    }
+}
+
+/// A list of strings: a YAML sequence (etcd's `log-outputs: [stderr]`) or
+/// one comma-separated scalar.
+#[derive(Debug)]
+struct TextList(Vec<String>);
+
+impl<'de> Deserialize<'de> for TextList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            List(Vec<String>),
+            One(Text),
+        }
+        Ok(TextList(match Shape::deserialize(deserializer)? {
+            Shape::List(items) => items,
+            Shape::One(Text(text)) => super::settings::split_list(&text),
+        }))
+    }
+}
+
+/// A boolean: YAML `true`/`false`, or Go's spellings as text.
+#[derive(Debug)]
+struct Bool(bool);
+
+impl<'de> Deserialize<'de> for Bool {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        scalar(deserializer, |text| {
+            super::values::parse_bool(&text)
+                .map(Bool)
+                .ok_or_else(|| format!("invalid boolean {text:?}"))
+        })
     }
 }
 
@@ -475,5 +529,23 @@ mod tests {
         let err = load(&dir.path().join("nope.yml")).unwrap_err();
         assert!(matches!(err, ConfigError::ReadConfigFile { .. }));
         assert!(err.to_string().starts_with("cannot read config file "));
+    }
+
+    #[test]
+    fn operations_keys_are_read() {
+        let (d, warnings) = load_str(
+            "log-outputs: [stderr, /var/log/m.log]\n\
+             log-format: json\n\
+             listen-metrics-urls: http://127.0.0.1:9101\n\
+             unsafe-no-fsync: true\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(d.log_outputs, vec!["stderr", "/var/log/m.log"]);
+        assert_eq!(d.log_format, "json");
+        assert_eq!(d.listen_metrics_urls[0].as_str(), "http://127.0.0.1:9101");
+        assert!(d.unsafe_no_fsync);
+        let (d, _) = load_str("log-outputs: stdout\n").unwrap();
+        assert_eq!(d.log_outputs, vec!["stdout"]);
     }
 }

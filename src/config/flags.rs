@@ -48,7 +48,6 @@ impl FlagKind {
 /// etcd flags that take a value and that localcluster does not implement.
 const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "listen-client-http-urls",
-    "listen-metrics-urls",
     "max-snapshots",
     "max-wals",
     "backend-bbolt-freelist-type",
@@ -99,9 +98,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "auth-token",
     "bcrypt-cost",
     "auth-token-ttl",
-    "metrics",
-    "log-outputs",
-    "log-format",
     "log-rotation-config-json",
     "log-package-levels",
     "proxy",
@@ -175,7 +171,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "experimental-stop-grpc-service-on-defrag",
     "experimental-set-member-localaddr",
     "force-new-cluster",
-    "unsafe-no-fsync",
     "discovery-insecure-transport",
     "discovery-insecure-skip-tls-verify",
     "debug",

@@ -101,6 +101,31 @@ impl FromStr for ClusterState {
     }
 }
 
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (localcluster's default).
+    #[default]
+    Console,
+    /// One JSON object per line in etcd's zap shape
+    /// (`{"level":"info","ts":"...","caller":"...","msg":"...",...}`).
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    /// etcd's values `json` and `console` (`text` is taken as `console`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "console" | "text" | "" => Ok(LogFormat::Console),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (valid: json, console)"
+            )),
+        }
+    }
+}
+
 /// Everything one member needs to start, with etcd's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberConfig {
@@ -154,6 +179,17 @@ pub struct MemberConfig {
     /// `--strict-reconfig-check`, default true: refuse membership changes
     /// that would cost the cluster its quorum (see `crate::api::reconfig`).
     pub strict_reconfig_check: bool,
+    /// `--log-outputs`: `default`/`stderr`, `stdout`, or file paths.
+    pub log_outputs: Vec<String>,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
+    pub listen_metrics_urls: Vec<EtcdUrl>,
+    /// `--metrics extensive` (default `basic`): also time every gRPC call.
+    pub extensive_metrics: bool,
+    /// `--unsafe-no-fsync`: never fsync the Raft log or the store. Unsafe: a
+    /// machine crash loses acknowledged writes. For test suites only.
+    pub unsafe_no_fsync: bool,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -185,6 +221,11 @@ impl Default for MemberConfig {
             discovery_endpoints: draft.discovery_endpoints,
             discovery_token: draft.discovery_token,
             strict_reconfig_check: draft.strict_reconfig_check,
+            log_outputs: draft.log_outputs,
+            log_format: LogFormat::Console,
+            listen_metrics_urls: draft.listen_metrics_urls,
+            extensive_metrics: false,
+            unsafe_no_fsync: draft.unsafe_no_fsync,
             warnings: Vec::new(),
         }
     }
@@ -499,6 +540,23 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         discovery_endpoints: draft.discovery_endpoints,
         discovery_token: draft.discovery_token,
         strict_reconfig_check: draft.strict_reconfig_check,
+        log_outputs: if draft.log_outputs.is_empty() {
+            vec![settings::DEFAULT_LOG_OUTPUT.to_owned()]
+        } else {
+            draft.log_outputs
+        },
+        log_format: draft.log_format.parse().map_err(ConfigError::Invalid)?,
+        listen_metrics_urls: draft.listen_metrics_urls,
+        extensive_metrics: match draft.metrics.as_str() {
+            "basic" | "" => false,
+            "extensive" => true,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown --metrics {other:?} (valid: basic, extensive)"
+                )))
+            }
+        },
+        unsafe_no_fsync: draft.unsafe_no_fsync,
         warnings,
     };
     config.validate()?;

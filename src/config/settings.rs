@@ -42,6 +42,11 @@ pub const DEFAULT_LOGGER: &str = "zap";
 pub const DEFAULT_AUTO_COMPACTION_MODE: &str = "periodic";
 /// etcd's default `--experimental-watch-progress-notify-interval`.
 pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// etcd's default `--log-outputs`: standard error.
+pub const DEFAULT_LOG_OUTPUT: &str = "default";
+/// localcluster's default `--log-format`: human-readable lines (etcd's
+/// default is `json`; pass `--log-format json` for machines).
+pub const DEFAULT_LOG_FORMAT: &str = "console";
 
 /// One supported etcd flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,11 +75,16 @@ pub enum Setting {
     DiscoveryEndpoints,
     DiscoveryToken,
     StrictReconfigCheck,
+    LogOutputs,
+    LogFormat,
+    ListenMetricsUrls,
+    Metrics,
+    UnsafeNoFsync,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 24] = [
+    pub const ALL: [Setting; 29] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -94,11 +104,16 @@ impl Setting {
         Setting::AutoCompactionRetention,
         Setting::AutoCompactionMode,
         Setting::WatchProgressNotifyInterval,
-        Setting::Logger,
-        Setting::LogLevel,
         Setting::StrictReconfigCheck,
         Setting::DiscoveryEndpoints,
         Setting::DiscoveryToken,
+        Setting::ListenMetricsUrls,
+        Setting::Metrics,
+        Setting::Logger,
+        Setting::LogLevel,
+        Setting::LogOutputs,
+        Setting::LogFormat,
+        Setting::UnsafeNoFsync,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -128,12 +143,17 @@ impl Setting {
             Setting::DiscoveryEndpoints => "discovery-endpoints",
             Setting::DiscoveryToken => "discovery-token",
             Setting::StrictReconfigCheck => "strict-reconfig-check",
+            Setting::LogOutputs => "log-outputs",
+            Setting::LogFormat => "log-format",
+            Setting::ListenMetricsUrls => "listen-metrics-urls",
+            Setting::Metrics => "metrics",
+            Setting::UnsafeNoFsync => "unsafe-no-fsync",
         }
     }
 
-    /// Whether the flag is boolean (`--flag` alone means true).
+    /// Whether the flag is a Go boolean flag (`--flag` alone means true).
     pub fn is_boolean(self) -> bool {
-        self == Setting::StrictReconfigCheck
+        matches!(self, Setting::UnsafeNoFsync | Setting::StrictReconfigCheck)
     }
 
     /// The setting a flag name (without dashes) stands for. etcd 3.6's
@@ -230,6 +250,26 @@ impl Setting {
                 "true",
                 "Reject reconfiguration requests that would cause quorum loss.",
             ),
+            Setting::LogOutputs => (
+                "default",
+                "Where to write logs: 'default' or 'stderr', 'stdout', or a file path (comma-separated).",
+            ),
+            Setting::LogFormat => (
+                "console",
+                "Log format: 'console' (human-readable) or 'json' (one zap-style JSON object per line).",
+            ),
+            Setting::ListenMetricsUrls => (
+                "",
+                "List of URLs to serve /metrics and /health on, besides the client URLs.",
+            ),
+            Setting::Metrics => (
+                "basic",
+                "'basic' or 'extensive' (adds grpc_server_handling_seconds histograms).",
+            ),
+            Setting::UnsafeNoFsync => (
+                "false",
+                "Never fsync the Raft log or the store: fast, but a machine crash can lose acknowledged writes (test suites only).",
+            ),
         }
     }
 }
@@ -267,6 +307,11 @@ pub struct Draft {
     pub discovery_endpoints: Vec<String>,
     pub discovery_token: String,
     pub strict_reconfig_check: bool,
+    pub log_outputs: Vec<String>,
+    pub log_format: String,
+    pub listen_metrics_urls: Vec<EtcdUrl>,
+    pub metrics: String,
+    pub unsafe_no_fsync: bool,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -300,6 +345,11 @@ impl Draft {
             discovery_endpoints: Vec::new(),
             discovery_token: String::new(),
             strict_reconfig_check: true,
+            log_outputs: vec![DEFAULT_LOG_OUTPUT.to_owned()],
+            log_format: DEFAULT_LOG_FORMAT.to_owned(),
+            listen_metrics_urls: Vec::new(),
+            metrics: "basic".to_owned(),
+            unsafe_no_fsync: false,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -343,7 +393,17 @@ impl Draft {
                     .map(str::to_owned)
                     .collect();
             }
-            Setting::ListenClientUrls
+            Setting::LogFormat => self.log_format = raw.to_owned(),
+            Setting::Metrics => self.metrics = raw.to_owned(),
+            Setting::LogOutputs => self.log_outputs = split_list(raw),
+            Setting::UnsafeNoFsync => {
+                // A Go boolean flag: written alone it is true.
+                self.unsafe_no_fsync = raw.is_empty()
+                    || parse_bool(raw)
+                        .ok_or_else(|| "parse error (expected a boolean)".to_owned())?;
+            }
+            Setting::ListenMetricsUrls
+            | Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls
             | Setting::InitialAdvertisePeerUrls => {
@@ -381,6 +441,7 @@ impl Draft {
             Setting::ListenClientUrls => &mut self.listen_client_urls,
             Setting::AdvertiseClientUrls => &mut self.advertise_client_urls,
             Setting::ListenPeerUrls => &mut self.listen_peer_urls,
+            Setting::ListenMetricsUrls => &mut self.listen_metrics_urls,
             _ => &mut self.initial_advertise_peer_urls,
         }
     }
@@ -409,6 +470,15 @@ fn default_url(text: &str) -> EtcdUrl {
         Ok(url) => url,
         Err(e) => unreachable!("built-in default URL {text} is invalid: {e}"),
     }
+}
+
+/// A comma-separated list flag (Go's `flags.StringSlice`): empty items dropped.
+pub fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn uint(raw: &str) -> Result<u64, String> {

@@ -123,7 +123,6 @@ fn procfile_member_parses_with_warnings_for_unsupported_flags() {
         c.warnings,
         vec![
             "flag --enable-pprof is not supported by localcluster; ignored",
-            "flag --log-outputs is not supported by localcluster; ignored",
             "'data-dir' was empty; using default: infra1.etcd",
         ]
     );
@@ -482,14 +481,17 @@ fn flag_and_its_environment_variable_conflict_as_in_etcd() {
 fn unknown_environment_variables_warn() {
     let c = MemberConfig::from_args(
         Vec::<String>::new(),
-        &env(&[("ETCD_NAMEE", "x"), ("ETCD_METRICS", "basic")]),
+        &env(&[
+            ("ETCD_NAMEE", "x"),
+            ("ETCD_AUTO_COMPACTION_MODE", "periodic"),
+        ]),
     )
     .unwrap();
     assert!(c
         .warnings
         .contains(&"unrecognized environment variable ETCD_NAMEE=x".to_owned()));
     assert!(c.warnings.contains(
-        &"environment variable ETCD_METRICS (--metrics) is not supported by localcluster; ignored"
+        &"environment variable ETCD_AUTO_COMPACTION_MODE (--auto-compaction-mode) is not supported by localcluster; ignored"
             .to_owned()
     ));
 }
@@ -756,4 +758,64 @@ fn discovery_flags_are_honoured() {
         "{:?}",
         c.warnings
     );
+}
+
+#[test]
+fn unsafe_no_fsync_is_a_go_boolean_flag() {
+    assert!(!parse(&[]).unwrap().unsafe_no_fsync);
+    // Alone it is true and does not swallow the next argument.
+    let c = parse(&["--unsafe-no-fsync", "--name", "n1"]).unwrap();
+    assert!(c.unsafe_no_fsync);
+    assert_eq!(c.name, "n1");
+    assert!(!parse(&["--unsafe-no-fsync=false"]).unwrap().unsafe_no_fsync);
+    let env = HashMap::from([("ETCD_UNSAFE_NO_FSYNC".to_owned(), "true".to_owned())]);
+    assert!(
+        MemberConfig::from_args(Vec::<String>::new(), &env)
+            .unwrap()
+            .unsafe_no_fsync
+    );
+    assert!(parse(&["--unsafe-no-fsync=maybe"]).is_err());
+}
+
+#[test]
+fn log_outputs_and_format_are_honoured() {
+    let c = parse(&["--log-outputs", "stdout,/tmp/m.log", "--log-format", "json"]).unwrap();
+    assert_eq!(c.log_outputs, vec!["stdout", "/tmp/m.log"]);
+    assert_eq!(c.log_format, crate::config::LogFormat::Json);
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.log_outputs, vec!["default"]);
+    assert_eq!(c.log_format, crate::config::LogFormat::Console);
+    assert!(matches!(
+        parse(&["--log-format", "xml"]),
+        Err(ConfigError::Invalid(m)) if m.contains("unknown log format")
+    ));
+}
+
+#[test]
+fn listen_metrics_urls_are_parsed() {
+    let c = parse(&[
+        "--listen-metrics-urls",
+        "http://127.0.0.1:9101,http://127.0.0.1:9102",
+    ])
+    .unwrap();
+    assert_eq!(
+        urls(&c.listen_metrics_urls),
+        "http://127.0.0.1:9101,http://127.0.0.1:9102"
+    );
+    assert!(parse(&[]).unwrap().listen_metrics_urls.is_empty());
+}
+
+#[test]
+fn metrics_level_is_basic_or_extensive() {
+    assert!(!parse(&[]).unwrap().extensive_metrics);
+    assert!(
+        parse(&["--metrics", "extensive"])
+            .unwrap()
+            .extensive_metrics
+    );
+    assert!(!parse(&["--metrics=basic"]).unwrap().extensive_metrics);
+    assert!(matches!(
+        parse(&["--metrics", "everything"]),
+        Err(ConfigError::Invalid(m)) if m.contains("valid: basic, extensive")
+    ));
 }

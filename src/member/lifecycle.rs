@@ -56,8 +56,10 @@ pub(super) async fn publish(
         };
         match result {
             Ok(()) => {
-                let _ = ready.send(true);
+                // Logged first: whoever waits for readiness (systemd's
+                // notification) acts after the milestone is in the log.
                 tracing::info!(name = %name, client_urls = ?client_urls, "ready to serve client requests");
+                let _ = ready.send(true);
                 return;
             }
             Err(e) => {

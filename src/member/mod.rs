@@ -8,9 +8,10 @@
 //!    (member and cluster IDs derived as etcd derives them); an existing one keeps
 //!    its stored identity and ignores the `--initial-*` flags, but is refused if it
 //!    belongs to another member or cluster;
-//! 3. bind the peer and client listeners (so a taken port fails the start);
+//! 3. bind the peer, client and `--listen-metrics-urls` listeners (so a taken
+//!    port fails the start);
 //! 4. start the Raft node thread and, on a tokio runtime owned by the member, the
-//!    peer sender tasks, the peer and client servers, and the lifecycle tasks that
+//!    peer sender tasks, the peer, client and metrics servers, and the lifecycle tasks that
 //!    publish the member to the cluster (logging etcd's milestones) and keep the
 //!    peer senders in step with the membership.
 //!
@@ -140,6 +141,7 @@ impl Member {
         tuning: Tuning,
     ) -> Result<Member, MemberError> {
         let client_std = bind_std(&cfg.listen_client_urls, listeners.client)?;
+        let metrics_std = bind_std(&cfg.listen_metrics_urls, Vec::new())?;
         let peer_std = bind_std(&cfg.listen_peer_urls, listeners.peer)?;
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir).map_err(|e| {
@@ -155,8 +157,27 @@ impl Member {
         let raft_path = wal_dir.join("raft.redb");
         let kv_path = member_dir.join("kv.redb");
 
-        let mut storage = RaftStorage::open(&raft_path)?;
-        let store = Arc::new(Store::open(&kv_path)?);
+        let metrics =
+            crate::metrics::Metrics::new(crate::apply::CLUSTER_VERSION, cfg.extensive_metrics)
+                .map_err(|e| MemberError::Config(format!("cannot set up metrics: {e}")))?;
+        if cfg.unsafe_no_fsync {
+            tracing::warn!("--unsafe-no-fsync: the Raft log and the store are never fsync'ed; a machine crash may lose acknowledged writes");
+        }
+        let mut storage = RaftStorage::open_with(
+            &raft_path,
+            &crate::disk::DiskOptions {
+                no_fsync: cfg.unsafe_no_fsync,
+                fsync_seconds: Some(metrics.wal_fsync.clone()),
+            },
+        )?;
+        let store = Arc::new(Store::open_with(
+            &kv_path,
+            &crate::disk::DiskOptions {
+                no_fsync: cfg.unsafe_no_fsync,
+                fsync_seconds: None,
+            },
+            Some(metrics.backend_commit.clone()),
+        )?);
         let waiters = Arc::new(Waiters::default());
 
         // A new member bootstrapping by discovery learns --initial-cluster first.
@@ -170,6 +191,7 @@ impl Member {
         };
         let cfg = discovered.as_ref().unwrap_or(cfg);
         let (identity, origin) = resolve_identity(cfg, &storage)?;
+        metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
         let (mut applier, membership_rx) =
             Applier::open(store.clone(), identity.member_id, waiters.clone())?;
         let mut join_peers: Vec<(u64, String)> = Vec::new();
@@ -230,6 +252,7 @@ impl Member {
 
         let client_listeners = to_tokio(client_std)?;
         let peer_listeners = to_tokio(peer_std)?;
+        let metrics_listeners = to_tokio(metrics_std)?;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
@@ -248,6 +271,7 @@ impl Member {
             raft.clone(),
             faults.clone(),
             shutdown.child_token(),
+            Some(metrics.clone()),
         );
         for m in &membership_rx.borrow().members {
             if let Some(url) = m.peer_urls.first() {
@@ -271,6 +295,7 @@ impl Member {
             election_ticks,
             snapshot_count: cfg.snapshot_count,
             catchup_entries: catchup,
+            leader_changes: Some(metrics.leader_changes.clone()),
         };
         let node = Node::start(
             node_cfg,
@@ -308,6 +333,7 @@ impl Member {
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
             peers: peers.clone(),
+            metrics: metrics.clone(),
         });
 
         let mut servers = Vec::new();
@@ -320,6 +346,7 @@ impl Member {
                 faults: faults.clone(),
                 membership: membership_rx.clone(),
                 shutdown: shutdown.clone(),
+                received: Some(metrics.peer_received.clone()),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -351,6 +378,17 @@ impl Member {
             let addr = l.local_addr().ok();
             tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
             servers.push(runtime.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
+        }
+        // --listen-metrics-urls: /metrics and /health only.
+        let metrics_router = api::http::metrics_router(core.clone());
+        for l in metrics_listeners {
+            let addr = l.local_addr().ok();
+            tracing::info!(address = ?addr, "serving metrics");
+            servers.push(runtime.spawn(api::server::serve(
+                l,
+                metrics_router.clone(),
+                shutdown.clone(),
+            )));
         }
 
         // Lifecycle: publish, cluster version, peers in step with membership.

@@ -72,6 +72,8 @@ pub struct Store {
     open_batches: AtomicUsize,
     /// Last computed `db_size_in_use`.
     size_in_use: AtomicU64,
+    /// Observes the duration of batch commits (etcd's backend commit metric).
+    commit_seconds: Option<prometheus::Histogram>,
 }
 
 /// The current and compacted revision as a batch sees them, and whether a
@@ -155,8 +157,18 @@ fn read_state<T: ReadableTable<Bytes, Bytes>>(table: &T) -> Result<(i64, i64)> {
 impl Store {
     /// Opens the store at `path`, creating the file and its tables if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, &crate::disk::DiskOptions::default(), None)
+    }
+
+    /// [`Store::open`] with fsyncs skipped as `disk` says, and the duration of
+    /// every batch commit observed by `commit_seconds`.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        disk: &crate::disk::DiskOptions,
+        commit_seconds: Option<prometheus::Histogram>,
+    ) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path)?;
+        let db = crate::disk::open(&path, disk)?;
         let txn = db.begin_write()?;
         let (current, compact) = {
             for def in ALL_TABLES {
@@ -173,6 +185,7 @@ impl Store {
             compact: AtomicI64::new(compact),
             open_batches: AtomicUsize::new(0),
             size_in_use: AtomicU64::new(0),
+            commit_seconds,
         })
     }
 
@@ -464,7 +477,11 @@ impl Batch<'_> {
         let Batch {
             store, txn, state, ..
         } = self;
+        let start = std::time::Instant::now();
         txn.commit()?;
+        if let Some(h) = &store.commit_seconds {
+            h.observe(start.elapsed().as_secs_f64());
+        }
         store.current.store(state.current, Ordering::SeqCst);
         store.compact.store(state.compact, Ordering::SeqCst);
         Ok(())

@@ -141,6 +141,8 @@ pub struct NodeConfig {
     /// Entries kept behind the compaction point so slow followers catch up from
     /// the log rather than by snapshot.
     pub catchup_entries: u64,
+    /// Counts every new leader seen (`etcd_server_leader_changes_seen_total`).
+    pub leader_changes: Option<prometheus::IntCounter>,
 }
 
 /// A clonable handle to a running node.
@@ -601,6 +603,11 @@ impl Loop {
             paused: self.paused,
         };
         if leader_id != self.last_leader {
+            if leader_id != 0 {
+                if let Some(c) = &self.config.leader_changes {
+                    c.inc();
+                }
+            }
             // Reads in flight under the old leader may never be answered.
             for (_, read) in self.inflight_reads.drain() {
                 for r in read.replies {
@@ -745,6 +752,7 @@ mod tests {
             election_ticks: 10,
             snapshot_count: 1000,
             catchup_entries: 10,
+            leader_changes: None,
         };
         let mut node = Node::start(
             config,

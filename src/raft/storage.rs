@@ -61,7 +61,13 @@ pub struct RaftStorage {
 impl RaftStorage {
     /// Opens (or creates) the log at `path` and loads it into memory.
     pub fn open(path: &Path) -> Result<Self, RaftError> {
-        let db = Database::create(path).map_err(|e| RaftError::storage(path.display(), e))?;
+        Self::open_with(path, &crate::disk::DiskOptions::default())
+    }
+
+    /// [`RaftStorage::open`] with fsyncs timed or skipped as `disk` says.
+    pub fn open_with(path: &Path, disk: &crate::disk::DiskOptions) -> Result<Self, RaftError> {
+        let db =
+            crate::disk::open(path, disk).map_err(|e| RaftError::storage(path.display(), e))?;
         let tx = db.begin_write().map_err(RaftError::db)?;
         {
             tx.open_table(ENTRIES).map_err(RaftError::db)?;

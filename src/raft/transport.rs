@@ -79,6 +79,7 @@ pub struct Peers {
     active: Arc<ActiveSince>,
     /// The generation of the next sender.
     generations: std::sync::atomic::AtomicU64,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Since when the stream to each peer has been up (absent: down), with the
@@ -122,6 +123,7 @@ impl Peers {
         raft: RaftHandle,
         faults: Arc<Faults>,
         shutdown: CancellationToken,
+        metrics: Option<crate::metrics::Metrics>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
@@ -134,6 +136,7 @@ impl Peers {
             runtime: tokio::runtime::Handle::current(),
             active: Arc::new(ActiveSince::default()),
             generations: std::sync::atomic::AtomicU64::new(1),
+            metrics,
         })
     }
 
@@ -164,6 +167,14 @@ impl Peers {
             generation: self
                 .generations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            rtt: self
+                .metrics
+                .as_ref()
+                .map(|m| m.peer_rtt.with_label_values(&[&format!("{peer:x}")])),
+            sent: self
+                .metrics
+                .as_ref()
+                .map(|m| m.peer_sent.with_label_values(&[&format!("{peer:x}")])),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -220,11 +231,36 @@ struct Sender {
     shutdown: CancellationToken,
     active: Arc<ActiveSince>,
     generation: u64,
+    /// Observes probe round trips to this peer.
+    rtt: Option<prometheus::Histogram>,
+    /// Counts the bytes of Raft messages sent to this peer.
+    sent: Option<prometheus::IntCounter>,
 }
 
 const MAX_BATCH: usize = 512;
 
+/// How often a sender measures the round trip to its peer (etcd's prober).
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Sender {
+    /// Probes the peer every [`PROBE_INTERVAL`] on the stream's connection
+    /// and records the round trip; never returns.
+    async fn probe_loop(&self, mut client: RaftTransportClient<tonic::transport::Channel>) {
+        loop {
+            match &self.rtt {
+                Some(h) if !self.faults.is_blocked(self.to) => {
+                    let start = std::time::Instant::now();
+                    if client.probe(ProbeRequest {}).await.is_ok() {
+                        h.observe(start.elapsed().as_secs_f64());
+                    }
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
     async fn run(self, mut queue: mpsc::UnboundedReceiver<Message>) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -275,11 +311,14 @@ impl Sender {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::channel::<RaftBatch>(64);
+        let prober = self.probe_loop(client.clone());
         let call = client.send(ReceiverStream::new(rx));
         tokio::pin!(call);
         self.active.up(self.to, self.generation);
+        tokio::pin!(prober);
         loop {
             tokio::select! {
+                _ = &mut prober => {}
                 res = &mut call => {
                     return Err(match res {
                         Ok(_) => "peer closed the stream".to_string(),
@@ -314,6 +353,9 @@ impl Sender {
                         }
                         messages.push(m.write_to_bytes().map_err(|e| e.to_string())?);
                     }
+                    if let Some(sent) = &self.sent {
+                        sent.inc_by(messages.iter().map(|m| m.len() as u64).sum());
+                    }
                     let out = RaftBatch { cluster_id: self.cluster_id, from: self.from, messages };
                     tokio::select! {
                         r = tx.send(out) => r.map_err(|_| "stream closed".to_string())?,
@@ -345,6 +387,8 @@ pub struct PeerService {
     /// open for good, so a graceful server shutdown would otherwise wait for
     /// them until it gives up.
     pub shutdown: CancellationToken,
+    /// Counts received bytes per sender (`etcd_network_peer_received_bytes_total`).
+    pub received: Option<prometheus::IntCounterVec>,
 }
 
 #[tonic::async_trait]
@@ -372,6 +416,11 @@ impl RaftTransport for PeerService {
             }
             if self.faults.is_blocked(batch.from) {
                 continue;
+            }
+            if let Some(received) = &self.received {
+                received
+                    .with_label_values(&[&format!("{:x}", batch.from)])
+                    .inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             }
             for bytes in batch.messages {
                 let msg = Message::parse_from_bytes(&bytes)

@@ -42,7 +42,8 @@ pub struct StartArgs {
     )]
     pub base_port: u16,
 
-    /// Control port (on 127.0.0.1) that `localcluster run` talks to
+    /// Control port that `localcluster run` talks to: bound on 127.0.0.1 only
+    /// (no authentication; connections from other addresses are refused)
     #[arg(short = 'p', long = "port", value_name = "PORT", env = "LOCALCLUSTER_PORT",
           default_value_t = DEFAULT_CONTROL_PORT)]
     pub port: u16,

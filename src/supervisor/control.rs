@@ -4,7 +4,11 @@
 //! # Transport
 //!
 //! TCP on `127.0.0.1` only (goreman's default port 8555, `-p` or
-//! `LOCALCLUSTER_PORT` to change). A connection carries any number of
+//! `LOCALCLUSTER_PORT` to change). The endpoint has no authentication — it
+//! can kill and start processes — so it is bound to loopback, and a
+//! connection whose peer is not a loopback address is answered with one
+//! error line and closed ([`is_allowed_peer`]), should the socket ever be
+//! reached some other way. A connection carries any number of
 //! requests; each request is one JSON object on one line and gets exactly
 //! one JSON response line, in order. Lines longer than [`MAX_LINE`] close
 //! the connection.
@@ -135,14 +139,38 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    connections.spawn(connection(stream, ctx.clone()));
+                match accepted {
+                    Ok((stream, peer)) if is_allowed_peer(&peer) => {
+                        connections.spawn(connection(stream, ctx.clone()));
+                    }
+                    Ok((stream, peer)) => {
+                        connections.spawn(refuse(stream, peer));
+                    }
+                    Err(_) => {}
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     connections.shutdown().await;
+}
+
+/// Whether a connection from `peer` may drive the supervisor: loopback only.
+pub fn is_allowed_peer(peer: &std::net::SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+/// Answers a connection from elsewhere with an error line and closes it.
+async fn refuse(mut stream: TcpStream, peer: std::net::SocketAddr) {
+    tracing::warn!(%peer, "refused a control connection: loopback only");
+    let response = Response::error(format!(
+        "the control endpoint accepts connections from loopback only, not from {}",
+        peer.ip()
+    ));
+    if let Ok(mut out) = serde_json::to_vec(&response) {
+        out.push(b'\n');
+        let _ = stream.write_all(&out).await;
+    }
 }
 
 async fn connection(stream: TcpStream, ctx: Ctx) {
@@ -345,6 +373,27 @@ pub async fn run_client(args: RunArgs) -> anyhow::Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_loopback_peers_may_drive_the_supervisor() {
+        for ok in [
+            "127.0.0.1:5000",
+            "127.3.2.1:1",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:9",
+        ] {
+            assert!(is_allowed_peer(&ok.parse().unwrap()), "{ok}");
+        }
+        for refused in [
+            "10.0.0.1:5000",
+            "192.168.1.2:8555",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:9",
+            "0.0.0.0:1",
+        ] {
+            assert!(!is_allowed_peer(&refused.parse().unwrap()), "{refused}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -287,6 +287,24 @@ mod tests {
     }
 
     #[test]
+    fn json_log_lines_keep_their_prefix_and_stay_parseable() {
+        // A member run with --log-format json writes one zap object per line,
+        // possibly split across reads.
+        let line = br#"{"level":"info","ts":"2024-01-02T03:04:05.678Z","caller":"member/lifecycle.rs:60","msg":"ready to serve client requests","name":"m1"}"#;
+        let mut s = LineSplitter::default();
+        assert!(s.push(&line[..40]).is_empty());
+        let mut rest = line[40..].to_vec();
+        rest.push(b'\n');
+        let lines = s.push(&rest);
+        assert_eq!(lines.len(), 1);
+        let f = fmt(false, false);
+        let out = String::from_utf8(f.format(0, &lines[0], "")).unwrap();
+        let json = out.strip_prefix("m1       | ").unwrap().trim_end();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["msg"], "ready to serve client requests");
+    }
+
+    #[test]
     fn invalid_utf8_is_replaced_not_fatal() {
         let f = fmt(false, false);
         let got = String::from_utf8(f.format(0, b"a\xffb", "")).unwrap();

@@ -722,3 +722,50 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Whether the test must stop here for lack of `curl`: panics when it is
+/// missing under `CI=true`, else prints a loud skip notice and returns true.
+pub fn skip_without_curl() -> bool {
+    let found = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        return false;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("curl is required under CI=true but is not installed");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: curl not installed (install curl; under CI=true this fails) ***\n"
+    );
+    true
+}
+
+/// `curl -sS ARGS`; the output ends with the HTTP status code on its own
+/// line (`-w '\n%{http_code}'`), split off into the returned pair.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(args);
+    let out = run(cmd, None, Duration::from_secs(40));
+    assert!(out.success(), "curl {args:?} failed: {}", out.stderr);
+    let (body, code) = out
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("no status code in curl output {:?}", out.stdout));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `curl -X POST URL -d BODY` against the JSON gateway; the status code and
+/// the parsed JSON answer.
+pub fn curl_post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) = curl(&["-X", "POST", url, "-d", body]);
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("POST {url} {body}: not JSON ({e}): {text:?}"));
+    (code, json)
+}
