@@ -483,7 +483,7 @@ fn unknown_environment_variables_warn() {
         Vec::<String>::new(),
         &env(&[
             ("ETCD_NAMEE", "x"),
-            ("ETCD_AUTO_COMPACTION_MODE", "periodic"),
+            ("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "1m"),
         ]),
     )
     .unwrap();
@@ -491,7 +491,7 @@ fn unknown_environment_variables_warn() {
         .warnings
         .contains(&"unrecognized environment variable ETCD_NAMEE=x".to_owned()));
     assert!(c.warnings.contains(
-        &"environment variable ETCD_AUTO_COMPACTION_MODE (--auto-compaction-mode) is not supported by localcluster; ignored"
+        &"environment variable ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME (--experimental-corrupt-check-time) is not supported by localcluster; ignored"
             .to_owned()
     ));
 }
