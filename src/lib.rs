@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod cluster;

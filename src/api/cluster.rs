@@ -143,6 +143,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
         self.check_urls_free(&urls, 0)?;
@@ -176,6 +177,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let id = request.into_inner().id;
         let info = self.existing(id)?;
         let members = self.change(ConfChangeType::RemoveNode, id, info).await?;
@@ -190,6 +192,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let mut info = self.existing(req.id)?;
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
@@ -234,6 +237,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let id = request.into_inner().id;
         let info = self.existing(id)?;
         if !info.is_learner {

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::Credentials;
 use super::{errors, Core};
 use crate::apply::convert::{range_options, range_response};
 use crate::apply::Applied;
+use crate::auth::Access;
 use crate::mvcc::KeyRange;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
@@ -39,8 +41,11 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let user = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_range(&req)?;
+        self.core
+            .require_range(&user, &req.key, &req.range_end, Access::Read)?;
         if !req.serializable {
             self.core.read_barrier().await?;
         } else {
@@ -57,8 +62,15 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let user = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_put(&req)?;
+        self.core
+            .require_range(&user, &req.key, &[], Access::Write)?;
+        if req.prev_kv {
+            self.core
+                .require_range(&user, &req.key, &[], Access::Read)?;
+        }
         self.core.check_quota().await?;
         match self.core.propose(Proposal::Put(req)).await? {
             (Applied::Put(mut resp), rev) => {
@@ -73,9 +85,16 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let user = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(errors::empty_key());
+        }
+        self.core
+            .require_range(&user, &req.key, &req.range_end, Access::Write)?;
+        if req.prev_kv {
+            self.core
+                .require_range(&user, &req.key, &req.range_end, Access::Read)?;
         }
         match self.core.propose(Proposal::DeleteRange(req)).await? {
             (Applied::DeleteRange(mut resp), rev) => {
@@ -87,8 +106,10 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let user = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_txn(&req, self.core.limits.max_txn_ops)?;
+        self.core.require_txn(&user, &req)?;
         if has_puts(&req) {
             self.core.check_quota().await?;
         }
@@ -105,6 +126,8 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd lets any caller compact; only a bad token is refused.
+        self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         match self.core.propose(Proposal::Compaction(req)).await? {
             (Applied::Compaction(mut resp), rev) => {

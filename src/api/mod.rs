@@ -9,6 +9,8 @@
 //! - [`lock`], [`election`]: etcd's server-side lock and election services,
 //!   built on [`recipes`] (the `clientv3/concurrency` recipe).
 //! - [`http`]: `GET /health`, `GET /version`.
+//! - [`auth`]: the Auth service (users, roles, permissions, tokens).
+//! - [`access`]: who calls, and whether they may (used by every service).
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
 //! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
@@ -19,6 +21,8 @@
 //! linearizable with Raft's ReadIndex ([`Core::read_barrier`]) and fills in
 //! response headers ([`Core::header`]).
 
+pub mod access;
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod errors;
@@ -85,6 +89,11 @@ pub struct Core {
     pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
     /// Files whose sizes make up the reported database size.
     pub db_files: Vec<std::path::PathBuf>,
+    /// Users, roles, permissions and tokens (see [`access`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// `--client-cert-auth`: a verified certificate's common name names the
+    /// caller when it sends no token.
+    pub client_cert_auth: bool,
 }
 
 impl Core {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
 use super::h2fix::H2FixListener;
@@ -18,6 +19,7 @@ use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
 use super::Core;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -53,6 +55,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(AuthServer::new(AuthService::new(core.clone())))
     .add_service(LockServer::new(LockService::new(core.clone())))
     .add_service(ElectionServer::new(ElectionService::new(core.clone())))
     .add_service(

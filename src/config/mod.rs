@@ -141,6 +141,8 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
+    /// `--bcrypt-cost` and `--auth-token-ttl`.
+    pub auth: crate::auth::AuthOptions,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -167,6 +169,7 @@ impl Default for MemberConfig {
             initial_cluster_token: draft.initial_cluster_token,
             initial_cluster_state: draft.initial_cluster_state,
             log_level: draft.log_level,
+            auth: crate::auth::AuthOptions::default(),
             warnings: Vec::new(),
         }
     }
@@ -447,6 +450,13 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         level => level,
     };
 
+    let auth = auth_options(
+        &draft.auth_token,
+        draft.bcrypt_cost,
+        draft.auth_token_ttl,
+        &mut warnings,
+    )?;
+
     let config = MemberConfig {
         name: draft.name,
         data_dir: PathBuf::from(data_dir),
@@ -465,10 +475,42 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
         log_level,
+        auth,
         warnings,
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `--auth-token`, `--bcrypt-cost` and `--auth-token-ttl`, checked as etcd
+/// checks them. JWT tokens are not implemented: `jwt,...` is served with
+/// simple tokens (clients treat tokens as opaque), with a warning.
+fn auth_options(
+    token: &str,
+    bcrypt_cost: u64,
+    ttl: u64,
+    warnings: &mut Vec<String>,
+) -> Result<crate::auth::AuthOptions, ConfigError> {
+    match token.split(',').next().unwrap_or_default() {
+        "simple" => {}
+        "jwt" => warnings.push(format!(
+            "--auth-token={token}: JWT tokens are not supported; using simple tokens"
+        )),
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "unknown token type: {other:?} (--auth-token must be simple or jwt,...)"
+            )))
+        }
+    }
+    if !(4..=31).contains(&bcrypt_cost) {
+        return Err(ConfigError::Invalid(format!(
+            "invalid bcrypt-cost: {bcrypt_cost} (must be between 4 and 31)"
+        )));
+    }
+    Ok(crate::auth::AuthOptions {
+        bcrypt_cost: bcrypt_cost as u32,
+        token_ttl: Duration::from_secs(ttl.max(1)),
+    })
 }
 
 fn to_usize(flag: &str, value: u64) -> Result<usize, ConfigError> {

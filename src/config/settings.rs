@@ -59,11 +59,14 @@ pub enum Setting {
     MaxTxnOps,
     LogLevel,
     Logger,
+    AuthToken,
+    BcryptCost,
+    AuthTokenTtl,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 18] = [
+    pub const ALL: [Setting; 21] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -82,6 +85,9 @@ impl Setting {
         Setting::AdvertiseClientUrls,
         Setting::Logger,
         Setting::LogLevel,
+        Setting::AuthToken,
+        Setting::BcryptCost,
+        Setting::AuthTokenTtl,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -105,6 +111,9 @@ impl Setting {
             Setting::MaxTxnOps => "max-txn-ops",
             Setting::LogLevel => "log-level",
             Setting::Logger => "logger",
+            Setting::AuthToken => "auth-token",
+            Setting::BcryptCost => "bcrypt-cost",
+            Setting::AuthTokenTtl => "auth-token-ttl",
         }
     }
 
@@ -174,6 +183,15 @@ impl Setting {
                 "info",
                 "Configures log level: debug, info, warn, error, panic, or fatal.",
             ),
+            Setting::AuthToken => (
+                "simple",
+                "Specify auth token specific options ('simple'; 'jwt,...' falls back to simple tokens).",
+            ),
+            Setting::BcryptCost => (
+                "10",
+                "Specify bcrypt algorithm cost factor for auth password hashing (4..31).",
+            ),
+            Setting::AuthTokenTtl => ("300", "The lifetime in seconds of the auth token."),
         }
     }
 }
@@ -202,6 +220,11 @@ pub struct Draft {
     pub max_txn_ops: u64,
     pub log_level: String,
     pub logger: String,
+    /// `--auth-token`: `simple`, or `jwt,...` (served as simple tokens).
+    pub auth_token: String,
+    pub bcrypt_cost: u64,
+    /// `--auth-token-ttl`, in seconds.
+    pub auth_token_ttl: u64,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -229,6 +252,9 @@ impl Draft {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             logger: DEFAULT_LOGGER.to_owned(),
+            auth_token: "simple".to_owned(),
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST as u64,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL_SECS,
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -255,6 +281,9 @@ impl Draft {
             Setting::InitialClusterToken => self.initial_cluster_token = raw.to_owned(),
             Setting::LogLevel => self.log_level = raw.to_owned(),
             Setting::Logger => self.logger = raw.to_owned(),
+            Setting::AuthToken => self.auth_token = raw.to_owned(),
+            Setting::BcryptCost => self.bcrypt_cost = uint(raw)?,
+            Setting::AuthTokenTtl => self.auth_token_ttl = uint(raw)?,
             Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls

@@ -672,3 +672,35 @@ fn validate_rejects_hand_built_configs_with_duplicate_members() {
         "--initial-cluster lists member \"default\" more than once"
     );
 }
+
+#[test]
+fn auth_flags_set_bcrypt_cost_and_token_ttl() {
+    let c = parse(&["--bcrypt-cost", "4", "--auth-token-ttl", "30"]).unwrap();
+    assert_eq!(c.auth.bcrypt_cost, 4);
+    assert_eq!(c.auth.token_ttl, Duration::from_secs(30));
+    let d = parse(&[]).unwrap();
+    assert_eq!(d.auth, crate::auth::AuthOptions::default());
+}
+
+#[test]
+fn auth_flags_out_of_range_are_refused() {
+    assert!(error(&["--bcrypt-cost", "3"]).contains("invalid bcrypt-cost"));
+    assert!(error(&["--bcrypt-cost", "32"]).contains("invalid bcrypt-cost"));
+    assert!(error(&["--auth-token", "oauth"]).contains("unknown token type"));
+}
+
+#[test]
+fn jwt_auth_tokens_fall_back_to_simple_tokens_with_a_warning() {
+    let c = parse(&[
+        "--auth-token",
+        "jwt,pub-key=a.pub,priv-key=a,sign-method=RS256",
+    ])
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("JWT tokens are not supported")),
+        "{:?}",
+        c.warnings
+    );
+}

@@ -155,8 +155,13 @@ impl Member {
         let waiters = Arc::new(Waiters::default());
 
         let (identity, origin) = resolve_identity(cfg, &storage)?;
-        let (mut applier, membership_rx) =
-            Applier::open(store.clone(), identity.member_id, waiters.clone())?;
+        let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
+        let (mut applier, membership_rx) = Applier::open(
+            store.clone(),
+            identity.member_id,
+            waiters.clone(),
+            auth.clone(),
+        )?;
         let mut join_peers: Vec<(u64, String)> = Vec::new();
         match origin {
             Origin::Joining(membership) => {
@@ -289,6 +294,8 @@ impl Member {
             leases,
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
+            auth,
+            client_cert_auth: false,
         });
 
         let mut servers = Vec::new();

@@ -1,0 +1,210 @@
+//! etcd's v3 authentication and authorization: users, roles, key-range
+//! permissions, simple tokens.
+//!
+//! - [`store`]: the replicated auth store and etcd's rules for changing it.
+//! - [`perms`]: whether a user's permissions cover a key range.
+//! - [`tokens`]: simple tokens with a TTL (in memory, replicated by Raft).
+//! - [`error`]: etcd's auth errors, with its exact strings.
+//!
+//! [`Auth`] is what one member shares between its state machine (which applies
+//! committed [`AuthRequest`](crate::pb::lcraftpb::AuthRequest)s and persists
+//! the store with the data) and its API services (which resolve the caller of a
+//! request and check it). How it fits: the API checks a request against the
+//! auth state this member has applied, then proposes it. As in etcd, a change
+//! of permissions racing with a request may let that one request through under
+//! the permissions it was checked with (etcd closes the window by re-checking
+//! at apply time with the auth revision; localcluster does not).
+
+pub mod error;
+pub mod perms;
+pub mod store;
+pub mod tokens;
+
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+pub use error::AuthError;
+pub use perms::Access;
+pub use store::{AuthApplied, AuthStore, TokenEffect, ROOT};
+pub use tokens::Tokens;
+
+use crate::pb::lcraftpb::auth_request::Op;
+use crate::pb::lcraftpb::AuthState;
+
+/// etcd's default `--bcrypt-cost`.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+/// etcd's default `--auth-token-ttl`, in seconds.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+
+/// Settings of the auth subsystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthOptions {
+    /// `--bcrypt-cost`: work factor of password hashes (4..=31).
+    pub bcrypt_cost: u32,
+    /// `--auth-token-ttl`: how long an unused simple token stays valid.
+    pub token_ttl: Duration,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        AuthOptions {
+            bcrypt_cost: DEFAULT_BCRYPT_COST,
+            token_ttl: Duration::from_secs(DEFAULT_TOKEN_TTL_SECS),
+        }
+    }
+}
+
+/// One member's auth state: the applied store and the live tokens.
+#[derive(Debug)]
+pub struct Auth {
+    store: RwLock<AuthStore>,
+    tokens: Mutex<Tokens>,
+    bcrypt_cost: u32,
+}
+
+impl Auth {
+    pub fn new(opts: &AuthOptions) -> Auth {
+        Auth {
+            store: RwLock::new(AuthStore::default()),
+            tokens: Mutex::new(Tokens::new(opts.token_ttl)),
+            bcrypt_cost: opts.bcrypt_cost,
+        }
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The applied store, for reading.
+    pub fn store(&self) -> RwLockReadGuard<'_, AuthStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the store with a persisted one (start, or a leader's snapshot);
+    /// tokens handed out before are forgotten.
+    pub fn load(&self, state: AuthState) {
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = AuthStore::from_state(state);
+        self.tokens().clear();
+    }
+
+    /// Applies one committed change on this member.
+    pub fn apply(&self, op: Op) -> Result<AuthApplied, AuthError> {
+        let (applied, effect) = self
+            .store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(op)?;
+        match effect {
+            TokenEffect::None => {}
+            TokenEffect::InvalidateUser(u) => self.tokens().invalidate_user(&u),
+            TokenEffect::ClearAll => self.tokens().clear(),
+            TokenEffect::Grant { user, token } => self.tokens().insert(token, user, Instant::now()),
+        }
+        Ok(applied)
+    }
+
+    /// The record to persist.
+    pub fn state(&self) -> AuthState {
+        self.store().to_state()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.store().enabled()
+    }
+
+    /// The user a simple token stands for.
+    pub fn user_of_token(&self, token: &str) -> Result<String, AuthError> {
+        self.tokens()
+            .user(token, Instant::now())
+            .ok_or(AuthError::InvalidAuthToken)
+    }
+
+    /// Hashes a new password with bcrypt at `--bcrypt-cost` (slow by design:
+    /// call it off the async threads).
+    pub fn hash_password(&self, password: &str) -> Result<String, AuthError> {
+        bcrypt::hash(password, self.bcrypt_cost).map_err(|e| AuthError::Hash(e.to_string()))
+    }
+
+    /// Checks `name`'s password (slow by design: call it off the async threads).
+    pub fn check_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+        let hash = {
+            let store = self.store();
+            let user = store.user(name).ok_or(AuthError::AuthFailed)?;
+            if user.options.as_ref().is_some_and(|o| o.no_password) || user.password.is_empty() {
+                return Err(AuthError::AuthFailed);
+            }
+            String::from_utf8_lossy(&user.password).into_owned()
+        };
+        match bcrypt::verify(password, &hash) {
+            Ok(true) => Ok(()),
+            _ => Err(AuthError::AuthFailed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::*;
+    use crate::pb::lcraftpb::AuthTokenGrant;
+
+    fn auth_with_root() -> Auth {
+        let auth = Auth::new(&AuthOptions {
+            bcrypt_cost: 4,
+            ..Default::default()
+        });
+        let hash = auth.hash_password("pw").unwrap();
+        auth.apply(Op::UserAdd(AuthUserAddRequest {
+            name: "root".into(),
+            hashed_password: hash,
+            ..Default::default()
+        }))
+        .unwrap();
+        auth.apply(Op::RoleAdd(AuthRoleAddRequest {
+            name: "root".into(),
+        }))
+        .unwrap();
+        auth.apply(Op::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }))
+        .unwrap();
+        auth.apply(Op::Enable(AuthEnableRequest {})).unwrap();
+        auth
+    }
+
+    #[test]
+    fn passwords_are_checked_against_their_bcrypt_hash() {
+        let auth = auth_with_root();
+        assert!(auth.check_password("root", "pw").is_ok());
+        assert_eq!(
+            auth.check_password("root", "no").unwrap_err(),
+            AuthError::AuthFailed
+        );
+        assert_eq!(
+            auth.check_password("ghost", "pw").unwrap_err(),
+            AuthError::AuthFailed
+        );
+    }
+
+    #[test]
+    fn an_applied_token_names_its_user_until_the_password_changes() {
+        let auth = auth_with_root();
+        auth.apply(Op::Authenticate(AuthTokenGrant {
+            name: "root".into(),
+            token: "abc.1".into(),
+        }))
+        .unwrap();
+        assert_eq!(auth.user_of_token("abc.1").unwrap(), "root");
+        auth.apply(Op::UserChangePassword(AuthUserChangePasswordRequest {
+            name: "root".into(),
+            hashed_password: "x".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            auth.user_of_token("abc.1").unwrap_err(),
+            AuthError::InvalidAuthToken
+        );
+    }
+}
