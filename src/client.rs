@@ -12,7 +12,7 @@ use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::pb::etcdserverpb::{StatusRequest, StatusResponse};
 use crate::supervisor::{ClusterProbe, MemberProbe};
 
-/// Normalises `host:port` or `http://host:port` to a URL.
+/// Normalises `host:port` or `http(s)://host:port` to a URL.
 pub fn url_of(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
@@ -21,17 +21,29 @@ pub fn url_of(endpoint: &str) -> String {
     }
 }
 
-/// Connects to one endpoint.
+/// Connects to one endpoint. An `https://` endpoint is dialled over TLS
+/// without verifying its certificate (like `etcdctl
+/// --insecure-skip-tls-verify`): these are localcluster's own probes and
+/// tools; use [`connect_with`] to verify, or to present a client certificate.
 pub async fn connect(
     endpoint: &str,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url_of(endpoint))?
+    let tls = crate::tls::insecure_client_config().ok();
+    connect_with(endpoint, timeout, tls).await
+}
+
+/// Connects to one endpoint, over TLS with `tls` if it is `https://`.
+pub async fn connect_with(
+    endpoint: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url_of(endpoint))?
         .connect_timeout(timeout)
         .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
+        .tcp_nodelay(true);
+    crate::tls::connector::connect(&endpoint, tls).await
 }
 
 /// A KV client for one endpoint.

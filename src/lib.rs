@@ -32,6 +32,7 @@ pub mod mvcc;
 pub mod pb;
 pub mod raft;
 pub mod supervisor;
+pub mod tls;
 pub mod wait;
 
 pub use cluster::blocking;

@@ -3,8 +3,9 @@
 //!
 //! A caller is named by a simple token in the `token` gRPC metadata (what
 //! clientv3 and `etcdctl --user` send), or else, with `--client-cert-auth`, by
-//! the common name of its verified client certificate (the TLS layer puts it
-//! into the request's extensions as [`ClientCertName`]). While auth is
+//! the common name of its verified client certificate (the TLS listener
+//! records it in the connection's [`ClientAddr`], which axum's `ConnectInfo`
+//! puts into every request's extensions). While auth is
 //! disabled every check passes and tokens are ignored, as in etcd.
 //!
 //! Checks run on the member that receives the request, against the auth state
@@ -12,7 +13,10 @@
 
 use tonic::{Request, Status};
 
+use axum::extract::ConnectInfo;
+
 use super::errors::from_auth;
+use super::listener::ClientAddr;
 use super::Core;
 use crate::auth::Access;
 use crate::pb::etcdserverpb::request_op::Request as TxnOp;
@@ -20,10 +24,6 @@ use crate::pb::etcdserverpb::TxnRequest;
 
 /// The gRPC metadata key carrying a simple token (etcd's `TokenFieldNameGRPC`).
 pub const TOKEN_METADATA: &str = "token";
-
-/// The common name of a connection's verified client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCertName(pub String);
 
 /// What a request presents about its caller.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +43,8 @@ impl Credentials {
                 .map(str::to_owned),
             cert_name: req
                 .extensions()
-                .get::<ClientCertName>()
-                .map(|c| c.0.clone()),
+                .get::<ConnectInfo<ClientAddr>>()
+                .and_then(|c| c.0.cert_name.clone()),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`access`]: who calls, and whether they may (used by every service).
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
+//! - [`listener`]: the client listener, plain or TLS, under the h2 shim.
 //! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
 //!   `:authority` etcdctl sends, which h2 would reject.
 //!
@@ -30,6 +31,7 @@ pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod listener;
 pub mod lock;
 pub mod maintenance;
 pub mod recipes;

@@ -1,8 +1,9 @@
 //! One client listener serving gRPC (HTTP/2, with or without prior knowledge)
 //! and plain HTTP/1 side by side, as etcd does on its client URLs.
 //!
-//! Connections go through [`super::h2fix`], which repairs the URL-shaped
-//! `:authority` etcd's Go clients send and h2 would reject.
+//! Connections come from [`super::listener`] (plain or TLS) and go through
+//! [`super::h2fix`], which repairs the URL-shaped `:authority` etcd's Go
+//! clients send and h2 would reject.
 
 use std::sync::Arc;
 
@@ -12,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
-use super::h2fix::H2FixListener;
 use super::kv::KvService;
 use super::lease::LeaseService;
+use super::listener::{ClientAddr, ClientListener};
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
@@ -66,10 +67,18 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     super::http::routes(routes.into_axum_router(), core)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+/// Serves `router` on `listener` (TLS-terminated with `tls` when given) until
+/// `shutdown` is cancelled. Call inside the member's runtime.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(H2FixListener::new(listener), router)
+    let listener = ClientListener::new(listener, tls);
+    let service = router.into_make_service_with_connect_info::<ClientAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {

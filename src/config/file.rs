@@ -411,11 +411,11 @@ mod tests {
 
     #[test]
     fn bad_url_is_an_error_naming_key_and_line() {
-        let err = load_str("name: a\n\nlisten-peer-urls: https://127.0.0.1:2380\n")
+        let err = load_str("name: a\n\nlisten-peer-urls: ftp://127.0.0.1:2380\n")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("listen-peer-urls: TLS is not supported yet: https://127.0.0.1:2380"),
+            err.contains("listen-peer-urls: URL scheme must be http, https, unix, or unixs: ftp://127.0.0.1:2380"),
             "{err}"
         );
         assert!(err.contains("line 3"), "{err}");

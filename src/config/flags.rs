@@ -35,10 +35,13 @@ pub enum FlagKind {
 impl FlagKind {
     /// Whether the flag is boolean (stands alone, never takes the next argument).
     pub fn is_boolean(self) -> bool {
-        matches!(
-            self,
-            FlagKind::Version | FlagKind::Obsolete | FlagKind::Unsupported { boolean: true }
-        )
+        match self {
+            FlagKind::Setting(s) => s.is_boolean(),
+            FlagKind::Version | FlagKind::Obsolete | FlagKind::Unsupported { boolean: true } => {
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -76,21 +79,13 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "auto-compaction-retention",
     "auto-compaction-mode",
     "v2-deprecation",
-    "cert-file",
-    "key-file",
     "client-cert-file",
     "client-key-file",
-    "client-crl-file",
     "client-cert-allowed-hostname",
-    "trusted-ca-file",
-    "peer-cert-file",
-    "peer-key-file",
     "peer-client-cert-file",
     "peer-client-key-file",
-    "peer-trusted-ca-file",
     "peer-cert-allowed-cn",
     "peer-cert-allowed-hostname",
-    "peer-crl-file",
     "self-signed-cert-validity",
     "cipher-suites",
     "cors",
@@ -155,10 +150,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "strict-reconfig-check",
     "pre-vote",
     "enable-v2",
-    "client-cert-auth",
-    "auto-tls",
-    "peer-client-cert-auth",
-    "peer-auto-tls",
     "peer-skip-client-san-verification",
     "experimental-peer-skip-client-san-verification",
     "enable-pprof",

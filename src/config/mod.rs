@@ -143,6 +143,10 @@ pub struct MemberConfig {
     pub log_level: String,
     /// `--bcrypt-cost` and `--auth-token-ttl`.
     pub auth: crate::auth::AuthOptions,
+    /// TLS of the client URLs (`--cert-file`, `--client-cert-auth`, ...).
+    pub client_tls: crate::tls::TlsSettings,
+    /// TLS of the peer URLs (`--peer-cert-file`, ...).
+    pub peer_tls: crate::tls::TlsSettings,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -170,6 +174,8 @@ impl Default for MemberConfig {
             initial_cluster_state: draft.initial_cluster_state,
             log_level: draft.log_level,
             auth: crate::auth::AuthOptions::default(),
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
             warnings: Vec::new(),
         }
     }
@@ -347,6 +353,8 @@ impl MemberConfig {
                     .into(),
             );
         }
+        validate_tls("client", "", &self.client_tls, &self.listen_client_urls)?;
+        validate_tls("peer", "peer-", &self.peer_tls, &self.listen_peer_urls)?;
 
         Ok(())
     }
@@ -445,6 +453,23 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
             draft.logger
         ));
     }
+    for (urls, tls) in [
+        (&draft.listen_client_urls, &draft.client_tls),
+        (&draft.listen_peer_urls, &draft.peer_tls),
+    ] {
+        for url in urls.iter().filter(|u| !u.is_https()) {
+            if !tls.is_empty() {
+                warnings.push(format!(
+                    "scheme is HTTP while key and cert files are present; ignoring key and cert files for {url}"
+                ));
+            }
+            if tls.client_cert_auth {
+                warnings.push(format!(
+                    "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for {url}"
+                ));
+            }
+        }
+    }
     let log_level = match draft.log_level.to_ascii_lowercase() {
         level if level.is_empty() => settings::DEFAULT_LOG_LEVEL.to_owned(),
         level => level,
@@ -476,6 +501,8 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
         log_level,
         auth,
+        client_tls: draft.client_tls,
+        peer_tls: draft.peer_tls,
         warnings,
     };
     config.validate()?;
@@ -511,6 +538,40 @@ fn auth_options(
         bcrypt_cost: bcrypt_cost as u32,
         token_ttl: Duration::from_secs(ttl.max(1)),
     })
+}
+
+/// etcd's checks of one side's TLS flags against its listen URLs.
+fn validate_tls(
+    side: &str,
+    prefix: &str,
+    tls: &crate::tls::TlsSettings,
+    listen: &[EtcdUrl],
+) -> Result<(), ConfigError> {
+    let invalid = |message: String| Err(ConfigError::Invalid(message));
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return invalid(format!(
+            "--{prefix}cert-file and --{prefix}key-file must be given together"
+        ));
+    }
+    for url in listen.iter().filter(|u| u.is_https()) {
+        if tls.is_empty() && !tls.auto_tls {
+            return invalid(format!(
+                "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url {url} with HTTPS scheme"
+            ));
+        }
+    }
+    if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        return invalid(format!(
+            "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file: the CA that {side} certificates must be signed by"
+        ));
+    }
+    if tls.crl_file.is_some() && !tls.client_cert_auth {
+        return invalid(format!(
+            "--{}crl-file needs --{prefix}client-cert-auth",
+            if prefix.is_empty() { "client-" } else { prefix }
+        ));
+    }
+    Ok(())
 }
 
 fn to_usize(flag: &str, value: u64) -> Result<usize, ConfigError> {

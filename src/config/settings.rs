@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
 use super::values::{parse_int, parse_uint};
 use super::ClusterState;
+use crate::tls::TlsSettings;
 
 /// etcd's default member name.
 pub const DEFAULT_NAME: &str = "default";
@@ -62,11 +63,23 @@ pub enum Setting {
     AuthToken,
     BcryptCost,
     AuthTokenTtl,
+    CertFile,
+    KeyFile,
+    TrustedCaFile,
+    ClientCrlFile,
+    ClientCertAuth,
+    AutoTls,
+    PeerCertFile,
+    PeerKeyFile,
+    PeerTrustedCaFile,
+    PeerCrlFile,
+    PeerClientCertAuth,
+    PeerAutoTls,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 21] = [
+    pub const ALL: [Setting; 33] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -88,6 +101,18 @@ impl Setting {
         Setting::AuthToken,
         Setting::BcryptCost,
         Setting::AuthTokenTtl,
+        Setting::CertFile,
+        Setting::KeyFile,
+        Setting::TrustedCaFile,
+        Setting::ClientCrlFile,
+        Setting::ClientCertAuth,
+        Setting::AutoTls,
+        Setting::PeerCertFile,
+        Setting::PeerKeyFile,
+        Setting::PeerTrustedCaFile,
+        Setting::PeerCrlFile,
+        Setting::PeerClientCertAuth,
+        Setting::PeerAutoTls,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -114,7 +139,30 @@ impl Setting {
             Setting::AuthToken => "auth-token",
             Setting::BcryptCost => "bcrypt-cost",
             Setting::AuthTokenTtl => "auth-token-ttl",
+            Setting::CertFile => "cert-file",
+            Setting::KeyFile => "key-file",
+            Setting::TrustedCaFile => "trusted-ca-file",
+            Setting::ClientCrlFile => "client-crl-file",
+            Setting::ClientCertAuth => "client-cert-auth",
+            Setting::AutoTls => "auto-tls",
+            Setting::PeerCertFile => "peer-cert-file",
+            Setting::PeerKeyFile => "peer-key-file",
+            Setting::PeerTrustedCaFile => "peer-trusted-ca-file",
+            Setting::PeerCrlFile => "peer-crl-file",
+            Setting::PeerClientCertAuth => "peer-client-cert-auth",
+            Setting::PeerAutoTls => "peer-auto-tls",
         }
+    }
+
+    /// Whether the flag is boolean (`--flag` alone means true).
+    pub fn is_boolean(self) -> bool {
+        matches!(
+            self,
+            Setting::ClientCertAuth
+                | Setting::AutoTls
+                | Setting::PeerClientCertAuth
+                | Setting::PeerAutoTls
+        )
     }
 
     /// The setting a flag name (without dashes) stands for.
@@ -192,6 +240,18 @@ impl Setting {
                 "Specify bcrypt algorithm cost factor for auth password hashing (4..31).",
             ),
             Setting::AuthTokenTtl => ("300", "The lifetime in seconds of the auth token."),
+            Setting::CertFile => ("", "Path to the client server TLS cert file."),
+            Setting::KeyFile => ("", "Path to the client server TLS key file."),
+            Setting::TrustedCaFile => ("", "Path to the client server TLS trusted CA cert file."),
+            Setting::ClientCrlFile => ("", "Path to the client certificate revocation list file."),
+            Setting::ClientCertAuth => ("false", "Enable client cert authentication."),
+            Setting::AutoTls => ("false", "Client TLS using generated certificates."),
+            Setting::PeerCertFile => ("", "Path to the peer server TLS cert file."),
+            Setting::PeerKeyFile => ("", "Path to the peer server TLS key file."),
+            Setting::PeerTrustedCaFile => ("", "Path to the peer server TLS trusted CA file."),
+            Setting::PeerCrlFile => ("", "Path to the peer certificate revocation list file."),
+            Setting::PeerClientCertAuth => ("false", "Enable peer client cert authentication."),
+            Setting::PeerAutoTls => ("false", "Peer TLS using generated certificates."),
         }
     }
 }
@@ -225,6 +285,11 @@ pub struct Draft {
     pub bcrypt_cost: u64,
     /// `--auth-token-ttl`, in seconds.
     pub auth_token_ttl: u64,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-crl-file`,
+    /// `--client-cert-auth`, `--auto-tls`.
+    pub client_tls: TlsSettings,
+    /// The `--peer-*` twins of `client_tls`.
+    pub peer_tls: TlsSettings,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -255,6 +320,8 @@ impl Draft {
             auth_token: "simple".to_owned(),
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST as u64,
             auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL_SECS,
+            client_tls: TlsSettings::default(),
+            peer_tls: TlsSettings::default(),
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -284,6 +351,19 @@ impl Draft {
             Setting::AuthToken => self.auth_token = raw.to_owned(),
             Setting::BcryptCost => self.bcrypt_cost = uint(raw)?,
             Setting::AuthTokenTtl => self.auth_token_ttl = uint(raw)?,
+            Setting::CertFile => self.client_tls.cert_file = path(raw),
+            Setting::KeyFile => self.client_tls.key_file = path(raw),
+            Setting::TrustedCaFile => self.client_tls.trusted_ca_file = path(raw),
+            Setting::ClientCrlFile => self.client_tls.crl_file = path(raw),
+            Setting::PeerCertFile => self.peer_tls.cert_file = path(raw),
+            Setting::PeerKeyFile => self.peer_tls.key_file = path(raw),
+            Setting::PeerTrustedCaFile => self.peer_tls.trusted_ca_file = path(raw),
+            Setting::PeerCrlFile => self.peer_tls.crl_file = path(raw),
+            Setting::ClientCertAuth => self.client_tls.client_cert_auth = boolean(raw)?,
+            Setting::AutoTls => self.client_tls.auto_tls = boolean(raw)?,
+            Setting::PeerClientCertAuth => self.peer_tls.client_cert_auth = boolean(raw)?,
+            Setting::PeerAutoTls => self.peer_tls.auto_tls = boolean(raw)?,
+
             Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
             | Setting::ListenPeerUrls
@@ -350,6 +430,19 @@ fn default_url(text: &str) -> EtcdUrl {
         Ok(url) => url,
         Err(e) => unreachable!("built-in default URL {text} is invalid: {e}"),
     }
+}
+
+/// A path flag; empty means unset (etcd's default "").
+fn path(raw: &str) -> Option<std::path::PathBuf> {
+    (!raw.is_empty()).then(|| std::path::PathBuf::from(raw))
+}
+
+/// A Go boolean flag: given alone (empty value) it means true.
+fn boolean(raw: &str) -> Result<bool, String> {
+    if raw.is_empty() {
+        return Ok(true);
+    }
+    super::values::parse_bool(raw).ok_or_else(|| "parse error".to_owned())
 }
 
 fn uint(raw: &str) -> Result<u64, String> {

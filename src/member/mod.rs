@@ -15,6 +15,7 @@
 //!    peer senders in step with the membership.
 //!
 //! Files: [`bootstrap`] settles the identity, [`listen`] binds the listeners,
+//! [`tls`] resolves the TLS configs of the listeners and of peer dialling,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
 //! membership following); this file wires them with the node and the API.
 //!
@@ -30,16 +31,17 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use raft::prelude::ConfState;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 mod bootstrap;
 mod lifecycle;
 mod listen;
+mod tls;
 
 use bootstrap::{initial_membership, resolve_identity, Origin};
 use lifecycle::{decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
+use tls::{peer_incoming, MemberTls};
 
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
@@ -69,6 +71,8 @@ pub enum MemberError {
     Mvcc(#[from] MvccError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Listeners bound in advance (the embedded cluster binds port 0 and passes them).
@@ -154,7 +158,8 @@ impl Member {
         let store = Arc::new(Store::open(&kv_path)?);
         let waiters = Arc::new(Waiters::default());
 
-        let (identity, origin) = resolve_identity(cfg, &storage)?;
+        let tls = MemberTls::resolve(cfg)?;
+        let (identity, origin) = resolve_identity(cfg, &storage, tls.peer_client.clone())?;
         let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
         let (mut applier, membership_rx) = Applier::open(
             store.clone(),
@@ -238,6 +243,7 @@ impl Member {
             raft.clone(),
             faults.clone(),
             shutdown.child_token(),
+            tls.peer_client.clone(),
         );
         for m in &membership_rx.borrow().members {
             if let Some(url) = m.peer_urls.first() {
@@ -295,12 +301,13 @@ impl Member {
             alarms,
             db_files: vec![kv_path.clone(), raft_path.clone()],
             auth,
-            client_cert_auth: false,
+            client_cert_auth: cfg.client_tls.client_cert_auth,
         });
 
         let mut servers = Vec::new();
         // Peer server.
-        for l in peer_listeners {
+        for (i, l) in peer_listeners.into_iter().enumerate() {
+            let server_tls = tls.peer_server_for(cfg.listen_peer_urls.get(i));
             let svc = RaftTransportServer::new(PeerService {
                 cluster_id: identity.cluster_id,
                 member_id: identity.member_id,
@@ -317,11 +324,7 @@ impl Member {
                 // Raft traffic is many small messages: no Nagle delay on accepted
                 // connections, and HTTP/2 windows large enough that a burst of
                 // appends never waits for a window update.
-                let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(l), |s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let incoming = peer_incoming(l, server_tls);
                 let res = tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(PEER_WINDOW))
                     .initial_connection_window_size(Some(PEER_WINDOW))
@@ -335,10 +338,20 @@ impl Member {
         }
         // Client servers.
         let router = api::server::router(core.clone());
-        for l in client_listeners {
+        for (i, l) in client_listeners.into_iter().enumerate() {
             let addr = l.local_addr().ok();
-            tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
-            servers.push(runtime.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
+            let server_tls = tls.client_server_for(cfg.listen_client_urls.get(i));
+            if server_tls.is_some() {
+                tracing::info!(address = ?addr, "serving client traffic securely");
+            } else {
+                tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
+            }
+            servers.push(runtime.spawn(api::server::serve(
+                l,
+                server_tls,
+                router.clone(),
+                shutdown.clone(),
+            )));
         }
 
         // Lifecycle: publish, cluster version, peers in step with membership.

@@ -69,6 +69,8 @@ pub struct Peers {
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
+    /// How to dial `https://` peer URLs (the peer certificate and CA).
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl Peers {
@@ -78,12 +80,14 @@ impl Peers {
         raft: RaftHandle,
         faults: Arc<Faults>,
         shutdown: CancellationToken,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
             member_id,
             raft,
             faults,
+            tls,
             queues: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -105,6 +109,7 @@ impl Peers {
             raft: self.raft.clone(),
             faults: self.faults.clone(),
             shutdown: self.shutdown.child_token(),
+            tls: self.tls.clone(),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -158,6 +163,7 @@ struct Sender {
     raft: RaftHandle,
     faults: Arc<Faults>,
     shutdown: CancellationToken,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -204,7 +210,7 @@ impl Sender {
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(3));
         let channel = tokio::select! {
-            c = endpoint.connect() => c.map_err(|e| e.to_string())?,
+            c = crate::tls::connector::connect(&endpoint, self.tls.clone()) => c.map_err(|e| e.to_string())?,
             _ = self.shutdown.cancelled() => return Ok(()),
         };
         let mut client = RaftTransportClient::new(channel)
