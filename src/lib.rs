@@ -12,9 +12,11 @@
 //! [`supervisor`] is the goreman-style Procfile runner behind `localcluster
 //! start`/`run`; [`layout`] is the standard 3-member layout it runs by default;
 //! [`bench`] is the load generator behind `localcluster bench`; [`client`] is
-//! the small etcd client those tools share. [`lease`], [`membership`] and
-//! [`wait`] are the replicated lease table, the replicated membership, and the
-//! request-ID/waiter plumbing between the API and the state machine.
+//! the small etcd client those tools share. [`auth`] holds users, roles,
+//! permissions and tokens; [`tls`] the TLS of the client and peer URLs.
+//! [`lease`], [`membership`] and [`wait`] are the replicated lease table, the
+//! replicated membership, and the request-ID/waiter plumbing between the API
+//! and the state machine.
 
 pub mod api;
 pub mod apply;

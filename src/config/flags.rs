@@ -191,10 +191,18 @@ const OBSOLETE_FLAGS: &[&str] = &[
 ];
 
 /// Config-file keys etcd reads that are not flags (all unsupported here).
-pub const FILE_ONLY_KEYS: &[&str] = &[
-    "client-transport-security",
-    "peer-transport-security",
-    "discovery-config",
+pub const FILE_ONLY_KEYS: &[&str] = &["discovery-config"];
+
+/// Config-file sections holding the TLS settings (etcd's `securityConfig`).
+pub const SECURITY_SECTIONS: &[&str] = &["client-transport-security", "peer-transport-security"];
+
+/// Keys of a security section localcluster reads.
+pub const SECURITY_KEYS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "auto-tls",
 ];
 
 /// Looks a flag name (without dashes) up. `None` for a flag etcd does not define.

@@ -165,6 +165,26 @@ impl Setting {
         )
     }
 
+    /// Whether the setting is one of the TLS flags (read from the
+    /// `*-transport-security` sections of a config file, not its top level).
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Setting::CertFile
+                | Setting::KeyFile
+                | Setting::TrustedCaFile
+                | Setting::ClientCrlFile
+                | Setting::ClientCertAuth
+                | Setting::AutoTls
+                | Setting::PeerCertFile
+                | Setting::PeerKeyFile
+                | Setting::PeerTrustedCaFile
+                | Setting::PeerCrlFile
+                | Setting::PeerClientCertAuth
+                | Setting::PeerAutoTls
+        )
+    }
+
     /// The setting a flag name (without dashes) stands for.
     pub fn from_flag_name(name: &str) -> Option<Setting> {
         Setting::ALL.into_iter().find(|s| s.flag_name() == name)
