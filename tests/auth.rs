@@ -154,6 +154,13 @@ fn etcdctl_user_role_and_auth_commands_guard_keys_by_role() {
         with_root(&mut c, &["role", "list"]).lines(),
         ["app", "root"]
     );
+    // (etcdctl 3.4 prints user and role lists as text or JSON, not as tables.)
+    let users = with_root(&mut c, &["-w", "json", "user", "list"]).json();
+    assert_eq!(
+        users["users"],
+        serde_json::json!(["alice", "bob", "root"]),
+        "{users}"
+    );
     assert_eq!(
         with_root(&mut c, &["user", "get", "alice"]).lines(),
         ["User: alice", "Roles: app"]

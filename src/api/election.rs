@@ -60,16 +60,16 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        if request.get_ref().name.is_empty() {
+            return Err(errors::empty_key());
+        }
+        // The recipe reads and writes keys under the election's prefix.
         let prefix = prefix_of(&request.get_ref().name);
         self.core
             .authorize_prefix(&request, &prefix, Access::Write)?;
         self.core
             .authorize_prefix(&request, &prefix, Access::Read)?;
         let req = request.into_inner();
-        if req.name.is_empty() {
-            return Err(errors::empty_key());
-        }
-        let prefix = prefix_of(&req.name);
         let key = owner_key(&prefix, req.lease);
         let (rev, stale_value) = claim(&self.core, &key, &req.value, req.lease).await?;
         let leader = LeaderKey {
