@@ -9,7 +9,9 @@
 //! disabled every check passes and tokens are ignored, as in etcd.
 //!
 //! Checks run on the member that receives the request, against the auth state
-//! it has applied (see [`crate::auth`] for the race this leaves).
+//! it has applied; writes are proposed with their [`Caller`]
+//! ([`Core::propose_as`]) and checked again at apply time if the auth store
+//! changed meanwhile (see [`crate::auth`]).
 
 use tonic::{Request, Status};
 
@@ -19,8 +21,7 @@ use super::errors::from_auth;
 use super::listener::ClientAddr;
 use super::Core;
 use crate::auth::Access;
-use crate::pb::etcdserverpb::request_op::Request as TxnOp;
-use crate::pb::etcdserverpb::TxnRequest;
+use crate::pb::lcraftpb::request::Op as Proposal;
 
 /// The gRPC metadata key carrying a simple token (etcd's `TokenFieldNameGRPC`).
 pub const TOKEN_METADATA: &str = "token";
@@ -49,29 +50,45 @@ impl Credentials {
     }
 }
 
+/// The caller of a request as the auth rules see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// Empty when the request names no user (checks then fail with `user
+    /// name is empty` while auth is enabled).
+    pub user: String,
+    /// The auth revision the caller was resolved at; checks made after it
+    /// see this revision or a later one (see [`crate::auth::Auth::check_at_apply`]).
+    pub revision: u64,
+}
+
 impl Core {
-    /// The user a request acts as; empty when it names none (checks then fail
-    /// with `user name is empty` while auth is enabled).
-    pub fn caller(&self, creds: &Credentials) -> Result<String, Status> {
-        if !self.auth.enabled() {
-            return Ok(String::new());
-        }
-        if let Some(token) = &creds.token {
-            return self.auth.user_of_token(token).map_err(from_auth);
-        }
-        if self.client_cert_auth {
-            if let Some(cn) = &creds.cert_name {
-                return Ok(cn.clone());
+    /// The caller of a request with `creds`.
+    pub fn caller(&self, creds: &Credentials) -> Result<Caller, Status> {
+        let (enabled, revision) = {
+            let store = self.auth.store();
+            (store.enabled(), store.revision())
+        };
+        let user = if !enabled {
+            String::new()
+        } else if let Some(token) = &creds.token {
+            self.auth.user_of_token(token).map_err(from_auth)?
+        } else {
+            match (&creds.cert_name, self.client_cert_auth) {
+                (Some(cn), true) => cn.clone(),
+                _ => String::new(),
             }
-        }
-        Ok(String::new())
+        };
+        Ok(Caller { user, revision })
     }
 
     /// The caller of `req`, refused unless it holds the root role.
-    pub fn authorize_admin<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let user = self.caller(&Credentials::of(req))?;
-        self.auth.store().check_admin(&user).map_err(from_auth)?;
-        Ok(user)
+    pub fn authorize_admin<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(&Credentials::of(req))?;
+        self.auth
+            .store()
+            .check_admin(&caller.user)
+            .map_err(from_auth)?;
+        Ok(caller)
     }
 
     /// The caller of `req`, refused unless it may `access` every key of
@@ -82,10 +99,10 @@ impl Core {
         key: &[u8],
         range_end: &[u8],
         access: Access,
-    ) -> Result<String, Status> {
-        let user = self.caller(&Credentials::of(req))?;
-        self.require_range(&user, key, range_end, access)?;
-        Ok(user)
+    ) -> Result<Caller, Status> {
+        let caller = self.caller(&Credentials::of(req))?;
+        self.require_range(&caller, key, range_end, access)?;
+        Ok(caller)
     }
 
     /// [`Core::authorize_range`] over every key under `prefix` (the lock and
@@ -95,52 +112,31 @@ impl Core {
         req: &Request<T>,
         prefix: &[u8],
         access: Access,
-    ) -> Result<String, Status> {
+    ) -> Result<Caller, Status> {
         self.authorize_range(req, prefix, &super::recipes::prefix_end(prefix), access)
     }
 
-    /// Refuses `user` unless it may `access` every key of `[key, range_end)`.
+    /// Refuses `caller` unless it may `access` every key of `[key, range_end)`.
     pub fn require_range(
         &self,
-        user: &str,
+        caller: &Caller,
         key: &[u8],
         range_end: &[u8],
         access: Access,
     ) -> Result<(), Status> {
         self.auth
             .store()
-            .check_range(user, key, range_end, access)
+            .check_range(&caller.user, key, range_end, access)
             .map_err(from_auth)
     }
 
-    /// Refuses `user` unless it may run every part of `txn` that could run:
-    /// read the compared keys, and each operation of both branches (etcd's
-    /// `checkTxnAuth`).
-    pub fn require_txn(&self, user: &str, txn: &TxnRequest) -> Result<(), Status> {
-        for c in &txn.compare {
-            self.require_range(user, &c.key, &c.range_end, Access::Read)?;
-        }
-        for op in txn.success.iter().chain(txn.failure.iter()) {
-            match &op.request {
-                Some(TxnOp::RequestRange(r)) => {
-                    self.require_range(user, &r.key, &r.range_end, Access::Read)?
-                }
-                Some(TxnOp::RequestPut(p)) => {
-                    self.require_range(user, &p.key, &[], Access::Write)?;
-                    if p.prev_kv {
-                        self.require_range(user, &p.key, &[], Access::Read)?;
-                    }
-                }
-                Some(TxnOp::RequestDeleteRange(d)) => {
-                    self.require_range(user, &d.key, &d.range_end, Access::Write)?;
-                    if d.prev_kv {
-                        self.require_range(user, &d.key, &d.range_end, Access::Read)?;
-                    }
-                }
-                Some(TxnOp::RequestTxn(t)) => self.require_txn(user, t)?,
-                None => {}
-            }
-        }
-        Ok(())
+    /// Refuses `caller` unless it may make the write `op` (a put, delete or
+    /// txn); the same check runs again at apply time if the auth store changes
+    /// in between.
+    pub fn require_write(&self, caller: &Caller, op: &Proposal) -> Result<(), Status> {
+        self.auth
+            .store()
+            .check_proposal(&caller.user, op)
+            .map_err(from_auth)
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::access::Credentials;
+use super::access::{Caller, Credentials};
 use super::errors::from_auth;
 use super::Core;
 use crate::apply::Applied;
@@ -35,10 +35,19 @@ impl AuthService {
         AuthService { core }
     }
 
-    /// Proposes one auth change; the store revision it applied at.
-    async fn change(&self, op: AuthOp) -> Result<(AuthApplied, i64), Status> {
-        let req = AuthRequest { op: Some(op) };
-        match self.core.propose(Op::Auth(req)).await? {
+    /// Proposes one auth change by `caller` (`None`: Authenticate, which
+    /// anyone may ask for); the store revision it applied at.
+    async fn change(
+        &self,
+        op: AuthOp,
+        caller: Option<&Caller>,
+    ) -> Result<(AuthApplied, i64), Status> {
+        let req = Op::Auth(AuthRequest { op: Some(op) });
+        let applied = match caller {
+            Some(caller) => self.core.propose_as(req, caller).await?,
+            None => self.core.propose(req).await?,
+        };
+        match applied {
             (Applied::Auth(applied), rev) => Ok((applied, rev)),
             _ => Err(Status::internal("unexpected apply result")),
         }
@@ -50,8 +59,8 @@ impl AuthService {
         req: &Request<T>,
         op: AuthOp,
     ) -> Result<Option<ResponseHeader>, Status> {
-        self.core.authorize_admin(req)?;
-        let (_, rev) = self.change(op).await?;
+        let caller = self.core.authorize_admin(req)?;
+        let (_, rev) = self.change(op, Some(&caller)).await?;
         Ok(self.core.header(rev))
     }
 
@@ -127,7 +136,7 @@ impl Auth for AuthService {
             name: req.name,
             token,
         };
-        match self.change(AuthOp::Authenticate(grant)).await? {
+        match self.change(AuthOp::Authenticate(grant), None).await? {
             (AuthApplied::Token(token), rev) => Ok(Response::new(AuthenticateResponse {
                 header: self.core.header(rev),
                 token,
@@ -140,7 +149,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        self.core.authorize_admin(&request)?;
+        let caller = self.core.authorize_admin(&request)?;
         let mut req = request.into_inner();
         if req.name.is_empty() {
             return Err(from_auth(AuthError::UserEmpty));
@@ -150,7 +159,7 @@ impl Auth for AuthService {
             req.hashed_password = self.hash(std::mem::take(&mut req.password)).await?;
         }
         req.password.clear();
-        let (_, rev) = self.change(AuthOp::UserAdd(req)).await?;
+        let (_, rev) = self.change(AuthOp::UserAdd(req), Some(&caller)).await?;
         Ok(Response::new(AuthUserAddResponse {
             header: self.core.header(rev),
         }))
@@ -164,8 +173,8 @@ impl Auth for AuthService {
         let req = request.into_inner();
         let header = self.read_header().await?;
         let store = self.core.auth.store();
-        if let Err(e) = store.check_admin(&caller) {
-            if caller.is_empty() || caller != req.name {
+        if let Err(e) = store.check_admin(&caller.user) {
+            if caller.user.is_empty() || caller.user != req.name {
                 return Err(from_auth(e));
             }
         }
@@ -203,7 +212,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.core.authorize_admin(&request)?;
+        let caller = self.core.authorize_admin(&request)?;
         let mut req = request.into_inner();
         if self.core.auth.store().user(&req.name).is_none() {
             return Err(from_auth(AuthError::UserNotFound));
@@ -212,7 +221,9 @@ impl Auth for AuthService {
             req.hashed_password = self.hash(std::mem::take(&mut req.password)).await?;
         }
         req.password.clear();
-        let (_, rev) = self.change(AuthOp::UserChangePassword(req)).await?;
+        let (_, rev) = self
+            .change(AuthOp::UserChangePassword(req), Some(&caller))
+            .await?;
         Ok(Response::new(AuthUserChangePasswordResponse {
             header: self.core.header(rev),
         }))
@@ -253,8 +264,8 @@ impl Auth for AuthService {
         let req = request.into_inner();
         let header = self.read_header().await?;
         let store = self.core.auth.store();
-        if let Err(e) = store.check_admin(&caller) {
-            if caller.is_empty() || !store.has_role(&caller, &req.role) {
+        if let Err(e) = store.check_admin(&caller.user) {
+            if caller.user.is_empty() || !store.has_role(&caller.user, &req.role) {
                 return Err(from_auth(e));
             }
         }

@@ -41,11 +41,11 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_range(&req)?;
         self.core
-            .require_range(&user, &req.key, &req.range_end, Access::Read)?;
+            .require_range(&caller, &req.key, &req.range_end, Access::Read)?;
         if !req.serializable {
             self.core.read_barrier().await?;
         } else {
@@ -62,17 +62,14 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
-        let req = request.into_inner();
-        check_put(&req)?;
-        self.core
-            .require_range(&user, &req.key, &[], Access::Write)?;
-        if req.prev_kv {
-            self.core
-                .require_range(&user, &req.key, &[], Access::Read)?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
+        let req = Proposal::Put(request.into_inner());
+        if let Proposal::Put(p) = &req {
+            check_put(p)?;
         }
+        self.core.require_write(&caller, &req)?;
         self.core.check_quota().await?;
-        match self.core.propose(Proposal::Put(req)).await? {
+        match self.core.propose_as(req, &caller).await? {
             (Applied::Put(mut resp), rev) => {
                 resp.header = self.core.header(rev);
                 Ok(Response::new(resp))
@@ -85,18 +82,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
-        let req = request.into_inner();
-        if req.key.is_empty() {
+        let caller = self.core.caller(&Credentials::of(&request))?;
+        if request.get_ref().key.is_empty() {
             return Err(errors::empty_key());
         }
-        self.core
-            .require_range(&user, &req.key, &req.range_end, Access::Write)?;
-        if req.prev_kv {
-            self.core
-                .require_range(&user, &req.key, &req.range_end, Access::Read)?;
-        }
-        match self.core.propose(Proposal::DeleteRange(req)).await? {
+        let req = Proposal::DeleteRange(request.into_inner());
+        self.core.require_write(&caller, &req)?;
+        match self.core.propose_as(req, &caller).await? {
             (Applied::DeleteRange(mut resp), rev) => {
                 resp.header = self.core.header(rev);
                 Ok(Response::new(resp))
@@ -106,14 +98,16 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_txn(&req, self.core.limits.max_txn_ops)?;
-        self.core.require_txn(&user, &req)?;
-        if has_puts(&req) {
+        let puts = has_puts(&req);
+        let req = Proposal::Txn(req);
+        self.core.require_write(&caller, &req)?;
+        if puts {
             self.core.check_quota().await?;
         }
-        match self.core.propose(Proposal::Txn(req)).await? {
+        match self.core.propose_as(req, &caller).await? {
             (Applied::Txn(mut resp), rev) => {
                 fill_headers(&self.core, &mut resp, rev);
                 Ok(Response::new(resp))

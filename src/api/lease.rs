@@ -98,13 +98,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         if self.core.auth.enabled() {
             // etcd: revoking deletes the attached keys, so the caller must be
             // allowed to write each of them.
             for key in leased_keys(&self.core, req.id)? {
-                self.core.require_range(&user, &key, &[], Access::Write)?;
+                self.core.require_range(&caller, &key, &[], Access::Write)?;
             }
         }
         match self.core.propose(Op::LeaseRevoke(req)).await? {
@@ -141,7 +141,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let user = self.core.caller(&Credentials::of(&request))?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         self.core.read_barrier().await?;
         let lease = self
@@ -163,7 +163,7 @@ impl Lease for LeaseService {
         let keys = if req.keys {
             let keys = leased_keys(&self.core, req.id)?;
             for key in &keys {
-                self.core.require_range(&user, key, &[], Access::Read)?;
+                self.core.require_range(&caller, key, &[], Access::Read)?;
             }
             keys
         } else {

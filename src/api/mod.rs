@@ -116,10 +116,39 @@ impl Core {
     }
 
     /// Proposes `op` through Raft and waits for its application on this member.
+    /// For the member's own proposals (lease expiry, alarms, recipes); client
+    /// writes go through [`Core::propose_as`].
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
+        self.propose_with(op, None).await
+    }
+
+    /// Proposes a client's `op` stamped with its caller, so the apply checks it
+    /// again if the auth store changed since it was checked here.
+    pub async fn propose_as(
+        &self,
+        op: Op,
+        caller: &access::Caller,
+    ) -> Result<(Applied, i64), Status> {
+        let info = crate::pb::lcraftpb::AuthInfo {
+            user: caller.user.clone(),
+            revision: caller.revision,
+        };
+        self.propose_with(op, Some(info)).await
+    }
+
+    async fn propose_with(
+        &self,
+        op: Op,
+        auth_info: Option<crate::pb::lcraftpb::AuthInfo>,
+    ) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
-        let data = Request { id, op: Some(op) }.encode_to_vec();
+        let data = Request {
+            id,
+            op: Some(op),
+            auth_info,
+        }
+        .encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }

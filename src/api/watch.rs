@@ -167,9 +167,9 @@ impl Session {
             self.next_id
         };
         let current = self.core.store.current_revision();
-        let permitted = self.core.caller(&self.creds).and_then(|user| {
+        let permitted = self.core.caller(&self.creds).and_then(|caller| {
             self.core
-                .require_range(&user, &c.key, &c.range_end, Access::Read)
+                .require_range(&caller, &c.key, &c.range_end, Access::Read)
         });
         if permitted.is_err() {
             // etcd answers a refused watch with a created-and-canceled response

@@ -303,6 +303,11 @@ impl Applier {
         let Some(op) = req.op else {
             return Ok(Ok((Applied::Done, self.store_rev(batch))));
         };
+        if let Some(info) = &req.auth_info {
+            if let Err(e) = self.auth.check_at_apply(info, &op) {
+                return Ok(Err(ApplyError::Auth(e)));
+            }
+        }
         let result = match op {
             Op::Put(p) => {
                 let mut rt = batch.txn().map_err(apply_err)?;

@@ -10,10 +10,13 @@
 //! committed [`AuthRequest`](crate::pb::lcraftpb::AuthRequest)s and persists
 //! the store with the data) and its API services (which resolve the caller of a
 //! request and check it). How it fits: the API checks a request against the
-//! auth state this member has applied, then proposes it. As in etcd, a change
-//! of permissions racing with a request may let that one request through under
-//! the permissions it was checked with (etcd closes the window by re-checking
-//! at apply time with the auth revision; localcluster does not).
+//! auth state this member has applied and proposes it stamped with the caller
+//! and that auth revision ([`AuthInfo`]); as in etcd, writes and auth changes
+//! are checked again when applied if the auth store changed in between
+//! ([`Auth::check_at_apply`]), so a permission revoked before a write commits
+//! also stops it, whichever member received it. Reads, watches and lease
+//! operations are checked by the receiving member only, against its applied
+//! state.
 
 pub mod error;
 pub mod perms;
@@ -29,7 +32,8 @@ pub use store::{AuthApplied, AuthStore, TokenEffect, ROOT};
 pub use tokens::Tokens;
 
 use crate::pb::lcraftpb::auth_request::Op;
-use crate::pb::lcraftpb::AuthState;
+use crate::pb::lcraftpb::request::Op as Proposal;
+use crate::pb::lcraftpb::{AuthInfo, AuthState};
 
 /// etcd's default `--bcrypt-cost`.
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
@@ -112,6 +116,18 @@ impl Auth {
         self.store().enabled()
     }
 
+    /// The apply-time check of a client request: while auth is enabled, a
+    /// request whose proposer checked it at another auth revision than the one
+    /// now applied is checked again against the applied store. Every member
+    /// applies the same entries in the same order, so all decide alike.
+    pub fn check_at_apply(&self, info: &AuthInfo, op: &Proposal) -> Result<(), AuthError> {
+        let store = self.store();
+        if !store.enabled() || info.revision == store.revision() {
+            return Ok(());
+        }
+        store.check_proposal(&info.user, op)
+    }
+
     /// The user a simple token stands for.
     pub fn user_of_token(&self, token: &str) -> Result<String, AuthError> {
         self.tokens()
@@ -171,6 +187,66 @@ mod tests {
         .unwrap();
         auth.apply(Op::Enable(AuthEnableRequest {})).unwrap();
         auth
+    }
+
+    #[test]
+    fn a_write_checked_before_a_revocation_is_refused_when_applied_after_it() {
+        use crate::pb::authpb::{permission::Type, Permission};
+        let auth = auth_with_root();
+        auth.apply(Op::UserAdd(AuthUserAddRequest {
+            name: "alice".into(),
+            hashed_password: "h".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        auth.apply(Op::RoleAdd(AuthRoleAddRequest { name: "app".into() }))
+            .unwrap();
+        auth.apply(Op::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+            name: "app".into(),
+            perm: Some(Permission {
+                perm_type: Type::Readwrite as i32,
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            }),
+        }))
+        .unwrap();
+        auth.apply(Op::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "alice".into(),
+            role: "app".into(),
+        }))
+        .unwrap();
+        let put = Proposal::Put(PutRequest {
+            key: b"app/x".to_vec(),
+            ..Default::default()
+        });
+        let checked_at = AuthInfo {
+            user: "alice".into(),
+            revision: auth.store().revision(),
+        };
+        // Nothing changed since the proposer's check: no second check needed.
+        assert!(auth.check_at_apply(&checked_at, &put).is_ok());
+        auth.apply(Op::RoleRevokePermission(AuthRoleRevokePermissionRequest {
+            role: "app".into(),
+            key: b"app/".to_vec(),
+            range_end: b"app0".to_vec(),
+        }))
+        .unwrap();
+        assert_eq!(
+            auth.check_at_apply(&checked_at, &put).unwrap_err(),
+            AuthError::PermissionDenied
+        );
+        // An auth change proposed by a user who lost the root role meanwhile.
+        let by_alice = AuthInfo {
+            user: "alice".into(),
+            revision: 1,
+        };
+        let add = Proposal::Auth(crate::pb::lcraftpb::AuthRequest {
+            op: Some(Op::RoleAdd(AuthRoleAddRequest { name: "x".into() })),
+        });
+        assert_eq!(
+            auth.check_at_apply(&by_alice, &add).unwrap_err(),
+            AuthError::PermissionDenied
+        );
     }
 
     #[test]

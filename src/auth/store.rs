@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use super::error::AuthError;
 use super::perms::{covers, Access};
 use crate::pb::authpb::{Permission, Role, User, UserAddOptions};
+use crate::pb::etcdserverpb::request_op::Request as TxnOp;
+use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
 use crate::pb::lcraftpb::auth_request::Op;
+use crate::pb::lcraftpb::request::Op as Proposal;
 use crate::pb::lcraftpb::AuthState;
 
 /// etcd's root user and role names.
@@ -323,6 +326,59 @@ impl AuthStore {
             Ok(())
         } else {
             Err(AuthError::PermissionDenied)
+        }
+    }
+
+    /// A put: write on the key, and read too when it returns the previous value.
+    pub fn check_put(&self, user: &str, p: &PutRequest) -> Result<(), AuthError> {
+        self.check_range(user, &p.key, &[], Access::Write)?;
+        if p.prev_kv {
+            self.check_range(user, &p.key, &[], Access::Read)?;
+        }
+        Ok(())
+    }
+
+    /// A delete: write on the range, and read too when it returns what it deleted.
+    pub fn check_delete(&self, user: &str, d: &DeleteRangeRequest) -> Result<(), AuthError> {
+        self.check_range(user, &d.key, &d.range_end, Access::Write)?;
+        if d.prev_kv {
+            self.check_range(user, &d.key, &d.range_end, Access::Read)?;
+        }
+        Ok(())
+    }
+
+    /// A txn: read on every compared key, and every operation of both branches
+    /// (either may run), nested txns included (etcd's `checkTxnAuth`).
+    pub fn check_txn(&self, user: &str, txn: &TxnRequest) -> Result<(), AuthError> {
+        for c in &txn.compare {
+            self.check_range(user, &c.key, &c.range_end, Access::Read)?;
+        }
+        for op in txn.success.iter().chain(txn.failure.iter()) {
+            match &op.request {
+                Some(TxnOp::RequestRange(r)) => {
+                    self.check_range(user, &r.key, &r.range_end, Access::Read)?
+                }
+                Some(TxnOp::RequestPut(p)) => self.check_put(user, p)?,
+                Some(TxnOp::RequestDeleteRange(d)) => self.check_delete(user, d)?,
+                Some(TxnOp::RequestTxn(t)) => self.check_txn(user, t)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The check of a proposed request, repeated when it is applied: writes
+    /// against the keys they touch, auth changes against the root role. Other
+    /// requests are checked by the member that received them only.
+    pub fn check_proposal(&self, user: &str, op: &Proposal) -> Result<(), AuthError> {
+        match op {
+            Proposal::Put(p) => self.check_put(user, p),
+            Proposal::DeleteRange(d) => self.check_delete(user, d),
+            Proposal::Txn(t) => self.check_txn(user, t),
+            Proposal::Auth(a) if !matches!(a.op, Some(Op::Authenticate(_))) => {
+                self.check_admin(user)
+            }
+            _ => Ok(()),
         }
     }
 
