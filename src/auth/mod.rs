@@ -84,11 +84,20 @@ impl Auth {
         self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the store with a persisted one (start, or a leader's snapshot);
-    /// tokens handed out before are forgotten.
+    /// Replaces the store with a persisted one (at start, or from a leader's
+    /// snapshot). Tokens of users that still exist stay valid while auth stays
+    /// enabled; the others are forgotten.
     pub fn load(&self, state: AuthState) {
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = AuthStore::from_state(state);
-        self.tokens().clear();
+        let store = AuthStore::from_state(state);
+        {
+            let mut tokens = self.tokens();
+            if store.enabled() {
+                tokens.retain_users(|u| store.user(u).is_some());
+            } else {
+                tokens.clear();
+            }
+        }
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
     }
 
     /// Applies one committed change on this member.

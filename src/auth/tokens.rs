@@ -61,6 +61,11 @@ impl Tokens {
         self.live.retain(|_, (u, _)| u != user);
     }
 
+    /// Keeps only the tokens of users for which `keep` holds.
+    pub fn retain_users(&mut self, keep: impl Fn(&str) -> bool) {
+        self.live.retain(|_, (u, _)| keep(u));
+    }
+
     /// Forgets every token (auth enabled or disabled).
     pub fn clear(&mut self) {
         self.live.clear();
