@@ -383,3 +383,76 @@ fn users_roles_and_the_enabled_flag_survive_a_restart() {
         ["alice", "bob", "root"]
     );
 }
+
+#[test]
+fn a_follower_restored_from_a_snapshot_enforces_the_same_users_and_roles() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::start(3, &["--snapshot-count", "20", "--bcrypt-cost", "4"]);
+    let f = c.follower();
+    assert!(c.members[f].terminate().success());
+    set_up_users(&mut c);
+
+    // Enough writes (as root) that the leader compacts its log past the auth
+    // entries: the follower can only learn them from a snapshot.
+    let leader = c.wait_leader();
+    let endpoint = c.members[leader].endpoint();
+    common::block_on(async {
+        use localcluster::pb::etcdserverpb::auth_client::AuthClient;
+        use localcluster::pb::etcdserverpb::kv_client::KvClient;
+        use localcluster::pb::etcdserverpb::{AuthenticateRequest, PutRequest};
+        let channel = localcluster::client::connect(&endpoint, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let token = AuthClient::new(channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "rootpw".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let token: tonic::metadata::MetadataValue<_> = token.parse().unwrap();
+        let mut kv = KvClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("token", token.clone());
+            Ok(req)
+        });
+        for n in 0..200 {
+            kv.put(PutRequest {
+                key: format!("app/{n:03}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    });
+
+    c.restart(f);
+    let alice = ["--user", "alice:alicepw"];
+    let at_f = |args: &[&str]| {
+        let mut full = alice.to_vec();
+        full.extend_from_slice(args);
+        c.etcdctl_at(f, &full)
+    };
+    common::eventually(Duration::from_secs(20), "m{f} to catch up", || {
+        let out = at_f(&["get", "app/199", "--consistency=s"]);
+        (out.success() && out.lines() == ["app/199", "v"]).then_some(())
+    });
+    assert!(
+        c.members[f]
+            .current_log()
+            .contains("restored state from a leader's snapshot"),
+        "m{f} did not restore a snapshot:\n{}",
+        c.members[f].current_log()
+    );
+    assert!(at_f(&["put", "other", "1"])
+        .err()
+        .contains("etcdserver: permission denied"));
+    assert!(c
+        .etcdctl_at(f, &["get", "app/099"])
+        .err()
+        .contains("etcdserver: user name is empty"));
+}
