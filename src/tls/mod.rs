@@ -202,3 +202,106 @@ pub fn common_name(chain: &[CertificateDer<'_>]) -> Option<String> {
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use rustls_pki_types::ServerName;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    /// Writes a CA and two leaf certificates (CN `server`, `alice`) into `dir`.
+    fn pki(dir: &Path) -> (TlsSettings, TlsSettings) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name.push(DnType::CommonName, "ca");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |cn: &str| {
+            let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{cn}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{cn}-key.pem")), key.serialize_pem()).unwrap();
+            TlsSettings {
+                cert_file: Some(dir.join(format!("{cn}.pem"))),
+                key_file: Some(dir.join(format!("{cn}-key.pem"))),
+                trusted_ca_file: Some(dir.join("ca.pem")),
+                client_cert_auth: true,
+                ..TlsSettings::default()
+            }
+        };
+        (leaf("server"), leaf("alice"))
+    }
+
+    /// A handshake over an in-memory pipe: the client's certificate name as
+    /// the server saw it, or the error.
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<Option<String>, String> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let (s, c) = tokio::join!(
+            TlsAcceptor::from(server).accept(a),
+            TlsConnector::from(client).connect(name, b)
+        );
+        c.map_err(|e| e.to_string())?;
+        let s = s.map_err(|e| e.to_string())?;
+        Ok(s.get_ref().1.peer_certificates().and_then(common_name))
+    }
+
+    #[tokio::test]
+    async fn a_verified_client_certificate_yields_its_common_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, alice) = pki(dir.path());
+        let cn = handshake(
+            server_config(&server).unwrap(),
+            client_config(&alice).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cn.as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn client_cert_auth_refuses_a_client_without_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _) = pki(dir.path());
+        let anonymous = TlsSettings {
+            trusted_ca_file: server.trusted_ca_file.clone(),
+            ..TlsSettings::default()
+        };
+        let result = handshake(
+            server_config(&server).unwrap(),
+            client_config(&anonymous).unwrap(),
+        )
+        .await;
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[test]
+    fn unreadable_files_are_named_in_the_error() {
+        let s = TlsSettings {
+            cert_file: Some("/nonexistent/cert.pem".into()),
+            key_file: Some("/nonexistent/key.pem".into()),
+            ..TlsSettings::default()
+        };
+        let err = server_config(&s).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    }
+}
