@@ -315,6 +315,29 @@ fn client_cert_auth_refuses_clients_without_a_valid_certificate_and_names_users_
         ["k", "v"]
     );
 
+    // localcluster's own client: with a certificate it is served, without refused.
+    let url = ep.clone();
+    let tls = localcluster::tls::client_config(&localcluster::tls::TlsSettings {
+        trusted_ca_file: Some(ca.clone().into()),
+        cert_file: Some(alice_cert.clone().into()),
+        key_file: Some(alice_key.clone().into()),
+        ..Default::default()
+    })
+    .unwrap();
+    common::block_on(async {
+        use localcluster::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+        use localcluster::pb::etcdserverpb::StatusRequest;
+        let timeout = Duration::from_secs(5);
+        let channel = localcluster::client::connect_with(&url, timeout, Some(tls))
+            .await
+            .unwrap();
+        assert!(MaintenanceClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .is_ok());
+        assert!(localcluster::client::status(&url, timeout).await.is_none());
+    });
+
     // With auth on, the certificate's common name is the user: no --user needed.
     let root = |args: &[&str]| as_user(&root_cert, &root_key, args);
     root(&["user", "add", "root:rootpw"]).ok();
