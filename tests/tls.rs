@@ -508,3 +508,83 @@ fn auto_tls_serves_clients_that_skip_verification() {
     )
     .success());
 }
+
+#[test]
+fn peer_cert_allowed_cn_keeps_out_peers_with_another_common_name() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.issue("peer", "peer-ok", 1);
+    let (intruder_cert, intruder_key) = pki.issue("intruder", "intruder", 2);
+    let ca = pki.ca();
+    let peer_flags = |cert: &str, key: &str| {
+        let mut f = flags(&[
+            ("--cert-file", cert),
+            ("--key-file", key),
+            ("--peer-cert-file", cert),
+            ("--peer-key-file", key),
+            ("--peer-trusted-ca-file", &ca),
+            ("--peer-cert-allowed-cn", "peer-ok"),
+        ]);
+        f.push("--peer-client-cert-auth".to_string());
+        f
+    };
+    let mut members = start_cluster(dir.path(), 1, "https", |_| peer_flags(&cert, &key));
+    let ep = https_endpoints(&members);
+    let with = |args: &[&str]| {
+        let mut full = vec!["--cacert", ca.as_str()];
+        full.extend_from_slice(args);
+        etcdctl(&ep, &full)
+    };
+    eventually(Duration::from_secs(20), "a put over https", || {
+        with(&["put", "k", "v"]).success().then_some(())
+    });
+    let (cp, pp) = (free_port(), free_port());
+    let peer_url = format!("https://127.0.0.1:{pp}");
+    with(&["member", "add", "m1", &format!("--peer-urls={peer_url}")]).ok();
+    let initial = format!(
+        "m0=https://127.0.0.1:{},m1={peer_url}",
+        members[0].peer_port
+    );
+    let args_with = |cert: &str, key: &str| {
+        member_args(
+            dir.path(),
+            "m1",
+            ("https", cp),
+            ("https", pp),
+            &initial,
+            "existing",
+            &peer_flags(cert, key),
+        )
+    };
+
+    // Signed by the peer CA, but not the allowed common name.
+    let intruder = args_with(&intruder_cert, &intruder_key);
+    let args: Vec<&str> = intruder.iter().map(String::as_str).collect();
+    let out = member_once(dir.path(), &args, Duration::from_secs(30));
+    assert!(!out.success(), "{out:#?}");
+    assert!(
+        members[0]
+            .current_log()
+            .contains("certificate common name not allowed"),
+        "{}",
+        members[0].current_log()
+    );
+
+    std::fs::remove_dir_all(dir.path().join("m1")).ok();
+    let mut m1 = Member::new(dir.path(), "m1", cp, pp, args_with(&cert, &key));
+    m1.spawn();
+    m1.wait_ready();
+    let one = format!("https://127.0.0.1:{cp}");
+    eventually(
+        Duration::from_secs(20),
+        "the joined member to serve k",
+        || {
+            let out = etcdctl(&one, &["--cacert", &ca, "get", "k"]);
+            (out.success() && out.lines() == ["k", "v"]).then_some(())
+        },
+    );
+    members.push(m1);
+}

@@ -84,7 +84,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "client-cert-allowed-hostname",
     "peer-client-cert-file",
     "peer-client-key-file",
-    "peer-cert-allowed-cn",
     "peer-cert-allowed-hostname",
     "self-signed-cert-validity",
     "cipher-suites",

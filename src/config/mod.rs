@@ -565,6 +565,11 @@ fn validate_tls(
             "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file: the CA that {side} certificates must be signed by"
         ));
     }
+    if tls.allowed_cn.is_some() && !tls.client_cert_auth {
+        return invalid(format!(
+            "--{prefix}cert-allowed-cn needs --{prefix}client-cert-auth"
+        ));
+    }
     if tls.crl_file.is_some() && !tls.client_cert_auth {
         return invalid(format!(
             "--{}crl-file needs --{prefix}client-cert-auth",

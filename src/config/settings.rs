@@ -75,11 +75,12 @@ pub enum Setting {
     PeerCrlFile,
     PeerClientCertAuth,
     PeerAutoTls,
+    PeerCertAllowedCn,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 33] = [
+    pub const ALL: [Setting; 34] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -113,6 +114,7 @@ impl Setting {
         Setting::PeerCrlFile,
         Setting::PeerClientCertAuth,
         Setting::PeerAutoTls,
+        Setting::PeerCertAllowedCn,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -151,6 +153,7 @@ impl Setting {
             Setting::PeerCrlFile => "peer-crl-file",
             Setting::PeerClientCertAuth => "peer-client-cert-auth",
             Setting::PeerAutoTls => "peer-auto-tls",
+            Setting::PeerCertAllowedCn => "peer-cert-allowed-cn",
         }
     }
 
@@ -182,6 +185,7 @@ impl Setting {
                 | Setting::PeerCrlFile
                 | Setting::PeerClientCertAuth
                 | Setting::PeerAutoTls
+                | Setting::PeerCertAllowedCn
         )
     }
 
@@ -272,6 +276,7 @@ impl Setting {
             Setting::PeerCrlFile => ("", "Path to the peer certificate revocation list file."),
             Setting::PeerClientCertAuth => ("false", "Enable peer client cert authentication."),
             Setting::PeerAutoTls => ("false", "Peer TLS using generated certificates."),
+            Setting::PeerCertAllowedCn => ("", "Allowed CN for inter peer authentication."),
         }
     }
 }
@@ -371,6 +376,9 @@ impl Draft {
             Setting::AuthToken => self.auth_token = raw.to_owned(),
             Setting::BcryptCost => self.bcrypt_cost = uint(raw)?,
             Setting::AuthTokenTtl => self.auth_token_ttl = uint(raw)?,
+            Setting::PeerCertAllowedCn => {
+                self.peer_tls.allowed_cn = (!raw.is_empty()).then(|| raw.to_owned())
+            }
             Setting::CertFile => self.client_tls.cert_file = path(raw),
             Setting::KeyFile => self.client_tls.key_file = path(raw),
             Setting::TrustedCaFile => self.client_tls.trusted_ca_file = path(raw),

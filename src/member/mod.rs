@@ -308,6 +308,7 @@ impl Member {
         // Peer server.
         for (i, l) in peer_listeners.into_iter().enumerate() {
             let server_tls = tls.peer_server_for(cfg.listen_peer_urls.get(i));
+            let allowed_cn = tls.peer_allowed_cn.clone();
             let svc = RaftTransportServer::new(PeerService {
                 cluster_id: identity.cluster_id,
                 member_id: identity.member_id,
@@ -324,7 +325,7 @@ impl Member {
                 // Raft traffic is many small messages: no Nagle delay on accepted
                 // connections, and HTTP/2 windows large enough that a burst of
                 // appends never waits for a window update.
-                let incoming = peer_incoming(l, server_tls);
+                let incoming = peer_incoming(l, server_tls, allowed_cn);
                 let res = tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(PEER_WINDOW))
                     .initial_connection_window_size(Some(PEER_WINDOW))

@@ -23,6 +23,8 @@ use crate::tls::{self, TlsSettings};
 pub(super) struct MemberTls {
     client_server: Option<Arc<ServerConfig>>,
     peer_server: Option<Arc<ServerConfig>>,
+    /// `--peer-cert-allowed-cn`.
+    pub peer_allowed_cn: Option<String>,
     /// For dialling `https://` peer URLs (also when joining a cluster).
     pub peer_client: Option<Arc<ClientConfig>>,
 }
@@ -80,6 +82,7 @@ impl MemberTls {
         Ok(MemberTls {
             client_server: server(&client, &cfg.listen_client_urls)?,
             peer_server: server(&peer, &cfg.listen_peer_urls)?,
+            peer_allowed_cn: peer.allowed_cn.clone(),
             peer_client,
         })
     }
@@ -100,10 +103,13 @@ impl MemberTls {
 }
 
 /// The connections of a peer listener, for tonic: plain, or past their TLS
-/// handshake. Raft traffic is many small messages: no Nagle delay.
+/// handshake (and, with `allowed_cn`, only those whose verified certificate
+/// carries that common name). Raft traffic is many small messages: no Nagle
+/// delay.
 pub(super) fn peer_incoming(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
+    allowed_cn: Option<String>,
 ) -> BoxStream<'static, Result<MaybeTlsStream, io::Error>> {
     match tls {
         None => TcpListenerStream::new(listener)
@@ -116,9 +122,29 @@ pub(super) fn peer_incoming(
             .boxed(),
         Some(config) => {
             let incoming = TlsIncoming::spawn(listener, config);
-            futures::stream::unfold(incoming, |mut incoming| async move {
-                let a = incoming.next().await?;
-                Some((Ok(MaybeTlsStream::Tls(Box::new(a.stream))), incoming))
+            futures::stream::unfold(incoming, move |mut incoming| {
+                let allowed_cn = allowed_cn.clone();
+                async move {
+                    loop {
+                        let a = incoming.next().await?;
+                        match &allowed_cn {
+                            Some(cn) if a.client_cn.as_ref() != Some(cn) => {
+                                tracing::warn!(
+                                    remote = %a.addr,
+                                    common_name = ?a.client_cn,
+                                    allowed = %cn,
+                                    "rejected peer connection: certificate common name not allowed"
+                                );
+                            }
+                            _ => {
+                                return Some((
+                                    Ok(MaybeTlsStream::Tls(Box::new(a.stream))),
+                                    incoming,
+                                ))
+                            }
+                        }
+                    }
+                }
             })
             .boxed()
         }

@@ -50,6 +50,9 @@ pub struct TlsSettings {
     /// `--auto-tls` / `--peer-auto-tls`: generate a self-signed certificate
     /// when none is given.
     pub auto_tls: bool,
+    /// `--peer-cert-allowed-cn`: the common name a verified peer certificate
+    /// must carry (peer side only).
+    pub allowed_cn: Option<String>,
 }
 
 impl TlsSettings {
