@@ -7,8 +7,8 @@
 //! password. `Authenticate` checks the password here too, then proposes the
 //! new token so every member accepts it. Reads answer from this member's
 //! applied store after a ReadIndex barrier. Who may do what follows etcd: every
-//! change and list needs the root role once auth is enabled; a user may read
-//! itself and the roles it holds.
+//! change, list and status needs the root role once auth is enabled; a user may
+//! read itself and the roles it holds.
 
 use std::sync::Arc;
 
@@ -106,8 +106,10 @@ impl Auth for AuthService {
 
     async fn auth_status(
         &self,
-        _request: Request<AuthStatusRequest>,
+        request: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        // etcd 3.5 counts AuthStatus among the admin requests.
+        self.core.authorize_admin(&request)?;
         let header = self.read_header().await?;
         let store = self.core.auth.store();
         Ok(Response::new(AuthStatusResponse {
