@@ -380,14 +380,15 @@ fn a_peer_without_a_certificate_of_the_peer_ca_never_joins() {
     let (rogue_cert, rogue_key) = other.issue("rogue", "server", 2);
     let ca = pki.ca();
     let peer_flags = |cert: &str, key: &str| {
-        flags(&[
+        let mut f = flags(&[
             ("--cert-file", cert),
             ("--key-file", key),
             ("--peer-cert-file", cert),
             ("--peer-key-file", key),
             ("--peer-trusted-ca-file", &ca),
-            ("--peer-client-cert-auth=true", "--peer-auto-tls=false"),
-        ])
+        ]);
+        f.push("--peer-client-cert-auth=true".to_string());
+        f
     };
     let mut members = start_cluster(dir.path(), 1, "https", |_| peer_flags(&cert, &key));
     let ep = https_endpoints(&members);
