@@ -341,7 +341,11 @@ fn client_cert_auth_refuses_clients_without_a_valid_certificate_and_names_users_
     // With auth on, the certificate's common name is the user: no --user needed.
     let root = |args: &[&str]| as_user(&root_cert, &root_key, args);
     root(&["user", "add", "root:rootpw"]).ok();
-    root(&["user", "add", "alice:alicepw"]).ok();
+    // alice logs in by certificate only.
+    assert_eq!(
+        root(&["user", "add", "alice", "--no-password"]).ok(),
+        "User alice created\n"
+    );
     root(&["role", "add", "app"]).ok();
     root(&[
         "role",
@@ -365,6 +369,13 @@ fn client_cert_auth_refuses_clients_without_a_valid_certificate_and_names_users_
         .err()
         .contains("etcdserver: permission denied"));
     assert_eq!(root(&["user", "list"]).lines(), ["alice", "root"]);
+    assert!(as_user(
+        &root_cert,
+        &root_key,
+        &["--user", "alice:guess", "get", "app/x"]
+    )
+    .err()
+    .contains("etcdserver: authentication failed, invalid user ID or password"));
     assert_eq!(root(&["get", "app/x"]).lines(), ["app/x", "1"]);
 }
 
