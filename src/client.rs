@@ -12,7 +12,7 @@ use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::pb::etcdserverpb::{StatusRequest, StatusResponse};
 use crate::supervisor::{ClusterProbe, MemberProbe};
 
-/// Normalises `host:port` or `http://host:port` to a URL.
+/// Normalises `host:port` or `http(s)://host:port` to a URL.
 pub fn url_of(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
@@ -21,17 +21,57 @@ pub fn url_of(endpoint: &str) -> String {
     }
 }
 
-/// Connects to one endpoint.
+/// Connects to one endpoint. An `https://` endpoint is dialled with
+/// [`tools_tls`]; use [`connect_with`] to choose the TLS configuration.
 pub async fn connect(
     endpoint: &str,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url_of(endpoint))?
+    let tls = if url_of(endpoint).starts_with("https://") {
+        tools_tls()
+    } else {
+        None
+    };
+    connect_with(endpoint, timeout, tls).await
+}
+
+/// The TLS of localcluster's own tools (supervisor probes, `bench`) for
+/// `https://` endpoints, from the variables `etcdctl` reads: the server is
+/// verified against `ETCDCTL_CACERT` and `ETCDCTL_CERT`/`ETCDCTL_KEY` are
+/// presented when set; without `ETCDCTL_CACERT` the server's certificate is not
+/// verified (like `etcdctl --insecure-skip-tls-verify`).
+pub fn tools_tls() -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let settings = crate::tls::TlsSettings {
+        trusted_ca_file: var("ETCDCTL_CACERT"),
+        cert_file: var("ETCDCTL_CERT"),
+        key_file: var("ETCDCTL_KEY"),
+        ..Default::default()
+    };
+    match crate::tls::client_config(&settings) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            tracing::warn!(error = %e, "ETCDCTL_CACERT/ETCDCTL_CERT/ETCDCTL_KEY unusable; not verifying servers");
+            crate::tls::insecure_client_config().ok()
+        }
+    }
+}
+
+/// Connects to one endpoint, over TLS with `tls` if it is `https://`.
+pub async fn connect_with(
+    endpoint: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(url_of(endpoint))?
         .connect_timeout(timeout)
         .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
+        .tcp_nodelay(true);
+    crate::tls::connector::connect(&endpoint, tls).await
 }
 
 /// A KV client for one endpoint.

@@ -19,13 +19,15 @@
 //! [`chaos`] runs clients and injected faults against an embedded cluster and
 //! checks the history for linearizability. [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
 //! the leader.
-//! [`disk`] opens the redb files (fsyncs timed, or skipped under
+//! [`auth`] holds users, roles, permissions and tokens; [`tls`] the TLS of
+//! the client and peer URLs. [`disk`] opens the redb files (fsyncs timed, or skipped under
 //! `--unsafe-no-fsync`); [`metrics`] is a member's Prometheus registry;
 //! [`logging`] and [`notify`] are the member process's log output and
 //! systemd readiness notification.
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod chaos;
@@ -46,6 +48,7 @@ pub mod notify;
 pub mod pb;
 pub mod raft;
 pub mod supervisor;
+pub mod tls;
 pub mod wait;
 
 pub use cluster::blocking;

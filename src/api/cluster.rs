@@ -218,6 +218,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
         self.check_urls_free(&urls, 0)?;
@@ -252,6 +253,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let id = request.into_inner().id;
         let info = self.existing(id)?;
         self.check(|m, p| reconfig::check_remove(m, id, p))?;
@@ -267,6 +269,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let mut info = self.existing(req.id)?;
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
@@ -311,6 +314,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         let id = request.into_inner().id;
         let info = self.existing(id)?;
         if !info.is_learner {

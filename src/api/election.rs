@@ -16,6 +16,7 @@ use super::recipes::{
 };
 use super::{errors, Core};
 use crate::apply::convert::kv_to_pb;
+use crate::auth::Access;
 use crate::pb::etcdserverpb::TxnRequest;
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3electionpb::{
@@ -59,11 +60,16 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let req = request.into_inner();
-        if req.name.is_empty() {
+        if request.get_ref().name.is_empty() {
             return Err(errors::empty_key());
         }
-        let prefix = prefix_of(&req.name);
+        // The recipe reads and writes keys under the election's prefix.
+        let prefix = prefix_of(&request.get_ref().name);
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Write)?;
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Read)?;
+        let req = request.into_inner();
         let key = owner_key(&prefix, req.lease);
         let (rev, stale_value) = claim(&self.core, &key, &req.value, req.lease).await?;
         let leader = LeaderKey {
@@ -87,6 +93,11 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        if let Some(l) = &request.get_ref().leader {
+            let key = l.key.clone();
+            self.core
+                .authorize_range(&request, &key, &[], Access::Write)?;
+        }
         let req = request.into_inner();
         let leader = req
             .leader
@@ -101,7 +112,9 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let prefix = prefix_of(&request.into_inner().name);
+        let prefix = prefix_of(&request.get_ref().name);
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Read)?;
         let kv = first_under(&self.core, &prefix)
             .await?
             .ok_or_else(|| Status::new(Code::NotFound, NO_LEADER))?;
@@ -118,7 +131,9 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
-        let prefix = prefix_of(&request.into_inner().name);
+        let prefix = prefix_of(&request.get_ref().name);
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Read)?;
         let core = self.core.clone();
         let (tx, rx) = mpsc::channel(16);
         // Ends when the client goes away (the send fails) or the member stops.
@@ -173,6 +188,11 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        if let Some(l) = &request.get_ref().leader {
+            let key = l.key.clone();
+            self.core
+                .authorize_range(&request, &key, &[], Access::Write)?;
+        }
         let leader = request
             .into_inner()
             .leader

@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 
 use crate::apply::ApplyError;
+use crate::auth::AuthError;
 use crate::mvcc::MvccError;
 use crate::raft::RaftError;
 
@@ -92,7 +93,32 @@ pub fn from_apply(e: ApplyError) -> Status {
         ApplyError::Membership(m) => {
             Status::new(Code::FailedPrecondition, format!("etcdserver: {m}"))
         }
+        ApplyError::Auth(a) => from_auth(a),
     }
+}
+
+/// An auth error with etcd's gRPC code (its message is already etcd's).
+pub fn from_auth(e: AuthError) -> Status {
+    let code = match e {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidAuthMgmt
+        | AuthError::PermissionNotGiven => Code::InvalidArgument,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
+        AuthError::Hash(_) => Code::Internal,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+    };
+    Status::new(code, e.to_string())
 }
 
 /// A consensus-layer failure as etcd reports it.
@@ -108,6 +134,22 @@ pub fn from_raft(e: RaftError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_errors_carry_etcds_strings_and_codes() {
+        let s = from_auth(AuthError::PermissionDenied);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "etcdserver: permission denied");
+        let s = from_auth(AuthError::UserEmpty);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: user name is empty");
+        let s = from_auth(AuthError::InvalidAuthToken);
+        assert_eq!(s.code(), Code::Unauthenticated);
+        assert_eq!(s.message(), "etcdserver: invalid auth token");
+        let s = from_auth(AuthError::RootRoleNotExist);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "etcdserver: root user does not have root role");
+    }
 
     #[test]
     fn mvcc_errors_carry_etcds_strings_and_codes() {

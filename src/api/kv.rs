@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::Credentials;
 use super::{errors, Core};
 use crate::apply::convert::{range_options, range_response};
 use crate::apply::Applied;
+use crate::auth::Access;
 use crate::mvcc::KeyRange;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
@@ -39,8 +41,11 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_range(&req)?;
+        self.core
+            .require_range(&caller, &req.key, &req.range_end, Access::Read)?;
         if !req.serializable {
             if self.core.is_learner() {
                 return Err(errors::not_supported_for_learner());
@@ -60,10 +65,14 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = request.into_inner();
-        check_put(&req)?;
+        let caller = self.core.caller(&Credentials::of(&request))?;
+        let req = Proposal::Put(request.into_inner());
+        if let Proposal::Put(p) = &req {
+            check_put(p)?;
+        }
+        self.core.require_write(&caller, &req)?;
         self.core.check_quota().await?;
-        match self.core.propose(Proposal::Put(req)).await? {
+        match self.core.propose_as(req, &caller).await? {
             (Applied::Put(mut resp), rev) => {
                 resp.header = self.core.header(rev);
                 Ok(Response::new(resp))
@@ -76,11 +85,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let req = request.into_inner();
-        if req.key.is_empty() {
+        let caller = self.core.caller(&Credentials::of(&request))?;
+        if request.get_ref().key.is_empty() {
             return Err(errors::empty_key());
         }
-        match self.core.propose(Proposal::DeleteRange(req)).await? {
+        let req = Proposal::DeleteRange(request.into_inner());
+        self.core.require_write(&caller, &req)?;
+        match self.core.propose_as(req, &caller).await? {
             (Applied::DeleteRange(mut resp), rev) => {
                 resp.header = self.core.header(rev);
                 Ok(Response::new(resp))
@@ -90,12 +101,16 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         check_txn(&req, self.core.limits.max_txn_ops)?;
-        if has_puts(&req) {
+        let puts = has_puts(&req);
+        let req = Proposal::Txn(req);
+        self.core.require_write(&caller, &req)?;
+        if puts {
             self.core.check_quota().await?;
         }
-        match self.core.propose(Proposal::Txn(req)).await? {
+        match self.core.propose_as(req, &caller).await? {
             (Applied::Txn(mut resp), rev) => {
                 fill_headers(&self.core, &mut resp, rev);
                 Ok(Response::new(resp))
@@ -108,6 +123,8 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd lets any caller compact; only a bad token is refused.
+        self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         match self.core.propose(Proposal::Compaction(req)).await? {
             (Applied::Compaction(mut resp), rev) => {

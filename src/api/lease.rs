@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::access::Credentials;
 use super::{errors, Core};
 use crate::apply::Applied;
+use crate::auth::Access;
 use crate::mvcc::RangeOptions;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
@@ -69,6 +71,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd lets any caller grant a lease; only a bad token is refused.
+        self.core.caller(&Credentials::of(&request))?;
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(Status::new(
@@ -94,11 +98,16 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self
-            .core
-            .propose(Op::LeaseRevoke(request.into_inner()))
-            .await?
-        {
+        let caller = self.core.caller(&Credentials::of(&request))?;
+        let req = request.into_inner();
+        if self.core.auth.enabled() {
+            // etcd: revoking deletes the attached keys, so the caller must be
+            // allowed to write each of them.
+            for key in leased_keys(&self.core, req.id)? {
+                self.core.require_range(&caller, &key, &[], Access::Write)?;
+            }
+        }
+        match self.core.propose(Op::LeaseRevoke(req)).await? {
             (Applied::LeaseRevoke(mut resp), rev) => {
                 resp.header = self.core.header(rev);
                 Ok(Response::new(resp))
@@ -132,6 +141,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = self.core.caller(&Credentials::of(&request))?;
         let req = request.into_inner();
         self.core.read_barrier().await?;
         let lease = self
@@ -151,22 +161,11 @@ impl Lease for LeaseService {
             }));
         };
         let keys = if req.keys {
-            let view = self.core.store.read().map_err(errors::from_mvcc)?;
-            let all = view
-                .range(
-                    b"\0",
-                    b"\0",
-                    &RangeOptions {
-                        keys_only: true,
-                        ..Default::default()
-                    },
-                )
-                .map_err(errors::from_mvcc)?;
-            all.kvs
-                .into_iter()
-                .filter(|kv| kv.lease == req.id)
-                .map(|kv| kv.key)
-                .collect()
+            let keys = leased_keys(&self.core, req.id)?;
+            for key in &keys {
+                self.core.require_range(&caller, key, &[], Access::Read)?;
+            }
+            keys
         } else {
             Vec::new()
         };
@@ -191,6 +190,27 @@ impl Lease for LeaseService {
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
         }))
     }
+}
+
+/// The keys attached to lease `id`, from this member's store.
+fn leased_keys(core: &Core, id: i64) -> Result<Vec<Vec<u8>>, Status> {
+    let view = core.store.read().map_err(errors::from_mvcc)?;
+    let all = view
+        .range(
+            b"\0",
+            b"\0",
+            &RangeOptions {
+                keys_only: true,
+                ..Default::default()
+            },
+        )
+        .map_err(errors::from_mvcc)?;
+    Ok(all
+        .kvs
+        .into_iter()
+        .filter(|kv| kv.lease == id)
+        .map(|kv| kv.key)
+        .collect())
 }
 
 /// On the leader: revokes expired leases; on becoming leader, gives every lease

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::recipes::{claim, owner_key, prefix_of, wait_predecessors};
 use super::{errors, Core};
 use crate::apply::Applied;
+use crate::auth::Access;
 use crate::pb::etcdserverpb::DeleteRangeRequest;
 use crate::pb::lcraftpb::request::Op;
 use crate::pb::v3lockpb::lock_server::Lock;
@@ -27,11 +28,16 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let req = request.into_inner();
-        if req.name.is_empty() {
+        if request.get_ref().name.is_empty() {
             return Err(errors::empty_key());
         }
-        let prefix = prefix_of(&req.name);
+        let prefix = prefix_of(&request.get_ref().name);
+        // The recipe reads and writes keys under the lock's prefix.
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Write)?;
+        self.core
+            .authorize_prefix(&request, &prefix, Access::Read)?;
+        let req = request.into_inner();
         let key = owner_key(&prefix, req.lease);
         let (rev, _) = claim(&self.core, &key, b"", req.lease).await?;
         wait_predecessors(&self.core, &prefix, rev).await?;
@@ -46,6 +52,8 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        self.core
+            .authorize_range(&request, &request.get_ref().key, &[], Access::Write)?;
         let key = request.into_inner().key;
         if key.is_empty() {
             return Err(errors::empty_key());

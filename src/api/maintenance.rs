@@ -115,8 +115,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.core.authorize_admin(&r)?;
         self.core.unpaused().await;
         // Compaction of the redb file needs a moment without readers or writers.
         for _ in 0..50 {
@@ -138,7 +139,8 @@ impl Maintenance for MaintenanceService {
         Err(errors::timeout())
     }
 
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.core.authorize_admin(&r)?;
         self.core.unpaused().await;
         let view = self.core.store.read().map_err(errors::from_mvcc)?;
         let (hash, _) = view.hash().map_err(errors::from_mvcc)?;
@@ -153,6 +155,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         self.core.unpaused().await;
         let req = request.into_inner();
         let view = self.core.store.read().map_err(errors::from_mvcc)?;
@@ -170,8 +173,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        r: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.core.authorize_admin(&r)?;
         self.core.unpaused().await;
         let view = self.core.store.read().map_err(errors::from_mvcc)?;
         let data = crate::backup::frame(&view.snapshot_bytes().map_err(errors::from_mvcc)?);
@@ -198,6 +202,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.core.authorize_admin(&request)?;
         self.core.unpaused().await;
         let target = request.into_inner().target_id;
         let st = self.core.raft.status();

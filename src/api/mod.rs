@@ -13,8 +13,11 @@
 //!   front of the gRPC services above.
 //! - [`grpc_metrics`]: counts gRPC calls by service, method and status code.
 //! - [`reconfig`]: etcd's strict reconfiguration check for membership changes.
+//! - [`auth`]: the Auth service (users, roles, permissions, tokens).
+//! - [`access`]: who calls, and whether they may (used by every service).
 //! - [`errors`]: etcd's error strings and gRPC codes.
 //! - [`server`]: one listener serving gRPC (HTTP/2) and HTTP/1 side by side.
+//! - [`listener`]: the client listener, plain or TLS, under the h2 shim.
 //! - [`h2fix`]: the connection shim under [`server`] that repairs the URL
 //!   `:authority` etcdctl sends, which h2 would reject.
 //!
@@ -23,6 +26,8 @@
 //! linearizable with Raft's ReadIndex ([`Core::read_barrier`]) and fills in
 //! response headers ([`Core::header`]).
 
+pub mod access;
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod errors;
@@ -32,6 +37,7 @@ pub mod h2fix;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod listener;
 pub mod lock;
 pub mod maintenance;
 pub mod recipes;
@@ -107,6 +113,11 @@ pub struct Core {
     pub peers: Arc<crate::raft::transport::Peers>,
     /// The member's Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Users, roles, permissions and tokens (see [`access`]).
+    pub auth: Arc<crate::auth::Auth>,
+    /// `--client-cert-auth`: a verified certificate's common name names the
+    /// caller when it sends no token.
+    pub client_cert_auth: bool,
 }
 
 impl Core {
@@ -141,10 +152,39 @@ impl Core {
     /// to Raft until its result (or until the caller gives up), and failed if
     /// Raft refused it, the member stopped or the wait timed out — not when
     /// it was applied with an error such as `requested lease not found`.
+    /// For the member's own proposals (lease expiry, alarms, recipes); client
+    /// writes go through [`Core::propose_as`].
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
+        self.propose_with(op, None).await
+    }
+
+    /// Proposes a client's `op` stamped with its caller, so the apply checks it
+    /// again if the auth store changed since it was checked here.
+    pub async fn propose_as(
+        &self,
+        op: Op,
+        caller: &access::Caller,
+    ) -> Result<(Applied, i64), Status> {
+        let info = crate::pb::lcraftpb::AuthInfo {
+            user: caller.user.clone(),
+            revision: caller.revision,
+        };
+        self.propose_with(op, Some(info)).await
+    }
+
+    async fn propose_with(
+        &self,
+        op: Op,
+        auth_info: Option<crate::pb::lcraftpb::AuthInfo>,
+    ) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
-        let data = Request { id, op: Some(op) }.encode_to_vec();
+        let data = Request {
+            id,
+            op: Some(op),
+            auth_info,
+        }
+        .encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }

@@ -1,8 +1,9 @@
 //! One client listener serving gRPC (HTTP/2, with or without prior knowledge)
 //! and plain HTTP/1 side by side, as etcd does on its client URLs.
 //!
-//! Connections go through [`super::h2fix`], which repairs the URL-shaped
-//! `:authority` etcd's Go clients send and h2 would reject.
+//! Connections come from [`super::listener`] (plain or TLS) and go through
+//! [`super::h2fix`], which repairs the URL-shaped `:authority` etcd's Go
+//! clients send and h2 would reject.
 //!
 //! While this member is a learner, `learner_guard` refuses every gRPC call a
 //! learner does not serve (all but `Status`, `Snapshot` and `Range`, whose
@@ -14,15 +15,17 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
-use super::h2fix::H2FixListener;
 use super::kv::KvService;
 use super::lease::LeaseService;
+use super::listener::{ClientAddr, ClientListener};
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
 use super::Core;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -58,6 +61,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(AuthServer::new(AuthService::new(core.clone())))
     .add_service(LockServer::new(LockService::new(core.clone())))
     .add_service(ElectionServer::new(ElectionService::new(core.clone())))
     .add_service(
@@ -97,10 +101,18 @@ async fn learner_guard(
     next.run(request).await
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+/// Serves `router` on `listener` (TLS-terminated with `tls` when given) until
+/// `shutdown` is cancelled. Call inside the member's runtime.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(H2FixListener::new(listener), router)
+    let listener = ClientListener::new(listener, tls);
+    let service = router.into_make_service_with_connect_info::<ClientAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     {

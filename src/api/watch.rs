@@ -37,9 +37,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::Credentials;
 use super::Core;
 use crate::apply::convert::event_to_pb;
 use crate::apply::AppliedEvents;
+use crate::auth::Access;
 use crate::mvcc::{self, EventKind, KeyRange, MvccError};
 use crate::pb::etcdserverpb::watch_create_request::FilterType;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -70,6 +72,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let creds = Credentials::of(&request);
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         // Read before subscribing: revisions in between are then neither
@@ -77,6 +80,7 @@ impl Watch for WatchService {
         let synced_rev = self.core.store.current_revision();
         let session = Session {
             core: self.core.clone(),
+            creds,
             events: self.core.events.subscribe(),
             out: tx,
             watchers: HashMap::new(),
@@ -113,6 +117,9 @@ impl Watcher {
 
 struct Session {
     core: Arc<Core>,
+    /// The stream's token / certificate name, resolved at each create (etcd's
+    /// `isWatchPermitted`).
+    creds: Credentials,
     events: broadcast::Receiver<Arc<AppliedEvents>>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: HashMap<i64, Watcher>,
@@ -192,6 +199,26 @@ impl Session {
             self.next_id
         };
         let current = self.core.store.current_revision();
+        let permitted = self.core.caller(&self.creds).and_then(|caller| {
+            self.core
+                .require_range(&caller, &c.key, &c.range_end, Access::Read)
+        });
+        if permitted.is_err() {
+            // etcd answers a refused watch with a created-and-canceled response
+            // carrying the gRPC error's text.
+            return self
+                .send(WatchResponse {
+                    header: self.core.header(current),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason:
+                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+                            .into(),
+                    ..Default::default()
+                })
+                .await;
+        }
         if self.watchers.contains_key(&id) {
             return self
                 .send(WatchResponse {

@@ -33,6 +33,7 @@ use raft::prelude::{
 use raft_proto::ConfChangeI;
 use tokio::sync::{broadcast, watch};
 
+use crate::auth::{Auth, AuthApplied, AuthError};
 use crate::lease::LeaseTable;
 use crate::mvcc::{self, MvccError, Store};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
@@ -42,7 +43,7 @@ use crate::pb::etcdserverpb::{
     TxnResponse,
 };
 use crate::pb::lcraftpb::{
-    request::Op, ConfChangeContext, LeaseRecords, MemberInfo, Membership, Request,
+    request::Op, AuthState, ConfChangeContext, LeaseRecords, MemberInfo, Membership, Request,
 };
 use crate::raft::{RaftError, SnapshotSource, StateMachine};
 use crate::wait::Waiters;
@@ -52,6 +53,7 @@ const META_CONF_STATE: &str = "conf_state";
 const META_MEMBERSHIP: &str = "membership";
 const META_LEASES: &str = "leases";
 const META_ALARMS: &str = "alarms";
+const META_AUTH: &str = "auth";
 
 /// The current cluster version this implementation announces.
 pub const CLUSTER_VERSION: &str = "3.5.0";
@@ -69,6 +71,7 @@ pub enum Applied {
     /// The alarms an activation or deactivation changed.
     Alarms(Vec<AlarmMember>),
     Members(Vec<MemberInfo>),
+    Auth(AuthApplied),
     Done,
 }
 
@@ -85,6 +88,8 @@ pub enum ApplyError {
     LeaseExists,
     #[error("{0}")]
     Membership(String),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// A request's result, as handed to its waiter.
@@ -110,6 +115,8 @@ pub struct Applier {
     events: broadcast::Sender<Arc<AppliedEvents>>,
     leases: Arc<std::sync::Mutex<LeaseTable>>,
     alarms: SharedAlarms,
+    /// Users, roles, tokens (shared with the API).
+    auth: Arc<Auth>,
     /// The applied index that is known to be on disk (see [`Applier::flush`]).
     durable_applied: u64,
     /// Whether a non-durable batch waits for a flush, and since when.
@@ -139,6 +146,7 @@ struct Stored {
     membership: Membership,
     leases: LeaseTable,
     alarms: Vec<AlarmMember>,
+    auth: AuthState,
 }
 
 impl Stored {
@@ -160,12 +168,17 @@ impl Stored {
             }
             None => Vec::new(),
         };
+        let auth = match view.meta(META_AUTH).map_err(apply_err)? {
+            Some(b) => AuthState::decode(b.as_slice()).map_err(RaftError::decode)?,
+            None => AuthState::default(),
+        };
         Ok(Stored {
             applied,
             applied_term,
             membership,
             leases: LeaseTable::from_records(&leases, std::time::Instant::now()),
             alarms,
+            auth,
         })
     }
 }
@@ -187,11 +200,13 @@ fn read_conf_state(view: &mvcc::ReadView) -> Result<ConfState, RaftError> {
 }
 
 impl Applier {
-    /// Opens the state machine over `store`, reading what it last applied.
+    /// Opens the state machine over `store`, reading what it last applied
+    /// (the auth store is loaded into `auth`).
     pub fn open(
         store: Arc<Store>,
         member_id: u64,
         waiters: Arc<Waiters<ApplyResult>>,
+        auth: Arc<Auth>,
     ) -> Result<(Applier, watch::Receiver<Membership>), RaftError> {
         let stored = Stored::read(&store.read().map_err(apply_err)?)?;
         let Stored {
@@ -200,7 +215,9 @@ impl Applier {
             membership,
             leases,
             alarms,
+            auth: auth_state,
         } = stored;
+        auth.load(auth_state);
         let leases = Arc::new(std::sync::Mutex::new(leases));
         let alarms = Arc::new(std::sync::Mutex::new(alarms));
         let (membership_tx, membership_rx) = watch::channel(membership.clone());
@@ -217,6 +234,7 @@ impl Applier {
                 events,
                 leases,
                 alarms,
+                auth,
                 durable_applied: applied,
                 dirty_since: None,
             },
@@ -285,6 +303,11 @@ impl Applier {
         let Some(op) = req.op else {
             return Ok(Ok((Applied::Done, self.store_rev(batch))));
         };
+        if let Some(info) = &req.auth_info {
+            if let Err(e) = self.auth.check_at_apply(info, &op) {
+                return Ok(Err(ApplyError::Auth(e)));
+            }
+        }
         let result = match op {
             Op::Put(p) => {
                 let mut rt = batch.txn().map_err(apply_err)?;
@@ -422,6 +445,24 @@ impl Applier {
                     .map_err(apply_err)?;
                 Ok((Applied::Alarms(changed), self.store_rev(batch)))
             }
+            Op::Auth(a) => match a.op {
+                Some(op) => {
+                    let persist =
+                        !matches!(op, crate::pb::lcraftpb::auth_request::Op::Authenticate(_));
+                    match self.auth.apply(op) {
+                        Ok(applied) => {
+                            if persist {
+                                batch
+                                    .set_meta(META_AUTH, &self.auth.state().encode_to_vec())
+                                    .map_err(apply_err)?;
+                            }
+                            Ok((Applied::Auth(applied), self.store_rev(batch)))
+                        }
+                        Err(e) => Err(ApplyError::Auth(e)),
+                    }
+                }
+                None => Ok((Applied::Done, self.store_rev(batch))),
+            },
         };
         match result {
             Err(ApplyError::Mvcc(MvccError::Storage(e)))
@@ -571,6 +612,7 @@ impl StateMachine for Applier {
         if let Ok(mut a) = self.alarms.lock() {
             *a = stored.alarms;
         }
+        self.auth.load(stored.auth);
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.durable_applied = meta.index;

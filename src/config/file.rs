@@ -6,8 +6,11 @@
 //! other counts are integers (a quoted number is refused, as etcd refuses it),
 //! string settings accept any scalar (`name: 1` is the name "1", as etcd's YAML
 //! loader converts it). A key with no value (`wal-dir:`) or an empty URL list
-//! leaves the default. Keys etcd knows but localcluster does not implement,
-//! and unknown keys, produce warnings. A syntax error or bad value is an error
+//! leaves the default. TLS settings are read from etcd's
+//! `client-transport-security` and `peer-transport-security` sections
+//! (`cert-file`, `key-file`, `client-cert-auth`, `trusted-ca-file`,
+//! `auto-tls`). Keys etcd knows but localcluster does not implement, and
+//! unknown keys, produce warnings. A syntax error or bad value is an error
 //! naming the file, the key and the line (serde_yaml's location).
 
 use std::fmt;
@@ -17,7 +20,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::error::ConfigError;
-use super::flags::{lookup, FlagKind, FILE_ONLY_KEYS};
+use super::flags::{lookup, FlagKind, FILE_ONLY_KEYS, SECURITY_KEYS, SECURITY_SECTIONS};
 use super::settings::{Draft, Setting, UnknownClusterState};
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
 use super::ClusterState;
@@ -55,7 +58,22 @@ pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
             continue;
         };
         match lookup(key) {
+            Some(FlagKind::Setting(s)) if s.is_tls() => warnings.push(format!(
+                "config file key {key} ignored at the top level; TLS settings go under client-transport-security / peer-transport-security"
+            )),
             Some(FlagKind::Setting(_)) => {}
+            _ if SECURITY_SECTIONS.contains(&key) => {
+                if let serde_yaml::Value::Mapping(section) = value {
+                    for (sub, v) in section {
+                        let sub = sub.as_str().unwrap_or("?");
+                        if !SECURITY_KEYS.contains(&sub) && !v.is_null() {
+                            warnings.push(format!(
+                                "config file key {key}.{sub} is not supported by localcluster; ignored"
+                            ));
+                        }
+                    }
+                }
+            }
             Some(FlagKind::Unsupported { .. }) => {
                 if !value.is_null() {
                     warnings.push(format!(
@@ -131,6 +149,55 @@ struct FileConfig {
     metrics: Option<Text>,
     #[serde(rename = "unsafe-no-fsync")]
     unsafe_no_fsync: Option<Bool>,
+    #[serde(rename = "auth-token")]
+    auth_token: Option<Text>,
+    #[serde(rename = "bcrypt-cost")]
+    bcrypt_cost: Option<u64>,
+    #[serde(rename = "auth-token-ttl")]
+    auth_token_ttl: Option<u64>,
+    #[serde(rename = "client-transport-security")]
+    client_security: Option<Security>,
+    #[serde(rename = "peer-transport-security")]
+    peer_security: Option<Security>,
+}
+
+/// A `*-transport-security` section (etcd's `securityConfig`).
+#[derive(Debug, Default, Deserialize)]
+struct Security {
+    #[serde(rename = "cert-file")]
+    cert_file: Option<Text>,
+    #[serde(rename = "key-file")]
+    key_file: Option<Text>,
+    #[serde(rename = "client-cert-auth")]
+    client_cert_auth: Option<bool>,
+    #[serde(rename = "trusted-ca-file")]
+    trusted_ca_file: Option<Text>,
+    #[serde(rename = "auto-tls")]
+    auto_tls: Option<bool>,
+}
+
+impl Security {
+    fn apply(self, tls: &mut crate::tls::TlsSettings) {
+        let path = |t: Option<Text>| {
+            t.filter(|Text(p)| !p.is_empty())
+                .map(|Text(p)| std::path::PathBuf::from(p))
+        };
+        if let Some(p) = path(self.cert_file) {
+            tls.cert_file = Some(p);
+        }
+        if let Some(p) = path(self.key_file) {
+            tls.key_file = Some(p);
+        }
+        if let Some(p) = path(self.trusted_ca_file) {
+            tls.trusted_ca_file = Some(p);
+        }
+        if let Some(b) = self.client_cert_auth {
+            tls.client_cert_auth = b;
+        }
+        if let Some(b) = self.auto_tls {
+            tls.auto_tls = b;
+        }
+    }
 }
 
 impl FileConfig {
@@ -155,6 +222,7 @@ impl FileConfig {
         text(Setting::Logger, self.logger, |d| &mut d.logger);
         text(Setting::LogFormat, self.log_format, |d| &mut d.log_format);
         text(Setting::Metrics, self.metrics, |d| &mut d.metrics);
+        text(Setting::AuthToken, self.auth_token, |d| &mut d.auth_token);
         if let Some(TextList(outputs)) = self.log_outputs {
             draft.log_outputs = outputs;
             draft.mark_set(Setting::LogOutputs);
@@ -162,6 +230,12 @@ impl FileConfig {
         if let Some(Bool(on)) = self.unsafe_no_fsync {
             draft.unsafe_no_fsync = on;
             draft.mark_set(Setting::UnsafeNoFsync);
+        }
+        if let Some(s) = self.client_security {
+            s.apply(&mut draft.client_tls);
+        }
+        if let Some(s) = self.peer_security {
+            s.apply(&mut draft.peer_tls);
         }
 
         for (setting, value) in [
@@ -209,6 +283,12 @@ impl FileConfig {
             &mut d.max_request_bytes
         });
         number(Setting::MaxTxnOps, self.max_txn_ops, |d| &mut d.max_txn_ops);
+        number(Setting::BcryptCost, self.bcrypt_cost, |d| {
+            &mut d.bcrypt_cost
+        });
+        number(Setting::AuthTokenTtl, self.auth_token_ttl, |d| {
+            &mut d.auth_token_ttl
+        });
         if let Some(quota) = self.quota_backend_bytes {
             draft.quota_backend_bytes = quota;
             draft.mark_set(Setting::QuotaBackendBytes);
@@ -419,7 +499,7 @@ mod tests {
              enable-v2: true\n\
              discovery:\n\
              experimental-corrupt-check-time: 1m\n\
-             client-transport-security:\n  cert-file:\n  auto-tls: false\n\
+             client-transport-security:\n  cert-file:\n  auto-tls: false\n  allowed-cn: x\n\
              peer-transport-security:\n\
              frobnicate: 3\n",
         )
@@ -429,10 +509,31 @@ mod tests {
             vec![
                 "config file key enable-v2 is not supported by localcluster; ignored",
                 "config file key experimental-corrupt-check-time is not supported by localcluster; ignored",
-                "config file key client-transport-security is not supported by localcluster; ignored",
+                "config file key client-transport-security.allowed-cn is not supported by localcluster; ignored",
                 "unknown config file key frobnicate ignored",
             ]
         );
+    }
+
+    #[test]
+    fn transport_security_sections_and_auth_keys_are_read() {
+        let (d, warnings) = load_str(
+            "name: a\n\
+             bcrypt-cost: 4\n\
+             auth-token: simple\n\
+             client-transport-security:\n  cert-file: /etc/s.pem\n  key-file: /etc/s-key.pem\n  client-cert-auth: true\n  trusted-ca-file: /etc/ca.pem\n\
+             peer-transport-security:\n  auto-tls: true\n",
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(d.bcrypt_cost, 4);
+        assert_eq!(
+            d.client_tls.cert_file.as_deref(),
+            Some(Path::new("/etc/s.pem"))
+        );
+        assert!(d.client_tls.client_cert_auth);
+        assert!(d.peer_tls.auto_tls);
+        assert!(d.peer_tls.is_empty());
     }
 
     #[test]
@@ -471,11 +572,11 @@ mod tests {
 
     #[test]
     fn bad_url_is_an_error_naming_key_and_line() {
-        let err = load_str("name: a\n\nlisten-peer-urls: https://127.0.0.1:2380\n")
+        let err = load_str("name: a\n\nlisten-peer-urls: ftp://127.0.0.1:2380\n")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("listen-peer-urls: TLS is not supported yet: https://127.0.0.1:2380"),
+            err.contains("listen-peer-urls: URL scheme must be http, https, unix, or unixs: ftp://127.0.0.1:2380"),
             "{err}"
         );
         assert!(err.contains("line 3"), "{err}");

@@ -74,30 +74,18 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "discovery-user",
     "discovery-password",
     "v2-deprecation",
-    "cert-file",
-    "key-file",
     "client-cert-file",
     "client-key-file",
-    "client-crl-file",
     "client-cert-allowed-hostname",
-    "trusted-ca-file",
-    "peer-cert-file",
-    "peer-key-file",
     "peer-client-cert-file",
     "peer-client-key-file",
-    "peer-trusted-ca-file",
-    "peer-cert-allowed-cn",
     "peer-cert-allowed-hostname",
-    "peer-crl-file",
     "self-signed-cert-validity",
     "cipher-suites",
     "cors",
     "host-whitelist",
     "tls-min-version",
     "tls-max-version",
-    "auth-token",
-    "bcrypt-cost",
-    "auth-token-ttl",
     "log-rotation-config-json",
     "log-package-levels",
     "proxy",
@@ -150,10 +138,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "socket-reuse-address",
     "pre-vote",
     "enable-v2",
-    "client-cert-auth",
-    "auto-tls",
-    "peer-client-cert-auth",
-    "peer-auto-tls",
     "peer-skip-client-san-verification",
     "experimental-peer-skip-client-san-verification",
     "enable-pprof",
@@ -194,10 +178,18 @@ const OBSOLETE_FLAGS: &[&str] = &[
 ];
 
 /// Config-file keys etcd reads that are not flags (all unsupported here).
-pub const FILE_ONLY_KEYS: &[&str] = &[
-    "client-transport-security",
-    "peer-transport-security",
-    "discovery-config",
+pub const FILE_ONLY_KEYS: &[&str] = &["discovery-config"];
+
+/// Config-file sections holding the TLS settings (etcd's `securityConfig`).
+pub const SECURITY_SECTIONS: &[&str] = &["client-transport-security", "peer-transport-security"];
+
+/// Keys of a security section localcluster reads.
+pub const SECURITY_KEYS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "auto-tls",
 ];
 
 /// Looks a flag name (without dashes) up. `None` for a flag etcd does not define.

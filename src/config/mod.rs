@@ -190,6 +190,12 @@ pub struct MemberConfig {
     /// `--unsafe-no-fsync`: never fsync the Raft log or the store. Unsafe: a
     /// machine crash loses acknowledged writes. For test suites only.
     pub unsafe_no_fsync: bool,
+    /// `--bcrypt-cost` and `--auth-token-ttl`.
+    pub auth: crate::auth::AuthOptions,
+    /// TLS of the client URLs (`--cert-file`, `--client-cert-auth`, ...).
+    pub client_tls: crate::tls::TlsSettings,
+    /// TLS of the peer URLs (`--peer-cert-file`, ...).
+    pub peer_tls: crate::tls::TlsSettings,
     /// Things to log as warnings once logging is set up.
     pub warnings: Vec<String>,
 }
@@ -226,6 +232,9 @@ impl Default for MemberConfig {
             listen_metrics_urls: draft.listen_metrics_urls,
             extensive_metrics: false,
             unsafe_no_fsync: draft.unsafe_no_fsync,
+            auth: crate::auth::AuthOptions::default(),
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
             warnings: Vec::new(),
         }
     }
@@ -410,6 +419,8 @@ impl MemberConfig {
                     .into(),
             );
         }
+        validate_tls("client", "", &self.client_tls, &self.listen_client_urls)?;
+        validate_tls("peer", "peer-", &self.peer_tls, &self.listen_peer_urls)?;
 
         Ok(())
     }
@@ -508,10 +519,34 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
             draft.logger
         ));
     }
+    for (urls, tls) in [
+        (&draft.listen_client_urls, &draft.client_tls),
+        (&draft.listen_peer_urls, &draft.peer_tls),
+    ] {
+        for url in urls.iter().filter(|u| !u.is_https()) {
+            if !tls.is_empty() {
+                warnings.push(format!(
+                    "scheme is HTTP while key and cert files are present; ignoring key and cert files for {url}"
+                ));
+            }
+            if tls.client_cert_auth {
+                warnings.push(format!(
+                    "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for {url}"
+                ));
+            }
+        }
+    }
     let log_level = match draft.log_level.to_ascii_lowercase() {
         level if level.is_empty() => settings::DEFAULT_LOG_LEVEL.to_owned(),
         level => level,
     };
+
+    let auth = auth_options(
+        &draft.auth_token,
+        draft.bcrypt_cost,
+        draft.auth_token_ttl,
+        &mut warnings,
+    )?;
 
     let config = MemberConfig {
         name: draft.name,
@@ -557,10 +592,83 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
             }
         },
         unsafe_no_fsync: draft.unsafe_no_fsync,
+        auth,
+        client_tls: draft.client_tls,
+        peer_tls: draft.peer_tls,
         warnings,
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `--auth-token`, `--bcrypt-cost` and `--auth-token-ttl`, checked as etcd
+/// checks them. JWT tokens are not implemented: `jwt,...` is served with
+/// simple tokens (clients treat tokens as opaque), with a warning.
+fn auth_options(
+    token: &str,
+    bcrypt_cost: u64,
+    ttl: u64,
+    warnings: &mut Vec<String>,
+) -> Result<crate::auth::AuthOptions, ConfigError> {
+    match token.split(',').next().unwrap_or_default() {
+        "simple" => {}
+        "jwt" => warnings.push(format!(
+            "--auth-token={token}: JWT tokens are not supported; using simple tokens"
+        )),
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "unknown token type: {other:?} (--auth-token must be simple or jwt,...)"
+            )))
+        }
+    }
+    if !(4..=31).contains(&bcrypt_cost) {
+        return Err(ConfigError::Invalid(format!(
+            "invalid bcrypt-cost: {bcrypt_cost} (must be between 4 and 31)"
+        )));
+    }
+    Ok(crate::auth::AuthOptions {
+        bcrypt_cost: bcrypt_cost as u32,
+        token_ttl: Duration::from_secs(ttl.max(1)),
+    })
+}
+
+/// etcd's checks of one side's TLS flags against its listen URLs.
+fn validate_tls(
+    side: &str,
+    prefix: &str,
+    tls: &crate::tls::TlsSettings,
+    listen: &[EtcdUrl],
+) -> Result<(), ConfigError> {
+    let invalid = |message: String| Err(ConfigError::Invalid(message));
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return invalid(format!(
+            "--{prefix}cert-file and --{prefix}key-file must be given together"
+        ));
+    }
+    for url in listen.iter().filter(|u| u.is_https()) {
+        if tls.is_empty() && !tls.auto_tls {
+            return invalid(format!(
+                "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url {url} with HTTPS scheme"
+            ));
+        }
+    }
+    if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        return invalid(format!(
+            "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file: the CA that {side} certificates must be signed by"
+        ));
+    }
+    if tls.allowed_cn.is_some() && !tls.client_cert_auth {
+        return invalid(format!(
+            "--{prefix}cert-allowed-cn needs --{prefix}client-cert-auth"
+        ));
+    }
+    if tls.crl_file.is_some() && !tls.client_cert_auth {
+        return invalid(format!(
+            "--{}crl-file needs --{prefix}client-cert-auth",
+            if prefix.is_empty() { "client-" } else { prefix }
+        ));
+    }
+    Ok(())
 }
 
 fn to_usize(flag: &str, value: u64) -> Result<usize, ConfigError> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
 use super::values::{parse_bool, parse_duration, parse_int, parse_uint};
 use super::ClusterState;
+use crate::tls::TlsSettings;
 
 /// etcd's default member name.
 pub const DEFAULT_NAME: &str = "default";
@@ -80,11 +81,27 @@ pub enum Setting {
     ListenMetricsUrls,
     Metrics,
     UnsafeNoFsync,
+    AuthToken,
+    BcryptCost,
+    AuthTokenTtl,
+    CertFile,
+    KeyFile,
+    TrustedCaFile,
+    ClientCrlFile,
+    ClientCertAuth,
+    AutoTls,
+    PeerCertFile,
+    PeerKeyFile,
+    PeerTrustedCaFile,
+    PeerCrlFile,
+    PeerClientCertAuth,
+    PeerAutoTls,
+    PeerCertAllowedCn,
 }
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 29] = [
+    pub const ALL: [Setting; 45] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -114,6 +131,22 @@ impl Setting {
         Setting::LogOutputs,
         Setting::LogFormat,
         Setting::UnsafeNoFsync,
+        Setting::AuthToken,
+        Setting::BcryptCost,
+        Setting::AuthTokenTtl,
+        Setting::CertFile,
+        Setting::KeyFile,
+        Setting::TrustedCaFile,
+        Setting::ClientCrlFile,
+        Setting::ClientCertAuth,
+        Setting::AutoTls,
+        Setting::PeerCertFile,
+        Setting::PeerKeyFile,
+        Setting::PeerTrustedCaFile,
+        Setting::PeerCrlFile,
+        Setting::PeerClientCertAuth,
+        Setting::PeerAutoTls,
+        Setting::PeerCertAllowedCn,
     ];
 
     /// The etcd flag name (also the config-file key).
@@ -148,12 +181,56 @@ impl Setting {
             Setting::ListenMetricsUrls => "listen-metrics-urls",
             Setting::Metrics => "metrics",
             Setting::UnsafeNoFsync => "unsafe-no-fsync",
+            Setting::AuthToken => "auth-token",
+            Setting::BcryptCost => "bcrypt-cost",
+            Setting::AuthTokenTtl => "auth-token-ttl",
+            Setting::CertFile => "cert-file",
+            Setting::KeyFile => "key-file",
+            Setting::TrustedCaFile => "trusted-ca-file",
+            Setting::ClientCrlFile => "client-crl-file",
+            Setting::ClientCertAuth => "client-cert-auth",
+            Setting::AutoTls => "auto-tls",
+            Setting::PeerCertFile => "peer-cert-file",
+            Setting::PeerKeyFile => "peer-key-file",
+            Setting::PeerTrustedCaFile => "peer-trusted-ca-file",
+            Setting::PeerCrlFile => "peer-crl-file",
+            Setting::PeerClientCertAuth => "peer-client-cert-auth",
+            Setting::PeerAutoTls => "peer-auto-tls",
+            Setting::PeerCertAllowedCn => "peer-cert-allowed-cn",
         }
     }
 
     /// Whether the flag is a Go boolean flag (`--flag` alone means true).
     pub fn is_boolean(self) -> bool {
-        matches!(self, Setting::UnsafeNoFsync | Setting::StrictReconfigCheck)
+        matches!(
+            self,
+            Setting::UnsafeNoFsync
+                | Setting::StrictReconfigCheck
+                | Setting::ClientCertAuth
+                | Setting::AutoTls
+                | Setting::PeerClientCertAuth
+                | Setting::PeerAutoTls
+        )
+    }
+    /// Whether the setting is one of the TLS flags (read from the
+    /// `*-transport-security` sections of a config file, not its top level).
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            Setting::CertFile
+                | Setting::KeyFile
+                | Setting::TrustedCaFile
+                | Setting::ClientCrlFile
+                | Setting::ClientCertAuth
+                | Setting::AutoTls
+                | Setting::PeerCertFile
+                | Setting::PeerKeyFile
+                | Setting::PeerTrustedCaFile
+                | Setting::PeerCrlFile
+                | Setting::PeerClientCertAuth
+                | Setting::PeerAutoTls
+                | Setting::PeerCertAllowedCn
+        )
     }
 
     /// The setting a flag name (without dashes) stands for. etcd 3.6's
@@ -270,6 +347,28 @@ impl Setting {
                 "false",
                 "Never fsync the Raft log or the store: fast, but a machine crash can lose acknowledged writes (test suites only).",
             ),
+            Setting::AuthToken => (
+                "simple",
+                "Specify auth token specific options ('simple'; 'jwt,...' falls back to simple tokens).",
+            ),
+            Setting::BcryptCost => (
+                "10",
+                "Specify bcrypt algorithm cost factor for auth password hashing (4..31).",
+            ),
+            Setting::AuthTokenTtl => ("300", "The lifetime in seconds of the auth token."),
+            Setting::CertFile => ("", "Path to the client server TLS cert file."),
+            Setting::KeyFile => ("", "Path to the client server TLS key file."),
+            Setting::TrustedCaFile => ("", "Path to the client server TLS trusted CA cert file."),
+            Setting::ClientCrlFile => ("", "Path to the client certificate revocation list file."),
+            Setting::ClientCertAuth => ("false", "Enable client cert authentication."),
+            Setting::AutoTls => ("false", "Client TLS using generated certificates."),
+            Setting::PeerCertFile => ("", "Path to the peer server TLS cert file."),
+            Setting::PeerKeyFile => ("", "Path to the peer server TLS key file."),
+            Setting::PeerTrustedCaFile => ("", "Path to the peer server TLS trusted CA file."),
+            Setting::PeerCrlFile => ("", "Path to the peer certificate revocation list file."),
+            Setting::PeerClientCertAuth => ("false", "Enable peer client cert authentication."),
+            Setting::PeerAutoTls => ("false", "Peer TLS using generated certificates."),
+            Setting::PeerCertAllowedCn => ("", "Allowed CN for inter peer authentication."),
         }
     }
 }
@@ -312,6 +411,16 @@ pub struct Draft {
     pub listen_metrics_urls: Vec<EtcdUrl>,
     pub metrics: String,
     pub unsafe_no_fsync: bool,
+    /// `--auth-token`: `simple`, or `jwt,...` (served as simple tokens).
+    pub auth_token: String,
+    pub bcrypt_cost: u64,
+    /// `--auth-token-ttl`, in seconds.
+    pub auth_token_ttl: u64,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-crl-file`,
+    /// `--client-cert-auth`, `--auto-tls`.
+    pub client_tls: TlsSettings,
+    /// The `--peer-*` twins of `client_tls`.
+    pub peer_tls: TlsSettings,
     explicitly_set: BTreeSet<Setting>,
 }
 
@@ -350,6 +459,11 @@ impl Draft {
             listen_metrics_urls: Vec::new(),
             metrics: "basic".to_owned(),
             unsafe_no_fsync: false,
+            auth_token: "simple".to_owned(),
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST as u64,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL_SECS,
+            client_tls: TlsSettings::default(),
+            peer_tls: TlsSettings::default(),
             explicitly_set: BTreeSet::new(),
         }
     }
@@ -402,6 +516,25 @@ impl Draft {
                     || parse_bool(raw)
                         .ok_or_else(|| "parse error (expected a boolean)".to_owned())?;
             }
+            Setting::AuthToken => self.auth_token = raw.to_owned(),
+            Setting::BcryptCost => self.bcrypt_cost = uint(raw)?,
+            Setting::AuthTokenTtl => self.auth_token_ttl = uint(raw)?,
+            Setting::PeerCertAllowedCn => {
+                self.peer_tls.allowed_cn = (!raw.is_empty()).then(|| raw.to_owned())
+            }
+            Setting::CertFile => self.client_tls.cert_file = path(raw),
+            Setting::KeyFile => self.client_tls.key_file = path(raw),
+            Setting::TrustedCaFile => self.client_tls.trusted_ca_file = path(raw),
+            Setting::ClientCrlFile => self.client_tls.crl_file = path(raw),
+            Setting::PeerCertFile => self.peer_tls.cert_file = path(raw),
+            Setting::PeerKeyFile => self.peer_tls.key_file = path(raw),
+            Setting::PeerTrustedCaFile => self.peer_tls.trusted_ca_file = path(raw),
+            Setting::PeerCrlFile => self.peer_tls.crl_file = path(raw),
+            Setting::ClientCertAuth => self.client_tls.client_cert_auth = boolean(raw)?,
+            Setting::AutoTls => self.client_tls.auto_tls = boolean(raw)?,
+            Setting::PeerClientCertAuth => self.peer_tls.client_cert_auth = boolean(raw)?,
+            Setting::PeerAutoTls => self.peer_tls.auto_tls = boolean(raw)?,
+
             Setting::ListenMetricsUrls
             | Setting::ListenClientUrls
             | Setting::AdvertiseClientUrls
@@ -479,6 +612,19 @@ pub fn split_list(raw: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// A path flag; empty means unset (etcd's default "").
+fn path(raw: &str) -> Option<std::path::PathBuf> {
+    (!raw.is_empty()).then(|| std::path::PathBuf::from(raw))
+}
+
+/// A Go boolean flag: given alone (empty value) it means true.
+fn boolean(raw: &str) -> Result<bool, String> {
+    if raw.is_empty() {
+        return Ok(true);
+    }
+    super::values::parse_bool(raw).ok_or_else(|| "parse error".to_owned())
 }
 
 fn uint(raw: &str) -> Result<u64, String> {

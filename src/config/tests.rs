@@ -332,10 +332,15 @@ fn bad_urls_are_reported_with_the_flag() {
         error(&["--listen-peer-urls", "localhost:2380"]),
         "invalid value \"localhost:2380\" for flag --listen-peer-urls: URL scheme must be http, https, unix, or unixs: localhost:2380"
     );
-    let tls = error(&["--listen-client-urls", "https://127.0.0.1:2379"]);
-    assert!(
-        tls.contains("TLS is not supported yet: https://127.0.0.1:2379"),
-        "{tls}"
+    let tls = error(&[
+        "--listen-client-urls",
+        "https://127.0.0.1:2379",
+        "--advertise-client-urls",
+        "https://127.0.0.1:2379",
+    ]);
+    assert_eq!(
+        tls,
+        "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"
     );
     let unix = error(&["--listen-client-urls", "unix://localhost:2379"]);
     assert!(unix.contains("unix sockets are not supported"), "{unix}");
@@ -818,4 +823,86 @@ fn metrics_level_is_basic_or_extensive() {
         parse(&["--metrics", "everything"]),
         Err(ConfigError::Invalid(m)) if m.contains("valid: basic, extensive")
     ));
+}
+
+#[test]
+fn https_peer_urls_need_a_peer_certificate_or_auto_tls() {
+    let urls = [
+        "--listen-peer-urls",
+        "https://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "https://127.0.0.1:2380",
+        "--initial-cluster",
+        "default=https://127.0.0.1:2380",
+    ];
+    assert_eq!(
+        error(&urls),
+        "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url https://127.0.0.1:2380 with HTTPS scheme"
+    );
+    let mut auto = urls.to_vec();
+    auto.push("--peer-auto-tls");
+    let c = parse(&auto).unwrap();
+    assert!(c.peer_tls.auto_tls);
+}
+
+#[test]
+fn tls_flags_are_read_and_checked_as_etcd_checks_them() {
+    let c = parse(&[
+        "--cert-file",
+        "s.pem",
+        "--key-file",
+        "s-key.pem",
+        "--trusted-ca-file",
+        "ca.pem",
+        "--client-cert-auth",
+        "--client-crl-file=crl.pem",
+    ])
+    .unwrap();
+    assert_eq!(c.client_tls.cert_file.as_deref(), Some(Path::new("s.pem")));
+    assert!(c.client_tls.client_cert_auth);
+    assert_eq!(c.client_tls.crl_file.as_deref(), Some(Path::new("crl.pem")));
+    // The default http:// client URL ignores them, with etcd's warning.
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("scheme is HTTP while key and cert files are present")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(error(&["--cert-file", "s.pem"]).contains("must be given together"));
+    assert!(error(&["--client-cert-auth"]).contains("needs --trusted-ca-file"));
+    assert!(error(&["--client-cert-auth=maybe"]).contains("--client-cert-auth"));
+    assert!(error(&["--peer-cert-allowed-cn", "m1"]).contains("needs --peer-client-cert-auth"));
+}
+
+#[test]
+fn auth_flags_set_bcrypt_cost_and_token_ttl() {
+    let c = parse(&["--bcrypt-cost", "4", "--auth-token-ttl", "30"]).unwrap();
+    assert_eq!(c.auth.bcrypt_cost, 4);
+    assert_eq!(c.auth.token_ttl, Duration::from_secs(30));
+    let d = parse(&[]).unwrap();
+    assert_eq!(d.auth, crate::auth::AuthOptions::default());
+}
+
+#[test]
+fn auth_flags_out_of_range_are_refused() {
+    assert!(error(&["--bcrypt-cost", "3"]).contains("invalid bcrypt-cost"));
+    assert!(error(&["--bcrypt-cost", "32"]).contains("invalid bcrypt-cost"));
+    assert!(error(&["--auth-token", "oauth"]).contains("unknown token type"));
+}
+
+#[test]
+fn jwt_auth_tokens_fall_back_to_simple_tokens_with_a_warning() {
+    let c = parse(&[
+        "--auth-token",
+        "jwt,pub-key=a.pub,priv-key=a,sign-method=RS256",
+    ])
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("JWT tokens are not supported")),
+        "{:?}",
+        c.warnings
+    );
 }

@@ -6,10 +6,10 @@
 //! and etcdctl prints it, so [`EtcdUrl`] stores exactly that text and displays
 //! it unchanged (Rust's `url::Url` would print `http://localhost:2380/`).
 //!
-//! Accepted: `http://HOST:PORT` where HOST is a name, an IPv4 address or a
+//! Accepted: `http://HOST:PORT` and `https://HOST:PORT` where HOST is a name, an IPv4 address or a
 //! bracketed IPv6 address, and PORT is 0..=65535; the scheme is matched case-
 //! insensitively and stored lowercase (as Go does). Refused with a clear
-//! message: `https://` (TLS is not implemented), `unix://`/`unixs://`, a path
+//! message: `unix://`/`unixs://`, a path
 //! (even a lone `/`, as etcd refuses it), a query, user info, a missing port.
 //!
 //! Lists follow etcd's `types.NewURLs`: comma-separated, each item trimmed,
@@ -27,8 +27,6 @@ use std::str::FromStr;
 pub enum UrlError {
     #[error("URL scheme must be http, https, unix, or unixs: {0}")]
     Scheme(String),
-    #[error("TLS is not supported yet: {0} (localcluster serves plain http:// only)")]
-    Tls(String),
     #[error("unix sockets are not supported: {0} (use http://host:port)")]
     Unix(String),
     #[error("URL address does not have the form \"host:port\": {0}")]
@@ -75,8 +73,7 @@ impl EtcdUrl {
         };
         let scheme = s[..colon].to_ascii_lowercase();
         match scheme.as_str() {
-            "http" => {}
-            "https" => return Err(UrlError::Tls(owned())),
+            "http" | "https" => {}
             "unix" | "unixs" => return Err(UrlError::Unix(owned())),
             _ => return Err(UrlError::Scheme(owned())),
         }
@@ -122,6 +119,11 @@ impl EtcdUrl {
     /// The Go string form, e.g. `http://localhost:2380`.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether the scheme is `https` (the listener or peer speaks TLS).
+    pub fn is_https(&self) -> bool {
+        self.text.starts_with("https://")
     }
 
     /// The host as written, without IPv6 brackets (Go's `URL.Hostname()`).
@@ -354,10 +356,11 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_as_tls_not_supported() {
-        let err = EtcdUrl::parse("https://127.0.0.1:2379").unwrap_err();
-        assert_eq!(err, UrlError::Tls("https://127.0.0.1:2379".into()));
-        assert!(err.to_string().starts_with("TLS is not supported yet"));
+    fn https_urls_are_accepted_and_say_so() {
+        let u = EtcdUrl::parse("HTTPS://127.0.0.1:2379").unwrap();
+        assert_eq!(u.as_str(), "https://127.0.0.1:2379");
+        assert!(u.is_https());
+        assert!(!EtcdUrl::parse("http://127.0.0.1:2379").unwrap().is_https());
     }
 
     #[test]
@@ -529,7 +532,7 @@ mod tests {
         assert_eq!(yaml.trim(), "http://127.0.0.1:2380");
         let back: EtcdUrl = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(back, u);
-        assert!(serde_yaml::from_str::<EtcdUrl>("https://a:1").is_err());
+        assert!(serde_yaml::from_str::<EtcdUrl>("ftp://a:1").is_err());
     }
 
     fn arb_url() -> impl Strategy<Value = EtcdUrl> {

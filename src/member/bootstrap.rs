@@ -32,11 +32,15 @@ pub(super) enum Origin {
     Joining(Membership),
 }
 
+/// How this member dials `https://` peer URLs.
+pub(super) type PeerTls = std::sync::Arc<tokio_rustls::rustls::ClientConfig>;
+
 /// Works out who this data dir belongs to: the stored identity, or a new one
 /// derived from the flags (or fetched from the running cluster).
 pub(super) fn resolve_identity(
     cfg: &MemberConfig,
     storage: &RaftStorage,
+    peer_tls: Option<PeerTls>,
 ) -> Result<(Identity, Origin), MemberError> {
     if let Some(bytes) = storage.identity()? {
         let stored = Identity::decode(bytes.as_slice()).map_err(|e| {
@@ -51,7 +55,7 @@ pub(super) fn resolve_identity(
     cfg.validate_bootstrap()
         .map_err(|e| MemberError::Config(e.to_string()))?;
     if cfg.initial_cluster_state == ClusterState::Existing {
-        let (identity, membership) = join_identity(cfg)?;
+        let (identity, membership) = join_identity(cfg, peer_tls)?;
         return Ok((identity, Origin::Joining(membership)));
     }
     Ok((derive_identity(cfg)?, Origin::New))
@@ -87,7 +91,10 @@ fn check_stored(cfg: &MemberConfig, stored: &Identity) -> Result<(), MemberError
 /// A member joining a running cluster: asks the members listed in
 /// `--initial-cluster` for the membership and finds itself by its peer URLs (it
 /// must have been added with `MemberAdd` first, as with etcd).
-fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberError> {
+fn join_identity(
+    cfg: &MemberConfig,
+    peer_tls: Option<PeerTls>,
+) -> Result<(Identity, Membership), MemberError> {
     let mut mine: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
@@ -108,7 +115,7 @@ fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberErr
         rt.block_on(async {
             let mut last = "no other member in --initial-cluster".to_string();
             for url in others {
-                match fetch_membership(&url).await {
+                match fetch_membership(&url, peer_tls.clone()).await {
                     Ok(m) => return Ok(m),
                     Err(e) => last = format!("{url}: {e}"),
                 }
@@ -143,8 +150,8 @@ fn join_identity(cfg: &MemberConfig) -> Result<(Identity, Membership), MemberErr
     Ok((identity, fetched))
 }
 
-async fn fetch_membership(url: &str) -> Result<Membership, String> {
-    let channel = crate::client::connect(url, Duration::from_secs(2))
+async fn fetch_membership(url: &str, peer_tls: Option<PeerTls>) -> Result<Membership, String> {
+    let channel = crate::client::connect_with(url, Duration::from_secs(2), peer_tls)
         .await
         .map_err(|e| e.to_string())?;
     let mut client = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel);

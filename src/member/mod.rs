@@ -18,6 +18,7 @@
 //! Files: [`bootstrap`] settles the identity, [`listen`] binds the listeners,
 //! [`restore`] builds a data dir from a backup snapshot, [`discovery`] finds
 //! a new cluster's members through etcd's v3 discovery,
+//! [`tls`] resolves the TLS configs of the listeners and of peer dialling,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
 //! membership following); this file wires them with the node and the API.
 //!
@@ -33,7 +34,6 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use raft::prelude::ConfState;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 mod bootstrap;
@@ -41,11 +41,13 @@ mod discovery;
 mod lifecycle;
 mod listen;
 mod restore;
+mod tls;
 
 use bootstrap::{initial_membership, resolve_identity, Origin};
 use lifecycle::{decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
 pub use restore::restore_data_dir;
+use tls::{peer_incoming, MemberTls};
 
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
@@ -75,6 +77,8 @@ pub enum MemberError {
     Mvcc(#[from] MvccError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Listeners bound in advance (the embedded cluster binds port 0 and passes them).
@@ -180,6 +184,7 @@ impl Member {
         )?);
         let waiters = Arc::new(Waiters::default());
 
+        let tls = MemberTls::resolve(cfg)?;
         // A new member bootstrapping by discovery learns --initial-cluster first.
         let discovered = if !cfg.discovery_endpoints.is_empty()
             && cfg.initial_cluster_state == crate::config::ClusterState::New
@@ -190,10 +195,15 @@ impl Member {
             None
         };
         let cfg = discovered.as_ref().unwrap_or(cfg);
-        let (identity, origin) = resolve_identity(cfg, &storage)?;
+        let (identity, origin) = resolve_identity(cfg, &storage, tls.peer_client.clone())?;
         metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
-        let (mut applier, membership_rx) =
-            Applier::open(store.clone(), identity.member_id, waiters.clone())?;
+        let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
+        let (mut applier, membership_rx) = Applier::open(
+            store.clone(),
+            identity.member_id,
+            waiters.clone(),
+            auth.clone(),
+        )?;
         let mut join_peers: Vec<(u64, String)> = Vec::new();
         match origin {
             Origin::Joining(membership) => {
@@ -272,6 +282,7 @@ impl Member {
             faults.clone(),
             shutdown.child_token(),
             Some(metrics.clone()),
+            tls.peer_client.clone(),
         );
         for m in &membership_rx.borrow().members {
             if let Some(url) = m.peer_urls.first() {
@@ -334,11 +345,15 @@ impl Member {
             db_files: vec![kv_path.clone(), raft_path.clone()],
             peers: peers.clone(),
             metrics: metrics.clone(),
+            auth,
+            client_cert_auth: cfg.client_tls.client_cert_auth,
         });
 
         let mut servers = Vec::new();
         // Peer server.
-        for l in peer_listeners {
+        for (i, l) in peer_listeners.into_iter().enumerate() {
+            let server_tls = tls.peer_server_for(cfg.listen_peer_urls.get(i));
+            let allowed_cn = tls.peer_allowed_cn.clone();
             let svc = RaftTransportServer::new(PeerService {
                 cluster_id: identity.cluster_id,
                 member_id: identity.member_id,
@@ -356,11 +371,7 @@ impl Member {
                 // Raft traffic is many small messages: no Nagle delay on accepted
                 // connections, and HTTP/2 windows large enough that a burst of
                 // appends never waits for a window update.
-                let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(l), |s| {
-                    s.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let incoming = peer_incoming(l, server_tls, allowed_cn);
                 let res = tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(PEER_WINDOW))
                     .initial_connection_window_size(Some(PEER_WINDOW))
@@ -374,10 +385,20 @@ impl Member {
         }
         // Client servers.
         let router = api::server::router(core.clone());
-        for l in client_listeners {
+        for (i, l) in client_listeners.into_iter().enumerate() {
             let addr = l.local_addr().ok();
-            tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
-            servers.push(runtime.spawn(api::server::serve(l, router.clone(), shutdown.clone())));
+            let server_tls = tls.client_server_for(cfg.listen_client_urls.get(i));
+            if server_tls.is_some() {
+                tracing::info!(address = ?addr, "serving client traffic securely");
+            } else {
+                tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
+            }
+            servers.push(runtime.spawn(api::server::serve(
+                l,
+                server_tls,
+                router.clone(),
+                shutdown.clone(),
+            )));
         }
         // --listen-metrics-urls: /metrics and /health only.
         let metrics_router = api::http::metrics_router(core.clone());
@@ -386,6 +407,7 @@ impl Member {
             tracing::info!(address = ?addr, "serving metrics");
             servers.push(runtime.spawn(api::server::serve(
                 l,
+                None,
                 metrics_router.clone(),
                 shutdown.clone(),
             )));

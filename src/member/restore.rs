@@ -63,7 +63,13 @@ pub fn restore_data_dir(cfg: &MemberConfig, snapshot: &[u8]) -> Result<Identity,
     }
     let store = Arc::new(Store::open(&kv_path)?);
     store.restore(snapshot)?;
-    let (mut applier, _) = Applier::open(store, identity.member_id, Arc::new(Waiters::default()))?;
+    let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
+    let (mut applier, _) = Applier::open(
+        store,
+        identity.member_id,
+        Arc::new(Waiters::default()),
+        auth,
+    )?;
     let membership = initial_membership(cfg, identity.cluster_id)?;
     let cs = ConfState::from((
         membership.members.iter().map(|m| m.id).collect::<Vec<_>>(),

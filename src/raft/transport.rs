@@ -80,6 +80,8 @@ pub struct Peers {
     /// The generation of the next sender.
     generations: std::sync::atomic::AtomicU64,
     metrics: Option<crate::metrics::Metrics>,
+    /// How to dial `https://` peer URLs (the peer certificate and CA).
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// Since when the stream to each peer has been up (absent: down), with the
@@ -124,12 +126,14 @@ impl Peers {
         faults: Arc<Faults>,
         shutdown: CancellationToken,
         metrics: Option<crate::metrics::Metrics>,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ) -> Arc<Peers> {
         Arc::new(Peers {
             cluster_id,
             member_id,
             raft,
             faults,
+            tls,
             queues: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
@@ -175,6 +179,7 @@ impl Peers {
                 .metrics
                 .as_ref()
                 .map(|m| m.peer_sent.with_label_values(&[&format!("{peer:x}")])),
+            tls: self.tls.clone(),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -235,6 +240,7 @@ struct Sender {
     rtt: Option<prometheus::Histogram>,
     /// Counts the bytes of Raft messages sent to this peer.
     sent: Option<prometheus::IntCounter>,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -304,7 +310,7 @@ impl Sender {
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(3));
         let channel = tokio::select! {
-            c = endpoint.connect() => c.map_err(|e| e.to_string())?,
+            c = crate::tls::connector::connect(&endpoint, self.tls.clone()) => c.map_err(|e| e.to_string())?,
             _ = self.shutdown.cancelled() => return Ok(()),
         };
         let mut client = RaftTransportClient::new(channel)
