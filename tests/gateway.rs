@@ -325,3 +325,54 @@ fn v3beta_prefix_and_cors_preflight_answer_as_etcd_34() {
         "{head}"
     );
 }
+
+#[test]
+fn auth_routes_enable_auth_and_a_token_in_the_authorization_header_is_honoured() {
+    let Some((_c, base)) = started() else { return };
+    let post = |path: &str, body: &str| curl_post(&format!("{base}{path}"), body);
+    assert_eq!(post("/v3/auth/role/add", r#"{"name":"root"}"#).0, 200);
+    assert_eq!(
+        post("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#).0,
+        200
+    );
+    assert_eq!(
+        post("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#).0,
+        200
+    );
+    assert_eq!(post("/v3/auth/enable", "{}").0, 200);
+
+    // Without a token a write is refused with etcd's message.
+    let put = format!(r#"{{"key":"{}","value":"{}"}}"#, b64("a"), b64("1"));
+    let (code, err) = post("/v3/kv/put", &put);
+    assert_ne!(code, 200, "{err}");
+    assert_eq!(err["message"], "etcdserver: user name is empty", "{err}");
+
+    let (code, auth) = post(
+        "/v3/auth/authenticate",
+        r#"{"name":"root","password":"pw"}"#,
+    );
+    assert_eq!(code, 200, "{auth}");
+    let token = auth["token"].as_str().unwrap().to_string();
+    let header = format!("Authorization: {token}");
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/v3/kv/put"),
+        "-H",
+        &header,
+        "-d",
+        &put,
+    ]);
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/v3/auth/disable"),
+        "-H",
+        &header,
+        "-d",
+        "{}",
+    ]);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(post("/v3/kv/put", &put).0, 200, "auth is off again");
+}

@@ -25,6 +25,9 @@ use crate::pb::lcraftpb::request::Op as Proposal;
 
 /// The gRPC metadata key carrying a simple token (etcd's `TokenFieldNameGRPC`).
 pub const TOKEN_METADATA: &str = "token";
+/// The other key etcd accepts (`TokenFieldNameSwagger`): the JSON gateway
+/// passes the HTTP `Authorization` header on under it.
+pub const TOKEN_METADATA_GATEWAY: &str = "authorization";
 
 /// What a request presents about its caller.
 #[derive(Debug, Clone, Default)]
@@ -37,9 +40,9 @@ impl Credentials {
     /// The token and certificate name of `req`.
     pub fn of<T>(req: &Request<T>) -> Credentials {
         Credentials {
-            token: req
-                .metadata()
-                .get(TOKEN_METADATA)
+            token: [TOKEN_METADATA, TOKEN_METADATA_GATEWAY]
+                .into_iter()
+                .find_map(|key| req.metadata().get(key))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             cert_name: req

@@ -3,12 +3,12 @@
 //!
 //! Like etcd's gateway, this is a gRPC client of the member's own services:
 //! a JSON request becomes a gRPC call through the same router that serves
-//! gRPC clients (so the same validation, errors, metrics and — once the Auth
-//! service is added — permission checks apply; the `Authorization` header is
-//! passed on as metadata and the connection's request extensions, such as
-//! its peer address, are carried over), and the answer is turned back into
-//! JSON. Nothing
-//! of a service's logic is repeated here.
+//! gRPC clients (so the same validation, errors, metrics and permission
+//! checks apply; the `Authorization` header is passed on as the
+//! `authorization` metadata etcd also reads a token from, and the
+//! connection's request extensions, such as its peer address and client
+//! certificate, are carried over), and the answer is turned back into JSON.
+//! Nothing of a service's logic is repeated here.
 //!
 //! JSON as etcd 3.4's gateway writes it (proto3 JSON mapping, by pbjson): the
 //! .proto field names (`create_revision`, `ID`, `peerURLs`), 64-bit integers
