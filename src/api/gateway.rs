@@ -88,8 +88,7 @@ pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
         .route("/maintenance/hashkv", g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"))
         .route("/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::No))
         .route("/maintenance/transfer-leadership", g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>("/etcdserverpb.Maintenance/MoveLeader"))
-        // Auth: answered by the Auth service once it is registered with the
-        // gRPC router (until then these answer 501 Unimplemented).
+        // Auth: the Auth service (users, roles, tokens).
         .route("/auth/enable", g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))
         .route("/auth/disable", g.unary::<pb::AuthDisableRequest, pb::AuthDisableResponse>("/etcdserverpb.Auth/AuthDisable"))
         .route("/auth/status", g.unary::<pb::AuthStatusRequest, pb::AuthStatusResponse>("/etcdserverpb.Auth/AuthStatus"))
