@@ -63,6 +63,8 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Load-test etcd endpoints (localcluster or real etcd): `localcluster bench put --help`
     Bench(localcluster::bench::BenchArgs),
+    /// Chaos test of an embedded cluster: clients, injected faults, a linearizability check
+    Chaos(localcluster::chaos::ChaosArgs),
     /// Backup snapshots: save one from a member, print a file's status, restore a new cluster's data dir from one
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Demo(command) => supervise(|| demo::run(command)),
         Command::Bench(args) => supervise(|| async { Ok(localcluster::bench::main(args).await) }),
         Command::Snapshot(command) => snapshot_cmd::run(command),
+        Command::Chaos(args) => supervise(|| async { Ok(localcluster::chaos::main(args).await) }),
         Command::Procfile { data_dir } => {
             print!("{}", localcluster::layout::procfile(&data_dir));
             0

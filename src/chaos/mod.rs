@@ -63,6 +63,9 @@ pub struct ChaosConfig {
     /// Client-side timeout of one operation.
     pub op_timeout: Duration,
     pub seed: u64,
+    /// Prefix of the keys the clients use (a run on fresh keys starts from an
+    /// empty register).
+    pub key_prefix: String,
 }
 
 impl Default for ChaosConfig {
@@ -75,6 +78,7 @@ impl Default for ChaosConfig {
             fault_period: Duration::from_millis(800),
             op_timeout: Duration::from_secs(1),
             seed: 1,
+            key_prefix: "chaos/".to_string(),
         }
     }
 }
@@ -97,6 +101,123 @@ impl ChaosReport {
     /// Whether nothing was found.
     pub fn ok(&self) -> bool {
         self.violations.is_empty() && self.duplicate_revisions.is_empty()
+    }
+}
+
+/// `localcluster chaos`: rounds of [`run`] against a fresh embedded cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// How long to run in all (e.g. 60s, 10m)
+    #[arg(long, default_value = "60s", value_parser = crate::bench::parse_duration)]
+    pub duration: Duration,
+    /// Length of one round: each round checks its own history, on fresh keys
+    #[arg(long, default_value = "10s", value_parser = crate::bench::parse_duration)]
+    pub round: Duration,
+    /// Members of the embedded cluster
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Concurrent clients
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Keys the clients share
+    #[arg(long, default_value_t = 3)]
+    pub keys: usize,
+    /// Faults, comma-separated: kill-leader, kill-random, pause, isolate-leader
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill-leader,kill-random,pause,isolate-leader"
+    )]
+    pub faults: Vec<FaultName>,
+    /// Seed of the random choices (clients and nemesis)
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A fault as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultName {
+    KillLeader,
+    KillRandom,
+    Pause,
+    IsolateLeader,
+}
+
+impl From<FaultName> for Fault {
+    fn from(f: FaultName) -> Fault {
+        match f {
+            FaultName::KillLeader => Fault::KillLeader,
+            FaultName::KillRandom => Fault::KillRandom,
+            FaultName::Pause => Fault::Pause,
+            FaultName::IsolateLeader => Fault::IsolateLeader,
+        }
+    }
+}
+
+/// Runs `localcluster chaos`; prints one line per round and a summary, and
+/// returns the exit code: 0 without violations, 1 with any, 2 if the cluster
+/// could not start.
+pub async fn main(args: ChaosArgs) -> i32 {
+    let mut cluster = match LocalCluster::builder().members(args.members).start().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("localcluster chaos: cannot start the cluster: {e}");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    let (mut ops, mut unknown, mut faults, mut bad) = (0, 0, 0, 0);
+    let mut round = 0;
+    while started.elapsed() < args.duration {
+        let cfg = ChaosConfig {
+            duration: args
+                .round
+                .min(args.duration.saturating_sub(started.elapsed())),
+            clients: args.clients,
+            keys: args.keys,
+            faults: args.faults.iter().map(|&f| f.into()).collect(),
+            seed: args.seed.wrapping_add(round as u64),
+            key_prefix: format!("chaos/{round}/"),
+            ..Default::default()
+        };
+        let report = run(&mut cluster, &cfg).await;
+        ops += report.operations;
+        unknown += report.unknown;
+        faults += report.faults_injected;
+        println!(
+            "round {round}: {} operations ({} unknown), {} faults, {} violations, {} duplicate revisions",
+            report.operations,
+            report.unknown,
+            report.faults_injected,
+            report.violations.len(),
+            report.duplicate_revisions.len()
+        );
+        for (key, stuck) in &report.violations {
+            println!("  NOT LINEARIZABLE: {key}; operations around the violation:");
+            for o in stuck {
+                println!("    {o:?}");
+            }
+        }
+        if !report.duplicate_revisions.is_empty() {
+            println!(
+                "  revisions acknowledged twice: {:?}",
+                report.duplicate_revisions
+            );
+        }
+        bad += report.violations.len() + report.duplicate_revisions.len();
+        round += 1;
+        // Let the repaired cluster settle before the next round.
+        let _ = cluster.wait_healthy(Duration::from_secs(30)).await;
+    }
+    println!(
+        "chaos: {:.0}s, {round} rounds, {ops} operations checked ({unknown} unknown), {faults} faults injected, {bad} violations",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = cluster.shutdown().await;
+    if bad == 0 {
+        0
+    } else {
+        1
     }
 }
 
@@ -141,7 +262,7 @@ pub async fn run(cluster: &mut LocalCluster, cfg: &ChaosConfig) -> ChaosReport {
         report.operations += ops.len();
         report.unknown += ops.iter().filter(|o| o.is_unknown()).count();
         if let Verdict::Violation { stuck } = linearizable::check(None, ops) {
-            report.violations.push((key(*k), stuck));
+            report.violations.push((key(&cfg.key_prefix, *k), stuck));
         }
     }
     let mut dups: Vec<i64> = revisions
@@ -154,8 +275,8 @@ pub async fn run(cluster: &mut LocalCluster, cfg: &ChaosConfig) -> ChaosReport {
     report
 }
 
-fn key(k: usize) -> String {
-    format!("chaos/{k}")
+fn key(prefix: &str, k: usize) -> String {
+    format!("{prefix}{k}")
 }
 
 /// Injects faults one at a time until `deadline`, repairing each; returns
@@ -258,10 +379,12 @@ async fn client(
             }
         };
         let result = match channel {
-            Some(ch) => tokio::time::timeout(cfg.op_timeout, execute(ch, &key(k), &op))
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Some(ch) => {
+                tokio::time::timeout(cfg.op_timeout, execute(ch, &key(&cfg.key_prefix, k), &op))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             None => None,
         };
         let returned = now(Instant::now());
