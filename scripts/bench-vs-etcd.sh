@@ -12,11 +12,16 @@
 # Then the same for watch fan-out (`localcluster bench watch`): WATCHERS
 # watchers on one prefix receive every one of WATCH_TOTAL puts.
 #
+# Then, per server, the operational figures: time from launch to the first
+# acknowledged write, RSS per member idle and after 100k 256-byte keys, time
+# from SIGKILL of the leader to the next acknowledged write (etcd's default
+# timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
+#
 # Usage: scripts/bench-vs-etcd.sh
 # Knobs (environment): TOTAL (20000), CLIENTS ("16 64"), CONNS (3), KEY_SIZE (8),
 #   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
 #   WATCH_WRITERS (16),
-#   VAL_SIZE (256), BASE_PORT (41000), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
+#   VAL_SIZE (256), BASE_PORT (24000, below the ephemeral port range), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
 #   an existing binary, LOCALCLUSTER_BIN (target/release/localcluster), KEEP=1
 #   to keep the data and logs.
 # Needs: cargo, jq, curl, and etcd-server (apt-installed when missing).
@@ -29,10 +34,12 @@ CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
 VAL_SIZE=${VAL_SIZE:-256}
 WATCHERS=${WATCHERS:-"100 1000"}
+CHECK_LOAD=${CHECK_LOAD:-l}
+EXTRAS=${EXTRAS:-1}
 WATCH_TOTAL=${WATCH_TOTAL:-2000}
 WATCH_STREAMS=${WATCH_STREAMS:-10}
 WATCH_WRITERS=${WATCH_WRITERS:-16}
-BASE_PORT=${BASE_PORT:-41000}
+BASE_PORT=${BASE_PORT:-24000}
 ETCD=${ETCD:-/usr/bin/etcd}
 HEARTBEAT_MS=100
 ELECTION_MS=1000
@@ -194,7 +201,72 @@ run_watch() {
         "$dir/bench.json" >>"$WATCH_RESULTS"
 }
 
+EXTRA_RESULTS="$WORK/extras.jsonl"
+: >"$EXTRA_RESULTS"
+
+now_ms() { date +%s%3N; }
+
+# put_until_ok ENDPOINTS: retries one put until it is acknowledged.
+put_until_ok() {
+    for _ in $(seq 600); do
+        if ETCDCTL_API=3 etcdctl --endpoints="$1" --command-timeout=1s --dial-timeout=1s \
+            put bench-vs-etcd/probe x >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.02
+    done
+    return 1
+}
+
+run_extras() {
+    local kind=$1 base=$2
+    local dir="$WORK/$kind-extras"
+    mkdir -p "$dir"
+    local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
+    log "$kind: start-up, memory, failover and check perf"
+    local t0 first_write idle loaded failover check
+    t0=$(now_ms)
+    start_cluster "$kind" "$dir" "$base"
+    put_until_ok "$eps"
+    first_write=$(($(now_ms) - t0))
+    sleep 3
+    idle=$(($(rss_kib) / 3))
+    "$BIN" bench put --endpoints "$eps" --total 100000 --clients 64 --conns 3 \
+        --sequential-keys --key-size 16 --val-size 256 -w json >"$dir/load.json"
+    sleep 2
+    loaded=$(($(rss_kib) / 3))
+    if ETCDCTL_API=3 etcdctl --endpoints="$eps" check perf --load="$CHECK_LOAD" \
+        >"$dir/check.txt" 2>&1; then check=PASS; else check=FAIL; fi
+    # The leader: the member whose own ID is the leader ID in its status.
+    local i leader_idx=0 others=""
+    for i in 1 2 3; do
+        local st
+        st=$(ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$((base + i))" endpoint status -w json)
+        if [ "$(echo "$st" | jq '.[0].Status.header.member_id == .[0].Status.leader')" = true ]; then
+            leader_idx=$i
+        fi
+    done
+    for i in 1 2 3; do
+        [ "$i" = "$leader_idx" ] || others+="${others:+,}127.0.0.1:$((base + i))"
+    done
+    t0=$(now_ms)
+    kill -KILL "${PIDS[$((leader_idx - 1))]}"
+    wait "${PIDS[$((leader_idx - 1))]}" 2>/dev/null || true
+    put_until_ok "$others"
+    failover=$(($(now_ms) - t0))
+    stop_cluster
+    jq -nc --arg server "$kind" --argjson first "$first_write" --argjson idle "$idle" \
+        --argjson loaded "$loaded" --argjson failover "$failover" --arg check "$check" \
+        '{server: $server, first_write_ms: $first, idle_rss_kib: $idle, rss_100k_kib: $loaded, failover_ms: $failover, check_perf: $check}' \
+        >>"$EXTRA_RESULTS"
+}
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ "$EXTRAS" = 1 ]; then
+    # Ports of their own: the killed leader's sockets may linger a while.
+    run_extras localcluster "$((BASE_PORT + 200))"
+    run_extras etcd "$((BASE_PORT + 300))"
+fi
 for c in $CLIENTS; do
     run_one localcluster "$c" "$BASE_PORT"
     run_one etcd "$c" "$((BASE_PORT + 100))"
@@ -239,3 +311,12 @@ jq -rs '
   | (map(select(.server == "etcd"))[0]) as $e
   | "| \($l.watchers) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) |"
 ' "$WATCH_RESULTS"
+if [ "$EXTRAS" = 1 ]; then
+    echo
+    echo "Operations (3 members, default heartbeat 100 ms / election 1000 ms):"
+    echo
+    echo "| server | launch to first acked write ms | idle RSS MiB per member | RSS MiB per member after 100k keys | leader SIGKILL to next acked write ms | etcdctl check perf --load=$CHECK_LOAD |"
+    echo "|---|---:|---:|---:|---:|---|"
+    jq -r '"| \(.server) | \(.first_write_ms) | \(.idle_rss_kib / 1024 * 10 | round / 10) | \(.rss_100k_kib / 1024 * 10 | round / 10) | \(.failover_ms) | \(.check_perf) |"' "$EXTRA_RESULTS"
+fi
+
