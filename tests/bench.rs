@@ -84,16 +84,9 @@ fn http_get_ok(port: u16, path: &str) -> bool {
     resp.starts_with("HTTP/1.1 200")
 }
 
-#[test]
-fn bench_put_writes_every_key_and_reports_json() {
-    let mut member = MemberProc::start();
-    member.wait_healthy();
-    let endpoint = format!("127.0.0.1:{}", member.client_port);
-    let out = Command::new(BIN)
-        .args(["bench", "put", "--total", "200", "--clients", "4"])
-        .args(["--endpoints", &endpoint, "-w", "json", "--sequential-keys"])
-        .output()
-        .unwrap();
+/// Runs `localcluster ARGS`, which must succeed, and parses its JSON report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -101,7 +94,27 @@ fn bench_put_writes_every_key_and_reports_json() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn bench_put_writes_every_key_and_reports_json() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let v = bench_json(&[
+        "bench",
+        "put",
+        "--total",
+        "200",
+        "--clients",
+        "4",
+        "--endpoints",
+        &endpoint,
+        "-w",
+        "json",
+        "--sequential-keys",
+    ]);
     assert_eq!(v["benchmark"], "put");
     assert_eq!(v["requests"], 200);
     assert_eq!(v["ok"], 200);
@@ -121,20 +134,22 @@ fn bench_watch_delivers_every_put_to_every_watcher() {
     let mut member = MemberProc::start();
     member.wait_healthy();
     let endpoint = format!("127.0.0.1:{}", member.client_port);
-    let out = Command::new(BIN)
-        .args(["bench", "watch", "--total", "100", "--watchers", "20"])
-        .args(["--streams", "3", "--clients", "4"])
-        .args(["--endpoints", &endpoint, "-w", "json"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = bench_json(&[
+        "bench",
+        "watch",
+        "--total",
+        "100",
+        "--watchers",
+        "20",
+        "--streams",
+        "3",
+        "--clients",
+        "4",
+        "--endpoints",
+        &endpoint,
+        "-w",
+        "json",
+    ]);
     assert_eq!(v["benchmark"], "watch");
     assert_eq!(v["watchers"], 20);
     assert_eq!(v["ok"], 2000, "100 puts x 20 watchers: {v}");

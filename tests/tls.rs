@@ -180,6 +180,93 @@ fn start_cluster(
     members
 }
 
+/// A one-member https cluster that holds `k=v` and has registered a second
+/// member `m1` (`member add`), whose ports and `--initial-cluster` are kept
+/// here so a test can try to start it with certificates of its choice.
+struct JoinSlot {
+    members: Vec<Member>,
+    ca: String,
+    client_port: u16,
+    peer_port: u16,
+    peer_url: String,
+    initial: String,
+}
+
+impl JoinSlot {
+    /// Starts m0 with `first_flags` and registers m1.
+    fn new(dir: &Path, ca: &str, first_flags: Vec<String>) -> JoinSlot {
+        let members = start_cluster(dir, 1, "https", |_| first_flags.clone());
+        let (client_port, peer_port) = (free_port(), free_port());
+        let peer_url = format!("https://127.0.0.1:{peer_port}");
+        let initial = format!(
+            "m0=https://127.0.0.1:{},m1={peer_url}",
+            members[0].peer_port
+        );
+        let slot = JoinSlot {
+            members,
+            ca: ca.to_string(),
+            client_port,
+            peer_port,
+            peer_url,
+            initial,
+        };
+        eventually(Duration::from_secs(20), "a put over https", || {
+            slot.etcdctl(&["put", "k", "v"]).success().then_some(())
+        });
+        let add = format!("--peer-urls={}", slot.peer_url);
+        slot.etcdctl(&["member", "add", "m1", &add]).ok();
+        slot
+    }
+
+    /// etcdctl against m0, trusting the CA.
+    fn etcdctl(&self, args: &[&str]) -> common::Output {
+        let mut full = vec!["--cacert", self.ca.as_str()];
+        full.extend_from_slice(args);
+        etcdctl(&https_endpoints(&self.members), &full)
+    }
+
+    /// m1's flags with `extra` (its certificates).
+    fn args(&self, dir: &Path, extra: &[String]) -> Vec<String> {
+        member_args(
+            dir,
+            "m1",
+            ("https", self.client_port),
+            ("https", self.peer_port),
+            &self.initial,
+            "existing",
+            extra,
+        )
+    }
+
+    /// Runs m1 with `extra` to its end: it must fail to join.
+    fn refused(&self, dir: &Path, extra: &[String]) -> common::Output {
+        let args = self.args(dir, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = member_once(dir, &args, Duration::from_secs(30));
+        assert!(!out.success(), "{out:#?}");
+        out
+    }
+
+    /// Starts m1 afresh with `extra`; it must join and serve `k`.
+    fn joins(&mut self, dir: &Path, extra: &[String]) {
+        std::fs::remove_dir_all(dir.join("m1")).ok();
+        let args = self.args(dir, extra);
+        let mut m1 = Member::new(dir, "m1", self.client_port, self.peer_port, args);
+        m1.spawn();
+        m1.wait_ready();
+        let one = format!("https://127.0.0.1:{}", self.client_port);
+        eventually(
+            Duration::from_secs(20),
+            "the joined member to serve k",
+            || {
+                let out = etcdctl(&one, &["--cacert", &self.ca, "get", "k"]);
+                (out.success() && out.lines() == ["k", "v"]).then_some(())
+            },
+        );
+        self.members.push(m1);
+    }
+}
+
 fn https_endpoints(members: &[Member]) -> String {
     members
         .iter()
@@ -401,79 +488,29 @@ fn a_peer_without_a_certificate_of_the_peer_ca_never_joins() {
         f.push("--peer-client-cert-auth=true".to_string());
         f
     };
-    let mut members = start_cluster(dir.path(), 1, "https", |_| peer_flags(&cert, &key));
-    let ep = https_endpoints(&members);
-    let cacert = ["--cacert", ca.as_str()];
-    let with = |args: &[&str]| {
-        let mut full = cacert.to_vec();
-        full.extend_from_slice(args);
-        etcdctl(&ep, &full)
-    };
-    eventually(Duration::from_secs(20), "a put over https", || {
-        with(&["put", "k", "v"]).success().then_some(())
-    });
-    let (cp, pp) = (free_port(), free_port());
-    let peer_url = format!("https://127.0.0.1:{pp}");
-    with(&["member", "add", "m1", &format!("--peer-urls={peer_url}")]).ok();
-    let initial = format!(
-        "m0=https://127.0.0.1:{},m1={peer_url}",
-        members[0].peer_port
-    );
+    let mut slot = JoinSlot::new(dir.path(), &ca, peer_flags(&cert, &key));
 
     // Its certificate is signed by another CA: the cluster refuses its
     // handshake, so it cannot even learn the membership.
-    let rogue = member_args(
-        dir.path(),
-        "m1",
-        ("https", cp),
-        ("https", pp),
-        &initial,
-        "existing",
-        &peer_flags(&rogue_cert, &rogue_key),
-    );
-    let args: Vec<&str> = rogue.iter().map(String::as_str).collect();
-    let out = member_once(dir.path(), &args, Duration::from_secs(30));
-    assert!(!out.success(), "{out:#?}");
+    let out = slot.refused(dir.path(), &peer_flags(&rogue_cert, &rogue_key));
     assert!(
         out.stderr.contains("cannot reach the running cluster")
             || out.stdout.contains("cannot reach the running cluster"),
         "{out:#?}"
     );
     // The member stays unstarted (no name) in the list.
-    let list = with(&["member", "list", "-w", "json"]).json();
+    let list = slot.etcdctl(&["member", "list", "-w", "json"]).json();
     let m1 = list["members"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["peerURLs"][0] == peer_url.as_str())
+        .find(|m| m["peerURLs"][0] == slot.peer_url.as_str())
         .cloned()
         .unwrap();
     assert!(m1.get("name").is_none() || m1["name"] == "", "{list}");
 
     // With a certificate of the peer CA it joins.
-    std::fs::remove_dir_all(dir.path().join("m1")).ok();
-    let good = member_args(
-        dir.path(),
-        "m1",
-        ("https", cp),
-        ("https", pp),
-        &initial,
-        "existing",
-        &peer_flags(&cert, &key),
-    );
-    let mut m1 = Member::new(dir.path(), "m1", cp, pp, good);
-    m1.spawn();
-    m1.wait_ready();
-    let one = format!("https://127.0.0.1:{cp}");
-    eventually(
-        Duration::from_secs(20),
-        "the joined member to serve k",
-        || {
-            let out = etcdctl(&one, &["--cacert", &ca, "get", "k"]);
-            (out.success() && out.lines() == ["k", "v"]).then_some(())
-        },
-    );
-    members.push(m1);
+    slot.joins(dir.path(), &peer_flags(&cert, &key));
 }
 
 #[test]
@@ -543,60 +580,12 @@ fn peer_cert_allowed_cn_keeps_out_peers_with_another_common_name() {
         f.push("--peer-client-cert-auth".to_string());
         f
     };
-    let mut members = start_cluster(dir.path(), 1, "https", |_| peer_flags(&cert, &key));
-    let ep = https_endpoints(&members);
-    let with = |args: &[&str]| {
-        let mut full = vec!["--cacert", ca.as_str()];
-        full.extend_from_slice(args);
-        etcdctl(&ep, &full)
-    };
-    eventually(Duration::from_secs(20), "a put over https", || {
-        with(&["put", "k", "v"]).success().then_some(())
-    });
-    let (cp, pp) = (free_port(), free_port());
-    let peer_url = format!("https://127.0.0.1:{pp}");
-    with(&["member", "add", "m1", &format!("--peer-urls={peer_url}")]).ok();
-    let initial = format!(
-        "m0=https://127.0.0.1:{},m1={peer_url}",
-        members[0].peer_port
-    );
-    let args_with = |cert: &str, key: &str| {
-        member_args(
-            dir.path(),
-            "m1",
-            ("https", cp),
-            ("https", pp),
-            &initial,
-            "existing",
-            &peer_flags(cert, key),
-        )
-    };
+    let mut slot = JoinSlot::new(dir.path(), &ca, peer_flags(&cert, &key));
 
     // Signed by the peer CA, but not the allowed common name.
-    let intruder = args_with(&intruder_cert, &intruder_key);
-    let args: Vec<&str> = intruder.iter().map(String::as_str).collect();
-    let out = member_once(dir.path(), &args, Duration::from_secs(30));
-    assert!(!out.success(), "{out:#?}");
-    assert!(
-        members[0]
-            .current_log()
-            .contains("certificate common name not allowed"),
-        "{}",
-        members[0].current_log()
-    );
+    slot.refused(dir.path(), &peer_flags(&intruder_cert, &intruder_key));
+    let log = slot.members[0].current_log();
+    assert!(log.contains("certificate common name not allowed"), "{log}");
 
-    std::fs::remove_dir_all(dir.path().join("m1")).ok();
-    let mut m1 = Member::new(dir.path(), "m1", cp, pp, args_with(&cert, &key));
-    m1.spawn();
-    m1.wait_ready();
-    let one = format!("https://127.0.0.1:{cp}");
-    eventually(
-        Duration::from_secs(20),
-        "the joined member to serve k",
-        || {
-            let out = etcdctl(&one, &["--cacert", &ca, "get", "k"]);
-            (out.success() && out.lines() == ["k", "v"]).then_some(())
-        },
-    );
-    members.push(m1);
+    slot.joins(dir.path(), &peer_flags(&cert, &key));
 }

@@ -280,6 +280,15 @@ pub struct LoadReport {
     pub summary: Summary,
 }
 
+/// Refuses a zero count given to `--{name}`.
+fn positive(name: &str, v: u64) -> Result<(), BenchError> {
+    if v == 0 {
+        Err(BenchError::Invalid(format!("--{name} must be at least 1")))
+    } else {
+        Ok(())
+    }
+}
+
 /// A validated load run.
 #[derive(Debug, Clone)]
 pub struct LoadRun {
@@ -321,13 +330,6 @@ impl LoadRun {
             }
         };
         let endpoints = plan::parse_endpoints(&args.endpoints)?;
-        let positive = |name: &str, v: u64| {
-            if v == 0 {
-                Err(BenchError::Invalid(format!("--{name} must be at least 1")))
-            } else {
-                Ok(())
-            }
-        };
         let total = match (load.total, load.duration) {
             (None, None) => Some(10_000),
             (total, _) => total,
@@ -460,17 +462,11 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
     match &args.command {
         BenchCommand::Watch(w) => {
             let endpoints = plan::parse_endpoints(&args.endpoints)?;
-            for (name, v) in [
-                ("total", w.total),
-                ("watchers", w.watchers as u64),
-                ("streams", w.streams as u64),
-                ("clients", args.clients as u64),
-                ("key-size", w.key_size as u64),
-            ] {
-                if v == 0 {
-                    return Err(BenchError::Invalid(format!("--{name} must be at least 1")));
-                }
-            }
+            positive("total", w.total)?;
+            positive("watchers", w.watchers as u64)?;
+            positive("streams", w.streams as u64)?;
+            positive("clients", args.clients as u64)?;
+            positive("key-size", w.key_size as u64)?;
             let spec = watch::WatchSpec {
                 total: w.total,
                 watchers: w.watchers,

@@ -138,21 +138,16 @@ pub fn check(initial: Value, history: &[Operation]) -> Verdict {
         .chain([usize::MAX])
         .collect();
     prv.truncate(len + 1);
+    // Where each operation's call and return sit in `events`.
+    let mut call_of = vec![0usize; n];
     let mut ret_of = vec![0usize; n];
     for (i, e) in events.iter().enumerate() {
-        if !e.is_call {
+        if e.is_call {
+            call_of[e.op] = i;
+        } else {
             ret_of[e.op] = i;
         }
     }
-    let call_of = {
-        let mut c = vec![0usize; n];
-        for (i, e) in events.iter().enumerate() {
-            if e.is_call {
-                c[e.op] = i;
-            }
-        }
-        c
-    };
 
     let lift = |nxt: &mut Vec<usize>, prv: &mut Vec<usize>, i: usize| {
         let (p, q) = (prv[i], nxt[i]);

@@ -15,11 +15,9 @@
 pub mod linearizable;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use tokio::sync::Mutex;
 
 use crate::cluster::LocalCluster;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -337,46 +335,38 @@ async fn client(
     let mut ops = Vec::new();
     let mut revs = Vec::new();
     let mut counter = 0u64;
-    let conns: Arc<Mutex<HashMap<usize, tonic::transport::Channel>>> = Arc::default();
+    // The last value this client saw or wrote on each key.
+    let mut last: HashMap<usize, u64> = HashMap::new();
+    let mut conns: HashMap<usize, tonic::transport::Channel> = HashMap::new();
     let now = |t: Instant| t.duration_since(start).as_nanos() as u64;
     while Instant::now() < deadline {
         let k = rng.gen_range(0..cfg.keys.max(1));
         let m = rng.gen_range(0..urls.len());
         counter += 1;
         let fresh = (id as u64 + 1) * 1_000_000_000 + counter;
-        let kind = rng.gen_range(0..10);
-        let op = match kind {
+        let op = match rng.gen_range(0..10) {
             0..=3 => Op::Read(None),
             4..=6 => Op::Write(fresh),
-            // Value 0 is never written: such a CAS must fail.
+            // A CAS mostly targets the value last read or written on this
+            // key; value 0 is never written, so a CAS from it must fail.
             _ => Op::Cas {
-                from: 0,
+                from: match last.get(&k) {
+                    Some(&v) if rng.gen_bool(0.8) => v,
+                    _ => 0,
+                },
                 to: fresh,
                 ok: None,
             },
         };
-        // A CAS mostly targets the value last read or written on this key.
-        let op = match (op, last_value(&ops, k)) {
-            (Op::Cas { to, .. }, Some(v)) if rng.gen_bool(0.8) => Op::Cas {
-                from: v,
-                to,
-                ok: None,
-            },
-            (op, _) => op,
-        };
         let invoked = now(Instant::now());
-        let channel = {
-            let mut c = conns.lock().await;
-            match c.get(&m) {
-                Some(ch) => Some(ch.clone()),
-                None => match crate::client::connect(&urls[m], cfg.op_timeout).await {
-                    Ok(ch) => {
-                        c.insert(m, ch.clone());
-                        Some(ch)
-                    }
-                    Err(_) => None,
-                },
-            }
+        let channel = match conns.get(&m) {
+            Some(ch) => Some(ch.clone()),
+            None => crate::client::connect(&urls[m], cfg.op_timeout)
+                .await
+                .ok()
+                .inspect(|ch| {
+                    conns.insert(m, ch.clone());
+                }),
         };
         let result = match channel {
             Some(ch) => {
@@ -387,74 +377,52 @@ async fn client(
             }
             None => None,
         };
-        let returned = now(Instant::now());
-        match (op, result) {
-            (Op::Read(_), Some(Outcome::Read(v))) => ops.push((
-                k,
-                Operation {
-                    client: id,
-                    op: Op::Read(Some(v)),
-                    invoked,
-                    returned: Some(returned),
-                },
-            )),
-            (Op::Read(_), _) => {}
+        let returned = Some(now(Instant::now()));
+        let recorded = match (op, result) {
+            (Op::Read(_), Some(Outcome::Read(v))) => Some((Op::Read(Some(v)), returned)),
+            // A failed read changed nothing: not recorded.
+            (Op::Read(_), _) => None,
             (Op::Write(v), Some(Outcome::Written(rev))) => {
                 revs.push(rev);
-                ops.push((k, done(id, Op::Write(v), invoked, Some(returned))));
+                Some((Op::Write(v), returned))
             }
             (Op::Cas { from, to, .. }, Some(Outcome::Cas(ok, rev))) => {
                 if ok {
                     revs.push(rev);
                 }
-                ops.push((
-                    k,
-                    done(
-                        id,
-                        Op::Cas {
-                            from,
-                            to,
-                            ok: Some(ok),
-                        },
-                        invoked,
-                        Some(returned),
-                    ),
-                ));
+                let ok = Some(ok);
+                Some((Op::Cas { from, to, ok }, returned))
             }
             (op, _) => {
                 // Failed or timed out: it may still take effect.
-                conns.lock().await.remove(&m);
-                ops.push((k, done(id, op, invoked, None)));
+                conns.remove(&m);
+                Some((op, None))
             }
+        };
+        if let Some((op, returned)) = recorded {
+            let value = match op {
+                Op::Read(Some(v)) => v,
+                Op::Write(v) => Some(v),
+                Op::Cas {
+                    to, ok: Some(true), ..
+                } => Some(to),
+                _ => None,
+            };
+            if let Some(v) = value {
+                last.insert(k, v);
+            }
+            ops.push((
+                k,
+                Operation {
+                    client: id,
+                    op,
+                    invoked,
+                    returned,
+                },
+            ));
         }
     }
     (ops, revs)
-}
-
-fn done(client: usize, op: Op, invoked: u64, returned: Option<u64>) -> Operation {
-    Operation {
-        client,
-        op,
-        invoked,
-        returned,
-    }
-}
-
-/// The last value this client saw or wrote on key `k`.
-fn last_value(ops: &[(usize, Operation)], k: usize) -> Option<u64> {
-    ops.iter().rev().find_map(|(key, o)| {
-        if *key != k {
-            return None;
-        }
-        match o.op {
-            Op::Read(Some(v)) => v,
-            Op::Write(v) => Some(v),
-            Op::Cas {
-                to, ok: Some(true), ..
-            } => Some(to),
-            _ => None,
-        }
-    })
 }
 
 enum Outcome {
