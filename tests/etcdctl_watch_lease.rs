@@ -55,23 +55,22 @@ fn watch_prints_puts_and_deletes_of_a_key_a_prefix_and_with_prev_kv() {
     let key = Background::etcdctl(&ep, &["watch", "--rev", &from, "w/a"]);
     let prefix = Background::etcdctl(&ep, &["watch", "--rev", &from, "--prefix", "w/"]);
     let prev = Background::etcdctl(&ep, &["watch", "--rev", &from, "--prev-kv", "w/a"]);
-    let (base_key, base_prefix, base_prev) = (0, 0, 0);
 
     etcdctl(&ep, &["put", "w/a", "1"]).ok();
     etcdctl(&ep, &["put", "w/b", "2"]).ok();
     etcdctl(&ep, &["del", "w/a"]).ok();
 
-    let lines = key.wait_lines(base_key + 6, WAIT);
-    assert_eq!(lines[base_key..], ["PUT", "w/a", "1", "DELETE", "w/a", ""]);
-    let lines = prefix.wait_lines(base_prefix + 9, WAIT);
+    let lines = key.wait_lines(6, WAIT);
+    assert_eq!(lines, ["PUT", "w/a", "1", "DELETE", "w/a", ""]);
+    let lines = prefix.wait_lines(9, WAIT);
     assert_eq!(
-        lines[base_prefix..],
+        lines,
         ["PUT", "w/a", "1", "PUT", "w/b", "2", "DELETE", "w/a", ""]
     );
     // --prev-kv prints the previous pair before the new one.
-    let lines = prev.wait_lines(base_prev + 10, WAIT);
+    let lines = prev.wait_lines(10, WAIT);
     assert_eq!(
-        lines[base_prev..],
+        lines,
         ["PUT", "w/a", "0", "w/a", "1", "DELETE", "w/a", "1", "w/a", ""]
     );
 }
