@@ -476,6 +476,7 @@ impl Loop {
             Msg::Resume => {}
             Msg::Stop => {
                 self.sm.flush(true)?;
+                self.raw.mut_store().save_hard_state()?;
                 return Ok(Flow::Stop);
             }
         }

@@ -12,8 +12,10 @@
 //! - [`RaftStorage::persist`] writes new entries and the hard state in one write
 //!   transaction, fsync'ed before it returns whenever it holds entries or a new
 //!   term or vote, so nothing is acknowledged that is not on disk. A change of
-//!   the commit index alone is written without fsync: after a crash the commit
-//!   index is learned again from the leader (or from the applied index).
+//!   the commit index alone is only recorded in memory and rides along with the
+//!   next synced write: after a crash the commit index is learned again from the
+//!   leader, or from the state machine's applied index (`node::reconcile_log`).
+//!   That saves a redb commit (several page writes) per Ready on the hot path.
 //! - Snapshots are not stored: the state machine *is* the snapshot. When raft-rs
 //!   needs one for a lagging follower, [`SnapshotSource`] builds it from the
 //!   applied state, whose index is always at or beyond the compaction point.
@@ -56,6 +58,8 @@ pub struct RaftStorage {
     /// Entries `compacted.0 + 1 ..`.
     entries: VecDeque<Entry>,
     snapshots: Option<Box<dyn SnapshotSource>>,
+    /// The in-memory hard state is ahead of the file (a newer commit index).
+    hard_state_unsaved: bool,
 }
 
 impl RaftStorage {
@@ -119,6 +123,7 @@ impl RaftStorage {
             compacted,
             entries,
             snapshots: None,
+            hard_state_unsaved: false,
         })
     }
 
@@ -215,12 +220,22 @@ impl RaftStorage {
             || hard_state.is_some_and(|hs| {
                 hs.term != self.hard_state.term || hs.vote != self.hard_state.vote
             });
+        if !must_sync {
+            if let Some(hs) = hard_state {
+                self.hard_state = hs.clone();
+                self.hard_state_unsaved = true;
+            }
+            return Ok(());
+        }
+        // A commit index recorded only in memory goes out with this write.
+        let hard_state = match hard_state {
+            Some(hs) => Some(hs.clone()),
+            None if self.hard_state_unsaved => Some(self.hard_state.clone()),
+            None => None,
+        };
+        let hard_state = hard_state.as_ref();
         let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(if must_sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        });
+        tx.set_durability(Durability::Immediate);
         {
             let mut table = tx.open_table(ENTRIES).map_err(RaftError::db)?;
             if let Some(first) = entries.first() {
@@ -260,11 +275,32 @@ impl RaftStorage {
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
+            self.hard_state_unsaved = false;
         }
         Ok(())
     }
 
-    /// Records a new commit index (from a `LightReady`).
+    /// Writes a commit index that is only in memory (on a clean stop).
+    pub fn save_hard_state(&mut self) -> Result<(), RaftError> {
+        if !self.hard_state_unsaved {
+            return Ok(());
+        }
+        let hs = self.hard_state.clone();
+        let bytes = hs.write_to_bytes().map_err(RaftError::decode)?;
+        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
+            meta.insert(KEY_HARD_STATE, bytes.as_slice())
+                .map_err(RaftError::db)?;
+        }
+        tx.commit().map_err(RaftError::db)?;
+        self.hard_state_unsaved = false;
+        Ok(())
+    }
+
+    /// Records a new commit index (from a `LightReady`); in memory only until
+    /// the next synced write (see the module doc).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), RaftError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
@@ -524,6 +560,35 @@ mod tests {
             got.iter().map(|e| e.index).collect::<Vec<_>>(),
             vec![7, 8, 9, 10]
         );
+    }
+
+    #[test]
+    fn a_commit_index_alone_waits_in_memory_for_the_next_synced_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let hs = |commit| HardState {
+            term: 2,
+            vote: 1,
+            commit,
+            ..Default::default()
+        };
+        {
+            let mut s = RaftStorage::open(&path).unwrap();
+            s.persist(&[entry(1, 2), entry(2, 2), entry(3, 2)], Some(&hs(1)))
+                .unwrap();
+            s.set_commit(2).unwrap();
+            assert_eq!(s.hard_state().commit, 2);
+        }
+        // Not written: a restart learns it again.
+        let mut s = RaftStorage::open(&path).unwrap();
+        assert_eq!(s.hard_state().commit, 1);
+        s.set_commit(3).unwrap();
+        // The next append carries it along.
+        s.persist(&[entry(4, 2)], None).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path).unwrap();
+        assert_eq!(s.hard_state(), &hs(3));
+        assert_eq!(s.last_index().unwrap(), 4);
     }
 
     #[test]
