@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks localcluster against real etcd 3.4 on this machine, with the same
-# load generator (`localcluster bench put`) and the same cluster layout.
+# load generator (`localcluster bench`) and the same cluster layout.
 #
-# For each server (localcluster, then etcd) and each client count, it starts a
-# fresh 3-member cluster on loopback (distinct ports, data dirs in a temporary
+# For each workload (put or linearizable range, with a client count) and each
+# server (localcluster, then etcd), it starts a fresh 3-member cluster on loopback (distinct ports, data dirs in a temporary
 # directory, etcd's default heartbeat 100 ms / election 1000 ms passed to both),
 # waits until every member reports /health, runs the benchmark against all three
 # endpoints, reads the members' RSS and CPU time from /proc, stops the cluster,
@@ -18,7 +18,8 @@
 # timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
 #
 # Usage: scripts/bench-vs-etcd.sh
-# Knobs (environment): TOTAL (20000), CLIENTS ("16 64"), CONNS (3), KEY_SIZE (8),
+# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100":
+#   workload:clients[:total]), TOTAL (20000, the default total), CONNS (3), KEY_SIZE (8),
 #   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
 #   WATCH_WRITERS (16),
 #   VAL_SIZE (256), BASE_PORT (24000, below the ephemeral port range), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
@@ -29,7 +30,7 @@
 set -euo pipefail
 
 TOTAL=${TOTAL:-20000}
-CLIENTS=${CLIENTS:-"16 64"}
+WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100"}
 CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
 VAL_SIZE=${VAL_SIZE:-256}
@@ -149,16 +150,17 @@ cpu_seconds() {
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
+# run_one KIND WORKLOAD CLIENTS TOTAL PORT_BASE
 run_one() {
-    local kind=$1 clients=$2 base=$3
-    local dir="$WORK/$kind-c$clients"
+    local kind=$1 workload=$2 clients=$3 total=$4 base=$5
+    local dir="$WORK/$kind-$workload-c$clients"
     mkdir -p "$dir"
     log "$kind: starting 3 members (clients on $((base + 1))-$((base + 3)))"
     start_cluster "$kind" "$dir" "$base"
     local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
-    log "$kind: bench put --total $TOTAL --clients $clients --conns $CONNS"
+    log "$kind: bench $workload --total $total --clients $clients --conns $CONNS"
     local code=0
-    "$BIN" bench put --endpoints "$eps" --total "$TOTAL" --clients "$clients" \
+    "$BIN" bench "$workload" --endpoints "$eps" --total "$total" --clients "$clients" \
         --conns "$CONNS" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" -w json \
         >"$dir/bench.json" || code=$?
     if ! jq -e . "$dir/bench.json" >/dev/null 2>&1; then
@@ -169,8 +171,8 @@ run_one() {
     rss=$(rss_kib)
     cpu=$(cpu_seconds)
     stop_cluster
-    jq -c --arg server "$kind" --argjson rss "$rss" --argjson cpu "$cpu" \
-        '{server: $server, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu}' \
+    jq -c --arg server "$kind" --arg workload "$workload" --argjson rss "$rss" --argjson cpu "$cpu" \
+        '{server: $server, workload: $workload, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu}' \
         "$dir/bench.json" >>"$RESULTS"
 }
 
@@ -267,9 +269,11 @@ if [ "$EXTRAS" = 1 ]; then
     run_extras localcluster "$((BASE_PORT + 200))"
     run_extras etcd "$((BASE_PORT + 300))"
 fi
-for c in $CLIENTS; do
-    run_one localcluster "$c" "$BASE_PORT"
-    run_one etcd "$c" "$((BASE_PORT + 100))"
+for w in $WORKLOADS; do
+    IFS=: read -r workload clients total <<<"$w"
+    total=${total:-$TOTAL}
+    run_one localcluster "$workload" "$clients" "$total" "$BASE_PORT"
+    run_one etcd "$workload" "$clients" "$total" "$((BASE_PORT + 100))"
 done
 for w in $WATCHERS; do
     run_watch localcluster "$w" "$BASE_PORT"
@@ -278,22 +282,22 @@ done
 
 etcd_version=$("$ETCD" --version | awk '/etcd Version/ {print $3}')
 echo
-echo "$TOTAL puts, ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
+echo "Workloads $WORKLOADS (workload:clients[:requests], default $TOTAL requests), ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
     "3 members on loopback; localcluster $("$BIN" --version | awk '{print $2}') vs etcd $etcd_version;" \
     "$(nproc) cores; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 echo
-echo "| server | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | RSS MiB (3 members) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-jq -r '"| \(.server) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo "| server | workload | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | RSS MiB (3 members) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
 echo
-echo "| clients | req/s localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | RSS localcluster / etcd |"
-echo "|---:|---:|---:|---:|---:|"
+echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | RSS localcluster / etcd |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 jq -rs '
   def r2: . * 100 | round / 100;
-  group_by(.clients)[]
+  group_by([.workload, .clients])[]
   | (map(select(.server == "localcluster"))[0]) as $l
   | (map(select(.server == "etcd"))[0]) as $e
-  | "| \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \($l.rss_kib / $e.rss_kib | r2) |"
+  | "| \($l.workload) | \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p50 / $e.latency_ms.p50 | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \($l.rss_kib / $e.rss_kib | r2) |"
 ' "$RESULTS"
 echo
 echo "Watch fan-out: $WATCH_TOTAL puts from $WATCH_WRITERS writers, each delivered to every watcher ($WATCH_STREAMS streams)"
