@@ -22,7 +22,8 @@
 //!
 //! Invariants: names are `lcnet-<pid>-<tag>-…`, unique per process and per
 //! [`Hosts`]; the subnet is picked so that it overlaps no route of the
-//! caller's namespace; everything is removed on drop (processes still running
+//! caller's namespace (creations are serialised by a file lock, so two sets
+//! never pick the same one); everything is removed on drop (processes still running
 //! on the hosts are killed first), also when a test panics; and namespaces
 //! left behind by a process that died (SIGKILL) are removed by the next
 //! [`Hosts::create`]. Creating namespaces needs root (CAP_SYS_ADMIN and
@@ -67,6 +68,9 @@ pub enum NetnsError {
     /// Every candidate subnet overlaps a route of the caller's namespace.
     #[error("no free 10.x.y.0/24 subnet for the test hosts")]
     NoSubnet,
+    /// The lock that serialises creation could not be taken.
+    #[error("cannot lock {0}")]
+    Lock(String),
     /// A cut between a host and itself.
     #[error("cannot cut host {0} from itself")]
     SelfCut(usize),
@@ -140,6 +144,20 @@ fn remove_stale() {
             let _ = ip(&["netns", "del", &ns]);
         }
     }
+}
+
+/// Takes the machine-wide lock that serialises [`Hosts::create`] (a file
+/// lock in the temporary directory, released when the guard drops).
+fn creation_lock() -> Result<nix::fcntl::Flock<std::fs::File>, NetnsError> {
+    let path = std::env::temp_dir().join("localcluster-netns.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NetnsError::Lock(format!("{}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| NetnsError::Lock(format!("{}: {e}", path.display())))
 }
 
 /// Parses `a.b.c.d/len` (or a bare address: /32) into (network, mask).
@@ -228,6 +246,9 @@ impl Hosts {
         if n > MAX_HOSTS {
             return Err(NetnsError::TooMany(n));
         }
+        // One creation at a time on this machine (threads and processes), so
+        // that two sets never pick the same tag or subnet.
+        let _lock = creation_lock()?;
         remove_stale();
         let pid = std::process::id();
         let mut rng = rand::thread_rng();
