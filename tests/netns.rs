@@ -6,8 +6,8 @@
 //! advertising its host's own address, with a static `--initial-cluster` of
 //! those addresses. The test talks to every member over the control link
 //! (always up, like a Jepsen control node) while the nemesis cuts the links
-//! between hosts: the leader isolated, a majority/minority split, and a
-//! bridge (one host linked to both sides). After healing, every member must
+//! between hosts: the leader isolated, a majority/minority split, a bridge
+//! (one host linked to both sides) and a lossy link. After healing, every member must
 //! hold the same data (`HashKV` at one revision).
 //!
 //! Creating namespaces needs root: without it the tests print a loud
@@ -572,7 +572,7 @@ async fn register_client(
 }
 
 #[test]
-fn five_hosts_majority_minority_and_bridge_partitions_keep_a_register_linearizable() {
+fn five_hosts_majority_minority_bridge_and_lossy_link_keep_a_register_linearizable() {
     if common::skip_without_etcdctl() {
         return;
     }
@@ -621,6 +621,15 @@ fn five_hosts_majority_minority_and_bridge_partitions_keep_a_register_linearizab
     // every member reaches a majority, so the cluster keeps serving writes.
     d.hosts.partition(&[&[0, 1, 2], &[2, 3, 4]]).unwrap();
     d.put(&all, "bridge", "served");
+    std::thread::sleep(Duration::from_secs(2));
+    d.hosts.heal().unwrap();
+
+    // A lossy link: the leader's host drops a third of its packets, both
+    // ways; the cluster still serves writes (TCP retransmits, or a new
+    // leader is elected).
+    let leader = d.wait_leader(&all, None);
+    d.hosts.loss(leader, 30).unwrap();
+    d.put(&all, "lossy", "served");
     std::thread::sleep(Duration::from_secs(2));
     d.hosts.heal().unwrap();
     d.wait_leader(&all, None);
