@@ -7,8 +7,8 @@
 //! those addresses. The test talks to every member over the control link
 //! (always up, like a Jepsen control node) while the nemesis cuts the links
 //! between hosts: the leader isolated, a majority/minority split, a bridge
-//! (one host linked to both sides) and a lossy link. After healing, every member must
-//! hold the same data (`HashKV` at one revision).
+//! (one host linked to both sides) and a lossy link. After healing, every
+//! member must hold the same data (`HashKV` at one revision).
 //!
 //! Creating namespaces needs root: without it the tests print a loud
 //! `SKIPPED` notice, except under `CI=true`, where they fail. Member
