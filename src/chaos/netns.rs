@@ -324,7 +324,11 @@ impl Hosts {
 
     /// Host `i`'s address. Panics if `i` is out of range, like indexing.
     pub fn addr(&self, i: usize) -> Ipv4Addr {
-        assert!(i < MAX_HOSTS, "no host {i}");
+        assert!(
+            i < self.hosts.len(),
+            "no host {i} (there are {})",
+            self.len()
+        );
         Ipv4Addr::new(10, self.subnet.0, self.subnet.1, i as u8 + 1)
     }
 
