@@ -13,6 +13,7 @@
 //! acknowledged writes must be distinct.
 
 pub mod linearizable;
+pub mod netns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
