@@ -819,9 +819,11 @@ async fn nemesis<T: Target>(
             tracing::info!(?fault, "chaos: fault injected");
         }
         tokio::time::sleep(period(&mut rng)).await;
+        report.problems.extend(target.crashed());
         repair(target);
     }
     tokio::time::sleep_until(deadline.into()).await;
+    report.problems.extend(target.crashed());
     repair(target);
 }
 

@@ -10,7 +10,8 @@
 //! where links between members cannot be cut (partitions are reported as
 //! unsupported). A launcher that runs each member in its own network
 //! namespace (by prefixing the command and giving each member its own
-//! address) can implement partitions, and plugs in without changes here.
+//! address) can implement partitions (groups, or single links for bridges),
+//! and plugs in with [`ProcessCluster::start_with`].
 //!
 //! Invariants: a restarted member keeps its name, addresses, flags and data
 //! dir; every child is killed (SIGCONT first if stopped, then SIGKILL) and
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 
-use super::target::{Target, TargetError};
+use super::target::{links_between, Target, TargetError};
 
 /// How long a graceful stop may take before SIGKILL.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
@@ -44,6 +45,11 @@ pub trait Launcher: Send + Sync {
     /// Cuts the links between each pair of members.
     fn cut(&self, _links: &[(usize, usize)]) -> Result<(), TargetError> {
         Err(TargetError::Unsupported("network partitions"))
+    }
+    /// Splits the `n` members into groups that only talk inside themselves
+    /// (by default: cuts every link between groups).
+    fn partition(&self, groups: &[Vec<usize>], n: usize) -> Result<(), TargetError> {
+        self.cut(&links_between(groups, n))
     }
     /// Undoes every cut.
     fn heal(&self) {}
@@ -408,8 +414,28 @@ impl Target for ProcessCluster {
         self.launcher.cut(links)
     }
 
+    fn partition(&mut self, groups: &[Vec<usize>]) -> Result<(), TargetError> {
+        self.launcher.partition(groups, self.procs.len())
+    }
+
     fn heal(&mut self) {
         self.launcher.heal()
+    }
+
+    fn crashed(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            let Some(child) = &mut p.child else { continue };
+            if let Ok(Some(status)) = child.try_wait() {
+                out.push(format!(
+                    "member m{i} exited by itself ({status}); see {}",
+                    p.log.display()
+                ));
+                p.child = None;
+                p.paused = false;
+            }
+        }
+        out
     }
 
     async fn wait_healthy(&self, timeout: Duration) -> bool {

@@ -81,6 +81,12 @@ pub trait Target: Send + Sync {
     }
     /// Undoes every cut and partition.
     fn heal(&mut self);
+    /// Members that stopped by themselves since the last call (a crash: the
+    /// nemesis never stops one without undoing it), described; they count
+    /// as stopped, so a repair starts them again.
+    fn crashed(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Waits until every running, unpaused member follows one leader;
     /// false after `timeout`.
     fn wait_healthy(&self, timeout: Duration) -> impl Future<Output = bool> + Send;
