@@ -8,6 +8,7 @@
 #   scripts/chaos.sh                 # 5 minutes each
 #   scripts/chaos.sh 20m             # 20 minutes each
 #   CHAOS_ROUND=30s CHAOS_SEED=7 CHAOS_MEMBERS=5 scripts/chaos.sh 10m
+#   CHAOS_BIN=target/debug/localcluster scripts/chaos.sh 1m   # no release build
 set -euo pipefail
 
 duration="${1:-${CHAOS_DURATION:-5m}}"
@@ -16,8 +17,12 @@ seed="${CHAOS_SEED:-1}"
 members="${CHAOS_MEMBERS:-3}"
 
 cd "$(dirname "$0")/.."
-cargo build --release --bin localcluster
-bin="$PWD/target/release/localcluster"
+if [ -n "${CHAOS_BIN:-}" ]; then
+    bin="$(realpath "$CHAOS_BIN")"
+else
+    cargo build --release --bin localcluster
+    bin="$PWD/target/release/localcluster"
+fi
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 
