@@ -278,7 +278,12 @@ pub async fn main(args: ChaosArgs) -> i32 {
                     "separate member processes; data and logs in {}",
                     cluster.dir().display()
                 );
-                rounds(&mut cluster, &args).await
+                let code = rounds(&mut cluster, &args).await;
+                if code != 0 {
+                    cluster.keep_dir();
+                    eprintln!("member data and logs kept in {}", cluster.dir().display());
+                }
+                code
             }
             Err(e) => {
                 eprintln!("localcluster chaos: cannot start the member processes: {e}");

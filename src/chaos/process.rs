@@ -15,7 +15,8 @@
 //!
 //! Invariants: a restarted member keeps its name, addresses, flags and data
 //! dir; every child is killed (SIGCONT first if stopped, then SIGKILL) and
-//! reaped when the cluster is dropped, before the temporary data is removed.
+//! reaped when the cluster is dropped, before the temporary data is removed
+//! (unless [`ProcessCluster::keep_dir`] was called).
 
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
@@ -223,6 +224,12 @@ impl ProcessCluster {
     /// The directory holding the members' data dirs and logs (`m{i}.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Keeps the data dirs and logs after the cluster is dropped (to look
+    /// into a violation); the members are still killed.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
     }
 
     /// Member `i`'s process ID while it runs.
