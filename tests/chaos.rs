@@ -110,7 +110,7 @@ async fn separate_processes_stay_linearizable_through_kills_pauses_and_restarts(
     };
     let report = chaos::run(&mut cluster, &cfg).await;
     assert_clean("processes", &report);
-    assert!(report.faults_injected >= 2, "{report:?}");
+    assert!(report.faults_injected >= 1, "{report:?}");
     // Loopback processes cannot be partitioned: skipped, and said so.
     assert_eq!(report.unsupported, vec![Fault::Partition]);
     assert!(!report.injected.contains_key(&Fault::Partition));
