@@ -425,21 +425,26 @@ pub fn describe(o: &Operation) -> String {
         ),
     };
     let ms = |t: u64| t as f64 / 1e6;
+    let who = if o.client == FINAL_READER {
+        "after the repair".to_string()
+    } else {
+        format!("client {}", o.client)
+    };
     match o.returned {
         Some(r) => format!(
-            "client {}: {what}  [{:.1} ms .. {:.1} ms]",
-            o.client,
+            "{who}: {what}  [{:.1} ms .. {:.1} ms]",
             ms(o.invoked),
             ms(r)
         ),
         None => format!(
-            "client {}: {what}  [{:.1} ms .. unknown outcome]",
-            o.client,
+            "{who}: {what}  [{:.1} ms .. unknown outcome]",
             ms(o.invoked)
         ),
     }
 }
 
+/// The `client` of the final read of each register.
+pub const FINAL_READER: usize = usize::MAX;
 /// How many checks the shrinker may spend on one violation.
 const SHRINK_BUDGET: usize = 4000;
 /// How long a watcher may take to catch up once the run is over.
@@ -544,7 +549,7 @@ pub async fn run<T: Target>(target: &mut T, cfg: &ChaosConfig) -> ChaosReport {
         report.unknown += ops.iter().filter(|o| o.is_unknown()).count();
         match finals.registers.get(k) {
             Some(&(value, at)) => ops.push(Operation {
-                client: usize::MAX,
+                client: FINAL_READER,
                 op: Op::Read(Some(value)),
                 invoked: at,
                 returned: Some(at + 1),
