@@ -16,8 +16,9 @@
 //! restores snapshot files (`localcluster snapshot`). [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
 //! request-ID/waiter plumbing between the API and the state machine.
-//! [`chaos`] runs clients and injected faults against an embedded cluster and
-//! checks the history for linearizability. [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
+//! [`chaos`] runs clients and injected faults against an embedded cluster or
+//! separate member processes and checks the history (linearizability, lists,
+//! watches, leases). [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
 //! the leader.
 //! [`auth`] holds users, roles, permissions and tokens; [`tls`] the TLS of
 //! the client and peer URLs. [`disk`] opens the redb files (fsyncs timed, or skipped under

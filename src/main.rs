@@ -63,7 +63,7 @@ enum Command {
     Demo(demo::DemoCommand),
     /// Load-test etcd endpoints (localcluster or real etcd): `localcluster bench put --help`
     Bench(localcluster::bench::BenchArgs),
-    /// Chaos test of an embedded cluster: clients, injected faults, a linearizability check
+    /// Chaos test of an embedded cluster (or member processes): clients, injected faults, checked histories
     Chaos(localcluster::chaos::ChaosArgs),
     /// Backup snapshots: save one from a member, print a file's status, restore a new cluster's data dir from one
     #[command(subcommand)]

@@ -287,6 +287,33 @@ async fn a_partitioned_follower_refuses_writes_and_catches_up_after_heal() {
 }
 
 #[tokio::test]
+async fn a_bridge_cut_keeps_the_cluster_writable_and_every_member_catches_up() {
+    let mut cluster = builder()
+        .request_timeout(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_leader(WAIT).await.unwrap();
+    assert!(cluster.cut(&[(0, 5)]).is_err(), "no member 5");
+    // 0 and 2 cannot talk; 1 links both (a bridge): a quorum stays connected.
+    cluster.cut(&[(0, 2)]).unwrap();
+    for n in 0..3 {
+        put(&cluster.member(1).client_url, "k", &format!("during{n}")).await;
+    }
+    assert!(cluster.wait_leader(WAIT).await.is_ok());
+    cluster.heal();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    converged(&cluster).await;
+    for i in 0..3 {
+        assert_eq!(
+            get(&cluster.member(i).client_url, "k").await.as_deref(),
+            Some("during2"),
+            "member {i}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_gracefully_stopped_leader_hands_over_and_restarts() {
     let mut cluster = builder().start().await.unwrap();
     let old = cluster.wait_leader(WAIT).await.unwrap();

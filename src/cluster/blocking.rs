@@ -194,6 +194,10 @@ impl LocalCluster {
     pub fn partition(&mut self, groups: &[&[usize]]) -> Result<(), ClusterError> {
         self.inner.partition(groups)
     }
+    /// See [`super::LocalCluster::cut`].
+    pub fn cut(&mut self, links: &[(usize, usize)]) -> Result<(), ClusterError> {
+        self.inner.cut(links)
+    }
     /// See [`super::LocalCluster::heal`].
     pub fn heal(&mut self) {
         self.inner.heal()

@@ -338,6 +338,7 @@ impl LocalClusterBuilder {
         let mut cluster = LocalCluster {
             slots,
             groups: None,
+            cuts: Default::default(),
             tuning,
             temp,
         };

@@ -14,6 +14,7 @@
 //! | [`restart`](LocalCluster::restart) | graceful stop, then start again | — |
 //! | [`pause`](LocalCluster::pause) | the member freezes, as on SIGSTOP: no ticks, no answers | [`resume`](LocalCluster::resume) |
 //! | [`partition`](LocalCluster::partition) | Raft traffic between groups is dropped; clients still reach every member | [`heal`](LocalCluster::heal) |
+//! | [`cut`](LocalCluster::cut) | Raft traffic between given pairs is dropped (e.g. a bridge: two halves that only one member links) | [`heal`](LocalCluster::heal) |
 //! | [`kill_leader`](LocalCluster::kill_leader) | kills whichever member leads | [`start`](LocalCluster::start) |
 //! | [`add_member`](LocalCluster::add_member) | `member add` (voter or learner), then the new member starts and joins | [`remove_member`](LocalCluster::remove_member) |
 //! | [`promote_member`](LocalCluster::promote_member) | `member promote` of a learner | — |
@@ -152,6 +153,8 @@ pub struct LocalCluster {
     slots: Vec<Slot>,
     /// Group of each member while partitioned.
     groups: Option<Vec<usize>>,
+    /// Links cut by [`LocalCluster::cut`], as `(low, high)` index pairs.
+    cuts: std::collections::BTreeSet<(usize, usize)>,
     tuning: Tuning,
     /// The temporary data dir; dropped (removed) after every member stopped,
     /// because `Drop` kills the members before the fields are dropped.
@@ -248,7 +251,6 @@ impl LocalCluster {
             .iter()
             .map(|s| s.live().map(|m| m.status()))
             .collect();
-        let group = |i: usize| self.groups.as_ref().and_then(|g| g.get(i).copied());
         statuses.iter().enumerate().find_map(|(i, st)| {
             let st = st.as_ref()?;
             if !st.is_leader {
@@ -261,7 +263,7 @@ impl LocalCluster {
                 .iter()
                 .enumerate()
                 .filter_map(|(j, o)| o.as_ref().map(|o| (j, o)))
-                .filter(|(j, o)| o.leader_id == st.id && o.term == st.term && group(*j) == group(i))
+                .filter(|(j, o)| o.leader_id == st.id && o.term == st.term && self.connected(*j, i))
                 .filter(|(_, o)| st.voters.contains(&o.id))
                 .count();
             (followers >= quorum).then_some(i)
@@ -537,19 +539,57 @@ impl LocalCluster {
             })
             .collect();
         self.groups = Some(groups);
-        for i in 0..n {
+        self.cuts.clear();
+        self.block_all();
+        Ok(())
+    }
+
+    /// Cuts the Raft links between each pair of `links` (both directions),
+    /// leaving every other link up; clients still reach every member.
+    /// Replaces any earlier partition or cut; undo with
+    /// [`LocalCluster::heal`]. This expresses what groups cannot, such as a
+    /// bridge: `cluster.cut(&[(0, 2)])` leaves 0 and 2 unable to talk while
+    /// both talk to 1.
+    pub fn cut(&mut self, links: &[(usize, usize)]) -> Result<(), ClusterError> {
+        let n = self.slots.len();
+        let mut cuts = std::collections::BTreeSet::new();
+        for &(a, b) in links {
+            for i in [a, b] {
+                if i >= n {
+                    return Err(ClusterError::NoSuchMember { index: i, len: n });
+                }
+            }
+            if a != b {
+                cuts.insert((a.min(b), a.max(b)));
+            }
+        }
+        self.groups = None;
+        self.cuts = cuts;
+        self.block_all();
+        Ok(())
+    }
+
+    /// Whether the Raft link between members `i` and `j` is up.
+    fn connected(&self, i: usize, j: usize) -> bool {
+        let group = |i: usize| self.groups.as_ref().and_then(|g| g.get(i).copied());
+        group(i) == group(j) && !self.cuts.contains(&(i.min(j), i.max(j)))
+    }
+
+    /// Tells every running member which peers it is cut off from.
+    fn block_all(&self) {
+        for i in 0..self.slots.len() {
             let blocked = self.blocked_for(i);
             if let Some(m) = &self.slots[i].member {
                 m.block_peers(blocked);
             }
         }
-        Ok(())
     }
 
     /// Undoes [`LocalCluster::partition`]: every member talks to every other
     /// again; the minority catches up from the majority's leader.
     pub fn heal(&mut self) {
         self.groups = None;
+        self.cuts.clear();
         for s in &self.slots {
             if let Some(m) = &s.member {
                 m.heal();
@@ -557,15 +597,13 @@ impl LocalCluster {
         }
     }
 
-    /// The IDs of the members outside member `i`'s partition group.
+    /// The IDs of the members whose link to member `i` is down (other
+    /// partition group, or cut).
     fn blocked_for(&self, i: usize) -> Vec<u64> {
-        let Some(groups) = &self.groups else {
-            return Vec::new();
-        };
         self.slots
             .iter()
             .enumerate()
-            .filter(|(j, _)| groups.get(*j) != groups.get(i))
+            .filter(|(j, _)| !self.connected(i, *j))
             .map(|(_, s)| s.info.id)
             .collect()
     }
