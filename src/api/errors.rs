@@ -39,6 +39,9 @@ pub fn empty_key() -> Status {
 pub fn too_many_ops() -> Status {
     Status::new(Code::InvalidArgument, TOO_MANY_OPS)
 }
+pub fn key_not_found() -> Status {
+    Status::new(Code::InvalidArgument, KEY_NOT_FOUND)
+}
 pub fn duplicate_key() -> Status {
     Status::new(Code::InvalidArgument, DUPLICATE_KEY)
 }
