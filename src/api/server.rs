@@ -43,7 +43,8 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// The router with every client service and HTTP endpoint.
 pub fn router(core: Arc<Core>) -> axum::Router {
-    let max = core.limits.max_request_bytes + GRPC_OVERHEAD;
+    // Saturating: `--max-request-bytes` may be as large as a u64 (no limit).
+    let max = core.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD);
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService::new(core.clone()))
             .max_decoding_message_size(max)
@@ -82,7 +83,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(super::grpc_metrics::GrpcMetricsLayer::new(
             core.metrics.clone(),
         ));
-    let with_gateway = super::gateway::routes(grpc.clone(), grpc, 2 * max);
+    let with_gateway = super::gateway::routes(grpc.clone(), grpc, max.saturating_mul(2));
     super::http::routes(with_gateway, core)
 }
 
