@@ -193,6 +193,8 @@ enum Want {
     Starts(Code, &'static str),
     /// Any error that names the problem: etcd and this crate differ.
     AnyErr,
+    /// An error with this message, whatever its code.
+    Msg(&'static str),
 }
 
 const EMPTY_KEY: &str = "etcdserver: key is not provided";
@@ -209,6 +211,8 @@ const TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 const BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+/// etcd's answer to a Proclaim or Resign that names no leader.
+const MISSING_LEADER: &str = "\"leader\" field must be provided";
 /// grpc-go's refusal of a message over the transport's limit.
 const TRANSPORT_TOO_LARGE: &str = "grpc: received message larger than max (";
 
@@ -227,6 +231,7 @@ impl Report {
             (Err(s), Want::Err(code, msg)) => s.code() == *code && s.message() == *msg,
             (Err(s), Want::Starts(code, m)) => s.code() == *code && s.message().starts_with(m),
             (Err(s), Want::AnyErr) => !is_transport_failure(s),
+            (Err(s), Want::Msg(m)) => s.message() == *m,
             _ => false,
         };
         if !ok {
@@ -954,6 +959,151 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         })
         .await,
         Want::AnyErr,
+    );
+    // Locks and elections with names and leases that make no sense.
+    use localcluster::pb::v3electionpb as el;
+    use localcluster::pb::v3lockpb as lk;
+    let mut lock = lk::lock_client::LockClient::new(ch.clone());
+    let mut elect = el::election_client::ElectionClient::new(ch.clone());
+    let short = Duration::from_secs(2);
+    macro_rules! within {
+        ($f:expr) => {
+            tokio::time::timeout(short, $f)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("still waiting")))
+        };
+    }
+    // etcd's lock and election services answer with plain errors (code
+    // Unknown); this crate gives them proper codes, so only messages compare.
+    r.check(
+        "lock with an empty name",
+        within!(lock.lock(lk::LockRequest {
+            name: vec![],
+            lease: 0x1234_5678
+        })),
+        if ours {
+            Want::Err(Code::InvalidArgument, EMPTY_KEY)
+        } else {
+            Want::AnyErr
+        },
+    );
+    r.check(
+        "lock with a lease that does not exist",
+        within!(lock.lock(lk::LockRequest {
+            name: b"t/lk".to_vec(),
+            lease: 0x1234_5678
+        })),
+        Want::Msg(LEASE_NOT_FOUND),
+    );
+    let locked = within!(lock.lock(lk::LockRequest {
+        name: b"t/lk0".to_vec(),
+        lease: 0
+    }));
+    let lease_ttl = match &locked {
+        Ok(l) => {
+            let key = l.get_ref().key.clone();
+            let kv0 = kv.range(range_req(&key, b"")).await.ok();
+            let lease_id = kv0
+                .and_then(|r| r.into_inner().kvs.first().map(|kv| kv.lease))
+                .unwrap_or(0);
+            ls.lease_time_to_live(pb::LeaseTimeToLiveRequest {
+                id: lease_id,
+                keys: false,
+            })
+            .await
+            .map(|t| t.into_inner().granted_ttl)
+            .ok()
+        }
+        Err(_) => None,
+    };
+    r.holds(
+        "a lock taken with lease 0 is held with a new 60 s lease",
+        lease_ttl == Some(60),
+        format!("{locked:?}: lease TTL {lease_ttl:?}"),
+    );
+    r.check(
+        "unlock of an empty key",
+        within!(lock.unlock(lk::UnlockRequest { key: vec![] })),
+        Want::Msg(EMPTY_KEY),
+    );
+    r.check(
+        "unlock of a key that does not exist",
+        within!(lock.unlock(lk::UnlockRequest {
+            key: b"t/nothing".to_vec()
+        })),
+        Want::Ok,
+    );
+    r.check(
+        "campaign with a lease that does not exist",
+        within!(elect.campaign(el::CampaignRequest {
+            name: b"t/el".to_vec(),
+            lease: 0x1234_5678,
+            value: b"v".to_vec()
+        })),
+        Want::Msg(LEASE_NOT_FOUND),
+    );
+    r.check(
+        "campaign with lease 0",
+        within!(elect.campaign(el::CampaignRequest {
+            name: b"t/el0".to_vec(),
+            lease: 0,
+            value: b"v".to_vec()
+        })),
+        Want::Ok,
+    );
+    r.check(
+        "campaign with an empty name",
+        within!(elect.campaign(el::CampaignRequest {
+            name: vec![],
+            lease: 0x1234_5678,
+            value: b"v".to_vec()
+        })),
+        if ours {
+            Want::Err(Code::InvalidArgument, EMPTY_KEY)
+        } else {
+            Want::AnyErr
+        },
+    );
+    for name in [&b"t/none"[..], b""] {
+        r.check(
+            &format!("leader of {name:?}, an election nobody runs"),
+            within!(elect.leader(el::LeaderRequest {
+                name: name.to_vec()
+            })),
+            Want::Msg("election: no leader"),
+        );
+    }
+    let fake = el::LeaderKey {
+        name: b"t/el".to_vec(),
+        key: b"t/el/abc".to_vec(),
+        rev: 5,
+        lease: 0x1234_5678,
+    };
+    r.check(
+        "proclaim without a leader",
+        within!(elect.proclaim(el::ProclaimRequest {
+            leader: None,
+            value: b"v".to_vec()
+        })),
+        Want::Msg(MISSING_LEADER),
+    );
+    r.check(
+        "proclaim as a leader that is not",
+        within!(elect.proclaim(el::ProclaimRequest {
+            leader: Some(fake.clone()),
+            value: b"v".to_vec()
+        })),
+        Want::Msg("election: not leader"),
+    );
+    r.check(
+        "resign without a leader",
+        within!(elect.resign(el::ResignRequest { leader: None })),
+        Want::Msg(MISSING_LEADER),
+    );
+    r.check(
+        "resign as a leader that is not",
+        within!(elect.resign(el::ResignRequest { leader: Some(fake) })),
+        Want::Ok,
     );
     r.check(
         "alarm get of an unknown alarm type",
