@@ -1105,6 +1105,237 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         within!(elect.resign(el::ResignRequest { leader: Some(fake) })),
         Want::Ok,
     );
+    // Users, roles and permissions that make no sense (auth stays off: no
+    // root user is ever made).
+    use localcluster::pb::authpb;
+    let mut auth = pb::auth_client::AuthClient::new(ch.clone());
+    let user_add = |name: &str, no_password: bool| pb::AuthUserAddRequest {
+        name: name.into(),
+        password: if no_password {
+            String::new()
+        } else {
+            "pw".into()
+        },
+        options: Some(authpb::UserAddOptions { no_password }),
+        ..Default::default()
+    };
+    r.check(
+        "user add with an empty name",
+        auth.user_add(user_add("", false)).await,
+        Want::Err(Code::InvalidArgument, "etcdserver: user name is empty"),
+    );
+    r.check(
+        "user add",
+        auth.user_add(user_add("t-u1", false)).await,
+        Want::Ok,
+    );
+    r.check(
+        "user add of a user that exists",
+        auth.user_add(user_add("t-u1", true)).await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+    );
+    r.check(
+        "user add without a password",
+        auth.user_add(user_add("t-u2", true)).await,
+        Want::Ok,
+    );
+    const NO_USER: &str = "etcdserver: user name not found";
+    const NO_ROLE: &str = "etcdserver: role name not found";
+    r.check(
+        "user get of nobody",
+        auth.user_get(pb::AuthUserGetRequest {
+            name: "t-nobody".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_USER),
+    );
+    r.check(
+        "user delete of nobody",
+        auth.user_delete(pb::AuthUserDeleteRequest {
+            name: "t-nobody".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_USER),
+    );
+    r.check(
+        "password change of nobody",
+        auth.user_change_password(pb::AuthUserChangePasswordRequest {
+            name: "t-nobody".into(),
+            password: "x".into(),
+            ..Default::default()
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_USER),
+    );
+    r.check(
+        "grant of a role that does not exist",
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "t-u1".into(),
+            role: "t-norole".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_ROLE),
+    );
+    r.check(
+        "grant of a role to nobody",
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: "t-nobody".into(),
+            role: "t-norole".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_USER),
+    );
+    r.check(
+        "revoke of a role never granted",
+        auth.user_revoke_role(pb::AuthUserRevokeRoleRequest {
+            name: "t-u1".into(),
+            role: "t-norole".into(),
+        })
+        .await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+    );
+    r.check(
+        "role add with an empty name",
+        auth.role_add(pb::AuthRoleAddRequest {
+            name: String::new(),
+        })
+        .await,
+        Want::Err(Code::InvalidArgument, "etcdserver: role name is empty"),
+    );
+    r.check(
+        "role add",
+        auth.role_add(pb::AuthRoleAddRequest {
+            name: "t-r1".into(),
+        })
+        .await,
+        Want::Ok,
+    );
+    r.check(
+        "role add of a role that exists",
+        auth.role_add(pb::AuthRoleAddRequest {
+            name: "t-r1".into(),
+        })
+        .await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+    );
+    r.check(
+        "role get of no role",
+        auth.role_get(pb::AuthRoleGetRequest {
+            role: "t-norole".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_ROLE),
+    );
+    let grant = |perm: Option<authpb::Permission>| pb::AuthRoleGrantPermissionRequest {
+        name: "t-r1".into(),
+        perm,
+    };
+    let perm = |perm_type: i32, key: &[u8], range_end: &[u8]| {
+        Some(authpb::Permission {
+            perm_type,
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+        })
+    };
+    if ours {
+        // etcd 3.4 dereferences the missing permission and crashes.
+        r.check(
+            "permission grant without a permission",
+            auth.role_grant_permission(grant(None)).await,
+            Want::Err(Code::InvalidArgument, "etcdserver: permission not given"),
+        );
+    }
+    r.check(
+        "permission grant of type 99",
+        auth.role_grant_permission(grant(perm(99, b"t/a", b"")))
+            .await,
+        Want::Ok,
+    );
+    r.check(
+        "permission grant of a reversed range",
+        auth.role_grant_permission(grant(perm(0, b"t/b", b"t/a")))
+            .await,
+        Want::Ok,
+    );
+    r.check(
+        "permission grant of an empty key",
+        auth.role_grant_permission(grant(perm(1, b"", b""))).await,
+        Want::Ok,
+    );
+    r.check(
+        "permission grant to no role",
+        auth.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+            name: "t-norole".into(),
+            perm: perm(0, b"t/a", b""),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_ROLE),
+    );
+    r.check(
+        "revoke of a permission never granted",
+        auth.role_revoke_permission(pb::AuthRoleRevokePermissionRequest {
+            role: "t-r1".into(),
+            key: b"t/zzz".to_vec(),
+            range_end: vec![],
+        })
+        .await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+    );
+    r.check(
+        "role delete of no role",
+        auth.role_delete(pb::AuthRoleDeleteRequest {
+            role: "t-norole".into(),
+        })
+        .await,
+        Want::Err(Code::FailedPrecondition, NO_ROLE),
+    );
+    r.check(
+        "auth enable without a root user",
+        auth.auth_enable(pb::AuthEnableRequest {}).await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+    );
+    r.check(
+        "authenticate while auth is off",
+        auth.authenticate(pb::AuthenticateRequest {
+            name: "t-u1".into(),
+            password: "pw".into(),
+        })
+        .await,
+        Want::Err(
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+        ),
+    );
+    r.check(
+        "auth disable while off",
+        auth.auth_disable(pb::AuthDisableRequest {}).await,
+        Want::Ok,
+    );
+    for user in ["t-u1", "t-u2"] {
+        let _ = auth
+            .user_delete(pb::AuthUserDeleteRequest { name: user.into() })
+            .await;
+    }
+    let _ = auth
+        .role_delete(pb::AuthRoleDeleteRequest {
+            role: "t-r1".into(),
+        })
+        .await;
     r.check(
         "alarm get of an unknown alarm type",
         m.alarm(pb::AlarmRequest {
