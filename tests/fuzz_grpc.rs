@@ -10,8 +10,8 @@
 //!   real etcd in `real_etcd_gives_the_same_answers` (ignored by default; it
 //!   needs `/usr/bin/etcd`), which is how the expectations were checked.
 //! - `arbitrary_requests_never_break_the_member`: proptest-generated requests
-//!   of every KV, Lease, Watch, Cluster and Maintenance RPC with arbitrary
-//!   bytes, enum values and integers.
+//!   of every KV, Lease, Watch, Cluster, Maintenance, Auth, Lock and Election
+//!   RPC with arbitrary bytes, enum values and integers.
 //! - `malformed_bodies_get_a_grpc_status`: arbitrary and hand-broken gRPC
 //!   bodies (bad protobuf, bad length prefixes, compressed flags, truncated
 //!   frames) sent through the client channel to every method path.
@@ -1866,6 +1866,240 @@ async fn run_admin(ch: &Channel, call: AdminCall) -> Result<(), TestCaseError> {
     }
 }
 
+#[derive(Debug, Clone)]
+enum AuthCall {
+    UserAdd(String, bool),
+    UserGet(String),
+    UserDelete(String),
+    UserList,
+    Password(String),
+    Grant(String, String),
+    Revoke(String, String),
+    RoleAdd(String),
+    RoleGet(String),
+    RoleList,
+    RoleDelete(String),
+    Permit(String, Option<(i32, Vec<u8>, Vec<u8>)>),
+    Unpermit(String, Vec<u8>, Vec<u8>),
+    Status,
+    Enable,
+    Authenticate(String, String),
+}
+
+/// User and role names: a few that collide, odd ones, never `root` (so auth
+/// can never be switched on under the other tests' feet).
+fn auth_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "[ab]{1,2}",
+        1 => ".{0,6}",
+        1 => Just(String::new()),
+    ]
+    .prop_filter("not root", |n| n != "root")
+}
+
+fn auth_call() -> impl Strategy<Value = AuthCall> {
+    let perm = proptest::option::of((enum_value(), any_key(), any_key()));
+    prop_oneof![
+        (auth_name(), any::<bool>()).prop_map(|(n, b)| AuthCall::UserAdd(n, b)),
+        auth_name().prop_map(AuthCall::UserGet),
+        auth_name().prop_map(AuthCall::UserDelete),
+        Just(AuthCall::UserList),
+        auth_name().prop_map(AuthCall::Password),
+        (auth_name(), auth_name()).prop_map(|(u, r)| AuthCall::Grant(u, r)),
+        (auth_name(), auth_name()).prop_map(|(u, r)| AuthCall::Revoke(u, r)),
+        auth_name().prop_map(AuthCall::RoleAdd),
+        auth_name().prop_map(AuthCall::RoleGet),
+        Just(AuthCall::RoleList),
+        auth_name().prop_map(AuthCall::RoleDelete),
+        (auth_name(), perm).prop_map(|(r, p)| AuthCall::Permit(r, p)),
+        (auth_name(), any_key(), any_key()).prop_map(|(r, k, e)| AuthCall::Unpermit(r, k, e)),
+        Just(AuthCall::Status),
+        Just(AuthCall::Enable),
+        (auth_name(), ".{0,4}").prop_map(|(n, p)| AuthCall::Authenticate(n, p)),
+    ]
+}
+
+async fn run_auth(ch: &Channel, call: AuthCall) -> Result<(), TestCaseError> {
+    use localcluster::pb::authpb;
+    let mut a = pb::auth_client::AuthClient::new(ch.clone());
+    match call {
+        AuthCall::UserAdd(name, no_password) => answered(
+            "user add",
+            &a.user_add(pb::AuthUserAddRequest {
+                name,
+                password: if no_password {
+                    String::new()
+                } else {
+                    "pw".into()
+                },
+                options: Some(authpb::UserAddOptions { no_password }),
+                ..Default::default()
+            })
+            .await,
+        ),
+        AuthCall::UserGet(name) => answered(
+            "user get",
+            &a.user_get(pb::AuthUserGetRequest { name }).await,
+        ),
+        AuthCall::UserDelete(name) => answered(
+            "user delete",
+            &a.user_delete(pb::AuthUserDeleteRequest { name }).await,
+        ),
+        AuthCall::UserList => answered("user list", &a.user_list(pb::AuthUserListRequest {}).await),
+        AuthCall::Password(name) => answered(
+            "password",
+            &a.user_change_password(pb::AuthUserChangePasswordRequest {
+                name,
+                password: "pw2".into(),
+                ..Default::default()
+            })
+            .await,
+        ),
+        AuthCall::Grant(user, role) => answered(
+            "grant role",
+            &a.user_grant_role(pb::AuthUserGrantRoleRequest { user, role })
+                .await,
+        ),
+        AuthCall::Revoke(name, role) => answered(
+            "revoke role",
+            &a.user_revoke_role(pb::AuthUserRevokeRoleRequest { name, role })
+                .await,
+        ),
+        AuthCall::RoleAdd(name) => answered(
+            "role add",
+            &a.role_add(pb::AuthRoleAddRequest { name }).await,
+        ),
+        AuthCall::RoleGet(role) => answered(
+            "role get",
+            &a.role_get(pb::AuthRoleGetRequest { role }).await,
+        ),
+        AuthCall::RoleList => answered("role list", &a.role_list(pb::AuthRoleListRequest {}).await),
+        AuthCall::RoleDelete(role) => answered(
+            "role delete",
+            &a.role_delete(pb::AuthRoleDeleteRequest { role }).await,
+        ),
+        AuthCall::Permit(name, perm) => answered(
+            "grant permission",
+            &a.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+                name,
+                perm: perm.map(|(perm_type, key, range_end)| authpb::Permission {
+                    perm_type,
+                    key,
+                    range_end,
+                }),
+            })
+            .await,
+        ),
+        AuthCall::Unpermit(role, key, range_end) => answered(
+            "revoke permission",
+            &a.role_revoke_permission(pb::AuthRoleRevokePermissionRequest {
+                role,
+                key,
+                range_end,
+            })
+            .await,
+        ),
+        AuthCall::Status => answered(
+            "auth status",
+            &a.auth_status(pb::AuthStatusRequest {}).await,
+        ),
+        AuthCall::Enable => {
+            let got = a.auth_enable(pb::AuthEnableRequest {}).await;
+            prop_assert!(got.is_err(), "auth enabled without a root user");
+            answered("auth enable", &got)
+        }
+        AuthCall::Authenticate(name, password) => answered(
+            "authenticate",
+            &a.authenticate(pb::AuthenticateRequest { name, password })
+                .await,
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum RecipeCall {
+    Lock(Vec<u8>, i64),
+    Unlock(Vec<u8>),
+    Campaign(Vec<u8>, i64, Vec<u8>),
+    Leader(Vec<u8>),
+    Observe(Vec<u8>),
+    Proclaim(Option<(Vec<u8>, Vec<u8>, i64, i64)>, Vec<u8>),
+    Resign(Option<(Vec<u8>, Vec<u8>, i64, i64)>),
+}
+
+fn recipe_call() -> impl Strategy<Value = RecipeCall> {
+    let leader = || proptest::option::of((write_key(), write_key(), int(), lease_id()));
+    prop_oneof![
+        (write_key(), lease_id()).prop_map(|(n, l)| RecipeCall::Lock(n, l)),
+        write_key().prop_map(RecipeCall::Unlock),
+        (write_key(), lease_id(), bytes(8)).prop_map(|(n, l, v)| RecipeCall::Campaign(n, l, v)),
+        any_key().prop_map(RecipeCall::Leader),
+        any_key().prop_map(RecipeCall::Observe),
+        (leader(), bytes(8)).prop_map(|(l, v)| RecipeCall::Proclaim(l, v)),
+        leader().prop_map(RecipeCall::Resign),
+    ]
+}
+
+/// A call that may wait (for a lock, a leadership, a change): cut short, and
+/// a cut counts as an answer.
+async fn waiting<T>(f: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout(Duration::from_millis(300), f)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("still waiting")))
+}
+
+async fn run_recipe(ch: &Channel, call: RecipeCall) -> Result<(), TestCaseError> {
+    use localcluster::pb::v3electionpb as el;
+    use localcluster::pb::v3lockpb as lk;
+    let mut lock = lk::lock_client::LockClient::new(ch.clone());
+    let mut e = el::election_client::ElectionClient::new(ch.clone());
+    let leader_key = |l: Option<(Vec<u8>, Vec<u8>, i64, i64)>| {
+        l.map(|(name, key, rev, lease)| el::LeaderKey {
+            name,
+            key,
+            rev,
+            lease,
+        })
+    };
+    match call {
+        RecipeCall::Lock(name, lease) => answered(
+            "lock",
+            &waiting(lock.lock(lk::LockRequest { name, lease })).await,
+        ),
+        RecipeCall::Unlock(key) => {
+            answered("unlock", &lock.unlock(lk::UnlockRequest { key }).await)
+        }
+        RecipeCall::Campaign(name, lease, value) => answered(
+            "campaign",
+            &waiting(e.campaign(el::CampaignRequest { name, lease, value })).await,
+        ),
+        RecipeCall::Leader(name) => answered("leader", &e.leader(el::LeaderRequest { name }).await),
+        RecipeCall::Observe(name) => {
+            let got = waiting(async {
+                let mut s = e.observe(el::LeaderRequest { name }).await?.into_inner();
+                s.message().await
+            })
+            .await;
+            answered("observe", &got)
+        }
+        RecipeCall::Proclaim(leader, value) => answered(
+            "proclaim",
+            &e.proclaim(el::ProclaimRequest {
+                leader: leader_key(leader),
+                value,
+            })
+            .await,
+        ),
+        RecipeCall::Resign(leader) => answered(
+            "resign",
+            &e.resign(el::ResignRequest {
+                leader: leader_key(leader),
+            })
+            .await,
+        ),
+    }
+}
+
 /// Disarms every alarm the generated requests raised (a raised NOSPACE or
 /// CORRUPT alarm legitimately refuses writes).
 async fn disarm_alarms(ch: &Channel) {
@@ -1942,6 +2176,18 @@ fn arbitrary_requests_never_break_the_member() {
         disarm_alarms(&ch).await;
         check_member(&ch, "after the Cluster and Maintenance requests").await;
     });
+
+    let result = runner(60).run(&auth_call(), |call| rt.block_on(run_auth(&ch, call)));
+    if let Err(e) = result {
+        panic!("Auth: {e}");
+    }
+    rt.block_on(check_member(&ch, "after the Auth requests"));
+
+    let result = runner(80).run(&recipe_call(), |call| rt.block_on(run_recipe(&ch, call)));
+    if let Err(e) = result {
+        panic!("Lock/Election: {e}");
+    }
+    rt.block_on(check_member(&ch, "after the Lock and Election requests"));
     rt.block_on(cluster.shutdown()).unwrap();
 }
 
