@@ -2492,3 +2492,203 @@ fn the_largest_max_request_bytes_is_no_limit() {
         check_member(&ch, "with --max-request-bytes at its largest").await;
     });
 }
+
+// ---------------------------------------------------------------- JSON gateway
+
+/// Gateway routes that change nothing (any JSON goes there).
+const GATEWAY_READS: &[&str] = &[
+    "/v3/kv/range",
+    "/v3/watch",
+    "/v3/lease/timetolive",
+    "/v3/lease/leases",
+    "/v3/lease/keepalive",
+    "/v3/cluster/member/list",
+    "/v3/maintenance/status",
+    "/v3/maintenance/hash",
+    "/v3/maintenance/hashkv",
+    "/v3/maintenance/snapshot",
+    "/v3/auth/status",
+    "/v3/auth/user/get",
+    "/v3/auth/user/list",
+    "/v3/auth/role/get",
+    "/v3/auth/role/list",
+    "/v3/election/leader",
+    "/v3beta/kv/range",
+    "/v3/no/such/route",
+];
+
+/// Gateway routes that write (only bodies that are not JSON go there).
+const GATEWAY_WRITES: &[&str] = &[
+    "/v3/kv/put",
+    "/v3/kv/deleterange",
+    "/v3/kv/txn",
+    "/v3/kv/compaction",
+    "/v3/lease/grant",
+    "/v3/lease/revoke",
+    "/v3/cluster/member/add",
+    "/v3/cluster/member/remove",
+    "/v3/maintenance/alarm",
+    "/v3/auth/enable",
+    "/v3/auth/user/add",
+    "/v3/lock/lock",
+    "/v3/election/campaign",
+    "/v3/election/resign",
+];
+
+fn json_field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => proptest::sample::select(vec![
+            "key", "range_end", "rangeEnd", "limit", "revision", "sort_order", "sortTarget",
+            "serializable", "keys_only", "count_only", "min_mod_revision", "ID", "id", "TTL",
+            "keys", "name", "role", "user", "create_request", "cancel_request", "watch_id",
+            "filters", "start_revision", "compare", "success", "failure", "request_put",
+            "request_range", "leader", "lease", "value", "target", "result",
+        ])
+        .prop_map(str::to_string),
+        1 => "[a-zA-Z_]{1,8}",
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value as V;
+    let leaf = prop_oneof![
+        Just(V::Null),
+        any::<bool>().prop_map(V::Bool),
+        any::<i64>().prop_map(V::from),
+        (-1e30f64..1e30).prop_map(V::from),
+        ".{0,8}".prop_map(V::String),
+        "[A-Za-z0-9+/]{0,12}={0,2}".prop_map(V::String),
+        proptest::sample::select(vec![
+            "9223372036854775808",
+            "-1",
+            "-9223372036854775809",
+            "1e400",
+            "ASCEND",
+            "DESCEND",
+            "NOPE",
+            "NOPUT",
+            "MOD",
+            "GREATER",
+        ])
+        .prop_map(|s| V::String(s.to_string())),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(V::Array),
+            proptest::collection::vec((json_field(), inner), 0..5)
+                .prop_map(|fields| V::Object(fields.into_iter().collect())),
+        ]
+    })
+}
+
+fn json_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => proptest::collection::vec((json_field(), json_value()), 0..6).prop_map(|fields| {
+            serde_json::Value::Object(fields.into_iter().collect()).to_string().into_bytes()
+        }),
+        1 => json_value().prop_map(|v| v.to_string().into_bytes()),
+        1 => proptest::collection::vec(any::<u8>(), 0..32),
+        1 => ".{0,24}".prop_map(String::into_bytes),
+    ]
+}
+
+/// One HTTP/1.1 POST over a fresh connection; the status code of the answer,
+/// and the answer. A response that stays open (a watch) is read for a moment.
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(500), read).await {
+        return Err(e);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let mut text = text;
+    text.truncate(600);
+    Ok((code, text))
+}
+
+#[test]
+fn the_json_gateway_answers_any_body() {
+    watch_panics();
+    let rt = runtime();
+    let cluster = rt.block_on(async {
+        LocalCluster::builder()
+            .members(1)
+            .unsafe_no_fsync(true)
+            .start()
+            .await
+            .unwrap()
+    });
+    let addr = cluster.member(0).client_addr;
+    let ch = rt.block_on(channel(&cluster.client_urls()[0]));
+    rt.block_on(write_sentinels(&ch));
+
+    for _ in 0..5 {
+        for body in [&b""[..], b"{}"] {
+            let got = rt.block_on(http_post(addr, "/v3/maintenance/snapshot", body));
+            assert!(matches!(&got, Ok((200, _))), "snapshot {body:?}: {got:?}");
+        }
+    }
+    let reads = (
+        proptest::sample::select(GATEWAY_READS.to_vec()),
+        json_body(),
+    );
+    let result = runner(300).run(&reads, |(path, body)| {
+        let got = rt.block_on(http_post(addr, path, &body));
+        let body = String::from_utf8_lossy(&body);
+        prop_assert!(
+            matches!(&got, Ok((code, _)) if *code < 500 || *code == 501),
+            "{path} {body:?}: {got:?}"
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("gateway reads: {e}");
+    }
+    let writes = (
+        proptest::sample::select(GATEWAY_WRITES.to_vec()),
+        // (An empty body is an empty request, as in etcd's gateway.)
+        json_body().prop_filter("not JSON", |b| {
+            !b.trim_ascii().is_empty() && serde_json::from_slice::<serde_json::Value>(b).is_err()
+        }),
+    );
+    let result = runner(100).run(&writes, |(path, body)| {
+        let got = rt.block_on(http_post(addr, path, &body));
+        let body = String::from_utf8_lossy(&body);
+        prop_assert!(matches!(&got, Ok((400, _))), "{path} {body:?}: {got:?}");
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("gateway writes: {e}");
+    }
+    rt.block_on(check_member(&ch, "after the gateway requests"));
+}
