@@ -1,29 +1,36 @@
-//! Bad input against the gRPC services (issue #8, "bad input"): malformed and
-//! oversized requests must each get a gRPC status, never a panic, a dropped
+//! Bad input against the client API (issue #8, "bad input"): malformed and
+//! oversized requests must each get a clear error, never a panic, a dropped
 //! connection or lost data.
 //!
 //! - `targeted_bad_requests_get_etcds_errors`: hand-written cases (empty keys,
-//!   keys and values of megabytes, reversed ranges, 10,000-op txns, duplicate
-//!   keys, unknown enum values, negative and huge revisions, missing leases,
-//!   deep txn nesting, compaction past the head) each checked against the
-//!   status code and message etcd 3.4 gives. The same cases run against the
-//!   real etcd in `real_etcd_gives_the_same_answers` (ignored by default; it
-//!   needs `/usr/bin/etcd`), which is how the expectations were checked.
+//!   keys and values of megabytes, reversed ranges, 10,000-op and deeply
+//!   nested txns, duplicate keys, empty ops, unknown enum values, negative and
+//!   huge revisions and limits, missing leases, compaction past the head,
+//!   locks and elections with no lease or leader, users, roles and
+//!   permissions that make no sense) each checked against the status code
+//!   and message etcd 3.4 gives. The same cases run against the real etcd in
+//!   `real_etcd_gives_the_same_answers` (ignored by default; it needs
+//!   `/usr/bin/etcd`), which is how the expectations were checked; the few
+//!   where etcd itself crashes or differs on purpose are marked.
 //! - `arbitrary_requests_never_break_the_member`: proptest-generated requests
 //!   of every KV, Lease, Watch, Cluster, Maintenance, Auth, Lock and Election
 //!   RPC with arbitrary bytes, enum values and integers.
 //! - `malformed_bodies_get_a_grpc_status`: arbitrary and hand-broken gRPC
 //!   bodies (bad protobuf, bad length prefixes, compressed flags, truncated
 //!   frames) sent through the client channel to every method path.
+//! - `the_json_gateway_answers_any_body`: arbitrary JSON and non-JSON bodies
+//!   to the gateway routes over plain HTTP/1.1.
 //! - `a_three_member_cluster_shrugs_off_bad_requests`: a few of the above
 //!   against each member of a 3-member cluster, which then still converges.
+//! - `the_largest_max_request_bytes_is_no_limit`: a regression.
 //!
 //! Every test writes sentinel keys under `s/` first and checks them last; the
 //! generated writes stay under `f/` so they cannot legitimately touch them
 //! (reads, compares and watches use arbitrary keys). A panic hook records any
-//! panic outside this file: the members run in this process, so a handler
-//! panic (which tokio would otherwise swallow with the connection) fails the
-//! test.
+//! panic raised outside this file: the members run in this process, so a
+//! handler panic (which tokio would otherwise swallow with the connection)
+//! fails the test that checks next (the record is shared by the tests of
+//! this file, so one panic fails them all: look for the first).
 
 use std::sync::{Mutex, Once};
 use std::time::Duration;
