@@ -26,6 +26,8 @@ use crate::pb::v3electionpb::{
 
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
+/// etcd's answer to a Proclaim or Resign that names no leader.
+const MISSING_LEADER: &str = "\"leader\" field must be provided";
 
 /// The Election service of one member.
 pub struct ElectionService {
@@ -101,7 +103,7 @@ impl Election for ElectionService {
         let req = request.into_inner();
         let leader = req
             .leader
-            .ok_or_else(|| Status::new(Code::FailedPrecondition, NOT_LEADER))?;
+            .ok_or_else(|| Status::new(Code::InvalidArgument, MISSING_LEADER))?;
         let rev = proclaim(&self.core, &leader, &req.value).await?;
         Ok(Response::new(ProclaimResponse {
             header: self.core.header(rev),
@@ -196,7 +198,7 @@ impl Election for ElectionService {
         let leader = request
             .into_inner()
             .leader
-            .ok_or_else(|| Status::new(Code::FailedPrecondition, NOT_LEADER))?;
+            .ok_or_else(|| Status::new(Code::InvalidArgument, MISSING_LEADER))?;
         let req = TxnRequest {
             compare: vec![create_rev_is(&leader.key, leader.rev)],
             success: vec![delete_op(&leader.key)],

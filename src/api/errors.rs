@@ -39,6 +39,9 @@ pub fn empty_key() -> Status {
 pub fn too_many_ops() -> Status {
     Status::new(Code::InvalidArgument, TOO_MANY_OPS)
 }
+pub fn key_not_found() -> Status {
+    Status::new(Code::InvalidArgument, KEY_NOT_FOUND)
+}
 pub fn duplicate_key() -> Status {
     Status::new(Code::InvalidArgument, DUPLICATE_KEY)
 }
@@ -71,6 +74,31 @@ pub fn no_space() -> Status {
 }
 pub fn member_not_found() -> Status {
     Status::new(Code::NotFound, MEMBER_NOT_FOUND)
+}
+
+/// The start of tonic's message for a request message over the decoding limit.
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// A status raised by the gRPC transport (reading a request) as grpc-go, and
+/// so etcd, raises it: a message over the size limit is `ResourceExhausted`
+/// with grpc-go's message, where tonic says `OutOfRange` (clients retry or
+/// not on the code). Other statuses are returned as they are.
+pub fn from_transport(s: Status) -> Status {
+    if s.code() != Code::OutOfRange {
+        return s;
+    }
+    let Some(rest) = s.message().strip_prefix(TONIC_TOO_LARGE) else {
+        return s;
+    };
+    let numbers: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = match numbers.as_slice() {
+        [found, limit] => format!("grpc: received message larger than max ({found} vs. {limit})"),
+        _ => "grpc: received message larger than max".to_string(),
+    };
+    Status::new(Code::ResourceExhausted, message)
 }
 
 /// An MVCC error as etcd reports it.
@@ -149,6 +177,24 @@ mod tests {
         let s = from_auth(AuthError::RootRoleNotExist);
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert_eq!(s.message(), "etcdserver: root user does not have root role");
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_as_grpc_go_refuses_it() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 3145740 bytes, the limit is: 2097152 bytes",
+        );
+        let s = from_transport(tonic);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "grpc: received message larger than max (3145740 vs. 2097152)"
+        );
+        // Anything else passes unchanged, etcd's own OutOfRange errors included.
+        let s = from_transport(from_mvcc(MvccError::FutureRevision));
+        assert_eq!((s.code(), s.message()), (Code::OutOfRange, FUTURE_REV));
+        let s = from_transport(Status::internal("failed to decode Protobuf message"));
+        assert_eq!(s.code(), Code::Internal);
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //! as one or more JSON objects and answer with one `{"result":{...}}` line
 //! per message (`{"error":{...}}` if the call fails). A watch stays open until
 //! the HTTP client goes away, as with etcd; a keepalive ends after answering
-//! its requests. The request body is read whole before the call starts.
+//! its requests. The request body is read whole before the call starts. A
+//! call that takes one request (`snapshot`, `observe`) reads an empty body
+//! as an empty request, as etcd's gateway does (`curl -X POST
+//! .../v3/maintenance/snapshot` works).
 //!
 //! Responses carry etcd's default CORS headers (any origin), and `OPTIONS`
 //! preflights are answered, so browser pages can use the gateway.
@@ -86,7 +89,7 @@ pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
         .route("/maintenance/defragment", g.unary::<pb::DefragmentRequest, pb::DefragmentResponse>("/etcdserverpb.Maintenance/Defragment"))
         .route("/maintenance/hash", g.unary::<pb::HashRequest, pb::HashResponse>("/etcdserverpb.Maintenance/Hash"))
         .route("/maintenance/hashkv", g.unary::<pb::HashKvRequest, pb::HashKvResponse>("/etcdserverpb.Maintenance/HashKV"))
-        .route("/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::No))
+        .route("/maintenance/snapshot", g.stream::<pb::SnapshotRequest, pb::SnapshotResponse>("/etcdserverpb.Maintenance/Snapshot", KeepOpen::One))
         .route("/maintenance/transfer-leadership", g.unary::<pb::MoveLeaderRequest, pb::MoveLeaderResponse>("/etcdserverpb.Maintenance/MoveLeader"))
         // Auth: the Auth service (users, roles, tokens).
         .route("/auth/enable", g.unary::<pb::AuthEnableRequest, pb::AuthEnableResponse>("/etcdserverpb.Auth/AuthEnable"))
@@ -112,7 +115,7 @@ pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
         .route("/election/campaign", g.unary::<el::CampaignRequest, el::CampaignResponse>("/v3electionpb.Election/Campaign"))
         .route("/election/proclaim", g.unary::<el::ProclaimRequest, el::ProclaimResponse>("/v3electionpb.Election/Proclaim"))
         .route("/election/leader", g.unary::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Leader"))
-        .route("/election/observe", g.stream::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Observe", KeepOpen::No))
+        .route("/election/observe", g.stream::<el::LeaderRequest, el::LeaderResponse>("/v3electionpb.Election/Observe", KeepOpen::One))
         .route("/election/resign", g.unary::<el::ResignRequest, el::ResignResponse>("/v3electionpb.Election/Resign"))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(cors));
@@ -123,11 +126,15 @@ pub fn routes(router: Router, grpc: Router, max_body: usize) -> Router {
 }
 
 /// Whether a streaming call's request side stays open after the body's
-/// messages (a watch keeps watching) or closes (a keepalive answers and ends).
+/// messages (a watch keeps watching) or closes (a keepalive answers and ends);
+/// `One` for a call that takes a single request (server streaming), read as
+/// etcd's gateway reads it: the body's first message, or an empty request
+/// for an empty body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeepOpen {
     Yes,
     No,
+    One,
 }
 
 /// Makes the route handlers; `grpc` answers their calls.
@@ -239,10 +246,16 @@ where
     Req: prost::Message + DeserializeOwned + Default,
     Resp: prost::Message + Serialize + Default + 'static,
 {
-    let requests: Vec<Req> = match parse_requests(&body) {
+    let mut requests: Vec<Req> = match parse_requests(&body) {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    if keep_open == KeepOpen::One {
+        requests.truncate(1);
+        if requests.is_empty() {
+            requests.push(Req::default());
+        }
+    }
     let frames = futures::stream::iter(
         requests
             .iter()
@@ -253,7 +266,7 @@ where
         KeepOpen::Yes => Body::new(http_body_util::StreamBody::new(
             frames.chain(futures::stream::pending()),
         )),
-        KeepOpen::No => Body::new(http_body_util::StreamBody::new(frames)),
+        KeepOpen::No | KeepOpen::One => Body::new(http_body_util::StreamBody::new(frames)),
     };
     let response = call(grpc, path, from, request_body).await;
     if let Some(status) = failed(response.headers()) {

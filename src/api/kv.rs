@@ -185,7 +185,23 @@ fn check_put(req: &PutRequest) -> Result<(), Status> {
 
 /// etcd's `checkTxnRequest` and `checkIntervals`.
 pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
-    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
+    check_ops(req, max_ops)?;
+    writes_of(&req.success)?;
+    writes_of(&req.failure)?;
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: no part of a txn has more than `max_ops`
+/// operations, and a nested txn gets only what its parent's largest part left
+/// (so deep nesting runs out of operations); no key is empty; no operation is
+/// empty (etcd answers one with `key not found`).
+fn check_ops(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if ops > max_ops {
         return Err(errors::too_many_ops());
     }
     for c in &req.compare {
@@ -198,12 +214,11 @@ pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
             Some(Op::RequestRange(r)) => check_range(r)?,
             Some(Op::RequestPut(p)) => check_put(p)?,
             Some(Op::RequestDeleteRange(d)) if d.key.is_empty() => return Err(errors::empty_key()),
-            Some(Op::RequestTxn(t)) => check_txn(t, max_ops)?,
-            Some(Op::RequestDeleteRange(_)) | None => {}
+            Some(Op::RequestDeleteRange(_)) => {}
+            Some(Op::RequestTxn(t)) => check_ops(t, max_ops - ops)?,
+            None => return Err(errors::key_not_found()),
         }
     }
-    writes_of(&req.success)?;
-    writes_of(&req.failure)?;
     Ok(())
 }
 
@@ -298,6 +313,77 @@ mod tests {
             ..Default::default()
         };
         assert!(check_txn(&t, 128).is_ok());
+    }
+
+    fn txn_op(t: TxnRequest) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestTxn(t)),
+        }
+    }
+
+    #[test]
+    fn a_nested_txn_gets_only_the_ops_its_parent_left() {
+        let inner = |n: usize| TxnRequest {
+            success: (0..n).map(|i| put_op(&format!("in{i}"))).collect(),
+            ..Default::default()
+        };
+        let outer = |n: usize| {
+            let mut success: Vec<RequestOp> = (1..n).map(|i| put_op(&format!("out{i}"))).collect();
+            success.push(txn_op(inner(128 - n)));
+            success
+        };
+        // 100 ops leave 28 for the nested txn, as in etcd.
+        let fits = TxnRequest {
+            success: outer(100),
+            ..Default::default()
+        };
+        assert!(check_txn(&fits, 128).is_ok());
+        let mut over = fits.clone();
+        over.success.push(put_op("one more"));
+        assert_eq!(
+            check_txn(&over, 128).unwrap_err().message(),
+            errors::TOO_MANY_OPS
+        );
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_op_limit_is_refused() {
+        let mut t = TxnRequest {
+            success: vec![put_op("deep")],
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            t = TxnRequest {
+                success: vec![txn_op(t)],
+                ..Default::default()
+            };
+        }
+        assert!(check_txn(&t, 11).is_ok());
+        assert_eq!(
+            check_txn(&t, 10).unwrap_err().message(),
+            errors::TOO_MANY_OPS
+        );
+    }
+
+    #[test]
+    fn an_empty_op_is_refused_as_etcd_does() {
+        for t in [
+            TxnRequest {
+                success: vec![RequestOp { request: None }],
+                ..Default::default()
+            },
+            TxnRequest {
+                failure: vec![txn_op(TxnRequest {
+                    success: vec![RequestOp { request: None }],
+                    ..Default::default()
+                })],
+                ..Default::default()
+            },
+        ] {
+            let e = check_txn(&t, 128).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.message(), errors::KEY_NOT_FOUND);
+        }
     }
 
     #[test]

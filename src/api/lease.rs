@@ -127,9 +127,16 @@ impl Lease for LeaseService {
         let core = self.core.clone();
         // Ends when the client closes its stream or stops reading.
         tokio::spawn(async move {
-            while let Ok(Some(req)) = input.message().await {
-                let resp = keep_alive_once(&core, req.id).await;
-                if tx.send(resp).await.is_err() {
+            loop {
+                let resp = match input.message().await {
+                    Ok(Some(req)) => keep_alive_once(&core, req.id).await,
+                    Ok(None) => return,
+                    // A request that cannot be read ends the stream with
+                    // its status, as in etcd.
+                    Err(e) => Err(errors::from_transport(e)),
+                };
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
                     return;
                 }
             }

@@ -1,11 +1,13 @@
 //! The Lock service (`v3lockpb.Lock`): a distributed mutex held as long as the
-//! caller's lease lives, as etcd serves it (see [`super::recipes`]).
+//! caller's lease lives, as etcd serves it (see [`super::recipes`]). A caller
+//! naming no lease (0) holds the lock with a new 60 s lease nobody renews, as
+//! with etcd's orphaned session: released after a minute, never stuck.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::recipes::{claim, owner_key, prefix_of, wait_predecessors};
+use super::recipes::{claim, owner_key, prefix_of, session_lease, wait_predecessors};
 use super::{errors, Core};
 use crate::apply::Applied;
 use crate::auth::Access;
@@ -38,8 +40,9 @@ impl Lock for LockService {
         self.core
             .authorize_prefix(&request, &prefix, Access::Read)?;
         let req = request.into_inner();
-        let key = owner_key(&prefix, req.lease);
-        let (rev, _) = claim(&self.core, &key, b"", req.lease).await?;
+        let lease = session_lease(&self.core, req.lease).await?;
+        let key = owner_key(&prefix, lease);
+        let (rev, _) = claim(&self.core, &key, b"", lease).await?;
         wait_predecessors(&self.core, &prefix, rev).await?;
         let now = self.core.store.current_revision();
         Ok(Response::new(LockResponse {

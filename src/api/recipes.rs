@@ -96,6 +96,28 @@ pub fn delete_op(key: &[u8]) -> RequestOp {
     }
 }
 
+/// TTL of the lease etcd's lock service grants a caller that names none
+/// (`concurrency`'s default session TTL, in seconds).
+pub const SESSION_TTL: i64 = 60;
+
+/// The lease a lock is held with: the caller's, or, for lease 0, a new one of
+/// [`SESSION_TTL`] that nobody renews, as etcd's lock service does (its
+/// orphaned session), so such a lock is released after a minute rather than
+/// held for ever.
+pub async fn session_lease(core: &Core, lease: i64) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let req = crate::pb::etcdserverpb::LeaseGrantRequest {
+        ttl: SESSION_TTL.max(core.limits.min_lease_ttl),
+        id: (core.ids.next() & (i64::MAX as u64)) as i64,
+    };
+    match core.propose(Op::LeaseGrant(req)).await? {
+        (Applied::LeaseGrant(resp), _) => Ok(resp.id),
+        _ => Err(Status::internal("unexpected apply result")),
+    }
+}
+
 /// Creates `key` with `value` and `lease` unless it exists; returns its create
 /// revision and whether it existed with another value.
 pub async fn claim(

@@ -5,6 +5,9 @@
 //! [`super::h2fix`], which repairs the URL-shaped `:authority` etcd's Go
 //! clients send and h2 would reject.
 //!
+//! `transport_status` gives an oversized request grpc-go's status
+//! (`ResourceExhausted`) where tonic's would be `OutOfRange`.
+//!
 //! While this member is a learner, `learner_guard` refuses every gRPC call a
 //! learner does not serve (all but `Status`, `Snapshot` and `Range`, whose
 //! linearizable form `super::kv` refuses) with etcd's
@@ -40,7 +43,8 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// The router with every client service and HTTP endpoint.
 pub fn router(core: Arc<Core>) -> axum::Router {
-    let max = core.limits.max_request_bytes + GRPC_OVERHEAD;
+    // Saturating: `--max-request-bytes` may be as large as a u64 (no limit).
+    let max = core.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD);
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService::new(core.clone()))
             .max_decoding_message_size(max)
@@ -71,6 +75,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     );
     let grpc = routes
         .into_axum_router()
+        .layer(axum::middleware::from_fn(transport_status))
         .layer(axum::middleware::from_fn_with_state(
             core.clone(),
             learner_guard,
@@ -78,7 +83,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(super::grpc_metrics::GrpcMetricsLayer::new(
             core.metrics.clone(),
         ));
-    let with_gateway = super::gateway::routes(grpc.clone(), grpc, 2 * max);
+    let with_gateway = super::gateway::routes(grpc.clone(), grpc, max.saturating_mul(2));
     super::http::routes(with_gateway, core)
 }
 
@@ -99,6 +104,27 @@ async fn learner_guard(
         return super::errors::not_supported_for_learner().into_http();
     }
     next.run(request).await
+}
+
+/// Rewrites a status the transport raised while reading a unary request (a
+/// trailers-only answer) as grpc-go raises it: see
+/// [`super::errors::from_transport`]. Streaming calls map theirs in the
+/// handler.
+async fn transport_status(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        if status.code() == tonic::Code::OutOfRange {
+            let mapped = super::errors::from_transport(status);
+            if mapped.code() != tonic::Code::OutOfRange {
+                // Only fails on a message that is not a header value; ours are.
+                let _ = mapped.add_header(response.headers_mut());
+            }
+        }
+    }
+    response
 }
 
 /// Serves `router` on `listener` (TLS-terminated with `tls` when given) until

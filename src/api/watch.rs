@@ -141,7 +141,13 @@ impl Session {
                 _ = progress.tick() => self.notify_progress().await,
                 msg = input.message() => match msg {
                     Ok(Some(req)) => self.handle(req).await,
-                    Ok(None) | Err(_) => Err(Gone),
+                    Ok(None) => Err(Gone),
+                    // A request that cannot be read ends the stream with its
+                    // status, as in etcd (not with a silent OK).
+                    Err(e) => {
+                        let _ = self.out.send(Err(super::errors::from_transport(e))).await;
+                        Err(Gone)
+                    }
                 },
                 batch = self.events.recv() => match batch {
                     Ok(batch) => self.deliver(&batch.events, batch.revision).await,

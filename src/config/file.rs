@@ -439,6 +439,7 @@ impl<'de> Deserialize<'de> for State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::io::Write;
 
     fn write(contents: &str) -> tempfile::NamedTempFile {
@@ -630,6 +631,110 @@ mod tests {
         let err = load(&dir.path().join("nope.yml")).unwrap_err();
         assert!(matches!(err, ConfigError::ReadConfigFile { .. }));
         assert!(err.to_string().starts_with("cannot read config file "));
+    }
+
+    /// One line of a config file: a known or made-up key with a value of any
+    /// shape, a comment, an indented line, or anything.
+    fn yaml_line() -> impl Strategy<Value = String> {
+        let known: Vec<&'static str> = crate::config::flags::all_flags()
+            .map(|(n, _)| n)
+            .chain(SECURITY_SECTIONS.iter().copied())
+            .collect();
+        let key = prop_oneof![
+            4 => proptest::sample::select(known).prop_map(str::to_string),
+            1 => "[a-z][a-z-]{0,10}",
+        ];
+        let value = prop_oneof![
+            ".{0,12}",
+            "-?[0-9]{1,22}",
+            "\\[.{0,10}\\]",
+            "\\{.{0,10}\\}",
+            "'.{0,8}'",
+            "\"[^\"]{0,8}\"",
+            "(true|false|yes|no|~|null|0x1F|1e9|.inf)",
+            "http://[a-z0-9.:]{0,12}(,https://[a-z0-9.:]{0,12})?",
+            Just(String::new()),
+        ];
+        prop_oneof![
+            6 => (key, value).prop_map(|(k, v)| format!("{k}: {v}")),
+            1 => "#.{0,12}",
+            1 => "  [a-z-]{1,12}: .{0,10}",
+            1 => "- .{0,8}",
+            1 => ".{0,20}",
+        ]
+    }
+
+    /// The line numbers a message points at (`line N`).
+    fn lines_named(message: &str) -> Vec<usize> {
+        message
+            .match_indices("line ")
+            .filter_map(|(at, _)| {
+                let digits: String = message[at + 5..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn arbitrary_files_never_panic_and_errors_name_the_file(
+            lines in proptest::collection::vec(yaml_line(), 0..8),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            let file = write(&text);
+            if let Err(e) = load(file.path()) {
+                let message = e.to_string();
+                let path = file.path().display().to_string();
+                prop_assert!(message.contains(&path), "{message:?} does not name {path}");
+                // Lines as YAML counts them: a lone CR breaks a line too.
+                let yaml_lines = text
+                    .replace("\r\n", "\n")
+                    .replace('\r', "\n")
+                    .split('\n')
+                    .count();
+                for line in lines_named(&message) {
+                    prop_assert!(
+                        (1..=yaml_lines + 1).contains(&line),
+                        "{message:?} points past the {yaml_lines} lines of {text:?}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            file.write_all(&bytes).unwrap();
+            if let Err(e) = load(file.path()) {
+                let path = file.path().display().to_string();
+                prop_assert!(e.to_string().contains(&path), "{e}");
+            }
+        }
+
+        #[test]
+        fn a_bad_number_is_reported_with_its_key_and_line(
+            before in 0usize..5,
+            key in proptest::sample::select(vec![
+                "heartbeat-interval", "election-timeout", "snapshot-count",
+                "max-request-bytes", "max-txn-ops", "bcrypt-cost", "auth-token-ttl",
+            ]),
+            bad in prop_oneof!["x[a-z]{0,7}", "-[1-9][0-9]{0,5}", "[1-9][0-9]{24}", "'[0-9]{1,4}'", "\\[1\\]"],
+        ) {
+            let mut text: String = (0..before).map(|i| format!("# comment {i}\n")).collect();
+            text.push_str(&format!("{key}: {bad}\nname: n\n"));
+            let message = load_str(&text).unwrap_err().to_string();
+            prop_assert!(message.contains(key), "{message:?} does not name {key}");
+            prop_assert!(
+                lines_named(&message).contains(&(before + 1)),
+                "{message:?} does not point at line {}", before + 1
+            );
+        }
     }
 
     #[test]

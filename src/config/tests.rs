@@ -906,3 +906,86 @@ fn jwt_auth_tokens_fall_back_to_simple_tokens_with_a_warning() {
         c.warnings
     );
 }
+
+/// Arbitrary command lines and environments: never a panic (parsing,
+/// validation or derived values), and every refusal names what it refuses.
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Flag names: etcd's (except `config-file`, which would read a file),
+    /// and made-up ones.
+    fn flag_name() -> impl Strategy<Value = String> {
+        let known: Vec<String> = flags::all_flags()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| n != "config-file")
+            .collect();
+        prop_oneof![
+            4 => proptest::sample::select(known),
+            1 => "[a-z][a-z-]{0,10}",
+        ]
+    }
+
+    fn flag_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,12}",
+            "-?[0-9]{1,22}",
+            "[0-9]{1,6}(ns|us|ms|s|m|h)",
+            "(true|false|1|0|t|f|TRUE|yes)",
+            "(http|https|unix|ftp)://[a-z0-9.:\\[\\]]{0,16}(,http://[a-z0-9.:]{0,12})?",
+            "[a-z0-9]{1,4}=(http://[a-z0-9.:]{0,12})?(,[a-z0-9]{0,4}=.{0,8})?",
+            Just(String::new()),
+        ]
+    }
+
+    fn arg() -> impl Strategy<Value = Vec<String>> {
+        prop_oneof![
+            4 => (flag_name(), flag_value()).prop_map(|(n, v)| vec![format!("--{n}={v}")]),
+            3 => (flag_name(), flag_value()).prop_map(|(n, v)| vec![format!("--{n}"), v]),
+            1 => flag_name().prop_map(|n| vec![format!("-{n}")]),
+            1 => ".{0,8}".prop_map(|s| vec![s]),
+        ]
+    }
+
+    /// Builds, validates and derives everything a member start would.
+    fn exercise(args: &[String], env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let config = MemberConfig::from_args(args, env)?;
+        config.validate()?;
+        config.validate_bootstrap()?;
+        let _ = (config.election_ticks(), config.initial_cluster_string());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn arbitrary_flags_never_panic_and_bad_ones_are_named(
+            args in proptest::collection::vec(arg(), 0..6),
+        ) {
+            let args: Vec<String> = args.into_iter().flatten().collect();
+            if let Err(ConfigError::Flag(message)) = exercise(&args, &no_env()) {
+                // The message quotes the offending argument or names its flag.
+                let named = args.iter().any(|a| {
+                    let name = a.trim_start_matches('-').split('=').next().unwrap_or("");
+                    (!name.is_empty() && message.contains(name))
+                        || message.contains(a.as_str())
+                        || message.contains(&format!("{a:?}"))
+                });
+                prop_assert!(named, "{message:?} names none of {args:?}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_environments_never_panic_and_bad_ones_are_named(
+            vars in proptest::collection::vec((flag_name(), flag_value()), 0..6),
+        ) {
+            let env: HashMap<String, String> =
+                vars.iter().map(|(n, v)| (env::env_key(n), v.clone())).collect();
+            if let Err(ConfigError::Env(message)) = exercise(&[], &env) {
+                let named = env.keys().any(|k| message.contains(k.as_str()));
+                prop_assert!(named, "{message:?} names none of {env:?}");
+            }
+        }
+    }
+}

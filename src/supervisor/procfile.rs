@@ -272,6 +272,42 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_text_never_panics_and_refusals_say_where(
+            lines in proptest::collection::vec(prop_oneof![
+                "[a-z_-]{0,6}:[ \t]*[ -~]{0,10}",
+                "[ \t]*[a-zA-Z0-9#:=. \t\r\u{e9}\u{3000}-]{0,14}",
+                ".{0,16}",
+            ], 0..8),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            let line_count = text.split('\n').count();
+            match Procfile::parse(&text, "Procfile.test") {
+                Ok(pf) => {
+                    prop_assert!(!pf.entries.is_empty());
+                    let mut names = std::collections::HashSet::new();
+                    for e in &pf.entries {
+                        prop_assert!(is_valid_name(&e.name), "{e:?}");
+                        prop_assert!(names.insert(e.name.clone()), "{e:?} twice");
+                        prop_assert!(!e.command.is_empty() && !e.command.contains('\n'), "{e:?}");
+                        prop_assert!((1..=line_count).contains(&e.line), "{e:?}");
+                    }
+                    // What was read renders back to the same processes.
+                    let again = Procfile::parse(&pf.render(), "Procfile.test").unwrap();
+                    let pairs = |p: &Procfile| -> Vec<(String, String)> {
+                        p.entries.iter().map(|e| (e.name.clone(), e.command.clone())).collect()
+                    };
+                    prop_assert_eq!(pairs(&again), pairs(&pf));
+                }
+                Err(e) => {
+                    prop_assert!((1..=line_count).contains(&e.line), "{e} in {text:?}");
+                    let prefix = format!("Procfile.test:{}: ", e.line);
+                    prop_assert!(e.to_string().starts_with(&prefix), "{e}");
+                }
+            }
+        }
+
+        #[test]
         fn malformed_line_is_reported_at_its_line(
             entries in proptest::collection::vec(entry(), 1..6),
             bad in prop_oneof!["[a-z ]{1,10}", "[a-z]{1,5}[.!@ ][a-z]{1,5}: x", "[a-z]{1,8}:[ ]*"],
