@@ -10,16 +10,29 @@
 //! trade etcd's `--unsafe-no-fsync` makes, for test suites only.
 //!
 //! Integrity: [`open`] refuses a damaged file with [`DataFileError::Corrupt`]
-//! instead of serving from it. Before redb sees the file, [`probe`] checks the
-//! fixed header (magic number, page and region geometry) and that the file is as
-//! long as its header says; redb asserts on these and would panic. After
-//! opening, redb's `check_integrity` verifies the checksum of every reachable
-//! page (each branch page holds its children's checksums and the commit slot
-//! the root's), so a flipped byte anywhere in live data, keys, values or tree
-//! structure, is found at start. redb's own recovery may roll the file back to
-//! its previous commit when only the last commit's pages fail their checksums
-//! (what a power loss during a commit leaves); that is logged, and the member's
-//! cross-checks (`crate::member`) make sure the two files still fit together.
+//! instead of serving from it:
+//! 1. Before redb sees the file, [`probe`] checks the header fields that redb
+//!    trusts without a checksum (magic number, flags, page and region
+//!    geometry, the allocator page) and the file's length against them; redb
+//!    would assert, or allocate without bound, on a bad one. The primary
+//!    commit slot must match its checksum (XXH3-128, as redb computes it):
+//!    redb only checks it when recovering.
+//! 2. The header is then marked "recovery required" (as redb marks every file
+//!    it has open), so redb never reads its allocator state from an unchecked
+//!    page.
+//! 3. redb's `check_integrity` verifies the checksum of every reachable page
+//!    (each branch page holds its children's checksums, the commit slot the
+//!    root's), so a flipped byte anywhere in live keys, values or tree
+//!    structure is found at start.
+//!
+//! When only the last commit fails its checksums (what a power loss during a
+//! commit leaves, or damage to exactly those pages), redb rolls the file back
+//! to the commit before. For the store that is logged and accepted: the Raft
+//! log replays what it lost, and `crate::member` checks that it can. The Raft
+//! log sets [`DiskOptions::keep_last_commit`] and is refused instead (before
+//! anything is written), since damage cannot be told from a torn write and
+//! its last commit may hold entries already acknowledged.
+//!
 //! Cost: one read of each file at start (see README, Reliability).
 
 use std::fs::OpenOptions;
@@ -87,8 +100,13 @@ const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 const GOD_BYTE_AT: usize = 9;
 /// Primary slot, recovery required, two-phase commit.
 const GOD_BYTE_FLAGS: u8 = 0b111;
-/// The god byte's "recovery required" flag.
+/// The god byte's flags: which commit slot is the primary, and whether the
+/// file was left open (redb then recovers it).
+const PRIMARY_SLOT: u8 = 0b001;
 const RECOVERY_REQUIRED: u8 = 0b010;
+/// The two commit slots follow the 64-byte header.
+const SLOTS_AT: usize = 64;
+const SLOT_LEN: usize = 128;
 const PAGE_SIZE_AT: usize = 12;
 const REGION_HEADER_PAGES_AT: usize = 16;
 const REGION_MAX_DATA_PAGES_AT: usize = 20;
@@ -103,15 +121,29 @@ const PAGE_SIZE: u64 = 4096;
 const REGION_HEADER_PAGES: u64 = 130;
 const REGION_MAX_DATA_PAGES: u64 = 1 << 20;
 /// Header plus the two commit slots.
-const HEADER_LEN: usize = 64 + 2 * 128;
+const HEADER_LEN: usize = SLOTS_AT + 2 * SLOT_LEN;
 
 /// Looks at the file at `path` before it is opened: whether it exists, and if
 /// it holds anything, whether its header is sound and the file as long as the
 /// header says (a truncated file is reported as corrupt).
 pub fn probe(path: &Path) -> Result<FileState, DataFileError> {
+    Ok(inspect(path)?.0)
+}
+
+/// What the header says about the commit redb will open.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    /// The file was not closed cleanly: redb will recover it.
+    recovery_required: bool,
+    /// The primary commit slot's checksum holds.
+    primary_valid: bool,
+}
+
+/// [`probe`], and the state of the commit slots of a present file.
+fn inspect(path: &Path) -> Result<(FileState, Option<Commit>), DataFileError> {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileState::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((FileState::Missing, None)),
         Err(e) => return Err(DataFileError::io(path, e)),
     };
     let len = file
@@ -119,7 +151,7 @@ pub fn probe(path: &Path) -> Result<FileState, DataFileError> {
         .map_err(|e| DataFileError::io(path, e))?
         .len();
     if len == 0 {
-        return Ok(FileState::Empty);
+        return Ok((FileState::Empty, None));
     }
     let mut header = [0u8; HEADER_LEN];
     if len < PAGE_SIZE {
@@ -137,7 +169,31 @@ pub fn probe(path: &Path) -> Result<FileState, DataFileError> {
             format!("truncated: {len} bytes, but its header describes {expected} bytes"),
         ));
     }
-    Ok(FileState::Present)
+    let god = header[GOD_BYTE_AT];
+    let primary = usize::from(god & PRIMARY_SLOT);
+    let commit = Commit {
+        recovery_required: god & RECOVERY_REQUIRED != 0,
+        primary_valid: slot_valid(&header, primary),
+    };
+    // A file closed cleanly is exactly as long as its header says (only a
+    // crash while the file grows leaves it longer, and redb then recovers).
+    if !commit.recovery_required && len != expected {
+        return Err(DataFileError::corrupt(
+            path,
+            format!("{len} bytes, but its header describes {expected} bytes"),
+        ));
+    }
+    Ok((FileState::Present, Some(commit)))
+}
+
+/// Whether commit slot `slot` (0 or 1) matches its checksum: XXH3-128 (seed
+/// 0) of the slot before the checksum, stored little-endian at its end.
+fn slot_valid(header: &[u8; HEADER_LEN], slot: usize) -> bool {
+    let start = SLOTS_AT + slot * SLOT_LEN;
+    let body = &header[start..start + SLOT_LEN - 16];
+    let mut stored = [0u8; 16];
+    stored.copy_from_slice(&header[start + SLOT_LEN - 16..start + SLOT_LEN]);
+    xxhash_rust::xxh3::xxh3_128_with_seed(body, 0) == u128::from_le_bytes(stored)
 }
 
 /// The file length that a redb header describes, or what is wrong with it.
@@ -212,13 +268,31 @@ pub struct DiskOptions {
     pub no_fsync: bool,
     /// Observes the duration of every fsync, in seconds.
     pub fsync_seconds: Option<prometheus::Histogram>,
+    /// Refuse the file (as corrupt) rather than let redb roll back a last
+    /// commit that fails its checksums: for the Raft log, whose last commit
+    /// may hold entries or a vote already acknowledged to others.
+    pub keep_last_commit: bool,
 }
 
 /// Opens (creating if needed) the redb database at `path` with `options`, and
 /// verifies it: a damaged file gives [`DataFileError::Corrupt`] (see the
 /// module docs).
 pub fn open(path: &Path, options: &DiskOptions) -> Result<Database, DataFileError> {
-    if probe(path)? == FileState::Present {
+    if let (_, Some(commit)) = inspect(path)? {
+        if !commit.primary_valid {
+            // redb trusts the primary slot of a cleanly closed file unchecked
+            // (a flipped bit there can make the whole store look empty); when
+            // recovering, it falls back to the previous commit.
+            if !commit.recovery_required {
+                return Err(DataFileError::corrupt(
+                    path,
+                    "its commit slot fails its checksum",
+                ));
+            }
+            if options.keep_last_commit {
+                return Err(last_commit_lost(path));
+            }
+        }
         require_recovery(path)?;
     }
     // The header checks above keep redb's assertions from firing on a damaged
@@ -242,12 +316,11 @@ pub fn open(path: &Path, options: &DiskOptions) -> Result<Database, DataFileErro
     }
 }
 
-/// Sets the header's "recovery required" flag, as redb itself does whenever it
-/// opens a file for writing, so that redb checks the checksum of the commit
-/// slot it is about to trust: it only does so when recovering, and a file
-/// closed cleanly would otherwise be read through an unchecked slot (a
-/// flipped bit there can make the whole store look empty). A crash before
-/// redb opens the file leaves the flag set, which only means a recovery.
+/// Sets the header's "recovery required" flag (as redb itself does while a
+/// file is open), so that redb rebuilds its allocator state from the
+/// checksummed trees, or loads it from a checksummed table, instead of
+/// reading it from the page named by an unchecked header field of a file
+/// closed cleanly. A crash right after this only means a recovery.
 fn require_recovery(path: &Path) -> Result<(), DataFileError> {
     use std::os::unix::fs::FileExt as _;
     let file = OpenOptions::new()
@@ -265,6 +338,14 @@ fn require_recovery(path: &Path) -> Result<(), DataFileError> {
     Ok(())
 }
 
+fn last_commit_lost(path: &Path) -> DataFileError {
+    DataFileError::corrupt(
+        path,
+        "its last commit fails its checksums (damage, or a write torn by a power loss) \
+         and rolling it back could drop acknowledged entries",
+    )
+}
+
 fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataFileError> {
     let file = OpenOptions::new()
         .read(true)
@@ -280,22 +361,33 @@ fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataF
     };
     // redb repairs a file that was not closed cleanly; its second pass (at
     // progress 0.3) runs only when the last commit failed its checksums and
-    // is being rolled back to the one before.
+    // is about to be rolled back to the one before. The Raft log stops it
+    // there, before anything is written.
     let rolled_back = Arc::new(AtomicBool::new(false));
     let flag = rolled_back.clone();
+    let keep_last_commit = options.keep_last_commit;
     let mut db = Database::builder()
         .set_repair_callback(move |session| {
             if session.progress() > 0.0 && session.progress() < 0.5 {
                 flag.store(true, Ordering::SeqCst);
+                if keep_last_commit {
+                    session.abort();
+                }
             }
         })
         .create_with_backend(backend)
-        .map_err(|e| classify(path, e))?;
+        .map_err(|e| match e {
+            DatabaseError::RepairAborted => last_commit_lost(path),
+            e => classify(path, e),
+        })?;
+    // A file closed cleanly was opened without reading its pages: verify
+    // them all now. Its last commit used redb's two-phase commit, so damage
+    // is an error here, not a roll-back.
     let clean = db.check_integrity().map_err(|e| classify(path, e))?;
     if rolled_back.load(Ordering::SeqCst) || !clean {
         tracing::warn!(
             file = %path.display(),
-            "data file failed its checksums and was rolled back to its previous commit"
+            "data file failed its checksums and was repaired (rolled back to its previous commit)"
         );
     }
     Ok(db)
@@ -372,6 +464,7 @@ mod tests {
         let synced = DiskOptions {
             no_fsync: false,
             fsync_seconds: Some(h.clone()),
+            ..Default::default()
         };
         let db = open(&dir.path().join("a.redb"), &synced).unwrap();
         write_one(&db, 1);
@@ -381,6 +474,7 @@ mod tests {
         let unsynced = DiskOptions {
             no_fsync: true,
             fsync_seconds: Some(h.clone()),
+            ..Default::default()
         };
         let db2 = open(&dir.path().join("b.redb"), &unsynced).unwrap();
         write_one(&db2, 1);
@@ -484,6 +578,91 @@ mod tests {
         assert!(err.is_corrupt(), "{err}");
     }
 
+    const LAST: TableDefinition<u64, &[u8]> = TableDefinition::new("last");
+    const ONLY_IN_LAST: &[u8] = b"only-in-the-last-commit";
+
+    /// The sample, then one more commit in a table of its own, then a crash:
+    /// the file as it was before the database was closed. The last commit's
+    /// pages are its own.
+    fn crashed_sample(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let (path, _) = sample(dir);
+        let crashed = {
+            let db = open(&path, &DiskOptions::default()).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(LAST)
+                .unwrap()
+                .insert(1, ONLY_IN_LAST)
+                .unwrap();
+            tx.commit().unwrap();
+            std::fs::read(&path).unwrap()
+        };
+        std::fs::write(&path, &crashed).unwrap();
+        (path, crashed)
+    }
+
+    #[test]
+    fn a_crashed_file_opens_with_its_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = crashed_sample(dir.path());
+        let options = DiskOptions {
+            keep_last_commit: true,
+            ..Default::default()
+        };
+        let db = open(&path, &options).unwrap();
+        assert!(holds_sample(&db));
+        let tx = db.begin_read().unwrap();
+        let last = tx.open_table(LAST).unwrap();
+        assert_eq!(last.get(1).unwrap().unwrap().value(), ONLY_IN_LAST);
+    }
+
+    #[test]
+    fn a_damaged_last_commit_is_refused_for_the_log_and_rolled_back_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = crashed_sample(dir.path());
+        let at = bytes
+            .windows(ONLY_IN_LAST.len())
+            .position(|w| w == ONLY_IN_LAST)
+            .unwrap();
+        // In the last commit's own page, and in its commit slot.
+        let god = bytes[GOD_BYTE_AT];
+        let primary_slot = SLOTS_AT + SLOT_LEN * usize::from(god & PRIMARY_SLOT);
+        for at in [at + 3, primary_slot + 20] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x01;
+            std::fs::write(&path, &damaged).unwrap();
+            let log = DiskOptions {
+                keep_last_commit: true,
+                ..Default::default()
+            };
+            let err = open(&path, &log).unwrap_err();
+            assert!(err.to_string().contains("its last commit fails"), "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                damaged,
+                "refused, yet changed"
+            );
+
+            let db = open(&path, &DiskOptions::default()).unwrap();
+            assert!(holds_sample(&db));
+            let tx = db.begin_read().unwrap();
+            assert!(tx.open_table(LAST).is_err(), "the last commit survived");
+        }
+    }
+
+    #[test]
+    fn a_damaged_commit_slot_of_a_closed_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = sample(dir.path());
+        let god = bytes[GOD_BYTE_AT];
+        let primary_slot = SLOTS_AT + SLOT_LEN * usize::from(god & PRIMARY_SLOT);
+        let mut damaged = bytes.clone();
+        // The "user root present" flag: unchecked, the store would look empty.
+        damaged[primary_slot + 1] ^= 0x01;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = open(&path, &DiskOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("commit slot"), "{err}");
+    }
+
     #[test]
     fn a_flipped_header_byte_is_refused_or_harmless() {
         let dir = tempfile::tempdir().unwrap();
@@ -491,7 +670,7 @@ mod tests {
         // Not the default: redb's fsyncs would make 320 opens slow.
         let options = DiskOptions {
             no_fsync: true,
-            fsync_seconds: None,
+            ..Default::default()
         };
         for at in 0..HEADER_LEN {
             // A low bit of every byte, or all of its bits, in turn.
@@ -517,6 +696,7 @@ mod tests {
         let options = DiskOptions {
             no_fsync: true,
             fsync_seconds: None,
+            keep_last_commit: false,
         };
         {
             let db = open(&path, &options).unwrap();

@@ -176,6 +176,7 @@ impl Member {
             &crate::disk::DiskOptions {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: Some(metrics.wal_fsync.clone()),
+                keep_last_commit: true,
             },
         )?;
         let store = Arc::new(Store::open_with(
@@ -183,6 +184,7 @@ impl Member {
             &crate::disk::DiskOptions {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: None,
+                keep_last_commit: false,
             },
             Some(metrics.backend_commit.clone()),
         )?);
