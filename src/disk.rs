@@ -261,7 +261,7 @@ fn expected_len(header: &[u8; HEADER_LEN]) -> Result<u64, String> {
     Ok(len)
 }
 
-/// How a database file is synced.
+/// How a database file is synced, and what damage it may be repaired from.
 #[derive(Debug, Clone, Default)]
 pub struct DiskOptions {
     /// `--unsafe-no-fsync`: never wait for the disk.
