@@ -52,6 +52,7 @@ use tls::{peer_incoming, MemberTls};
 use crate::api::{self, Core, Limits};
 use crate::apply::Applier;
 use crate::config::MemberConfig;
+use crate::disk::{DataFileError, FileState};
 use crate::mvcc::{MvccError, Store};
 use crate::pb::lcraftpb::raft_transport_server::RaftTransportServer;
 use crate::raft::node::{self, Msg, Node, NodeConfig};
@@ -79,6 +80,8 @@ pub enum MemberError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    DataFile(#[from] DataFileError),
 }
 
 /// Listeners bound in advance (the embedded cluster binds port 0 and passes them).
@@ -167,11 +170,13 @@ impl Member {
         if cfg.unsafe_no_fsync {
             tracing::warn!("--unsafe-no-fsync: the Raft log and the store are never fsync'ed; a machine crash may lose acknowledged writes");
         }
+        let files = DataFiles::probe(&raft_path, &kv_path)?;
         let mut storage = RaftStorage::open_with(
             &raft_path,
             &crate::disk::DiskOptions {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: Some(metrics.wal_fsync.clone()),
+                keep_last_commit: true,
             },
         )?;
         let store = Arc::new(Store::open_with(
@@ -179,9 +184,11 @@ impl Member {
             &crate::disk::DiskOptions {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: None,
+                keep_last_commit: false,
             },
             Some(metrics.backend_commit.clone()),
         )?);
+        files.check_identity(storage.identity()?.is_some())?;
         let waiters = Arc::new(Waiters::default());
 
         let tls = MemberTls::resolve(cfg)?;
@@ -238,6 +245,10 @@ impl Member {
                 );
             }
             Origin::Stored => {
+                files.check_replay(
+                    crate::raft::StateMachine::applied_index(&applier),
+                    storage.first(),
+                )?;
                 tracing::info!(
                     name = %cfg.name,
                     member_id = %format!("{:x}", identity.member_id),
@@ -614,6 +625,74 @@ impl Drop for Member {
     }
 }
 
+/// The member's two data files as found at start, and the checks that they
+/// still belong together (each file's own integrity is checked by
+/// [`crate::disk::open`]). The Raft log is created first and holds the
+/// identity record; the store is created next. So a store without a log,
+/// or an initialized log without a store, means a file was lost or
+/// truncated to nothing, and a store behind the start of the log cannot be
+/// brought up to date by replaying it.
+struct DataFiles<'p> {
+    raft: (&'p Path, FileState),
+    kv: (&'p Path, FileState),
+}
+
+impl<'p> DataFiles<'p> {
+    /// Looks at both files before they are opened (which creates them).
+    fn probe(raft: &'p Path, kv: &'p Path) -> Result<Self, DataFileError> {
+        let files = DataFiles {
+            raft: (raft, crate::disk::probe(raft)?),
+            kv: (kv, crate::disk::probe(kv)?),
+        };
+        if files.kv.1 == FileState::Present && files.raft.1 != FileState::Present {
+            return Err(DataFileError::corrupt(
+                raft,
+                format!("{} but {} holds data", describe(files.raft.1), kv.display()),
+            ));
+        }
+        Ok(files)
+    }
+
+    /// After the log is open: an initialized member must have had a store.
+    fn check_identity(&self, initialized: bool) -> Result<(), DataFileError> {
+        if initialized && self.kv.1 != FileState::Present {
+            return Err(DataFileError::corrupt(
+                self.kv.0,
+                format!(
+                    "{} but the raft log {} says this member was initialized",
+                    describe(self.kv.1),
+                    self.raft.0.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// On restart: the log must hold every entry after the store's applied
+    /// index (or a later snapshot, which `reconcile_log` records).
+    fn check_replay(&self, applied: u64, log_first: u64) -> Result<(), DataFileError> {
+        if applied + 1 < log_first {
+            return Err(DataFileError::corrupt(
+                self.kv.0,
+                format!(
+                    "it is at applied index {applied} but the raft log {} starts at index \
+                     {log_first}: the entries in between are gone",
+                    self.raft.0.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn describe(state: FileState) -> &'static str {
+    match state {
+        FileState::Missing => "missing",
+        FileState::Empty => "empty (0 bytes)",
+        FileState::Present => "present",
+    }
+}
+
 /// How long a killed member's runtime gets to drop its tasks.
 const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -671,5 +750,83 @@ impl Drop for OwnedRuntime {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files<'p>(raft: (&'p Path, FileState), kv: (&'p Path, FileState)) -> DataFiles<'p> {
+        DataFiles { raft, kv }
+    }
+
+    #[test]
+    fn a_store_without_its_raft_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft.redb");
+        let kv = dir.path().join("kv.redb");
+        {
+            crate::disk::open(&kv, &Default::default()).unwrap();
+        }
+        std::fs::File::create(&raft).unwrap();
+        let err = DataFiles::probe(&raft, &kv).err().unwrap();
+        assert!(err.is_corrupt());
+        assert!(
+            err.to_string()
+                .contains("raft.redb is corrupt: empty (0 bytes)"),
+            "{err}"
+        );
+        std::fs::remove_file(&raft).unwrap();
+        let err = DataFiles::probe(&raft, &kv).err().unwrap();
+        assert!(
+            err.to_string().contains("raft.redb is corrupt: missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_new_member_has_no_files_or_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft.redb");
+        let kv = dir.path().join("kv.redb");
+        let f = DataFiles::probe(&raft, &kv).unwrap();
+        f.check_identity(false).unwrap();
+        std::fs::File::create(&raft).unwrap();
+        let f = DataFiles::probe(&raft, &kv).unwrap();
+        f.check_identity(false).unwrap();
+    }
+
+    #[test]
+    fn an_initialized_member_without_its_store_is_refused() {
+        let raft = Path::new("/d/raft.redb");
+        let kv = Path::new("/d/kv.redb");
+        for state in [FileState::Missing, FileState::Empty] {
+            let err = files((raft, FileState::Present), (kv, state))
+                .check_identity(true)
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("data file /d/kv.redb is corrupt"),
+                "{err}"
+            );
+        }
+        files((raft, FileState::Present), (kv, FileState::Present))
+            .check_identity(true)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_store_behind_the_start_of_the_log_is_refused() {
+        let f = files(
+            (Path::new("/d/raft.redb"), FileState::Present),
+            (Path::new("/d/kv.redb"), FileState::Present),
+        );
+        f.check_replay(0, 1).unwrap();
+        f.check_replay(9, 10).unwrap();
+        f.check_replay(20, 10).unwrap();
+        let err = f.check_replay(8, 10).unwrap_err();
+        assert!(err.to_string().contains("at applied index 8"), "{err}");
+        assert!(err.to_string().contains("starts at index 10"), "{err}");
     }
 }

@@ -29,6 +29,9 @@ pub enum MvccError {
     /// Stored or received bytes do not decode.
     #[error("mvcc: corrupt data: {0}")]
     Corrupt(String),
+    /// The store's file cannot be opened, or is damaged.
+    #[error(transparent)]
+    DataFile(#[from] crate::disk::DataFileError),
     /// The database failed (I/O, redb internal error, ...).
     #[error("mvcc: storage error: {0}")]
     Storage(String),

@@ -22,11 +22,9 @@ pub use storage::{RaftStorage, SnapshotSource};
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
-    #[error("raft storage {path}: {source}")]
-    Open {
-        path: String,
-        source: redb::DatabaseError,
-    },
+    /// The log file cannot be opened, or is damaged.
+    #[error(transparent)]
+    DataFile(#[from] crate::disk::DataFileError),
     #[error("raft storage: {0}")]
     Db(String),
     #[error("raft storage: cannot decode record: {0}")]
@@ -44,12 +42,6 @@ pub enum RaftError {
 }
 
 impl RaftError {
-    pub(crate) fn storage(path: impl std::fmt::Display, source: redb::DatabaseError) -> Self {
-        RaftError::Open {
-            path: path.to_string(),
-            source,
-        }
-    }
     pub(crate) fn db(e: impl std::fmt::Display) -> Self {
         RaftError::Db(e.to_string())
     }

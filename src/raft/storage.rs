@@ -70,8 +70,11 @@ impl RaftStorage {
 
     /// [`RaftStorage::open`] with fsyncs timed or skipped as `disk` says.
     pub fn open_with(path: &Path, disk: &crate::disk::DiskOptions) -> Result<Self, RaftError> {
-        let db =
-            crate::disk::open(path, disk).map_err(|e| RaftError::storage(path.display(), e))?;
+        let disk = crate::disk::DiskOptions {
+            keep_last_commit: true,
+            ..disk.clone()
+        };
+        let db = crate::disk::open(path, &disk)?;
         let tx = db.begin_write().map_err(RaftError::db)?;
         {
             tx.open_table(ENTRIES).map_err(RaftError::db)?;

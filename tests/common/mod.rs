@@ -345,6 +345,12 @@ impl Member {
         }
     }
 
+    /// How the last process ended, if it ended by itself (reaps it first).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.is_running();
+        self.exited
+    }
+
     /// The whole log, over every start.
     pub fn log_text(&self) -> String {
         std::fs::read(&self.log)
