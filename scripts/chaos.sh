@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The long form of the chaos test: builds a release binary, then runs
-# `localcluster chaos` for DURATION against an embedded cluster and again
-# against separate member processes, and prints the figures of both runs
-# (operations checked, faults injected, violations). Exits 1 if either run
-# found a violation.
+# `localcluster chaos` for DURATION against an embedded cluster, against
+# separate member processes on loopback, and (as root) against member
+# processes on network-namespace hosts, where network faults apply too; prints
+# the figures of every run (operations checked, faults injected, violations).
+# Exits 1 if any run found a violation.
 #
 #   scripts/chaos.sh                 # 5 minutes each
 #   scripts/chaos.sh 20m             # 20 minutes each
@@ -38,10 +39,17 @@ run() {
 }
 run embedded
 run processes --processes
+runs="embedded processes"
+if [ "$(id -u)" -eq 0 ]; then
+    run netns --processes --netns
+    runs="$runs netns"
+else
+    echo "== netns: SKIPPED (network namespaces need root; run as root for network faults on processes)" >&2
+fi
 
 echo
 echo "== figures"
-for name in embedded processes; do
+for name in $runs; do
     echo "$name: $(grep '^chaos: ' "$logs/$name.log" | tail -n 1)"
 done
 exit "$status"

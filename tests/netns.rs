@@ -8,7 +8,9 @@
 //! (always up, like a Jepsen control node) while the nemesis cuts the links
 //! between hosts: the leader isolated, a majority/minority split, a bridge
 //! (one host linked to both sides) and a lossy link. After healing, every
-//! member must hold the same data (`HashKV` at one revision).
+//! member must hold the same data (`HashKV` at one revision). And the chaos
+//! runner against a [`ProcessCluster`] on such hosts ([`NetnsLauncher`]),
+//! where network faults apply to member processes too.
 //!
 //! Creating namespaces needs root: without it the tests print a loud
 //! `SKIPPED` notice, except under `CI=true`, where they fail. Member
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 use common::{etcdctl, Output, BIN, READY};
 use localcluster::chaos::linearizable::{check, Op, Operation, Verdict};
 use localcluster::chaos::netns::Hosts;
+use localcluster::chaos::{self, ChaosConfig, Fault, NetnsLauncher, ProcessCluster};
 use localcluster::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use localcluster::pb::etcdserverpb::kv_client::KvClient;
 use localcluster::pb::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -39,9 +42,9 @@ use rand::{Rng, SeedableRng};
 /// How long anything may take to happen (an election, catching up).
 const PATIENCE: Duration = Duration::from_secs(40);
 
-/// Hosts for a test, or `None` after a loud skip notice when namespaces
-/// cannot be created here; under `CI=true` that is a failure instead.
-fn hosts_or_skip(n: usize) -> Option<Hosts> {
+/// Whether namespaces can be created here; if not, prints a loud skip
+/// notice, or fails under `CI=true`.
+fn namespaces_or_skip() -> bool {
     if let Err(reason) = Hosts::available() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("network namespaces are required under CI=true: {reason}");
@@ -50,9 +53,14 @@ fn hosts_or_skip(n: usize) -> Option<Hosts> {
             std::io::stderr(),
             "\n*** SKIPPED: {reason} (run as root; under CI=true this fails) ***\n"
         );
-        return None;
+        return false;
     }
-    Some(Hosts::create(n).expect("create the test hosts"))
+    true
+}
+
+/// Hosts for a test, or `None` after [`namespaces_or_skip`] skipped.
+fn hosts_or_skip(n: usize) -> Option<Hosts> {
+    namespaces_or_skip().then(|| Hosts::create(n).expect("create the test hosts"))
 }
 
 /// One `localcluster member` process on one host; killed on drop.
@@ -663,4 +671,50 @@ fn five_hosts_majority_minority_bridge_and_lossy_link_keep_a_register_linearizab
             assert_eq!(d.local_value(i, key), None, "m{i}: {key}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_member_processes_in_namespaces_survives_partitions_and_kills() {
+    if !namespaces_or_skip() {
+        return;
+    }
+    let launcher = NetnsLauncher::new(3).expect("create the test hosts");
+    // The cluster owns the hosts: its drop kills the members, then removes them.
+    let mut cluster = ProcessCluster::start_with(BIN, 3, Box::new(launcher), PATIENCE)
+        .await
+        .unwrap();
+    let cfg = ChaosConfig {
+        duration: Duration::from_secs(6),
+        faults: vec![
+            Fault::IsolateLeader,
+            Fault::Partition,
+            Fault::Bridge,
+            Fault::KillLeader,
+            Fault::KillRandom,
+        ],
+        fault_period: Duration::from_millis(600),
+        seed: 3,
+        ..Default::default()
+    };
+    let report = chaos::run(&mut cluster, &cfg).await;
+    eprintln!(
+        "netns processes: {} operations ({} unknown), {} faults {:?}",
+        report.operations, report.unknown, report.faults_injected, report.injected
+    );
+    if !report.ok() {
+        cluster.keep_dir();
+        chaos::print_findings(&report);
+    }
+    assert!(
+        report.ok(),
+        "{report:?}; logs in {}",
+        cluster.dir().display()
+    );
+    assert!(report.operations > report.unknown, "{report:?}");
+    assert!(report.unsupported.is_empty(), "{report:?}");
+    let network = [Fault::IsolateLeader, Fault::Partition, Fault::Bridge];
+    assert!(
+        network.iter().any(|f| report.injected.contains_key(f)),
+        "no network fault injected: {report:?}"
+    );
 }

@@ -19,7 +19,8 @@
 //!   the leader or of a random member (then a start), SIGSTOP/SIGCONT-like
 //!   pauses, graceful restarts, and network partitions (leader isolated,
 //!   random majority/minority, bridge). Faults the target cannot do (network
-//!   faults between loopback processes) are skipped and reported.
+//!   faults between loopback processes) are skipped and reported; processes
+//!   on network-namespace hosts ([`NetnsLauncher`]) take them all.
 //!
 //! Timing is clock-independent: fault lengths come from the seed, and the
 //! checks use only the client's monotonic clock, never a server's.
@@ -52,7 +53,7 @@ use crate::cluster::LocalCluster;
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::RangeRequest;
 use linearizable::{Op, Operation, Verdict};
-pub use process::{Launcher, Loopback, ProcessCluster};
+pub use process::{Launcher, Loopback, NetnsLauncher, ProcessCluster};
 pub use target::{Target, TargetError};
 use workload::Run;
 
@@ -227,9 +228,13 @@ pub struct ChaosArgs {
     )]
     pub faults: Vec<FaultName>,
     /// Run the members as separate `localcluster member` processes (signals
-    /// instead of in-process hooks; network faults are skipped)
+    /// instead of in-process hooks; network faults are skipped unless --netns)
     #[arg(long)]
     pub processes: bool,
+    /// With --processes: run each member on its own network-namespace host,
+    /// so that network faults apply too (needs root)
+    #[arg(long, requires = "processes")]
+    pub netns: bool,
     /// Seed of the random choices (clients and nemesis)
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -273,10 +278,34 @@ pub async fn main(args: ChaosArgs) -> i32 {
                 return 2;
             }
         };
-        match ProcessCluster::start(program, args.members, Duration::from_secs(60)).await {
+        let timeout = Duration::from_secs(60);
+        let started = if args.netns {
+            if let Err(reason) = netns::Hosts::available() {
+                eprintln!("localcluster chaos: --netns: {reason}");
+                return 2;
+            }
+            match NetnsLauncher::new(args.members) {
+                Ok(launcher) => {
+                    ProcessCluster::start_with(program, args.members, Box::new(launcher), timeout)
+                        .await
+                }
+                Err(e) => {
+                    eprintln!("localcluster chaos: --netns: cannot create the test hosts: {e}");
+                    return 2;
+                }
+            }
+        } else {
+            ProcessCluster::start(program, args.members, timeout).await
+        };
+        match started {
             Ok(mut cluster) => {
                 println!(
-                    "separate member processes; data and logs in {}",
+                    "separate member processes{}; data and logs in {}",
+                    if args.netns {
+                        " on network-namespace hosts"
+                    } else {
+                        ""
+                    },
                     cluster.dir().display()
                 );
                 let code = rounds(&mut cluster, &args).await;

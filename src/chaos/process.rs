@@ -8,10 +8,12 @@
 //! a member runs and which addresses it uses comes from a [`Launcher`]: the
 //! default [`Loopback`] runs every member directly on 127.0.0.1 free ports,
 //! where links between members cannot be cut (partitions are reported as
-//! unsupported). A launcher that runs each member in its own network
-//! namespace (by prefixing the command and giving each member its own
-//! address) can implement partitions (groups, or single links for bridges),
-//! and plugs in with [`ProcessCluster::start_with`].
+//! unsupported). [`NetnsLauncher`] runs each member on its own test host (a
+//! network namespace of [`Hosts`], through `ip netns exec`), listening on
+//! `0.0.0.0` and advertising its host's address, and implements partitions
+//! (groups, or single links for bridges) as cuts between hosts; launchers
+//! plug in with [`ProcessCluster::start_with`]. The cluster owns its
+//! launcher, so the hosts are removed only after every child is killed.
 //!
 //! Invariants: a restarted member keeps its name, addresses, flags and data
 //! dir; every child is killed (SIGCONT first if stopped, then SIGKILL) and
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 
+use super::netns::{Hosts, NetnsError};
 use super::target::{links_between, Target, TargetError};
 
 /// How long a graceful stop may take before SIGKILL.
@@ -37,8 +40,13 @@ pub trait Launcher: Send + Sync {
     /// The command that runs `program` as member `i` (the member's flags are
     /// appended by the caller).
     fn command(&self, i: usize, program: &Path) -> Command;
-    /// Member `i`'s client and peer addresses.
+    /// Member `i`'s client and peer addresses, as advertised.
     fn addrs(&self, i: usize) -> (SocketAddr, SocketAddr);
+    /// The client and peer addresses member `i` listens on (by default the
+    /// advertised ones).
+    fn listen_addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
+        self.addrs(i)
+    }
     /// Whether links between members can be cut.
     fn supports_partitions(&self) -> bool {
         false
@@ -81,6 +89,71 @@ impl Launcher for Loopback {
     }
     fn addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
         self.addrs[i]
+    }
+}
+
+/// Client port of every member on its own host.
+const NETNS_CLIENT_PORT: u16 = 2379;
+/// Peer port of every member on its own host.
+const NETNS_PEER_PORT: u16 = 2380;
+
+/// Every member on its own network-namespace host (see the
+/// [module docs](self)): listens on `0.0.0.0:2379`/`2380` there, advertises
+/// the host's address; cuts and partitions are cuts between hosts.
+#[derive(Debug)]
+pub struct NetnsLauncher {
+    hosts: Hosts,
+}
+
+impl NetnsLauncher {
+    /// Creates `n` hosts (needs root; [`Hosts::available`] says why not).
+    pub fn new(n: usize) -> Result<NetnsLauncher, NetnsError> {
+        Ok(NetnsLauncher {
+            hosts: Hosts::create(n)?,
+        })
+    }
+
+    /// The hosts the members run on.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+}
+
+impl Launcher for NetnsLauncher {
+    fn command(&self, i: usize, program: &Path) -> Command {
+        self.hosts.command(i, program)
+    }
+    fn addrs(&self, i: usize) -> (SocketAddr, SocketAddr) {
+        let ip = self.hosts.addr(i).into();
+        (
+            SocketAddr::new(ip, NETNS_CLIENT_PORT),
+            SocketAddr::new(ip, NETNS_PEER_PORT),
+        )
+    }
+    fn listen_addrs(&self, _i: usize) -> (SocketAddr, SocketAddr) {
+        let any = std::net::Ipv4Addr::UNSPECIFIED.into();
+        (
+            SocketAddr::new(any, NETNS_CLIENT_PORT),
+            SocketAddr::new(any, NETNS_PEER_PORT),
+        )
+    }
+    fn supports_partitions(&self) -> bool {
+        true
+    }
+    fn cut(&self, links: &[(usize, usize)]) -> Result<(), TargetError> {
+        for &(a, b) in links {
+            self.hosts.cut(a, b)?;
+        }
+        Ok(())
+    }
+    fn partition(&self, groups: &[Vec<usize>], _n: usize) -> Result<(), TargetError> {
+        let groups: Vec<&[usize]> = groups.iter().map(Vec::as_slice).collect();
+        Ok(self.hosts.partition(&groups)?)
+    }
+    fn heal(&self) {
+        if let Err(e) = self.hosts.heal() {
+            tracing::warn!(error = %e, "chaos: cannot heal the test hosts");
+        }
     }
 }
 
@@ -158,6 +231,9 @@ impl ProcessCluster {
                 let (client, peer) = launcher.addrs(i);
                 let client = format!("http://{client}");
                 let peer = format!("http://{peer}");
+                let (listen_client, listen_peer) = launcher.listen_addrs(i);
+                let listen_client = format!("http://{listen_client}");
+                let listen_peer = format!("http://{listen_peer}");
                 let data_dir = dir.path().join(format!("m{i}"));
                 let args = [
                     "member",
@@ -166,11 +242,11 @@ impl ProcessCluster {
                     "--data-dir",
                     &data_dir.to_string_lossy(),
                     "--listen-client-urls",
-                    &client,
+                    &listen_client,
                     "--advertise-client-urls",
                     &client,
                     "--listen-peer-urls",
-                    &peer,
+                    &listen_peer,
                     "--initial-advertise-peer-urls",
                     &peer,
                     "--initial-cluster",

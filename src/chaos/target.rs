@@ -23,6 +23,9 @@ pub enum TargetError {
     /// The target cannot do this at all (e.g. partitions on loopback processes).
     #[error("not supported by this target: {0}")]
     Unsupported(&'static str),
+    /// A cut or heal between network-namespace hosts failed.
+    #[error(transparent)]
+    Network(#[from] super::netns::NetnsError),
     #[error("member {0} does not exist")]
     NoSuchMember(usize),
     #[error("member {0} is not running")]
