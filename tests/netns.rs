@@ -30,13 +30,10 @@ use std::time::{Duration, Instant};
 use common::{etcdctl, Output, BIN, READY};
 use localcluster::chaos::linearizable::{check, Op, Operation, Verdict};
 use localcluster::chaos::netns::Hosts;
+use localcluster::chaos::workload::{execute, Outcome};
 use localcluster::chaos::{self, ChaosConfig, Fault, NetnsLauncher, ProcessCluster};
-use localcluster::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use localcluster::pb::etcdserverpb::kv_client::KvClient;
 use localcluster::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use localcluster::pb::etcdserverpb::{
-    request_op, Compare, HashKvRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use localcluster::pb::etcdserverpb::HashKvRequest;
 use rand::{Rng, SeedableRng};
 
 /// How long anything may take to happen (an election, catching up).
@@ -430,75 +427,9 @@ fn three_host_deployment_isolated_leader_loses_writes_majority_elects_and_all_co
     }
 }
 
-/// What one register operation returned.
-enum Outcome {
-    Read(Option<u64>),
-    Done,
-    Cas(bool),
-}
-
 /// Registers (keys) the clients share: the history is checked key by key,
 /// which keeps the check small even with many unknown outcomes.
 const KEYS: usize = 4;
-
-async fn execute(
-    kv: &mut KvClient<tonic::transport::Channel>,
-    k: usize,
-    op: &Op,
-) -> Option<Outcome> {
-    let key = format!("netns/register/{k}").into_bytes();
-    match op {
-        Op::Read(_) => {
-            let resp = kv
-                .range(RangeRequest {
-                    key,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner();
-            let value = resp
-                .kvs
-                .first()
-                .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
-            Some(Outcome::Read(value))
-        }
-        Op::Write(v) => {
-            kv.put(PutRequest {
-                key,
-                value: v.to_string().into_bytes(),
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-            Some(Outcome::Done)
-        }
-        Op::Cas { from, to, .. } => {
-            let resp = kv
-                .txn(TxnRequest {
-                    compare: vec![Compare {
-                        result: CompareResult::Equal as i32,
-                        target: CompareTarget::Value as i32,
-                        key: key.clone(),
-                        target_union: Some(TargetUnion::Value(from.to_string().into_bytes())),
-                        ..Default::default()
-                    }],
-                    success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(PutRequest {
-                            key,
-                            value: to.to_string().into_bytes(),
-                            ..Default::default()
-                        })),
-                    }],
-                    failure: vec![],
-                })
-                .await
-                .ok()?
-                .into_inner();
-            Some(Outcome::Cas(resp.succeeded))
-        }
-    }
-}
 
 /// One client of the registers: random reads, writes of unique values and
 /// compare-and-sets on random keys through random members until `stop`; its
@@ -532,8 +463,12 @@ async fn register_client(
         let invoked = now();
         let timeout = Duration::from_secs(1);
         let result = tokio::time::timeout(timeout, async {
-            let mut kv = localcluster::client::kv(endpoint, timeout).await.ok()?;
-            execute(&mut kv, k, &op).await
+            let channel = localcluster::client::connect(endpoint, timeout)
+                .await
+                .ok()?;
+            execute(channel, format!("netns/register/{k}"), op.clone())
+                .await
+                .ok()
         })
         .await
         .ok()
@@ -546,11 +481,11 @@ async fn register_client(
             }
             // A failed read changed nothing.
             (Op::Read(_), _) => continue,
-            (Op::Write(v), Some(Outcome::Done)) => {
+            (Op::Write(v), Some(Outcome::Written(_))) => {
                 last[k] = v;
                 (Op::Write(v), returned)
             }
-            (Op::Cas { from, to, .. }, Some(Outcome::Cas(ok))) => {
+            (Op::Cas { from, to, .. }, Some(Outcome::Cas(ok, _))) => {
                 if ok {
                     last[k] = to;
                 }

@@ -395,13 +395,21 @@ async fn cas_list(
     Ok(ListCas::Changed(current.0, current.1))
 }
 
-enum Outcome {
+/// What one register operation returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The value read (`None`: no key, or not a number).
     Read(Option<u64>),
+    /// The revision of the acknowledged put.
     Written(i64),
+    /// Whether the compare-and-set took, and the revision of its txn.
     Cas(bool, i64),
 }
 
-async fn execute(channel: Channel, key: String, op: Op) -> Result<Outcome, tonic::Status> {
+/// Runs one register operation on `key` through `channel`: a read is a
+/// linearizable range, a write a put of the value, a compare-and-set a txn
+/// that puts `to` only if the value is `from`.
+pub async fn execute(channel: Channel, key: String, op: Op) -> Result<Outcome, tonic::Status> {
     let mut kv = KvClient::new(channel);
     let k = key.into_bytes();
     match op {
