@@ -1,7 +1,8 @@
-//! How a member's redb files meet the disk: the Raft log (`raft.redb`) and the
-//! MVCC store (`kv.redb`) are opened through [`open`], which wraps redb's file
-//! backend so that every fsync is timed (the `etcd_disk_wal_fsync_duration_seconds`
-//! histogram for the log) and, under `--unsafe-no-fsync`, skipped.
+//! How a member's redb files meet the disk: the MVCC store (`kv.redb`), and a
+//! Raft log of the old format (`raft.redb`, read once to be moved into
+//! `crate::raft::wal`), are opened through [`open`], which wraps redb's file
+//! backend so that every fsync can be timed and, under `--unsafe-no-fsync`,
+//! skipped.
 //!
 //! Skipping fsync keeps redb's commit protocol intact (writes, their order and
 //! the commit slots are unchanged); only the wait for the disk goes. A process
@@ -28,10 +29,7 @@
 //! When only the last commit fails its checksums (what a power loss during a
 //! commit leaves, or damage to exactly those pages), redb rolls the file back
 //! to the commit before. For the store that is logged and accepted: the Raft
-//! log replays what it lost, and `crate::member` checks that it can. The Raft
-//! log sets [`DiskOptions::keep_last_commit`] and is refused instead (before
-//! anything is written), since damage cannot be told from a torn write and
-//! its last commit may hold entries already acknowledged.
+//! log replays what it lost, and `crate::member` checks that it can.
 //!
 //! Cost: one read of each file at start (see README, Reliability).
 
@@ -69,7 +67,7 @@ impl DataFileError {
         }
     }
 
-    fn io(path: &Path, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Self {
         DataFileError::Io {
             path: path.to_path_buf(),
             detail: e.to_string(),
@@ -268,10 +266,6 @@ pub struct DiskOptions {
     pub no_fsync: bool,
     /// Observes the duration of every fsync, in seconds.
     pub fsync_seconds: Option<prometheus::Histogram>,
-    /// Refuse the file (as corrupt) rather than let redb roll back a last
-    /// commit that fails its checksums: for the Raft log, whose last commit
-    /// may hold entries or a vote already acknowledged to others.
-    pub keep_last_commit: bool,
 }
 
 /// Opens (creating if needed) the redb database at `path` with `options`, and
@@ -288,9 +282,6 @@ pub fn open(path: &Path, options: &DiskOptions) -> Result<Database, DataFileErro
                     path,
                     "its commit slot fails its checksum",
                 ));
-            }
-            if options.keep_last_commit {
-                return Err(last_commit_lost(path));
             }
         }
         require_recovery(path)?;
@@ -338,14 +329,6 @@ fn require_recovery(path: &Path) -> Result<(), DataFileError> {
     Ok(())
 }
 
-fn last_commit_lost(path: &Path) -> DataFileError {
-    DataFileError::corrupt(
-        path,
-        "its last commit fails its checksums (damage, or a write torn by a power loss) \
-         and rolling it back could drop acknowledged entries",
-    )
-}
-
 fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataFileError> {
     let file = OpenOptions::new()
         .read(true)
@@ -361,25 +344,17 @@ fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataF
     };
     // redb repairs a file that was not closed cleanly; its second pass (at
     // progress 0.3) runs only when the last commit failed its checksums and
-    // is about to be rolled back to the one before. The Raft log stops it
-    // there, before anything is written.
+    // is about to be rolled back to the one before.
     let rolled_back = Arc::new(AtomicBool::new(false));
     let flag = rolled_back.clone();
-    let keep_last_commit = options.keep_last_commit;
     let mut db = Database::builder()
         .set_repair_callback(move |session| {
             if session.progress() > 0.0 && session.progress() < 0.5 {
                 flag.store(true, Ordering::SeqCst);
-                if keep_last_commit {
-                    session.abort();
-                }
             }
         })
         .create_with_backend(backend)
-        .map_err(|e| match e {
-            DatabaseError::RepairAborted => last_commit_lost(path),
-            e => classify(path, e),
-        })?;
+        .map_err(|e| classify(path, e))?;
     // A file closed cleanly was opened without reading its pages: verify
     // them all now. Its last commit used redb's two-phase commit, so damage
     // is an error here, not a roll-back.
@@ -464,7 +439,6 @@ mod tests {
         let synced = DiskOptions {
             no_fsync: false,
             fsync_seconds: Some(h.clone()),
-            ..Default::default()
         };
         let db = open(&dir.path().join("a.redb"), &synced).unwrap();
         write_one(&db, 1);
@@ -474,7 +448,6 @@ mod tests {
         let unsynced = DiskOptions {
             no_fsync: true,
             fsync_seconds: Some(h.clone()),
-            ..Default::default()
         };
         let db2 = open(&dir.path().join("b.redb"), &unsynced).unwrap();
         write_one(&db2, 1);
@@ -604,11 +577,7 @@ mod tests {
     fn a_crashed_file_opens_with_its_last_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = crashed_sample(dir.path());
-        let options = DiskOptions {
-            keep_last_commit: true,
-            ..Default::default()
-        };
-        let db = open(&path, &options).unwrap();
+        let db = open(&path, &DiskOptions::default()).unwrap();
         assert!(holds_sample(&db));
         let tx = db.begin_read().unwrap();
         let last = tx.open_table(LAST).unwrap();
@@ -616,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_last_commit_is_refused_for_the_log_and_rolled_back_for_the_store() {
+    fn a_damaged_last_commit_is_rolled_back() {
         let dir = tempfile::tempdir().unwrap();
         let (path, bytes) = crashed_sample(dir.path());
         let at = bytes
@@ -630,18 +599,6 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x01;
             std::fs::write(&path, &damaged).unwrap();
-            let log = DiskOptions {
-                keep_last_commit: true,
-                ..Default::default()
-            };
-            let err = open(&path, &log).unwrap_err();
-            assert!(err.to_string().contains("its last commit fails"), "{err}");
-            assert_eq!(
-                std::fs::read(&path).unwrap(),
-                damaged,
-                "refused, yet changed"
-            );
-
             let db = open(&path, &DiskOptions::default()).unwrap();
             assert!(holds_sample(&db));
             let tx = db.begin_read().unwrap();
@@ -696,7 +653,6 @@ mod tests {
         let options = DiskOptions {
             no_fsync: true,
             fsync_seconds: None,
-            keep_last_commit: false,
         };
         {
             let db = open(&path, &options).unwrap();

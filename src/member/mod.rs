@@ -2,7 +2,7 @@
 //! stopped as a unit.
 //!
 //! [`Member::start`] does, in order:
-//! 1. open the data dir: the Raft log (`member/raft.redb`, or under `--wal-dir`)
+//! 1. open the data dir: the Raft log (`member/raftlog/`, or under `--wal-dir`)
 //!    and the MVCC store (`member/kv.redb`);
 //! 2. establish identity: a new data dir is bootstrapped from `--initial-cluster`
 //!    (member and cluster IDs derived as etcd derives them); an existing one keeps
@@ -161,7 +161,7 @@ impl Member {
         std::fs::create_dir_all(&wal_dir).map_err(|e| {
             MemberError::DataDir(format!("cannot create wal dir {}: {e}", wal_dir.display()))
         })?;
-        let raft_path = wal_dir.join("raft.redb");
+        let raft_path = wal_dir.join(crate::raft::LOG_DIR);
         let kv_path = member_dir.join("kv.redb");
 
         let metrics =
@@ -170,21 +170,18 @@ impl Member {
         if cfg.unsafe_no_fsync {
             tracing::warn!("--unsafe-no-fsync: the Raft log and the store are never fsync'ed; a machine crash may lose acknowledged writes");
         }
+        let wal_options = crate::raft::WalOptions {
+            no_fsync: cfg.unsafe_no_fsync,
+            fsync_seconds: Some(metrics.wal_fsync.clone()),
+        };
+        crate::raft::legacy::migrate(&wal_dir, &raft_path, &wal_options)?;
         let files = DataFiles::probe(&raft_path, &kv_path)?;
-        let mut storage = RaftStorage::open_with(
-            &raft_path,
-            &crate::disk::DiskOptions {
-                no_fsync: cfg.unsafe_no_fsync,
-                fsync_seconds: Some(metrics.wal_fsync.clone()),
-                keep_last_commit: true,
-            },
-        )?;
+        let mut storage = RaftStorage::open_with(&raft_path, wal_options)?;
         let store = Arc::new(Store::open_with(
             &kv_path,
             &crate::disk::DiskOptions {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: None,
-                keep_last_commit: false,
             },
             Some(metrics.backend_commit.clone()),
         )?);
@@ -641,7 +638,7 @@ impl<'p> DataFiles<'p> {
     /// Looks at both files before they are opened (which creates them).
     fn probe(raft: &'p Path, kv: &'p Path) -> Result<Self, DataFileError> {
         let files = DataFiles {
-            raft: (raft, crate::disk::probe(raft)?),
+            raft: (raft, crate::raft::wal::Wal::probe(raft)?),
             kv: (kv, crate::disk::probe(kv)?),
         };
         if files.kv.1 == FileState::Present && files.raft.1 != FileState::Present {
@@ -764,23 +761,25 @@ mod tests {
     #[test]
     fn a_store_without_its_raft_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let raft = dir.path().join("raft.redb");
+        let raft = dir.path().join(crate::raft::LOG_DIR);
+        let segment = raft.join("0000000000000001.wal");
         let kv = dir.path().join("kv.redb");
         {
             crate::disk::open(&kv, &Default::default()).unwrap();
         }
-        std::fs::File::create(&raft).unwrap();
+        std::fs::create_dir_all(&raft).unwrap();
+        std::fs::File::create(&segment).unwrap();
         let err = DataFiles::probe(&raft, &kv).err().unwrap();
         assert!(err.is_corrupt());
         assert!(
             err.to_string()
-                .contains("raft.redb is corrupt: empty (0 bytes)"),
+                .contains("raftlog is corrupt: empty (0 bytes)"),
             "{err}"
         );
-        std::fs::remove_file(&raft).unwrap();
+        std::fs::remove_dir_all(&raft).unwrap();
         let err = DataFiles::probe(&raft, &kv).err().unwrap();
         assert!(
-            err.to_string().contains("raft.redb is corrupt: missing"),
+            err.to_string().contains("raftlog is corrupt: missing"),
             "{err}"
         );
     }
@@ -788,18 +787,20 @@ mod tests {
     #[test]
     fn a_new_member_has_no_files_or_empty_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let raft = dir.path().join("raft.redb");
+        let raft = dir.path().join(crate::raft::LOG_DIR);
+        let segment = raft.join("0000000000000001.wal");
         let kv = dir.path().join("kv.redb");
         let f = DataFiles::probe(&raft, &kv).unwrap();
         f.check_identity(false).unwrap();
-        std::fs::File::create(&raft).unwrap();
+        std::fs::create_dir_all(&raft).unwrap();
+        std::fs::File::create(&segment).unwrap();
         let f = DataFiles::probe(&raft, &kv).unwrap();
         f.check_identity(false).unwrap();
     }
 
     #[test]
     fn an_initialized_member_without_its_store_is_refused() {
-        let raft = Path::new("/d/raft.redb");
+        let raft = Path::new("/d/raftlog");
         let kv = Path::new("/d/kv.redb");
         for state in [FileState::Missing, FileState::Empty] {
             let err = files((raft, FileState::Present), (kv, state))
@@ -819,7 +820,7 @@ mod tests {
     #[test]
     fn a_store_behind_the_start_of_the_log_is_refused() {
         let f = files(
-            (Path::new("/d/raft.redb"), FileState::Present),
+            (Path::new("/d/raftlog"), FileState::Present),
             (Path::new("/d/kv.redb"), FileState::Present),
         );
         f.check_replay(0, 1).unwrap();

@@ -34,7 +34,10 @@ use crate::wait::Waiters;
 pub(super) fn data_files(cfg: &MemberConfig) -> (PathBuf, PathBuf) {
     let member_dir = cfg.data_dir.join("member");
     let wal_dir = cfg.wal_dir.clone().unwrap_or_else(|| member_dir.clone());
-    (wal_dir.join("raft.redb"), member_dir.join("kv.redb"))
+    (
+        wal_dir.join(crate::raft::LOG_DIR),
+        member_dir.join("kv.redb"),
+    )
 }
 
 /// Creates `cfg.data_dir` holding `snapshot`'s data as member `cfg.name` of

@@ -1,9 +1,12 @@
 //! Consensus: one member's Raft node, built on the `raft` crate (tikv raft-rs).
 //!
-//! - [`storage`]: the durable Raft log (redb), what raft-rs reads through `raft::Storage`.
+//! - [`storage`]: the Raft log in memory, what raft-rs reads through `raft::Storage`,
+//!   made durable by [`wal`], an append-only write-ahead log (one record and one
+//!   `fdatasync` per Ready).
 //! - [`node`]: the single thread that owns `RawNode`, ticks it, steps peer messages,
 //!   takes proposals and read-index requests, and drives the Ready loop: persist,
 //!   send, apply (through [`StateMachine`]), advance.
+//! - [`legacy`]: moves a log of the old format (`raft.redb`) into [`wal`].
 //! - [`transport`]: gRPC streams between members on their peer URLs, with the fault
 //!   hooks (drop messages to/from some peers) used by the embedded cluster.
 //! - [`logger`]: forwards raft-rs's `slog` records into `tracing`.
@@ -11,13 +14,19 @@
 //! Nothing outside [`node`] touches `RawNode`; everything else talks to it through
 //! [`node::RaftHandle`], a cheap clonable channel handle.
 
+pub mod legacy;
 pub mod logger;
 pub mod node;
 pub mod storage;
 pub mod transport;
+pub mod wal;
 
 pub use node::{NodeStatus, RaftHandle, StateMachine};
 pub use storage::{RaftStorage, SnapshotSource};
+pub use wal::WalOptions;
+
+/// The Raft log's directory name, in the member dir or under `--wal-dir`.
+pub const LOG_DIR: &str = "raftlog";
 
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]

@@ -721,7 +721,7 @@ mod tests {
     /// A single-voter log holding entries 2..=6 of term 1 (index 1 is the
     /// bootstrap's compaction point), commit index 3.
     fn log_of_five(dir: &std::path::Path) -> RaftStorage {
-        let mut storage = RaftStorage::open(&dir.join("raft.redb")).unwrap();
+        let mut storage = RaftStorage::open(&dir.join("raftlog")).unwrap();
         storage
             .bootstrap(b"id", ConfState::from((vec![1], vec![])))
             .unwrap();
@@ -777,7 +777,7 @@ mod tests {
         // Killed after applying entry 5 but before saving commit = 5.
         let storage = log_of_five(dir.path());
         start_and_lead(storage, Counter(5, 1), 5);
-        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        let storage = RaftStorage::open(&dir.path().join("raftlog")).unwrap();
         assert!(storage.hard_state().commit > 5);
     }
 
@@ -792,7 +792,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = log_of_five(dir.path());
         start_and_lead(storage, Counter(4, 2), 4);
-        let storage = RaftStorage::open(&dir.path().join("raft.redb")).unwrap();
+        let storage = RaftStorage::open(&dir.path().join("raftlog")).unwrap();
         assert_eq!(storage.first(), 5);
     }
 }

@@ -1,21 +1,20 @@
-//! The durable Raft log: entries, hard state and conf state in a `redb` file,
-//! mirrored in memory so that `raft::Storage` reads never touch the disk.
-//!
-//! Layout of `raft.redb`:
-//! - table `entries`: log index -> protobuf-encoded `eraftpb::Entry`;
-//! - table `meta`: `hard_state`, `conf_state`, `compacted` (index and term of the
-//!   last entry dropped from the log) and `identity` (whose data dir this is).
+//! The durable Raft log: entries, hard state and conf state, kept in memory
+//! for `raft::Storage` reads and made durable in a write-ahead log
+//! ([`super::wal`]) before anything depends on them.
 //!
 //! Invariants:
 //! - The in-memory log holds exactly the entries `compacted.index + 1 ..= last`,
-//!   contiguous, and matches the file after every [`RaftStorage::persist`] call.
-//! - [`RaftStorage::persist`] writes new entries and the hard state in one write
-//!   transaction, fsync'ed before it returns whenever it holds entries or a new
+//!   contiguous, and is what replaying the log's newest segment gives, after
+//!   every call that returns.
+//! - [`RaftStorage::persist`] appends new entries and the hard state as one
+//!   record, fsync'ed before it returns whenever it holds entries or a new
 //!   term or vote, so nothing is acknowledged that is not on disk. A change of
 //!   the commit index alone is only recorded in memory and rides along with the
 //!   next synced write: after a crash the commit index is learned again from the
 //!   leader, or from the state machine's applied index (`node::reconcile_log`).
-//!   That saves a redb commit (several page writes) per Ready on the hot path.
+//! - Compaction, a snapshot and a bootstrap start a new segment holding the
+//!   whole remaining state (see [`super::wal`]), so the log on disk never
+//!   grows beyond what memory holds plus the appends since.
 //! - Snapshots are not stored: the state machine *is* the snapshot. When raft-rs
 //!   needs one for a lagging follower, [`SnapshotSource`] builds it from the
 //!   applied state, whose index is always at or beyond the compaction point.
@@ -23,20 +22,11 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use redb::{Database, Durability, TableDefinition};
 
+use super::wal::{Checkpoint, Record, Wal, WalOptions};
 use super::RaftError;
-
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-
-const KEY_HARD_STATE: &str = "hard_state";
-const KEY_CONF_STATE: &str = "conf_state";
-const KEY_COMPACTED: &str = "compacted";
-const KEY_IDENTITY: &str = "identity";
 
 /// The index (at term 1) a new cluster's log starts from; see [`RaftStorage::bootstrap`].
 pub const BOOTSTRAP_INDEX: u64 = 1;
@@ -48,9 +38,10 @@ pub trait SnapshotSource: Send {
     fn snapshot(&self) -> Result<Snapshot, RaftError>;
 }
 
-/// The Raft log of one member, durable in redb and cached in memory.
+/// The Raft log of one member, durable in its write-ahead log and cached in memory.
 pub struct RaftStorage {
-    db: Database,
+    wal: Wal,
+    identity: Option<Vec<u8>>,
     hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last entry removed from the log (0, 0 when none).
@@ -63,71 +54,88 @@ pub struct RaftStorage {
 }
 
 impl RaftStorage {
-    /// Opens (or creates) the log at `path` and loads it into memory.
-    pub fn open(path: &Path) -> Result<Self, RaftError> {
-        Self::open_with(path, &crate::disk::DiskOptions::default())
+    /// Opens (or creates) the log in directory `dir` and loads it into memory.
+    pub fn open(dir: &Path) -> Result<Self, RaftError> {
+        Self::open_with(dir, WalOptions::default())
     }
 
-    /// [`RaftStorage::open`] with fsyncs timed or skipped as `disk` says.
-    pub fn open_with(path: &Path, disk: &crate::disk::DiskOptions) -> Result<Self, RaftError> {
-        let disk = crate::disk::DiskOptions {
-            keep_last_commit: true,
-            ..disk.clone()
-        };
-        let db = crate::disk::open(path, &disk)?;
-        let tx = db.begin_write().map_err(RaftError::db)?;
-        {
-            tx.open_table(ENTRIES).map_err(RaftError::db)?;
-            tx.open_table(META).map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
-
-        let read = db.begin_read().map_err(RaftError::db)?;
-        let meta = read.open_table(META).map_err(RaftError::db)?;
-        let get = |key: &str| -> Result<Option<Vec<u8>>, RaftError> {
-            Ok(meta
-                .get(key)
-                .map_err(RaftError::db)?
-                .map(|v| v.value().to_vec()))
-        };
-        let hard_state = match get(KEY_HARD_STATE)? {
-            Some(b) => HardState::parse_from_bytes(&b).map_err(RaftError::decode)?,
-            None => HardState::default(),
-        };
-        let conf_state = match get(KEY_CONF_STATE)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(RaftError::decode)?,
-            None => ConfState::default(),
-        };
-        let compacted = match get(KEY_COMPACTED)? {
-            Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
-            _ => (0, 0),
-        };
-        let table = read.open_table(ENTRIES).map_err(RaftError::db)?;
-        let mut entries = VecDeque::new();
-        for item in table.range(compacted.0 + 1..).map_err(RaftError::db)? {
-            let (_, v) = item.map_err(RaftError::db)?;
-            let e = Entry::parse_from_bytes(v.value()).map_err(RaftError::decode)?;
-            let expected = compacted.0 + 1 + entries.len() as u64;
-            if e.index != expected {
-                return Err(RaftError::Corrupt(format!(
-                    "raft log has a gap: expected index {expected}, found {}",
-                    e.index
-                )));
-            }
-            entries.push_back(e);
-        }
-        drop(table);
-        drop(meta);
-        drop(read);
-        Ok(Self {
-            db,
-            hard_state,
-            conf_state,
-            compacted,
-            entries,
+    /// [`RaftStorage::open`] with fsyncs timed or skipped as `options` say.
+    pub fn open_with(dir: &Path, options: WalOptions) -> Result<Self, RaftError> {
+        let (wal, records) = Wal::open(dir, options)?;
+        let mut s = Self {
+            wal,
+            identity: None,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            compacted: (0, 0),
+            entries: VecDeque::new(),
             snapshots: None,
             hard_state_unsaved: false,
-        })
+        };
+        for record in records {
+            s.replay(record)?;
+        }
+        if s.hard_state.commit > s.last() {
+            return Err(s.corrupt(format!(
+                "its commit index {} is beyond its last entry {}",
+                s.hard_state.commit,
+                s.last()
+            )));
+        }
+        Ok(s)
+    }
+
+    fn corrupt(&self, detail: String) -> RaftError {
+        crate::disk::DataFileError::corrupt(&self.wal.path(), detail).into()
+    }
+
+    fn replay(&mut self, record: Record) -> Result<(), RaftError> {
+        match record {
+            Record::Checkpoint {
+                checkpoint: cp,
+                entries,
+            } => {
+                self.identity = cp.identity;
+                self.hard_state = cp.hard_state;
+                self.conf_state = cp.conf_state;
+                self.compacted = cp.compacted;
+                self.entries.clear();
+                self.append_replayed(entries)?;
+            }
+            Record::Append {
+                hard_state,
+                entries,
+            } => {
+                self.append_replayed(entries)?;
+                if let Some(hs) = hard_state {
+                    self.hard_state = hs;
+                }
+            }
+            Record::ConfState(cs) => self.conf_state = cs,
+        }
+        Ok(())
+    }
+
+    /// Replays appended entries: they replace the log from their first index on.
+    fn append_replayed(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.compacted.0 || first.index > self.last() + 1 {
+            return Err(self.corrupt(format!(
+                "entries from index {} do not follow the log ({}..={})",
+                first.index,
+                self.first(),
+                self.last()
+            )));
+        }
+        if entries.windows(2).any(|w| w[1].index != w[0].index + 1) {
+            return Err(self.corrupt("entries out of order".into()));
+        }
+        self.entries
+            .truncate((first.index - self.compacted.0 - 1) as usize);
+        self.entries.extend(entries);
+        Ok(())
     }
 
     /// Sets the state machine that builds snapshots for lagging followers.
@@ -137,12 +145,25 @@ impl RaftStorage {
 
     /// The stored identity record (encoded `lcraftpb::Identity`), if any.
     pub fn identity(&self) -> Result<Option<Vec<u8>>, RaftError> {
-        let read = self.db.begin_read().map_err(RaftError::db)?;
-        let meta = read.open_table(META).map_err(RaftError::db)?;
-        Ok(meta
-            .get(KEY_IDENTITY)
-            .map_err(RaftError::db)?
-            .map(|v| v.value().to_vec()))
+        Ok(self.identity.clone())
+    }
+
+    /// The state to start a new segment with.
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            identity: self.identity.clone(),
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+            compacted: self.compacted,
+        }
+    }
+
+    /// Writes the whole log as a new segment (after a change that is not an append).
+    fn rewrite(&mut self) -> Result<(), RaftError> {
+        let cp = self.checkpoint();
+        self.wal.rotate(&cp, self.entries.iter())?;
+        self.hard_state_unsaved = false;
+        Ok(())
     }
 
     /// Records the identity and the initial configuration of a brand-new member,
@@ -153,47 +174,23 @@ impl RaftStorage {
     /// later must start from a snapshot, and it will, because the log never holds
     /// the entries before it.
     pub fn bootstrap(&mut self, identity: &[u8], conf_state: ConfState) -> Result<(), RaftError> {
-        let cs = conf_state.write_to_bytes().map_err(RaftError::decode)?;
-        let hs = HardState {
+        self.identity = Some(identity.to_vec());
+        self.conf_state = conf_state;
+        self.hard_state = HardState {
             term: 1,
             commit: BOOTSTRAP_INDEX,
             ..Default::default()
         };
-        let hsb = hs.write_to_bytes().map_err(RaftError::decode)?;
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
-            meta.insert(KEY_IDENTITY, identity).map_err(RaftError::db)?;
-            meta.insert(KEY_CONF_STATE, cs.as_slice())
-                .map_err(RaftError::db)?;
-            meta.insert(KEY_HARD_STATE, hsb.as_slice())
-                .map_err(RaftError::db)?;
-            meta.insert(
-                KEY_COMPACTED,
-                compacted_bytes(BOOTSTRAP_INDEX, 1).as_slice(),
-            )
-            .map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
-        self.conf_state = conf_state;
-        self.hard_state = hs;
         self.compacted = (BOOTSTRAP_INDEX, 1);
         self.entries.clear();
-        Ok(())
+        self.rewrite()
     }
 
     /// Records the identity of a member that joins a running cluster: no
     /// configuration and no log; the leader's first snapshot provides both.
     pub fn bootstrap_joining(&mut self, identity: &[u8]) -> Result<(), RaftError> {
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
-            meta.insert(KEY_IDENTITY, identity).map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
-        Ok(())
+        self.identity = Some(identity.to_vec());
+        self.rewrite()
     }
 
     /// The current hard state.
@@ -207,7 +204,7 @@ impl RaftStorage {
     }
 
     /// Appends `entries` (truncating any conflicting suffix) and saves `hard_state`,
-    /// in one fsync'ed transaction.
+    /// in one fsync'ed record.
     pub fn persist(
         &mut self,
         entries: &[Entry],
@@ -230,46 +227,23 @@ impl RaftStorage {
             }
             return Ok(());
         }
+        if let Some(first) = entries.first() {
+            if first.index <= self.compacted.0 || first.index > self.last() + 1 {
+                return Err(RaftError::Corrupt(format!(
+                    "append at index {} outside the log {}..={}",
+                    first.index,
+                    self.first(),
+                    self.last()
+                )));
+            }
+        }
         // A commit index recorded only in memory goes out with this write.
         let hard_state = match hard_state {
             Some(hs) => Some(hs.clone()),
             None if self.hard_state_unsaved => Some(self.hard_state.clone()),
             None => None,
         };
-        let hard_state = hard_state.as_ref();
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut table = tx.open_table(ENTRIES).map_err(RaftError::db)?;
-            if let Some(first) = entries.first() {
-                if first.index <= self.compacted.0 {
-                    return Err(RaftError::Corrupt(format!(
-                        "append at index {} behind compaction point {}",
-                        first.index, self.compacted.0
-                    )));
-                }
-                let last = self.last();
-                if first.index <= last {
-                    // A new leader overwrote our uncommitted suffix.
-                    for idx in first.index..=last {
-                        table.remove(idx).map_err(RaftError::db)?;
-                    }
-                }
-                for e in entries {
-                    let bytes = e.write_to_bytes().map_err(RaftError::decode)?;
-                    table
-                        .insert(e.index, bytes.as_slice())
-                        .map_err(RaftError::db)?;
-                }
-            }
-            if let Some(hs) = hard_state {
-                let mut meta = tx.open_table(META).map_err(RaftError::db)?;
-                let bytes = hs.write_to_bytes().map_err(RaftError::decode)?;
-                meta.insert(KEY_HARD_STATE, bytes.as_slice())
-                    .map_err(RaftError::db)?;
-            }
-        }
-        tx.commit().map_err(RaftError::db)?;
+        self.wal.append(hard_state.as_ref(), entries)?;
 
         if let Some(first) = entries.first() {
             let keep = (first.index - self.compacted.0 - 1) as usize;
@@ -277,7 +251,7 @@ impl RaftStorage {
             self.entries.extend(entries.iter().cloned());
         }
         if let Some(hs) = hard_state {
-            self.hard_state = hs.clone();
+            self.hard_state = hs;
             self.hard_state_unsaved = false;
         }
         Ok(())
@@ -288,16 +262,7 @@ impl RaftStorage {
         if !self.hard_state_unsaved {
             return Ok(());
         }
-        let hs = self.hard_state.clone();
-        let bytes = hs.write_to_bytes().map_err(RaftError::decode)?;
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
-            meta.insert(KEY_HARD_STATE, bytes.as_slice())
-                .map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
+        self.wal.append(Some(&self.hard_state), &[])?;
         self.hard_state_unsaved = false;
         Ok(())
     }
@@ -312,15 +277,7 @@ impl RaftStorage {
 
     /// Saves a new configuration (after applying a conf change).
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), RaftError> {
-        let bytes = cs.write_to_bytes().map_err(RaftError::decode)?;
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut meta = tx.open_table(META).map_err(RaftError::db)?;
-            meta.insert(KEY_CONF_STATE, bytes.as_slice())
-                .map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
+        self.wal.append_conf_state(&cs)?;
         self.conf_state = cs;
         Ok(())
     }
@@ -328,37 +285,16 @@ impl RaftStorage {
     /// Replaces the log by a snapshot received from the leader (the state machine
     /// has already been restored from its data).
     pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), RaftError> {
-        let mut hs = self.hard_state.clone();
-        hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
-        let cs = meta.get_conf_state().clone();
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut table = tx.open_table(ENTRIES).map_err(RaftError::db)?;
-            table.retain(|_, _| false).map_err(RaftError::db)?;
-            let mut m = tx.open_table(META).map_err(RaftError::db)?;
-            m.insert(
-                KEY_COMPACTED,
-                compacted_bytes(meta.index, meta.term).as_slice(),
-            )
-            .map_err(RaftError::db)?;
-            let hsb = hs.write_to_bytes().map_err(RaftError::decode)?;
-            m.insert(KEY_HARD_STATE, hsb.as_slice())
-                .map_err(RaftError::db)?;
-            let csb = cs.write_to_bytes().map_err(RaftError::decode)?;
-            m.insert(KEY_CONF_STATE, csb.as_slice())
-                .map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.conf_state = meta.get_conf_state().clone();
         self.entries.clear();
         self.compacted = (meta.index, meta.term);
-        self.hard_state = hs;
-        self.conf_state = cs;
-        Ok(())
+        self.rewrite()
     }
 
-    /// Drops every entry up to and including `index` (which must be applied).
+    /// Drops every entry up to and including `index` (which must be applied),
+    /// rewriting the log without them.
     pub fn compact(&mut self, index: u64) -> Result<(), RaftError> {
         if index <= self.compacted.0 || index > self.last() {
             return Ok(());
@@ -366,22 +302,10 @@ impl RaftStorage {
         let term = self.term_of(index).ok_or_else(|| {
             RaftError::Corrupt(format!("no term for index {index} in the raft log"))
         })?;
-        let mut tx = self.db.begin_write().map_err(RaftError::db)?;
-        tx.set_durability(Durability::Immediate);
-        {
-            let mut table = tx.open_table(ENTRIES).map_err(RaftError::db)?;
-            table
-                .retain_in(..=index, |_, _| false)
-                .map_err(RaftError::db)?;
-            let mut m = tx.open_table(META).map_err(RaftError::db)?;
-            m.insert(KEY_COMPACTED, compacted_bytes(index, term).as_slice())
-                .map_err(RaftError::db)?;
-        }
-        tx.commit().map_err(RaftError::db)?;
         let drop_n = (index - self.compacted.0) as usize;
         self.entries.drain(..drop_n);
         self.compacted = (index, term);
-        Ok(())
+        self.rewrite()
     }
 
     /// The first index still in the log.
@@ -467,19 +391,6 @@ impl raft::Storage for RaftStorage {
     }
 }
 
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
-fn compacted_bytes(index: u64, term: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&index.to_be_bytes());
-    b[8..].copy_from_slice(&term.to_be_bytes());
-    b
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,7 +408,7 @@ mod tests {
     #[test]
     fn persisted_entries_and_hard_state_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
+        let path = dir.path().join("raftlog");
         {
             let mut s = RaftStorage::open(&path).unwrap();
             let hs = HardState {
@@ -520,7 +431,7 @@ mod tests {
     #[test]
     fn conflicting_suffix_is_truncated_on_disk_too() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
+        let path = dir.path().join("raftlog");
         {
             let mut s = RaftStorage::open(&path).unwrap();
             s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
@@ -536,7 +447,7 @@ mod tests {
     #[test]
     fn compaction_drops_prefix_and_keeps_term_of_compaction_point() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
+        let path = dir.path().join("raftlog");
         {
             let mut s = RaftStorage::open(&path).unwrap();
             s.persist(
@@ -568,7 +479,7 @@ mod tests {
     #[test]
     fn a_commit_index_alone_waits_in_memory_for_the_next_synced_write() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
+        let path = dir.path().join("raftlog");
         let hs = |commit| HardState {
             term: 2,
             vote: 1,
@@ -597,7 +508,7 @@ mod tests {
     #[test]
     fn applying_a_snapshot_resets_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
+        let path = dir.path().join("raftlog");
         let mut s = RaftStorage::open(&path).unwrap();
         s.persist(&[entry(1, 1), entry(2, 1)], None).unwrap();
         let mut meta = SnapshotMetadata {
@@ -616,5 +527,107 @@ mod tests {
         let s = RaftStorage::open(&path).unwrap();
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
         assert_eq!(s.last_index().unwrap(), 51);
+    }
+
+    /// What a reopened log must show: bounds, terms, hard and conf state.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        first: u64,
+        last: u64,
+        terms: Vec<u64>,
+        hard_state: HardState,
+        voters: Vec<u64>,
+    }
+
+    fn seen(s: &RaftStorage) -> Seen {
+        Seen {
+            first: s.first(),
+            last: s.last(),
+            terms: (s.first() - 1..=s.last())
+                .map(|i| s.term(i).unwrap())
+                .collect(),
+            hard_state: s.hard_state().clone(),
+            voters: s.conf_state().voters.clone(),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Append `n` entries at `back` entries before the end (overwriting).
+        Append {
+            back: u64,
+            n: u64,
+            term_up: bool,
+        },
+        Commit,
+        Compact {
+            keep: u64,
+        },
+        Conf(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..3u64, 1..5u64, any::<bool>())
+                .prop_map(|(back, n, term_up)| Op::Append { back, n, term_up }),
+            1 => Just(Op::Commit),
+            1 => (0..4u64).prop_map(|keep| Op::Compact { keep }),
+            1 => (1..6u64).prop_map(Op::Conf),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// After any sequence of writes, a reopened log is the log in memory;
+        /// and a log cut at any byte reopens as the log after some earlier
+        /// write (a torn tail), or is refused: never another log, never a panic.
+        #[test]
+        fn a_reopened_or_torn_log_is_one_the_writes_made(
+            ops in proptest::collection::vec(op(), 1..25),
+            cut in 0.0f64..1.0,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("raftlog");
+            let mut s = RaftStorage::open(&path).unwrap();
+            let mut states = vec![seen(&s)];
+            let mut term = 1;
+            for op in ops {
+                match op {
+                    Op::Append { back, n, term_up } => {
+                        let start = (s.last() + 1).saturating_sub(back).max(s.first());
+                        term += u64::from(term_up);
+                        let es: Vec<Entry> = (start..start + n).map(|i| entry(i, term)).collect();
+                        let mut hs = s.hard_state().clone();
+                        hs.term = term;
+                        hs.commit = hs.commit.min(start - 1);
+                        s.persist(&es, Some(&hs)).unwrap();
+                    }
+                    Op::Commit => {
+                        let last = s.last();
+                        s.set_commit(last).unwrap();
+                        s.save_hard_state().unwrap();
+                    }
+                    Op::Compact { keep } => {
+                        let to = s.hard_state().commit.saturating_sub(keep);
+                        s.compact(to).unwrap();
+                    }
+                    Op::Conf(n) => s.set_conf_state(ConfState::from(((1..=n).collect::<Vec<_>>(), vec![]))).unwrap(),
+                }
+                let reopened = RaftStorage::open(&path).unwrap();
+                proptest::prop_assert_eq!(seen(&reopened), seen(&s));
+                states.push(seen(&s));
+            }
+            drop(s);
+            let segment = std::fs::read_dir(&path).unwrap().next().unwrap().unwrap().path();
+            let bytes = std::fs::read(&segment).unwrap();
+            let at = (bytes.len() as f64 * cut) as usize;
+            std::fs::write(&segment, &bytes[..at]).unwrap();
+            if let Ok(torn) = RaftStorage::open(&path) {
+                let got = seen(&torn);
+                proptest::prop_assert!(states.contains(&got), "{got:?} was never written");
+            }
+        }
     }
 }
