@@ -107,7 +107,8 @@ pub struct Core {
     pub leases: crate::apply::SharedLeases,
     /// Every applied batch of changes, for watchers.
     pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
-    /// Files whose sizes make up the reported database size.
+    /// Files whose sizes make up the reported database size (the store, as
+    /// etcd reports its backend without the WAL).
     pub db_files: Vec<std::path::PathBuf>,
     /// The peer senders (their connection state feeds the reconfiguration check).
     pub peers: Arc<crate::raft::transport::Peers>,

@@ -350,7 +350,7 @@ impl Member {
             events,
             leases,
             alarms,
-            db_files: vec![kv_path.clone(), raft_path.clone()],
+            db_files: vec![kv_path.clone()],
             peers: peers.clone(),
             metrics: metrics.clone(),
             auth,
