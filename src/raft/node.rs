@@ -533,14 +533,17 @@ impl Loop {
                 }
             }
         }
-        let committed = ready.take_committed_entries();
-        self.apply(committed)?;
-
+        // Persist and answer first, then apply: the acknowledgements (and the
+        // leader's own vote for its entries) go out without waiting for the
+        // state machine. Committed entries are already durable here (raft-rs
+        // hands out only persisted ones), so their order does not matter.
         let hs = ready.hs().cloned();
         self.raw.mut_store().persist(ready.entries(), hs.as_ref())?;
         if !ready.persisted_messages().is_empty() {
             self.outbox.send(ready.take_persisted_messages());
         }
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
 
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -631,9 +634,9 @@ impl Loop {
 /// Brings the log in line with what the state machine durably holds after a
 /// crash (raft-rs refuses to start with an applied index beyond the commit index
 /// or the log):
-/// - a Ready's committed entries are applied before its hard state is saved, so
-///   the stored commit index may be behind the applied one: those entries were
-///   committed, so the commit index catches up;
+/// - a commit index that moved alone is not synced (see `storage`), so the
+///   stored one may be behind the applied one: those entries were committed,
+///   so the commit index catches up;
 /// - a leader's snapshot is restored into the state machine before it is
 ///   recorded in the log, so the log may not hold the applied entry (or hold a
 ///   stale one in its place): the snapshot is recorded now.
