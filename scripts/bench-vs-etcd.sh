@@ -13,7 +13,8 @@
 # watchers on one prefix receive every one of WATCH_TOTAL puts.
 #
 # Then, per server, the operational figures: time from launch to the first
-# acknowledged write, RSS per member idle and after 100k 256-byte keys, time
+# acknowledged write, RSS per member idle (and PSS, which counts the binary
+# text the three members share once) and after 100k 256-byte keys, time
 # from SIGKILL of the leader to the next acknowledged write (etcd's default
 # timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
 #
@@ -135,6 +136,17 @@ rss_kib() {
     echo "$sum"
 }
 
+# Sum of proportional set sizes (KiB) of the running members: pages shared
+# between them (the binary's text, mapped by all three) counted once in all.
+pss_kib() {
+    local pid sum=0 v
+    for pid in "${PIDS[@]}"; do
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")
+        sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
 # Sum of user+system CPU time (seconds) of the running members.
 cpu_seconds() {
     local pid ticks=0 t tck
@@ -226,13 +238,14 @@ run_extras() {
     mkdir -p "$dir"
     local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
     log "$kind: start-up, memory, failover and check perf"
-    local t0 first_write idle loaded failover check
+    local t0 first_write idle idle_pss loaded failover check
     t0=$(now_ms)
     start_cluster "$kind" "$dir" "$base"
     put_until_ok "$eps"
     first_write=$(($(now_ms) - t0))
     sleep 3
     idle=$(($(rss_kib) / 3))
+    idle_pss=$(($(pss_kib) / 3))
     "$BIN" bench put --endpoints "$eps" --total 100000 --clients 64 --conns 3 \
         --sequential-keys --key-size 16 --val-size 256 -w json >"$dir/load.json"
     sleep 2
@@ -257,9 +270,9 @@ run_extras() {
     put_until_ok "$others"
     failover=$(($(now_ms) - t0))
     stop_cluster
-    jq -nc --arg server "$kind" --argjson first "$first_write" --argjson idle "$idle" \
+    jq -nc --arg server "$kind" --argjson first "$first_write" --argjson idle "$idle" --argjson idle_pss "$idle_pss" \
         --argjson loaded "$loaded" --argjson failover "$failover" --arg check "$check" \
-        '{server: $server, first_write_ms: $first, idle_rss_kib: $idle, rss_100k_kib: $loaded, failover_ms: $failover, check_perf: $check}' \
+        '{server: $server, first_write_ms: $first, idle_rss_kib: $idle, idle_pss_kib: $idle_pss, rss_100k_kib: $loaded, failover_ms: $failover, check_perf: $check}' \
         >>"$EXTRA_RESULTS"
 }
 
@@ -319,8 +332,8 @@ if [ "$EXTRAS" = 1 ]; then
     echo
     echo "Operations (3 members, default heartbeat 100 ms / election 1000 ms):"
     echo
-    echo "| server | launch to first acked write ms | idle RSS MiB per member | RSS MiB per member after 100k keys | leader SIGKILL to next acked write ms | etcdctl check perf --load=$CHECK_LOAD |"
+    echo "| server | launch to first acked write ms | idle RSS MiB per member | idle PSS MiB per member | RSS MiB per member after 100k keys | leader SIGKILL to next acked write ms | etcdctl check perf --load=$CHECK_LOAD |"
     echo "|---|---:|---:|---:|---:|---|"
-    jq -r '"| \(.server) | \(.first_write_ms) | \(.idle_rss_kib / 1024 * 10 | round / 10) | \(.rss_100k_kib / 1024 * 10 | round / 10) | \(.failover_ms) | \(.check_perf) |"' "$EXTRA_RESULTS"
+    jq -r '"| \(.server) | \(.first_write_ms) | \(.idle_rss_kib / 1024 * 10 | round / 10) | \(.idle_pss_kib / 1024 * 10 | round / 10) | \(.rss_100k_kib / 1024 * 10 | round / 10) | \(.failover_ms) | \(.check_perf) |"' "$EXTRA_RESULTS"
 fi
 
