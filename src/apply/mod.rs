@@ -3,7 +3,8 @@
 //!
 //! The Raft node calls [`Applier::apply`] with each run of committed entries. The
 //! whole run is applied in one MVCC [`Batch`](crate::mvcc::Batch) (one redb write
-//! transaction, one fsync) that also records the applied index and term, the Raft
+//! transaction, one fsync), through one [`Writer`](crate::mvcc::Writer) so the
+//! tables are opened once per run, that also records the applied index and term, the Raft
 //! configuration and the membership. So after a crash the state machine is exactly
 //! at some applied index and raft-rs replays from there: every entry is applied
 //! exactly once.
@@ -292,7 +293,7 @@ impl Applier {
 
     fn apply_request(
         &mut self,
-        batch: &mut mvcc::Batch<'_>,
+        batch: &mut mvcc::Writer<'_>,
         req: Request,
         events: &mut Vec<mvcc::Event>,
     ) -> Result<ApplyResult, RaftError> {
@@ -471,7 +472,7 @@ impl Applier {
         }
     }
 
-    fn store_rev(&self, batch: &mvcc::Batch<'_>) -> i64 {
+    fn store_rev(&self, batch: &mvcc::Writer<'_>) -> i64 {
         batch.current_revision()
     }
 
@@ -517,7 +518,9 @@ impl StateMachine for Applier {
         conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
     ) -> Result<(), RaftError> {
         let store = self.store.clone();
-        let mut batch = store.batch().map_err(apply_err)?;
+        let mut owner = store.batch().map_err(apply_err)?;
+        // One writer for the whole run: the tables are opened once per batch.
+        let mut batch = owner.writer().map_err(apply_err)?;
         let mut results: Vec<(u64, ApplyResult)> = Vec::new();
         let mut events = Vec::new();
         let mut membership_changed = false;
@@ -573,6 +576,8 @@ impl StateMachine for Applier {
             batch.set_meta(META_CONF_STATE, &bytes).map_err(apply_err)?;
         }
         let revision = batch.current_revision();
+        drop(batch);
+        let mut batch = owner;
         // Configuration changes are made durable at once; other batches may wait
         // for the next flush: the Raft log holds them meanwhile.
         let durable = conf_state.is_some()

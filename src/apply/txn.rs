@@ -25,48 +25,50 @@ pub trait Leases {
 
 /// Applies a Put.
 pub fn put(
-    rt: &mut RevTxn<'_>,
+    rt: &mut RevTxn<'_, '_>,
     req: &PutRequest,
     leases: &dyn Leases,
 ) -> Result<PutResponse, ApplyError> {
     check_put(rt, req, leases)?;
-    let prev = rt.put(
-        &req.key,
-        &req.value,
-        req.lease,
-        req.ignore_value,
-        req.ignore_lease,
-    )?;
+    let (key, value) = (&req.key, &req.value);
+    let prev_kv = if req.prev_kv {
+        rt.put(key, value, req.lease, req.ignore_value, req.ignore_lease)?
+            .map(kv_to_pb)
+    } else {
+        rt.put_without_prev(key, value, req.lease, req.ignore_value, req.ignore_lease)?;
+        None
+    };
     Ok(PutResponse {
         header: None,
-        prev_kv: if req.prev_kv {
-            prev.map(kv_to_pb)
-        } else {
-            None
-        },
+        prev_kv,
     })
 }
 
 /// Applies a DeleteRange.
 pub fn delete_range(
-    rt: &mut RevTxn<'_>,
+    rt: &mut RevTxn<'_, '_>,
     req: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, ApplyError> {
-    let deleted = rt.delete_range(&req.key, &req.range_end)?;
-    Ok(DeleteRangeResponse {
-        header: None,
-        deleted: deleted.len() as i64,
-        prev_kvs: if req.prev_kv {
-            deleted.into_iter().map(kv_to_pb).collect()
-        } else {
-            Vec::new()
-        },
-    })
+    if req.prev_kv {
+        let deleted = rt.delete_range(&req.key, &req.range_end)?;
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted: deleted.len() as i64,
+            prev_kvs: deleted.into_iter().map(kv_to_pb).collect(),
+        })
+    } else {
+        let deleted = rt.delete_range_count(&req.key, &req.range_end)?;
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted: deleted as i64,
+            prev_kvs: Vec::new(),
+        })
+    }
 }
 
 /// Applies a Txn: evaluates the compares, checks the chosen branch, runs it.
 pub fn txn(
-    rt: &mut RevTxn<'_>,
+    rt: &mut RevTxn<'_, '_>,
     req: &TxnRequest,
     leases: &dyn Leases,
 ) -> Result<TxnResponse, ApplyError> {
@@ -104,7 +106,7 @@ pub fn txn(
 }
 
 /// Deletes every key attached to lease `id` (a revoke or an expiry).
-pub fn delete_leased(rt: &mut RevTxn<'_>, id: i64) -> Result<(), ApplyError> {
+pub fn delete_leased(rt: &mut RevTxn<'_, '_>, id: i64) -> Result<(), ApplyError> {
     let all = rt.range(
         b"\0",
         b"\0",
@@ -114,13 +116,13 @@ pub fn delete_leased(rt: &mut RevTxn<'_>, id: i64) -> Result<(), ApplyError> {
         },
     )?;
     for kv in all.kvs.into_iter().filter(|kv| kv.lease == id) {
-        rt.delete_range(&kv.key, &[])?;
+        rt.delete_range_count(&kv.key, &[])?;
     }
     Ok(())
 }
 
 /// Whether every compare holds against the current state of `rt`.
-pub fn compares_hold(rt: &mut RevTxn<'_>, compares: &[Compare]) -> Result<bool, ApplyError> {
+pub fn compares_hold(rt: &mut RevTxn<'_, '_>, compares: &[Compare]) -> Result<bool, ApplyError> {
     for c in compares {
         if !compare_holds(rt, c)? {
             return Ok(false);
@@ -129,7 +131,7 @@ pub fn compares_hold(rt: &mut RevTxn<'_>, compares: &[Compare]) -> Result<bool, 
     Ok(true)
 }
 
-fn compare_holds(rt: &mut RevTxn<'_>, c: &Compare) -> Result<bool, ApplyError> {
+fn compare_holds(rt: &mut RevTxn<'_, '_>, c: &Compare) -> Result<bool, ApplyError> {
     let res = rt.range(&c.key, &c.range_end, &RangeOptions::default())?;
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     if res.kvs.is_empty() {
@@ -175,7 +177,11 @@ fn int_target(c: &Compare) -> i64 {
     }
 }
 
-fn check_put(rt: &mut RevTxn<'_>, req: &PutRequest, leases: &dyn Leases) -> Result<(), ApplyError> {
+fn check_put(
+    rt: &mut RevTxn<'_, '_>,
+    req: &PutRequest,
+    leases: &dyn Leases,
+) -> Result<(), ApplyError> {
     if req.ignore_value || req.ignore_lease {
         let found = rt.range(
             &req.key,
@@ -196,7 +202,7 @@ fn check_put(rt: &mut RevTxn<'_>, req: &PutRequest, leases: &dyn Leases) -> Resu
 }
 
 fn check_ops(
-    rt: &mut RevTxn<'_>,
+    rt: &mut RevTxn<'_, '_>,
     ops: &[crate::pb::etcdserverpb::RequestOp],
     leases: &dyn Leases,
 ) -> Result<(), ApplyError> {
@@ -215,4 +221,97 @@ fn check_ops(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{Event, Store};
+
+    struct NoLeases;
+
+    impl Leases for NoLeases {
+        fn exists(&self, _id: i64) -> bool {
+            false
+        }
+    }
+
+    /// Puts `a`..`e` twice and deletes `b`..`d`, then everything, asking for
+    /// previous key-values or not; returns the responses' prev kvs, the delete
+    /// counts and every event.
+    fn run(store: &Store, prev_kv: bool) -> (Vec<Vec<u8>>, Vec<i64>, Vec<Event>) {
+        let mut batch = store.batch().unwrap();
+        let mut w = batch.writer().unwrap();
+        let (mut prevs, mut counts, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..2u8 {
+            for k in b'a'..=b'e' {
+                let mut rt = w.txn().unwrap();
+                let req = PutRequest {
+                    key: vec![k],
+                    value: vec![round],
+                    prev_kv,
+                    ..Default::default()
+                };
+                let resp = put(&mut rt, &req, &NoLeases).unwrap();
+                prevs.extend(resp.prev_kv.map(|kv| kv.value));
+                events.extend(rt.end().1);
+            }
+        }
+        for (key, range_end) in [(&b"b"[..], &b"d"[..]), (b"\0", b"\0")] {
+            let mut rt = w.txn().unwrap();
+            let req = DeleteRangeRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                prev_kv,
+            };
+            let resp = delete_range(&mut rt, &req).unwrap();
+            counts.push(resp.deleted);
+            prevs.extend(resp.prev_kvs.into_iter().map(|kv| kv.key));
+            events.extend(rt.end().1);
+        }
+        drop(w);
+        batch.commit().unwrap();
+        (prevs, counts, events)
+    }
+
+    #[test]
+    fn prev_kv_only_changes_what_the_response_carries() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Store::open(dir.path().join("with")).unwrap();
+        let without = Store::open(dir.path().join("without")).unwrap();
+        let (prevs, counts, events) = run(&with, true);
+        let (no_prevs, no_counts, no_events) = run(&without, false);
+        assert_eq!(counts, vec![2, 3]);
+        assert_eq!(no_counts, counts);
+        assert_eq!(no_events, events);
+        assert!(no_prevs.is_empty());
+        // Five previous values of the second round of puts, then the keys the
+        // deletes removed.
+        let want: Vec<Vec<u8>> = [
+            &[0u8][..],
+            &[0],
+            &[0],
+            &[0],
+            &[0],
+            b"b",
+            b"c",
+            b"a",
+            b"d",
+            b"e",
+        ]
+        .iter()
+        .map(|v| v.to_vec())
+        .collect();
+        assert_eq!(prevs, want);
+        // Every delete event carries the previous key-value, asked for or not
+        // (watchers may want it).
+        assert!(events
+            .iter()
+            .filter(|e| e.kind == crate::mvcc::EventKind::Delete)
+            .all(|e| e.prev_kv.as_ref().is_some_and(|p| p.key == e.kv.key)));
+        assert_eq!(
+            with.read().unwrap().hash().unwrap(),
+            without.read().unwrap().hash().unwrap()
+        );
+    }
 }

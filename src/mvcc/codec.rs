@@ -37,7 +37,16 @@ pub struct Record {
 
 /// Encodes a record.
 pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + kv.key.len() + kv.value.len());
+    let mut out = Vec::new();
+    encode_record_into(&mut out, tombstone, kv);
+    out
+}
+
+/// Encodes a record into `out`, replacing its contents (lets a loop reuse one
+/// buffer).
+pub fn encode_record_into(out: &mut Vec<u8>, tombstone: bool, kv: &KeyValue) {
+    out.clear();
+    out.reserve(HEADER_LEN + kv.key.len() + kv.value.len());
     out.push(if tombstone { TAG_TOMBSTONE } else { TAG_PUT });
     for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
         out.extend_from_slice(&n.to_be_bytes());
@@ -46,7 +55,6 @@ pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
     out.extend_from_slice(&(kv.key.len() as u32).to_be_bytes());
     out.extend_from_slice(&kv.key);
     out.extend_from_slice(&kv.value);
-    out
 }
 
 /// Decodes a record.
@@ -115,6 +123,22 @@ pub fn index_key(prefix: &[u8], rev: Revision) -> Vec<u8> {
     out.extend_from_slice(prefix);
     out.extend_from_slice(&rev.to_bytes());
     out
+}
+
+/// The index key of `key` at `rev` written into `out`, replacing its contents:
+/// the same bytes as `index_key(&index_prefix(key), rev)` without the two
+/// allocations.
+pub fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
+    out.clear();
+    out.reserve(key.len() + 2 + REVISION_LEN);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&rev.to_bytes());
 }
 
 /// Splits an index key into its prefix and its revision.
@@ -266,6 +290,9 @@ mod tests {
         #[test]
         fn records_roundtrip(kv in kv_strategy(), tombstone in any::<bool>()) {
             let enc = encode_record(tombstone, &kv);
+            let mut buf = vec![7u8; 5];
+            encode_record_into(&mut buf, tombstone, &kv);
+            prop_assert_eq!(&buf, &enc);
             prop_assert_eq!(decode_record_key(&enc)?, kv.key.as_slice());
             let rec = decode_record(&enc)?;
             prop_assert_eq!(rec, Record { tombstone, kv });
@@ -283,6 +310,9 @@ mod tests {
             let ka = index_key(&index_prefix(&a), ra);
             let kb = index_key(&index_prefix(&b), rb);
             prop_assert_eq!((&a, ra).cmp(&(&b, rb)), ka.cmp(&kb));
+            let mut buf = vec![7u8; 3];
+            index_key_into(&mut buf, &a, ra);
+            prop_assert_eq!(&buf, &ka);
             let (prefix, rev) = split_index_key(&ka)?;
             prop_assert_eq!(rev, ra);
             prop_assert_eq!(decode_index_prefix(prefix)?, a);

@@ -46,7 +46,7 @@ mod tests;
 pub use error::{MvccError, Result};
 pub use key_range::KeyRange;
 pub use revision::Revision;
-pub use store::{Batch, ReadView, RevTxn, Store};
+pub use store::{Batch, ReadView, RevTxn, Store, Writer};
 pub use types::{
     Event, EventKind, HashKv, KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget,
 };

@@ -5,6 +5,10 @@
 //! * [`Batch`] wraps one redb write transaction. The Raft apply layer applies a
 //!   batch of committed entries in it and calls [`Batch::commit`] once (one
 //!   fsync). Dropping a batch without committing discards it.
+//! * [`Writer`] is a batch with its tables open: the apply layer takes one per
+//!   batch, so the tables are opened (and closed) once per batch rather than
+//!   once per request. [`Batch`]'s own `txn`/`compact`/`set_meta` open them per
+//!   call, which is handy in tests.
 //! * [`RevTxn`] is one etcd revision transaction inside a batch: its reads see
 //!   everything written earlier in the batch and in itself; its first change
 //!   bumps the main revision by one, and each change gets the next sub-revision.
@@ -15,6 +19,9 @@
 //! ((key, revision) -> put/tombstone flag), `mvcc_live` (existing key -> revision
 //! of its latest put), `mvcc_state` (current and compacted revision) and `meta`
 //! (free-form entries of the apply layer, written atomically with the data).
+//! The current and compacted revision are tracked in memory while a batch runs
+//! and written to `mvcc_state` once, by [`Batch::commit`], if they changed: the
+//! committed contents are the same as if every change had written them.
 //!
 //! Failure rule: if a storage error happens while a batch is being written, the
 //! batch is marked poisoned and refuses to commit, so a half-applied batch never
@@ -32,8 +39,8 @@ use redb::{
     WriteTransaction,
 };
 
-use super::codec::{encode_record, index_key, index_prefix, split_index_key, INDEX_PUT};
-use super::codec::{Record, INDEX_TOMBSTONE};
+use super::codec::{encode_record_into, index_key, index_key_into, index_prefix};
+use super::codec::{split_index_key, INDEX_PUT, INDEX_TOMBSTONE};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
 use super::key_range::KeyRange;
@@ -82,7 +89,22 @@ pub struct Store {
 struct BatchState {
     current: i64,
     compact: i64,
+    /// The revisions as stored when the batch began (written back on commit
+    /// only if they changed).
+    stored: (i64, i64),
     poisoned: bool,
+}
+
+impl BatchState {
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            Err(MvccError::Storage(
+                "batch aborted by an earlier storage error".to_string(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Decrements the open-batch counter when a batch ends, however it ends.
@@ -104,15 +126,89 @@ pub struct Batch<'s> {
     _open: OpenBatch<'s>,
 }
 
+/// The data tables of a batch, open.
+struct DataTables<'t> {
+    txn: &'t WriteTransaction,
+    kv: Table<'t, Bytes, Bytes>,
+    index: Table<'t, Bytes, Bytes>,
+    /// `None` only for a moment while a delete replaces the table.
+    live: Option<Table<'t, Bytes, Bytes>>,
+}
+
+impl<'t> DataTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self> {
+        Ok(DataTables {
+            txn,
+            kv: txn.open_table(KV)?,
+            index: txn.open_table(INDEX)?,
+            live: Some(txn.open_table(LIVE)?),
+        })
+    }
+
+    fn live(&self) -> Result<&Table<'t, Bytes, Bytes>> {
+        self.live
+            .as_ref()
+            .ok_or_else(|| MvccError::Storage("live-key table not open".to_string()))
+    }
+
+    fn live_mut(&mut self) -> Result<&mut Table<'t, Bytes, Bytes>> {
+        self.live
+            .as_mut()
+            .ok_or_else(|| MvccError::Storage("live-key table not open".to_string()))
+    }
+
+    /// Empties the live-key table by deleting and recreating it: freeing its
+    /// pages is far cheaper than removing its entries one by one.
+    fn clear_live(&mut self) -> Result<()> {
+        self.live = None;
+        self.txn.delete_table(LIVE)?;
+        self.live = Some(self.txn.open_table(LIVE)?);
+        Ok(())
+    }
+}
+
+/// Tables a revision transaction opened itself, or borrowed from a [`Writer`].
+enum TablesRef<'w, 't> {
+    /// Boxed: a borrowed variant is the common one and stays small.
+    Owned(Box<DataTables<'t>>),
+    Borrowed(&'w mut DataTables<'t>),
+}
+
+impl<'t> std::ops::Deref for TablesRef<'_, 't> {
+    type Target = DataTables<'t>;
+    fn deref(&self) -> &DataTables<'t> {
+        match self {
+            TablesRef::Owned(t) => t,
+            TablesRef::Borrowed(t) => t,
+        }
+    }
+}
+
+impl<'t> std::ops::DerefMut for TablesRef<'_, 't> {
+    fn deref_mut(&mut self) -> &mut DataTables<'t> {
+        match self {
+            TablesRef::Owned(t) => t,
+            TablesRef::Borrowed(t) => t,
+        }
+    }
+}
+
+/// A [`Batch`] with its tables open, for applying many requests: revision
+/// transactions, compactions and meta writes through it share the open tables.
+/// Drop it before committing the batch.
+pub struct Writer<'b> {
+    tables: DataTables<'b>,
+    /// Opened on first use.
+    meta: Option<Table<'b, Bytes, Bytes>>,
+    state: &'b mut BatchState,
+}
+
 /// One etcd revision transaction inside a [`Batch`]. End it with
 /// [`RevTxn::end`] to get its revision and events; dropping it has the same
 /// effect on the store (the events are then lost).
-pub struct RevTxn<'b> {
-    state: &'b mut BatchState,
-    kv: Table<'b, Bytes, Bytes>,
-    index: Table<'b, Bytes, Bytes>,
-    live: Table<'b, Bytes, Bytes>,
-    stable: Table<'b, Bytes, Bytes>,
+pub struct RevTxn<'w, 't> {
+    state: &'w mut BatchState,
+    tables: TablesRef<'w, 't>,
     /// The revision before this transaction.
     begin: i64,
     /// Number of changes so far (the next sub-revision).
@@ -213,6 +309,7 @@ impl Store {
             state: BatchState {
                 current,
                 compact,
+                stored: (current, compact),
                 poisoned: false,
             },
             _open: open,
@@ -331,31 +428,26 @@ impl Store {
 }
 
 impl Batch<'_> {
-    /// Starts a revision transaction.
-    pub fn txn(&mut self) -> Result<RevTxn<'_>> {
-        self.check_usable()?;
-        let txn = &self.txn;
-        let begin = self.state.current;
-        Ok(RevTxn {
-            kv: txn.open_table(KV)?,
-            index: txn.open_table(INDEX)?,
-            live: txn.open_table(LIVE)?,
-            stable: txn.open_table(STATE)?,
-            state: &mut self.state,
-            begin,
-            changes: 0,
-            events: Vec::new(),
-        })
+    /// Starts a revision transaction (opening the data tables for it; a
+    /// [`Writer`] opens them once for many).
+    pub fn txn(&mut self) -> Result<RevTxn<'_, '_>> {
+        self.state.check_usable()?;
+        let tables = DataTables::open(&self.txn)?;
+        Ok(RevTxn::new(
+            TablesRef::Owned(Box::new(tables)),
+            &mut self.state,
+        ))
     }
 
-    fn check_usable(&self) -> Result<()> {
-        if self.state.poisoned {
-            Err(MvccError::Storage(
-                "batch aborted by an earlier storage error".to_string(),
-            ))
-        } else {
-            Ok(())
-        }
+    /// Opens the tables for a run of revision transactions, compactions and
+    /// meta writes.
+    pub fn writer(&mut self) -> Result<Writer<'_>> {
+        self.state.check_usable()?;
+        Ok(Writer {
+            tables: DataTables::open(&self.txn)?,
+            meta: None,
+            state: &mut self.state,
+        })
     }
 
     /// Current revision as of this batch (including its own changes).
@@ -368,60 +460,14 @@ impl Batch<'_> {
         self.state.compact
     }
 
-    /// Compacts history at `rev`: for every key, revisions `<= rev` are removed
-    /// except the newest one if it is not a tombstone. Errors as etcd:
-    /// `FutureRevision` if `rev` is past the current revision, `Compacted` if it
-    /// is not past the last compaction. Does not change the revision.
+    /// Compacts history at `rev` (see [`Writer::compact`]).
     pub fn compact(&mut self, rev: i64) -> Result<()> {
-        self.check_usable()?;
-        if rev > self.state.current {
-            return Err(MvccError::FutureRevision);
-        }
-        if rev <= self.state.compact {
-            return Err(MvccError::Compacted);
-        }
-        let result = self.compact_tables(rev);
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
-    }
-
-    fn compact_tables(&mut self, rev: i64) -> Result<()> {
-        let mut kv = self.txn.open_table(KV)?;
-        let mut index = self.txn.open_table(INDEX)?;
-        let mut stable = self.txn.open_table(STATE)?;
-        // Only keys changed since the last compaction can have anything to remove:
-        // any other key has just one revision at or below the old compaction.
-        let lo = Revision::new(self.state.compact.saturating_add(1), 0);
-        let hi = Revision::new(rev.saturating_add(1), 0);
-        for key in keys_in_revisions(&kv, lo, hi)? {
-            let prefix = index_prefix(&key);
-            let from = index_key(&prefix, Revision::new(0, 0));
-            let to = index_key(&prefix, Revision::last_of(rev));
-            let mut entries = Vec::new();
-            for entry in index.range::<&[u8]>(from.as_slice()..=to.as_slice())? {
-                let (k, v) = entry?;
-                let tombstone = v.value().first() == Some(&INDEX_TOMBSTONE);
-                entries.push((k.value().to_vec(), tombstone));
-            }
-            if let Some((_, false)) = entries.last() {
-                entries.pop();
-            }
-            for (k, _) in entries {
-                let (_, r) = split_index_key(&k)?;
-                index.remove(k.as_slice())?;
-                kv.remove(r.to_bytes().as_slice())?;
-            }
-        }
-        stable.insert(COMPACT_KEY, rev.to_be_bytes().as_slice())?;
-        self.state.compact = rev;
-        Ok(())
+        self.writer()?.compact(rev)
     }
 
     /// Stores an apply-layer meta entry, atomically with the rest of the batch.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        self.check_usable()?;
+        self.state.check_usable()?;
         let result = (|| {
             self.txn
                 .open_table(META)?
@@ -437,7 +483,7 @@ impl Batch<'_> {
 
     /// Removes an apply-layer meta entry.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
-        self.check_usable()?;
+        self.state.check_usable()?;
         let result = (|| {
             self.txn
                 .open_table(META)?
@@ -470,10 +516,27 @@ impl Batch<'_> {
         });
     }
 
+    /// Writes the current and compacted revision if the batch changed them.
+    fn write_state(&self) -> Result<()> {
+        let (current, compact) = self.state.stored;
+        if (self.state.current, self.state.compact) == (current, compact) {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(STATE)?;
+        if self.state.current != current {
+            table.insert(CURRENT_KEY, self.state.current.to_be_bytes().as_slice())?;
+        }
+        if self.state.compact != compact {
+            table.insert(COMPACT_KEY, self.state.compact.to_be_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
     /// Makes the batch visible to new read views, and durable (fsync) unless
     /// [`Batch::set_durable`] said otherwise.
     pub fn commit(self) -> Result<()> {
-        self.check_usable()?;
+        self.state.check_usable()?;
+        self.write_state()?;
         let Batch {
             store, txn, state, ..
         } = self;
@@ -488,15 +551,135 @@ impl Batch<'_> {
     }
 }
 
-impl RevTxn<'_> {
-    fn view(&self) -> View<'_, Table<'_, Bytes, Bytes>> {
-        View {
-            kv: &self.kv,
-            index: &self.index,
-            live: &self.live,
+impl<'b> Writer<'b> {
+    /// Starts a revision transaction on the open tables.
+    pub fn txn(&mut self) -> Result<RevTxn<'_, 'b>> {
+        self.state.check_usable()?;
+        Ok(RevTxn::new(
+            TablesRef::Borrowed(&mut self.tables),
+            &mut *self.state,
+        ))
+    }
+
+    /// Current revision as of this batch (including its own changes).
+    pub fn current_revision(&self) -> i64 {
+        self.state.current
+    }
+
+    /// Compacted revision as of this batch.
+    pub fn compact_revision(&self) -> i64 {
+        self.state.compact
+    }
+
+    /// Compacts history at `rev`: for every key, revisions `<= rev` are removed
+    /// except the newest one if it is not a tombstone. Errors as etcd:
+    /// `FutureRevision` if `rev` is past the current revision, `Compacted` if it
+    /// is not past the last compaction. Does not change the revision.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        self.state.check_usable()?;
+        if rev > self.state.current {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev <= self.state.compact {
+            return Err(MvccError::Compacted);
+        }
+        let result = self.compact_tables(rev);
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    fn compact_tables(&mut self, rev: i64) -> Result<()> {
+        let DataTables { kv, index, .. } = &mut self.tables;
+        // Only keys changed since the last compaction can have anything to remove:
+        // any other key has just one revision at or below the old compaction.
+        let lo = Revision::new(self.state.compact.saturating_add(1), 0);
+        let hi = Revision::new(rev.saturating_add(1), 0);
+        for key in keys_in_revisions(kv, lo, hi)? {
+            let prefix = index_prefix(&key);
+            let from = index_key(&prefix, Revision::new(0, 0));
+            let to = index_key(&prefix, Revision::last_of(rev));
+            let mut entries = Vec::new();
+            for entry in index.range::<&[u8]>(from.as_slice()..=to.as_slice())? {
+                let (k, v) = entry?;
+                let tombstone = v.value().first() == Some(&INDEX_TOMBSTONE);
+                entries.push((k.value().to_vec(), tombstone));
+            }
+            if let Some((_, false)) = entries.last() {
+                entries.pop();
+            }
+            for (k, _) in entries {
+                let (_, r) = split_index_key(&k)?;
+                index.remove(k.as_slice())?;
+                kv.remove(r.to_bytes().as_slice())?;
+            }
+        }
+        self.state.compact = rev;
+        Ok(())
+    }
+
+    fn meta_table(&mut self) -> Result<&mut Table<'b, Bytes, Bytes>> {
+        match &mut self.meta {
+            Some(t) => Ok(t),
+            slot => Ok(slot.insert(self.tables.txn.open_table(META)?)),
+        }
+    }
+
+    /// Stores an apply-layer meta entry, atomically with the rest of the batch.
+    pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.state.check_usable()?;
+        let result = (|| {
+            self.meta_table()?.insert(key.as_bytes(), value)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    /// Removes an apply-layer meta entry.
+    pub fn delete_meta(&mut self, key: &str) -> Result<()> {
+        self.state.check_usable()?;
+        let result = (|| {
+            self.meta_table()?.remove(key.as_bytes())?;
+            Ok(())
+        })();
+        if result.is_err() {
+            self.state.poisoned = true;
+        }
+        result
+    }
+
+    /// Reads an apply-layer meta entry (seeing this batch's writes).
+    pub fn meta(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.meta_table()?;
+        let value = table.get(key.as_bytes())?.map(|g| g.value().to_vec());
+        Ok(value)
+    }
+}
+
+impl<'w, 't> RevTxn<'w, 't> {
+    fn new(tables: TablesRef<'w, 't>, state: &'w mut BatchState) -> Self {
+        let begin = state.current;
+        RevTxn {
+            state,
+            tables,
+            begin,
+            changes: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn view(&self) -> Result<View<'_, Table<'t, Bytes, Bytes>>> {
+        Ok(View {
+            kv: &self.tables.kv,
+            index: &self.tables.index,
+            live: self.tables.live()?,
             current: self.revision(),
             compact: self.state.compact,
-        }
+        })
     }
 
     /// The revision reads in this transaction see: the previous revision until
@@ -511,7 +694,7 @@ impl RevTxn<'_> {
 
     /// A range over everything written so far (see [`ReadView::range`]).
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
-        self.view().range(key, range_end, opts)
+        self.view()?.range(key, range_end, opts)
     }
 
     /// Puts `key`, returning its previous key-value. `ignore_value` keeps the
@@ -525,12 +708,38 @@ impl RevTxn<'_> {
         ignore_value: bool,
         ignore_lease: bool,
     ) -> Result<Option<KeyValue>> {
-        let prev = self.guard(|t| t.view().latest(key))?;
+        self.put_with(key, value, lease, ignore_value, ignore_lease, true)
+    }
+
+    /// [`RevTxn::put`] without copying out the previous key-value (its event
+    /// still carries it).
+    pub fn put_without_prev(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        ignore_value: bool,
+        ignore_lease: bool,
+    ) -> Result<()> {
+        self.put_with(key, value, lease, ignore_value, ignore_lease, false)
+            .map(|_| ())
+    }
+
+    fn put_with(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+        ignore_value: bool,
+        ignore_lease: bool,
+        return_prev: bool,
+    ) -> Result<Option<KeyValue>> {
+        let prev = self.guard(|t| t.view()?.latest(key))?;
         if (ignore_value || ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
         }
         self.guard(|t| {
-            let rev = t.next_revision()?;
+            let rev = t.next_revision();
             let kv = KeyValue {
                 key: key.to_vec(),
                 create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
@@ -546,81 +755,128 @@ impl RevTxn<'_> {
                 },
             };
             let rev_bytes = rev.to_bytes();
-            t.kv.insert(rev_bytes.as_slice(), encode_record(false, &kv).as_slice())?;
-            t.index.insert(
-                index_key(&index_prefix(key), rev).as_slice(),
-                [INDEX_PUT].as_slice(),
-            )?;
-            t.live.insert(key, rev_bytes.as_slice())?;
+            let mut buf = Vec::new();
+            encode_record_into(&mut buf, false, &kv);
+            t.tables.kv.insert(rev_bytes.as_slice(), buf.as_slice())?;
+            index_key_into(&mut buf, key, rev);
+            t.tables
+                .index
+                .insert(buf.as_slice(), [INDEX_PUT].as_slice())?;
+            t.tables.live_mut()?.insert(key, rev_bytes.as_slice())?;
+            let returned = if return_prev { prev.clone() } else { None };
             t.events.push(Event {
                 kind: EventKind::Put,
                 kv,
-                prev_kv: prev.clone(),
+                prev_kv: prev,
             });
-            Ok(())
-        })?;
-        Ok(prev)
+            Ok(returned)
+        })
     }
 
     /// Deletes every existing key in the range, returning their key-values
     /// before the delete, in key order. Deleting nothing changes nothing.
     pub fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
+        let mut deleted = Vec::new();
+        self.delete_range_with(key, range_end, Some(&mut deleted))?;
+        Ok(deleted)
+    }
+
+    /// [`RevTxn::delete_range`] returning only how many keys it deleted,
+    /// without copying out their key-values (their events still carry them).
+    pub fn delete_range_count(&mut self, key: &[u8], range_end: &[u8]) -> Result<usize> {
+        self.delete_range_with(key, range_end, None)
+    }
+
+    /// Reads the live keys of the range and their current records, then writes
+    /// a tombstone per key. The live-key table is emptied at once when every
+    /// live key is in the range (deleting everything is common: cleanups,
+    /// benchmarks); otherwise its entries are removed one by one.
+    fn delete_range_with(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        mut deleted: Option<&mut Vec<KeyValue>>,
+    ) -> Result<usize> {
         let range = KeyRange::new(key, range_end);
         if range.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         self.guard(|t| {
+            let live = t.tables.live()?;
+            let mut keys = Vec::new();
             let mut targets = Vec::new();
-            for entry in t.live.range::<&[u8]>(range.bounds())? {
-                let (_, v) = entry?;
+            for entry in live.range::<&[u8]>(range.bounds())? {
+                let (k, v) = entry?;
+                keys.push(k.value().to_vec());
                 targets.push(Revision::from_bytes(v.value())?);
             }
-            let mut deleted = Vec::with_capacity(targets.len());
-            for target in targets {
-                let Record { kv: prev, .. } = t.view().record_at(target)?;
-                let rev = t.next_revision()?;
-                let tomb = KeyValue::tombstone(prev.key.clone(), rev.main);
-                t.kv.insert(
-                    rev.to_bytes().as_slice(),
-                    encode_record(true, &tomb).as_slice(),
-                )?;
-                t.index.insert(
-                    index_key(&index_prefix(&prev.key), rev).as_slice(),
-                    [INDEX_TOMBSTONE].as_slice(),
-                )?;
-                t.live.remove(prev.key.as_slice())?;
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let first = live.first()?.map(|(k, _)| k.value().to_vec());
+            let last = live.last()?.map(|(k, _)| k.value().to_vec());
+            let everything = first.as_ref() == keys.first() && last.as_ref() == keys.last();
+            let prevs = t.view()?.records_at(&targets)?;
+            drop(targets);
+            if everything {
+                t.tables.clear_live()?;
+            } else {
+                let live = t.tables.live_mut()?;
+                for k in &keys {
+                    live.remove(k.as_slice())?;
+                }
+            }
+            let count = keys.len();
+            if let Some(out) = deleted.as_deref_mut() {
+                out.reserve(count);
+            }
+            t.events.reserve(count);
+            let mut record = Vec::new();
+            let mut index_key = Vec::new();
+            for (key, prev) in keys.into_iter().zip(prevs) {
+                if prev.tombstone || prev.kv.key != key {
+                    return Err(MvccError::corrupt(
+                        "live-key table points at another key's record",
+                    ));
+                }
+                let rev = t.next_revision();
+                let tomb = KeyValue::tombstone(key, rev.main);
+                encode_record_into(&mut record, true, &tomb);
+                t.tables
+                    .kv
+                    .insert(rev.to_bytes().as_slice(), record.as_slice())?;
+                index_key_into(&mut index_key, &tomb.key, rev);
+                t.tables
+                    .index
+                    .insert(index_key.as_slice(), [INDEX_TOMBSTONE].as_slice())?;
+                if let Some(out) = deleted.as_deref_mut() {
+                    out.push(prev.kv.clone());
+                }
                 t.events.push(Event {
                     kind: EventKind::Delete,
                     kv: tomb,
-                    prev_kv: Some(prev.clone()),
+                    prev_kv: Some(prev.kv),
                 });
-                deleted.push(prev);
             }
-            Ok(deleted)
+            Ok(count)
         })
     }
 
-    /// Allocates the next sub-revision; the first one also moves the stored
-    /// current revision forward.
-    fn next_revision(&mut self) -> Result<Revision> {
+    /// Allocates the next sub-revision; the first one also moves the current
+    /// revision forward (stored when the batch commits).
+    fn next_revision(&mut self) -> Revision {
         let main = self.begin + 1;
         if self.changes == 0 {
-            self.stable
-                .insert(CURRENT_KEY, main.to_be_bytes().as_slice())?;
             self.state.current = main;
         }
         let rev = Revision::new(main, self.changes);
         self.changes += 1;
-        Ok(rev)
+        rev
     }
 
     /// Runs `f`, poisoning the batch if it fails with a storage-level error.
     fn guard<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if self.state.poisoned {
-            return Err(MvccError::Storage(
-                "batch aborted by an earlier storage error".to_string(),
-            ));
-        }
+        self.state.check_usable()?;
         let result = f(self);
         if let Err(MvccError::Storage(_) | MvccError::Corrupt(_)) = &result {
             self.state.poisoned = true;
