@@ -341,10 +341,13 @@ fn elect_campaigns_observes_and_changes_leader_when_the_holder_dies() {
     // the leadership until it ends; expiry is a revoke by the leader, done
     // here at once.
     p1.signal(Signal::SIGKILL);
+    // The key holds the lease ID in plain hex; `lease revoke` prints it
+    // zero-padded to 16 digits.
     let lease = lines[0].rsplit('/').next().unwrap().to_string();
+    let id = u64::from_str_radix(&lease, 16).unwrap();
     assert_eq!(
         etcdctl(&ep, &["lease", "revoke", &lease]).ok(),
-        format!("lease {lease} revoked\n")
+        format!("lease {id:016x} revoked\n")
     );
     let lines = p2.wait_lines(2, WAIT);
     assert_eq!(lines[1], "p2");
