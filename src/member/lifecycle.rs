@@ -7,7 +7,9 @@
 //! - [`decide_cluster_version`]: on the leader, set the cluster version once
 //!   every member has published (`enabled capabilities for version`);
 //! - [`follow_membership`]: keep the peer senders in step with the applied
-//!   membership, and notice when this member has been removed.
+//!   membership, and notice when this member has been removed;
+//! - [`advance_ticks`]: at start, bring the first election forward once the
+//!   peers are reachable (etcd's `--initial-election-tick-advance`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,53 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Core;
 use crate::apply::CLUSTER_VERSION;
 use crate::pb::lcraftpb::{request::Op, ClusterVersionRequest, Membership, PublishRequest};
+use crate::raft::node::Msg;
 use crate::raft::transport::Peers;
+
+/// How long [`advance_ticks`] waits for peer connections (etcd's
+/// `rafthttp.ConnReadTimeout`).
+const PEER_WAIT: Duration = Duration::from_secs(5);
+
+/// At start, moves the election clock forward so that the first election
+/// does not wait a whole election timeout, as etcd does: a lone voter
+/// advances by `election_ticks - 1` at once; in a cluster, once more than
+/// one peer stream is up (within 5 s), by `election_ticks - 2`, leaving the
+/// peers a couple of ticks to make a leader they already have known. The
+/// node ignores it when it already knows a leader.
+pub(super) async fn advance_ticks(
+    core: Arc<Core>,
+    peers: Arc<Peers>,
+    election_ticks: usize,
+    shutdown: CancellationToken,
+) {
+    let deadline = Instant::now() + PEER_WAIT;
+    while Instant::now() < deadline {
+        // The node publishes its configuration once its thread runs.
+        let status = core.raft.status();
+        if status.leader_id != 0 {
+            return;
+        }
+        if status.voters == [core.member_id] {
+            let ticks = election_ticks.saturating_sub(1);
+            let _ = core.raft.send(Msg::AdvanceTicks(ticks));
+            return;
+        }
+        let active = status
+            .voters
+            .iter()
+            .filter(|&&v| v != core.member_id && peers.active_since(v).is_some())
+            .count();
+        if active > 1 {
+            let ticks = election_ticks.saturating_sub(2);
+            let _ = core.raft.send(Msg::AdvanceTicks(ticks));
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
 
 /// Publishes this member's name and client URLs through Raft once a leader is
 /// known, retrying until it is applied; then the member is ready.

@@ -44,7 +44,7 @@ mod restore;
 mod tls;
 
 use bootstrap::{initial_membership, resolve_identity, Origin};
-use lifecycle::{decide_cluster_version, follow_membership, publish};
+use lifecycle::{advance_ticks, decide_cluster_version, follow_membership, publish};
 use listen::{bind_std, to_tokio};
 pub use restore::restore_data_dir;
 use tls::{peer_incoming, MemberTls};
@@ -447,6 +447,12 @@ impl Member {
         runtime.spawn(decide_cluster_version(
             core.clone(),
             cfg.election_timeout,
+            shutdown.clone(),
+        ));
+        runtime.spawn(advance_ticks(
+            core.clone(),
+            peers.clone(),
+            election_ticks,
             shutdown.clone(),
         ));
         runtime.spawn(follow_membership(

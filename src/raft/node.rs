@@ -123,6 +123,9 @@ pub enum Msg {
         ok: bool,
     },
     TransferLeader(u64),
+    /// Moves the election clock this many ticks forward, unless a leader is
+    /// known (a faster first election; see `member::lifecycle::advance_ticks`).
+    AdvanceTicks(usize),
     Pause,
     Resume,
     Stop,
@@ -469,6 +472,13 @@ impl Loop {
                 self.raw.report_snapshot(to, status);
             }
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
+            Msg::AdvanceTicks(n) => {
+                if self.raw.raft.leader_id == 0 {
+                    for _ in 0..n {
+                        self.raw.tick();
+                    }
+                }
+            }
             Msg::Pause => {
                 self.paused = true;
                 self.publish_status();
@@ -768,6 +778,41 @@ mod tests {
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(handle.status().is_leader && handle.status().commit_index > index) {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        node.stop();
+    }
+
+    #[test]
+    fn advancing_the_election_clock_elects_a_lone_voter_without_waiting_for_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = log_of_five(dir.path());
+        let (handle, inbox) = channel(1);
+        let config = NodeConfig {
+            id: 1,
+            name: "t".into(),
+            // No tick comes during the test: only the advance can elect.
+            tick: Duration::from_secs(3600),
+            election_ticks: 10,
+            snapshot_count: 1000,
+            catchup_entries: 10,
+            leader_changes: None,
+        };
+        let mut node = Node::start(
+            config,
+            storage,
+            Box::new(Counter(3, 1)),
+            Box::new(Nowhere),
+            (handle.clone(), inbox),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!handle.status().is_leader);
+        // Past the largest randomized election timeout (2 x election_ticks).
+        handle.send(Msg::AdvanceTicks(20)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.status().is_leader {
             assert!(Instant::now() < deadline, "{:?}", handle.status());
             std::thread::sleep(Duration::from_millis(10));
         }
