@@ -333,7 +333,7 @@ if [ "$EXTRAS" = 1 ]; then
     echo "Operations (3 members, default heartbeat 100 ms / election 1000 ms):"
     echo
     echo "| server | launch to first acked write ms | idle RSS MiB per member | idle PSS MiB per member | RSS MiB per member after 100k keys | leader SIGKILL to next acked write ms | etcdctl check perf --load=$CHECK_LOAD |"
-    echo "|---|---:|---:|---:|---:|---|"
+    echo "|---|---:|---:|---:|---:|---:|---|"
     jq -r '"| \(.server) | \(.first_write_ms) | \(.idle_rss_kib / 1024 * 10 | round / 10) | \(.idle_pss_kib / 1024 * 10 | round / 10) | \(.rss_100k_kib / 1024 * 10 | round / 10) | \(.failover_ms) | \(.check_perf) |"' "$EXTRA_RESULTS"
 fi
 
