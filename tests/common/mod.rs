@@ -38,9 +38,36 @@ pub const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", 
 const START_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// A free TCP port on 127.0.0.1 (bound and released; the member binds it next).
+///
+/// Taken below the kernel's ephemeral range, so that no outgoing connection
+/// (a client, a peer stream, `etcdctl`) can be given it before the member
+/// binds it, and never twice in one test process: each process walks the
+/// range from a random start, skipping ports in use.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    const LOW: u32 = 15000;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().max(LOW + 1000);
+    let span = high - LOW;
+    let start = *START.get_or_init(|| rand::random::<u32>() % span);
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// The first port of the kernel's ephemeral range (32768 if unknown).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Process state letter from /proc/PID/stat, None if gone.
