@@ -755,20 +755,19 @@ mod tests {
         storage
     }
 
-    /// Starts a node over `storage` and `sm`; waits until it leads and has
-    /// committed at least `index`.
-    fn start_and_lead(storage: RaftStorage, sm: Counter, index: u64) {
+    /// Starts a single-voter node (10 ticks to an election) over `storage` and `sm`.
+    fn start_node(storage: RaftStorage, sm: Counter, tick: Duration) -> (Node, RaftHandle) {
         let (handle, inbox) = channel(1);
         let config = NodeConfig {
             id: 1,
             name: "t".into(),
-            tick: Duration::from_millis(10),
+            tick,
             election_ticks: 10,
             snapshot_count: 1000,
             catchup_entries: 10,
             leader_changes: None,
         };
-        let mut node = Node::start(
+        let node = Node::start(
             config,
             storage,
             Box::new(sm),
@@ -776,6 +775,13 @@ mod tests {
             (handle.clone(), inbox),
         )
         .unwrap();
+        (node, handle)
+    }
+
+    /// Starts a node over `storage` and `sm`; waits until it leads and has
+    /// committed at least `index`.
+    fn start_and_lead(storage: RaftStorage, sm: Counter, index: u64) {
+        let (mut node, handle) = start_node(storage, sm, Duration::from_millis(10));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(handle.status().is_leader && handle.status().commit_index > index) {
             assert!(Instant::now() < deadline, "{:?}", handle.status());
@@ -788,25 +794,8 @@ mod tests {
     fn advancing_the_election_clock_elects_a_lone_voter_without_waiting_for_ticks() {
         let dir = tempfile::tempdir().unwrap();
         let storage = log_of_five(dir.path());
-        let (handle, inbox) = channel(1);
-        let config = NodeConfig {
-            id: 1,
-            name: "t".into(),
-            // No tick comes during the test: only the advance can elect.
-            tick: Duration::from_secs(3600),
-            election_ticks: 10,
-            snapshot_count: 1000,
-            catchup_entries: 10,
-            leader_changes: None,
-        };
-        let mut node = Node::start(
-            config,
-            storage,
-            Box::new(Counter(3, 1)),
-            Box::new(Nowhere),
-            (handle.clone(), inbox),
-        )
-        .unwrap();
+        // No tick comes during the test: only the advance can elect.
+        let (mut node, handle) = start_node(storage, Counter(3, 1), Duration::from_secs(3600));
         std::thread::sleep(Duration::from_millis(200));
         assert!(!handle.status().is_leader);
         // Past the largest randomized election timeout (2 x election_ticks).
