@@ -105,6 +105,14 @@ impl BatchState {
             Ok(())
         }
     }
+
+    /// Passes `result` on, marking the batch poisoned if it is an error.
+    fn poison_on_err<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
 }
 
 /// Decrements the open-batch counter when a batch ends, however it ends.
@@ -467,34 +475,12 @@ impl Batch<'_> {
 
     /// Stores an apply-layer meta entry, atomically with the rest of the batch.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        self.state.check_usable()?;
-        let result = (|| {
-            self.txn
-                .open_table(META)?
-                .insert(key.as_bytes(), value)
-                .map(|_| ())
-                .map_err(MvccError::from)
-        })();
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
+        self.writer()?.set_meta(key, value)
     }
 
     /// Removes an apply-layer meta entry.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
-        self.state.check_usable()?;
-        let result = (|| {
-            self.txn
-                .open_table(META)?
-                .remove(key.as_bytes())
-                .map(|_| ())
-                .map_err(MvccError::from)
-        })();
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
+        self.writer()?.delete_meta(key)
     }
 
     /// Reads an apply-layer meta entry (seeing this batch's writes).
@@ -584,10 +570,7 @@ impl<'b> Writer<'b> {
             return Err(MvccError::Compacted);
         }
         let result = self.compact_tables(rev);
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
+        self.state.poison_on_err(result)
     }
 
     fn compact_tables(&mut self, rev: i64) -> Result<()> {
@@ -629,27 +612,21 @@ impl<'b> Writer<'b> {
     /// Stores an apply-layer meta entry, atomically with the rest of the batch.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
         self.state.check_usable()?;
-        let result = (|| {
-            self.meta_table()?.insert(key.as_bytes(), value)?;
+        let result = self.meta_table().and_then(|t| {
+            t.insert(key.as_bytes(), value)?;
             Ok(())
-        })();
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
+        });
+        self.state.poison_on_err(result)
     }
 
     /// Removes an apply-layer meta entry.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.state.check_usable()?;
-        let result = (|| {
-            self.meta_table()?.remove(key.as_bytes())?;
+        let result = self.meta_table().and_then(|t| {
+            t.remove(key.as_bytes())?;
             Ok(())
-        })();
-        if result.is_err() {
-            self.state.poisoned = true;
-        }
-        result
+        });
+        self.state.poison_on_err(result)
     }
 
     /// Reads an apply-layer meta entry (seeing this batch's writes).
