@@ -6,7 +6,8 @@
 # server (localcluster, then etcd), it starts a fresh 3-member cluster on loopback (distinct ports, data dirs in a temporary
 # directory, etcd's default heartbeat 100 ms / election 1000 ms passed to both),
 # waits until every member reports /health, runs the benchmark against all three
-# endpoints, reads the members' RSS and CPU time from /proc, stops the cluster,
+# endpoints, reads the members' RSS, CPU time and bytes written to the disk
+# (write_bytes, shown per request) from /proc, stops the cluster,
 # and finally prints a markdown table of both servers' figures and their ratio.
 #
 # Then the same for watch fan-out (`localcluster bench watch`): WATCHERS
@@ -126,26 +127,28 @@ start_cluster() {
     done
 }
 
-# Sum of VmRSS (KiB) of the running members.
-rss_kib() {
-    local pid sum=0 v
+# sum_proc FILE FIELD: the sum over the running members of the number after
+# "FIELD:" in /proc/PID/FILE.
+sum_proc() {
+    local file=$1 field=$2 pid sum=0 v
     for pid in "${PIDS[@]}"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/$file")
         sum=$((sum + v))
     done
     echo "$sum"
 }
 
-# Sum of proportional set sizes (KiB) of the running members: pages shared
-# between them (the binary's text, mapped by all three) counted once in all.
-pss_kib() {
-    local pid sum=0 v
-    for pid in "${PIDS[@]}"; do
-        v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")
-        sum=$((sum + v))
-    done
-    echo "$sum"
-}
+# Resident set size (KiB) of the running members, summed.
+rss_kib() { sum_proc status VmRSS; }
+
+# Proportional set size (KiB), summed: pages shared between the members (the
+# binary's text, mapped by all three) counted once in all.
+pss_kib() { sum_proc smaps_rollup Pss; }
+
+# Bytes (KiB) the running members caused to be written to the disk since
+# they started (write_bytes: the log, the store, and the kernel's writeback
+# of the pages they dirtied), summed.
+disk_write_kib() { echo "$(($(sum_proc io write_bytes) / 1024))"; }
 
 # Sum of user+system CPU time (seconds) of the running members.
 cpu_seconds() {
@@ -179,12 +182,14 @@ run_one() {
         log "$kind: bench failed (exit $code)"
         exit 1
     fi
-    local rss cpu
+    local rss cpu disk
     rss=$(rss_kib)
     cpu=$(cpu_seconds)
+    disk=$(disk_write_kib)
     stop_cluster
     jq -c --arg server "$kind" --arg workload "$workload" --argjson rss "$rss" --argjson cpu "$cpu" \
-        '{server: $server, workload: $workload, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu}' \
+        --argjson disk "$disk" --argjson total "$total" \
+        '{server: $server, workload: $workload, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu, disk_kib_per_req: ($disk / $total)}' \
         "$dir/bench.json" >>"$RESULTS"
 }
 
@@ -299,18 +304,18 @@ echo "Workloads $WORKLOADS (workload:clients[:requests], default $TOTAL requests
     "3 members on loopback; localcluster $("$BIN" --version | awk '{print $2}') vs etcd $etcd_version;" \
     "$(nproc) cores; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 echo
-echo "| server | workload | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | RSS MiB (3 members) |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo "| server | workload | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | disk KiB/req (3 members) | RSS MiB (3 members) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.disk_kib_per_req * 10 | round / 10) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
 echo
-echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | RSS localcluster / etcd |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | disk writes localcluster / etcd | RSS localcluster / etcd |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 jq -rs '
   def r2: . * 100 | round / 100;
   group_by([.workload, .clients])[]
   | (map(select(.server == "localcluster"))[0]) as $l
   | (map(select(.server == "etcd"))[0]) as $e
-  | "| \($l.workload) | \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p50 / $e.latency_ms.p50 | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \($l.rss_kib / $e.rss_kib | r2) |"
+  | "| \($l.workload) | \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p50 / $e.latency_ms.p50 | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \(if $e.disk_kib_per_req > 0 then ($l.disk_kib_per_req / $e.disk_kib_per_req | r2) else "-" end) | \($l.rss_kib / $e.rss_kib | r2) |"
 ' "$RESULTS"
 echo
 echo "Watch fan-out: $WATCH_TOTAL puts from $WATCH_WRITERS writers, each delivered to every watcher ($WATCH_STREAMS streams)"
