@@ -11,7 +11,9 @@
 //!
 //! Durability: the Raft log is fsync'ed before anything is acknowledged, so the
 //! state machine need not be. Batches are committed without fsync and made durable
-//! at most [`FLUSH_INTERVAL`] later (as etcd's backend commits every 100 ms); a
+//! at most [`BackendBatch::interval`] later, or once [`BackendBatch::limit`]
+//! entries wait (etcd's `--backend-batch-interval`, 100 ms, and
+//! `--backend-batch-limit`, 10000: etcd's backend commits the same way); a
 //! crash rolls the store back to its last durable applied index and raft-rs
 //! replays the entries after it. The log is only compacted behind that durable
 //! index ([`StateMachine::durable_index`]).
@@ -122,10 +124,45 @@ pub struct Applier {
     durable_applied: u64,
     /// Whether a non-durable batch waits for a flush, and since when.
     dirty_since: Option<std::time::Instant>,
+    /// When waiting applied state is made durable.
+    batch: BackendBatch,
 }
 
-/// How long applied state may stay in memory only (the Raft log holds it).
-const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long, and how many entries, applied state may stay in memory only
+/// (the Raft log holds it meanwhile): etcd's `--backend-batch-interval` and
+/// `--backend-batch-limit`. Longer batches mean fewer durable commits of the
+/// store (each one waits for the disk on the Raft thread), a larger file
+/// between them (pages freed since the last durable commit are not reused
+/// before the next) and more entries to replay after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendBatch {
+    /// The longest time applied state stays in memory only (etcd: 100 ms).
+    pub interval: std::time::Duration,
+    /// The most entries applied since the last durable commit (etcd: 10000).
+    pub limit: u64,
+}
+
+impl BackendBatch {
+    /// etcd's default `--backend-batch-interval`.
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    /// etcd's default `--backend-batch-limit`.
+    pub const DEFAULT_LIMIT: u64 = 10_000;
+
+    /// Whether applied state not yet durable, `entries` entries of it waiting
+    /// since `since` (`None`: until now, none waited), is due to be made durable.
+    fn due(&self, since: Option<std::time::Instant>, entries: u64) -> bool {
+        entries >= self.limit || since.is_some_and(|t| t.elapsed() >= self.interval)
+    }
+}
+
+impl Default for BackendBatch {
+    fn default() -> Self {
+        BackendBatch {
+            interval: Self::DEFAULT_INTERVAL,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
 
 /// The raised alarms (replicated), shared with the API.
 pub type SharedAlarms = Arc<std::sync::Mutex<Vec<AlarmMember>>>;
@@ -238,9 +275,16 @@ impl Applier {
                 auth,
                 durable_applied: applied,
                 dirty_since: None,
+                batch: BackendBatch::default(),
             },
             membership_rx,
         ))
+    }
+
+    /// Makes applied state durable as `batch` says instead of etcd's defaults.
+    pub fn with_backend_batch(mut self, batch: BackendBatch) -> Applier {
+        self.batch = batch;
+        self
     }
 
     /// Records the initial membership and configuration of a new cluster.
@@ -580,10 +624,8 @@ impl StateMachine for Applier {
         let mut batch = owner;
         // Configuration changes are made durable at once; other batches may wait
         // for the next flush: the Raft log holds them meanwhile.
-        let durable = conf_state.is_some()
-            || self
-                .dirty_since
-                .is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL);
+        let waiting = self.applied.saturating_sub(self.durable_applied);
+        let durable = conf_state.is_some() || self.batch.due(self.dirty_since, waiting);
         batch.set_durable(durable);
         batch.commit().map_err(apply_err)?;
         if durable {
@@ -644,7 +686,8 @@ impl StateMachine for Applier {
         let Some(since) = self.dirty_since else {
             return Ok(());
         };
-        if force || since.elapsed() >= FLUSH_INTERVAL {
+        let waiting = self.applied.saturating_sub(self.durable_applied);
+        if force || self.batch.due(Some(since), waiting) {
             self.store.flush().map_err(apply_err)?;
             self.durable_applied = self.applied;
             self.dirty_since = None;
@@ -708,4 +751,85 @@ fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::etcdserverpb::PutRequest;
+
+    fn applier(dir: &std::path::Path, batch: BackendBatch) -> Applier {
+        let store = Arc::new(Store::open(dir.join("kv.redb")).unwrap());
+        let auth = Arc::new(Auth::new(&crate::auth::AuthOptions::default()));
+        let (applier, _) = Applier::open(store, 1, Arc::new(Waiters::default()), auth).unwrap();
+        applier.with_backend_batch(batch)
+    }
+
+    fn puts(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| {
+                let request = Request {
+                    id: index,
+                    op: Some(Op::Put(PutRequest {
+                        key: format!("k{index}").into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    })),
+                    auth_info: None,
+                };
+                Entry {
+                    index,
+                    term: 1,
+                    data: request.encode_to_vec().into(),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    fn apply(applier: &mut Applier, entries: Vec<Entry>) {
+        let mut no_conf = |_: &ConfChangeV2| -> Result<ConfState, RaftError> {
+            unreachable!("no configuration change is applied here")
+        };
+        applier.apply(entries, &mut no_conf).unwrap();
+    }
+
+    #[test]
+    fn applied_state_becomes_durable_once_the_batch_limit_of_entries_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut a = applier(
+            dir.path(),
+            BackendBatch {
+                interval: hour,
+                limit: 3,
+            },
+        );
+        apply(&mut a, puts(1..=2));
+        a.flush(false).unwrap();
+        assert_eq!((a.applied_index(), a.durable_index()), (2, 0));
+        apply(&mut a, puts(3..=3));
+        assert_eq!((a.applied_index(), a.durable_index()), (3, 3));
+        apply(&mut a, puts(4..=4));
+        assert_eq!(a.durable_index(), 3);
+        a.flush(true).unwrap();
+        assert_eq!(a.durable_index(), 4);
+    }
+
+    #[test]
+    fn applied_state_becomes_durable_once_it_waited_the_batch_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = BackendBatch {
+            interval: std::time::Duration::ZERO,
+            limit: u64::MAX,
+        };
+        let mut a = applier(dir.path(), batch);
+        apply(&mut a, puts(1..=1));
+        assert_eq!(a.durable_index(), 0, "nothing waited before this batch");
+        apply(&mut a, puts(2..=2));
+        assert_eq!(a.durable_index(), 2);
+        apply(&mut a, puts(3..=3));
+        a.flush(false).unwrap();
+        assert_eq!(a.durable_index(), 3);
+    }
 }

@@ -129,6 +129,11 @@ struct FileConfig {
     election_timeout: Option<u64>,
     #[serde(rename = "snapshot-count")]
     snapshot_count: Option<u64>,
+    /// Nanoseconds, as etcd's config file holds a Go duration.
+    #[serde(rename = "backend-batch-interval")]
+    backend_batch_interval: Option<u64>,
+    #[serde(rename = "backend-batch-limit")]
+    backend_batch_limit: Option<u64>,
     #[serde(rename = "max-request-bytes")]
     max_request_bytes: Option<u64>,
     #[serde(rename = "quota-backend-bytes")]
@@ -279,6 +284,9 @@ impl FileConfig {
         number(Setting::SnapshotCount, self.snapshot_count, |d| {
             &mut d.snapshot_count
         });
+        number(Setting::BackendBatchLimit, self.backend_batch_limit, |d| {
+            &mut d.backend_batch_limit
+        });
         number(Setting::MaxRequestBytes, self.max_request_bytes, |d| {
             &mut d.max_request_bytes
         });
@@ -289,6 +297,10 @@ impl FileConfig {
         number(Setting::AuthTokenTtl, self.auth_token_ttl, |d| {
             &mut d.auth_token_ttl
         });
+        if let Some(nanos) = self.backend_batch_interval {
+            draft.backend_batch_interval = std::time::Duration::from_nanos(nanos);
+            draft.mark_set(Setting::BackendBatchInterval);
+        }
         if let Some(quota) = self.quota_backend_bytes {
             draft.quota_backend_bytes = quota;
             draft.mark_set(Setting::QuotaBackendBytes);

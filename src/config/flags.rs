@@ -51,8 +51,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "max-snapshots",
     "max-wals",
     "backend-bbolt-freelist-type",
-    "backend-batch-interval",
-    "backend-batch-limit",
     "max-concurrent-streams",
     "grpc-keepalive-min-time",
     "grpc-keepalive-interval",

@@ -156,6 +156,10 @@ pub struct MemberConfig {
     pub election_timeout: Duration,
     /// `--snapshot-count`, default 100000 (etcd 3.4/3.5).
     pub snapshot_count: u64,
+    /// `--backend-batch-interval` and `--backend-batch-limit` (etcd's
+    /// defaults 100 ms and 10000 where they were 0): when applied state is
+    /// made durable.
+    pub backend_batch: crate::apply::BackendBatch,
     /// `--max-request-bytes`, default 1.5 MiB.
     pub max_request_bytes: usize,
     /// Effective backend quota: `--quota-backend-bytes`, with etcd's meaning
@@ -210,6 +214,7 @@ impl Default for MemberConfig {
             heartbeat_interval: Duration::from_millis(draft.heartbeat_ms),
             election_timeout: Duration::from_millis(draft.election_ms),
             snapshot_count: draft.snapshot_count,
+            backend_batch: crate::apply::BackendBatch::default(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES as usize,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS as usize,
@@ -547,6 +552,8 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         draft.auth_token_ttl,
         &mut warnings,
     )?;
+    let backend_batch =
+        resolve_backend_batch(draft.backend_batch_interval, draft.backend_batch_limit);
 
     let config = MemberConfig {
         name: draft.name,
@@ -562,6 +569,7 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         heartbeat_interval: Duration::from_millis(draft.heartbeat_ms),
         election_timeout: Duration::from_millis(draft.election_ms),
         snapshot_count: draft.snapshot_count,
+        backend_batch,
         max_request_bytes: to_usize("max-request-bytes", draft.max_request_bytes)?,
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
@@ -669,6 +677,20 @@ fn validate_tls(
         ));
     }
     Ok(())
+}
+
+/// `--backend-batch-interval` and `--backend-batch-limit`, 0 standing for
+/// etcd's defaults as in etcd.
+fn resolve_backend_batch(interval: Duration, limit: u64) -> crate::apply::BackendBatch {
+    let default = crate::apply::BackendBatch::default();
+    crate::apply::BackendBatch {
+        interval: if interval.is_zero() {
+            default.interval
+        } else {
+            interval
+        },
+        limit: if limit == 0 { default.limit } else { limit },
+    }
 }
 
 fn to_usize(flag: &str, value: u64) -> Result<usize, ConfigError> {

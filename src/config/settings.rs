@@ -65,6 +65,8 @@ pub enum Setting {
     HeartbeatInterval,
     ElectionTimeout,
     SnapshotCount,
+    BackendBatchInterval,
+    BackendBatchLimit,
     MaxRequestBytes,
     QuotaBackendBytes,
     MaxTxnOps,
@@ -101,7 +103,7 @@ pub enum Setting {
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 45] = [
+    pub const ALL: [Setting; 47] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -111,6 +113,8 @@ impl Setting {
         Setting::ListenPeerUrls,
         Setting::ListenClientUrls,
         Setting::QuotaBackendBytes,
+        Setting::BackendBatchInterval,
+        Setting::BackendBatchLimit,
         Setting::MaxTxnOps,
         Setting::MaxRequestBytes,
         Setting::InitialAdvertisePeerUrls,
@@ -165,6 +169,8 @@ impl Setting {
             Setting::HeartbeatInterval => "heartbeat-interval",
             Setting::ElectionTimeout => "election-timeout",
             Setting::SnapshotCount => "snapshot-count",
+            Setting::BackendBatchInterval => "backend-batch-interval",
+            Setting::BackendBatchLimit => "backend-batch-limit",
             Setting::MaxRequestBytes => "max-request-bytes",
             Setting::QuotaBackendBytes => "quota-backend-bytes",
             Setting::MaxTxnOps => "max-txn-ops",
@@ -269,6 +275,14 @@ impl Setting {
             Setting::QuotaBackendBytes => (
                 "0",
                 "Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).",
+            ),
+            Setting::BackendBatchInterval => (
+                "0",
+                "BackendBatchInterval is the maximum time before commit the backend transaction (0 means 100ms).",
+            ),
+            Setting::BackendBatchLimit => (
+                "0",
+                "BackendBatchLimit is the maximum operations before commit the backend transaction (0 means 10000).",
             ),
             Setting::MaxTxnOps => (
                 "128",
@@ -391,6 +405,10 @@ pub struct Draft {
     pub heartbeat_ms: u64,
     pub election_ms: u64,
     pub snapshot_count: u64,
+    /// `--backend-batch-interval`; zero means etcd's default (100 ms).
+    pub backend_batch_interval: Duration,
+    /// `--backend-batch-limit`; zero means etcd's default (10000).
+    pub backend_batch_limit: u64,
     pub max_request_bytes: u64,
     /// etcd semantics: 0 is the default quota, negative disables the quota.
     pub quota_backend_bytes: i64,
@@ -443,6 +461,8 @@ impl Draft {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_ms: DEFAULT_ELECTION_MS,
             snapshot_count: DEFAULT_SNAPSHOT_COUNT,
+            backend_batch_interval: Duration::ZERO,
+            backend_batch_limit: 0,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             quota_backend_bytes: 0,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
@@ -495,6 +515,8 @@ impl Draft {
             Setting::WatchProgressNotifyInterval => {
                 self.watch_progress_notify_interval = parse_duration(raw)?;
             }
+            Setting::BackendBatchInterval => self.backend_batch_interval = parse_duration(raw)?,
+            Setting::BackendBatchLimit => self.backend_batch_limit = uint(raw)?,
             Setting::DiscoveryToken => self.discovery_token = raw.to_owned(),
             Setting::StrictReconfigCheck => {
                 self.strict_reconfig_check = parse_bool(raw).ok_or("parse error")?;

@@ -989,3 +989,66 @@ mod arbitrary {
         }
     }
 }
+
+#[test]
+fn backend_batch_defaults_to_etcds_and_zero_means_default() {
+    let default = crate::apply::BackendBatch {
+        interval: std::time::Duration::from_millis(100),
+        limit: 10_000,
+    };
+    assert_eq!(parse(&[]).unwrap().backend_batch, default);
+    let zeros = [
+        "--backend-batch-interval",
+        "0",
+        "--backend-batch-limit",
+        "0",
+    ];
+    assert_eq!(parse(&zeros).unwrap().backend_batch, default);
+}
+
+#[test]
+fn backend_batch_comes_from_flags_environment_and_config_file() {
+    let c = parse(&[
+        "--backend-batch-interval",
+        "1.5s",
+        "--backend-batch-limit=500",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.backend_batch.interval,
+        std::time::Duration::from_millis(1500)
+    );
+    assert_eq!(c.backend_batch.limit, 500);
+
+    let c = MemberConfig::from_args(
+        Vec::<&str>::new(),
+        &env(&[
+            ("ETCD_BACKEND_BATCH_INTERVAL", "250ms"),
+            ("ETCD_BACKEND_BATCH_LIMIT", "20"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.backend_batch.interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(c.backend_batch.limit, 20);
+
+    // etcd's config file holds the interval as a Go duration: nanoseconds.
+    let file = yaml_file("backend-batch-interval: 2000000000\nbackend-batch-limit: 7\n");
+    let c = MemberConfig::from_yaml_file(file.path()).unwrap();
+    assert_eq!(c.backend_batch.interval, std::time::Duration::from_secs(2));
+    assert_eq!(c.backend_batch.limit, 7);
+}
+
+#[test]
+fn bad_backend_batch_values_name_the_flag() {
+    assert_eq!(
+        error(&["--backend-batch-interval", "soon"]),
+        "invalid value \"soon\" for flag --backend-batch-interval: parse error"
+    );
+    assert_eq!(
+        error(&["--backend-batch-limit", "-1"]),
+        "invalid value \"-1\" for flag --backend-batch-limit: parse error (expected an unsigned integer)"
+    );
+}

@@ -202,12 +202,13 @@ impl Member {
         let (identity, origin) = resolve_identity(cfg, &storage, tls.peer_client.clone())?;
         metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
         let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
-        let (mut applier, membership_rx) = Applier::open(
+        let (applier, membership_rx) = Applier::open(
             store.clone(),
             identity.member_id,
             waiters.clone(),
             auth.clone(),
         )?;
+        let mut applier = applier.with_backend_batch(cfg.backend_batch);
         let mut join_peers: Vec<(u64, String)> = Vec::new();
         match origin {
             Origin::Joining(membership) => {
