@@ -492,6 +492,31 @@ fn unknown_flags_are_accepted_with_a_warning() {
 }
 
 #[test]
+fn backend_batch_flags_are_taken_not_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = single(dir.path(), "x");
+    m.args.extend(
+        [
+            "--backend-batch-interval",
+            "20ms",
+            "--backend-batch-limit=5",
+        ]
+        .map(String::from),
+    );
+    m.spawn();
+    m.wait_ready();
+    for i in 0..12 {
+        etcd_put(&m, &format!("k{i}"), "v");
+    }
+    let log = m.current_log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("backend-batch")),
+        "a warning about the backend batch flags in:\n{log}"
+    );
+}
+
+#[test]
 fn a_restart_ignores_changed_initial_flags_and_keeps_its_id() {
     if skip_without_etcdctl() {
         return;

@@ -278,11 +278,11 @@ impl Setting {
             ),
             Setting::BackendBatchInterval => (
                 "0",
-                "BackendBatchInterval is the maximum time before commit the backend transaction (0 means 100ms).",
+                "Longest time applied writes wait for the store's durable commit (0: 100ms).",
             ),
             Setting::BackendBatchLimit => (
                 "0",
-                "BackendBatchLimit is the maximum operations before commit the backend transaction (0 means 10000).",
+                "Most applied entries that wait for the store's durable commit (0: 10000).",
             ),
             Setting::MaxTxnOps => (
                 "128",
