@@ -492,6 +492,22 @@ fn unknown_flags_are_accepted_with_a_warning() {
 }
 
 #[test]
+fn a_member_logs_the_leader_it_elects_as_etcd_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = single(dir.path(), "x");
+    m.spawn();
+    m.wait_ready();
+    let id = m.id();
+    let log = m.current_log();
+    let line = format!("{id:x} elected leader {id:x} at term ");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains(&line)),
+        "no {line:?} in:\n{log}"
+    );
+}
+
+#[test]
 fn backend_batch_flags_are_taken_not_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = single(dir.path(), "x");

@@ -622,6 +622,7 @@ impl Loop {
                     c.inc();
                 }
             }
+            log_leader_change(&status, self.last_leader);
             // Reads in flight under the old leader may never be answered.
             for (_, read) in self.inflight_reads.drain() {
                 for r in read.replies {
@@ -638,6 +639,31 @@ impl Loop {
                 false
             }
         });
+    }
+}
+
+/// Logs a change of leader with etcd's raft messages (`elected leader`,
+/// `changed leader from`, `lost leader`), which scripts wait on; `unapplied`
+/// is how many committed entries this member has yet to apply.
+fn log_leader_change(status: &NodeStatus, old_leader: u64) {
+    let unapplied = status.commit_index.saturating_sub(status.applied_index);
+    let (id, term, leader) = (status.id, status.term, status.leader_id);
+    match (old_leader, leader) {
+        (_, 0) => tracing::info!(
+            target: "raft",
+            unapplied,
+            "{id:x} lost leader {old_leader:x} at term {term}"
+        ),
+        (0, _) => tracing::info!(
+            target: "raft",
+            unapplied,
+            "{id:x} elected leader {leader:x} at term {term}"
+        ),
+        _ => tracing::info!(
+            target: "raft",
+            unapplied,
+            "{id:x} changed leader from {old_leader:x} to {leader:x} at term {term}"
+        ),
     }
 }
 
