@@ -220,14 +220,9 @@ fn comm(pid: i32) -> String {
 /// The process's name once the shell that started it has exec'd the program
 /// (the pid is reported as soon as the shell runs; the exec follows).
 fn exec_name(pid: i32) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let name = comm(pid);
-        if name != "sh" || Instant::now() > deadline {
-            return name;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::eventually(Duration::from_secs(5), "the shell to exec", || {
+        Some(comm(pid)).filter(|name| name != "sh")
+    })
 }
 
 #[test]

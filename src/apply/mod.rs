@@ -281,6 +281,13 @@ impl Applier {
         ))
     }
 
+    /// Whether the applied state that is not yet durable has waited long
+    /// enough, or is large enough, to be made durable now.
+    fn flush_due(&self) -> bool {
+        let waiting = self.applied.saturating_sub(self.durable_applied);
+        self.batch.due(self.dirty_since, waiting)
+    }
+
     /// Makes applied state durable as `batch` says instead of etcd's defaults.
     pub fn with_backend_batch(mut self, batch: BackendBatch) -> Applier {
         self.batch = batch;
@@ -624,8 +631,7 @@ impl StateMachine for Applier {
         let mut batch = owner;
         // Configuration changes are made durable at once; other batches may wait
         // for the next flush: the Raft log holds them meanwhile.
-        let waiting = self.applied.saturating_sub(self.durable_applied);
-        let durable = conf_state.is_some() || self.batch.due(self.dirty_since, waiting);
+        let durable = conf_state.is_some() || self.flush_due();
         batch.set_durable(durable);
         batch.commit().map_err(apply_err)?;
         if durable {
@@ -683,11 +689,10 @@ impl StateMachine for Applier {
     }
 
     fn flush(&mut self, force: bool) -> Result<(), RaftError> {
-        let Some(since) = self.dirty_since else {
+        if self.dirty_since.is_none() {
             return Ok(());
-        };
-        let waiting = self.applied.saturating_sub(self.durable_applied);
-        if force || self.batch.due(Some(since), waiting) {
+        }
+        if force || self.flush_due() {
             self.store.flush().map_err(apply_err)?;
             self.durable_applied = self.applied;
             self.dirty_since = None;

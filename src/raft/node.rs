@@ -648,23 +648,12 @@ impl Loop {
 fn log_leader_change(status: &NodeStatus, old_leader: u64) {
     let unapplied = status.commit_index.saturating_sub(status.applied_index);
     let (id, term, leader) = (status.id, status.term, status.leader_id);
-    match (old_leader, leader) {
-        (_, 0) => tracing::info!(
-            target: "raft",
-            unapplied,
-            "{id:x} lost leader {old_leader:x} at term {term}"
-        ),
-        (0, _) => tracing::info!(
-            target: "raft",
-            unapplied,
-            "{id:x} elected leader {leader:x} at term {term}"
-        ),
-        _ => tracing::info!(
-            target: "raft",
-            unapplied,
-            "{id:x} changed leader from {old_leader:x} to {leader:x} at term {term}"
-        ),
-    }
+    let change = match (old_leader, leader) {
+        (_, 0) => format!("lost leader {old_leader:x}"),
+        (0, _) => format!("elected leader {leader:x}"),
+        _ => format!("changed leader from {old_leader:x} to {leader:x}"),
+    };
+    tracing::info!(target: "raft", unapplied, "{id:x} {change} at term {term}");
 }
 
 /// Brings the log in line with what the state machine durably holds after a
