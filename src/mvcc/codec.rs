@@ -4,23 +4,13 @@
 //!   Layout: tag (`b'p'` put, `b't'` tombstone), then `create_revision`,
 //!   `mod_revision`, `version`, `lease` as 8-byte big-endian, then the key length
 //!   as 4-byte big-endian, the key, and the value (the rest of the buffer).
-//! * **Index keys** (keys of the `index` table): the user key with every `0x00`
-//!   byte escaped as `0x00 0xFF`, terminated by `0x00 0x00`, followed by the
-//!   16-byte revision. The escaped prefix is order-preserving and prefix-free, so
-//!   byte order of index keys is (user key, revision) order and all revisions of
-//!   one key are contiguous.
-//! * **Index values**: one byte, [`INDEX_PUT`] or [`INDEX_TOMBSTONE`].
+//!   Records are self-describing: the key index (`super::index`) is rebuilt
+//!   from their tags and keys alone.
 //!
 //! Decoding never panics: malformed bytes give [`MvccError::Corrupt`].
 
 use super::error::{MvccError, Result};
-use super::revision::{Revision, REVISION_LEN};
 use super::types::KeyValue;
-
-/// Index value of a put.
-pub const INDEX_PUT: u8 = 0;
-/// Index value of a tombstone (delete).
-pub const INDEX_TOMBSTONE: u8 = 1;
 
 const TAG_PUT: u8 = b'p';
 const TAG_TOMBSTONE: u8 = b't';
@@ -79,10 +69,11 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     })
 }
 
-/// Decodes only the key of a record.
-pub fn decode_record_key(bytes: &[u8]) -> Result<&[u8]> {
-    let (_, key_len) = decode_header(bytes)?;
-    Ok(&bytes[HEADER_LEN..HEADER_LEN + key_len])
+/// Decodes only the tag and the key of a record: whether it is a tombstone,
+/// and its key (what the key index is rebuilt from).
+pub fn decode_record_head(bytes: &[u8]) -> Result<(bool, &[u8])> {
+    let (tombstone, key_len) = decode_header(bytes)?;
+    Ok((tombstone, &bytes[HEADER_LEN..HEADER_LEN + key_len]))
 }
 
 /// Validates the fixed header; returns (tombstone, key length).
@@ -102,75 +93,6 @@ fn decode_header(bytes: &[u8]) -> Result<(bool, usize)> {
         return Err(MvccError::corrupt("record key runs past its end"));
     }
     Ok((tombstone, key_len))
-}
-
-/// The escaped, terminated form of a user key: the prefix of all its index keys.
-pub fn index_prefix(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 2 + REVISION_LEN);
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
-        }
-    }
-    out.extend_from_slice(&[0, 0]);
-    out
-}
-
-/// An index key: [`index_prefix`] of `key` followed by the revision.
-pub fn index_key(prefix: &[u8], rev: Revision) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + REVISION_LEN);
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&rev.to_bytes());
-    out
-}
-
-/// The index key of `key` at `rev` written into `out`, replacing its contents:
-/// the same bytes as `index_key(&index_prefix(key), rev)` without the two
-/// allocations.
-pub fn index_key_into(out: &mut Vec<u8>, key: &[u8], rev: Revision) {
-    out.clear();
-    out.reserve(key.len() + 2 + REVISION_LEN);
-    for &b in key {
-        out.push(b);
-        if b == 0 {
-            out.push(0xFF);
-        }
-    }
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&rev.to_bytes());
-}
-
-/// Splits an index key into its prefix and its revision.
-pub fn split_index_key(bytes: &[u8]) -> Result<(&[u8], Revision)> {
-    if bytes.len() < REVISION_LEN + 2 {
-        return Err(MvccError::corrupt("index key too short"));
-    }
-    let (prefix, rev) = bytes.split_at(bytes.len() - REVISION_LEN);
-    Ok((prefix, Revision::from_bytes(rev)?))
-}
-
-/// Recovers the user key from an index prefix.
-pub fn decode_index_prefix(prefix: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(prefix.len());
-    let mut i = 0;
-    while i < prefix.len() {
-        let b = prefix[i];
-        if b != 0 {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        match prefix.get(i + 1) {
-            Some(0xFF) => {
-                out.push(0);
-                i += 2;
-            }
-            Some(0) if i + 2 == prefix.len() => return Ok(out),
-            _ => break,
-        }
-    }
-    Err(MvccError::corrupt("malformed index key prefix"))
 }
 
 /// A cursor over a byte buffer that reads length-prefixed fields and fails with
@@ -278,14 +200,6 @@ mod tests {
         assert!(matches!(decode_record(&bad), Err(MvccError::Corrupt(_))));
     }
 
-    #[test]
-    fn malformed_index_prefixes_are_corrupt() {
-        assert!(decode_index_prefix(b"ab").is_err());
-        assert!(decode_index_prefix(&[b'a', 0, 1]).is_err());
-        assert!(decode_index_prefix(&[0, 0, b'a', 0, 0]).is_err());
-        assert!(split_index_key(&[0; 17]).is_err());
-    }
-
     proptest! {
         #[test]
         fn records_roundtrip(kv in kv_strategy(), tombstone in any::<bool>()) {
@@ -293,29 +207,10 @@ mod tests {
             let mut buf = vec![7u8; 5];
             encode_record_into(&mut buf, tombstone, &kv);
             prop_assert_eq!(&buf, &enc);
-            prop_assert_eq!(decode_record_key(&enc)?, kv.key.as_slice());
+            prop_assert_eq!(decode_record_head(&enc)?, (tombstone, kv.key.as_slice()));
             let rec = decode_record(&enc)?;
             prop_assert_eq!(rec, Record { tombstone, kv });
         }
 
-        #[test]
-        fn index_keys_sort_by_key_then_revision(
-            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..6),
-            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..6),
-            ra in (0i64..100, 0i64..4),
-            rb in (0i64..100, 0i64..4),
-        ) {
-            let ra = Revision::new(ra.0, ra.1);
-            let rb = Revision::new(rb.0, rb.1);
-            let ka = index_key(&index_prefix(&a), ra);
-            let kb = index_key(&index_prefix(&b), rb);
-            prop_assert_eq!((&a, ra).cmp(&(&b, rb)), ka.cmp(&kb));
-            let mut buf = vec![7u8; 3];
-            index_key_into(&mut buf, &a, ra);
-            prop_assert_eq!(&buf, &ka);
-            let (prefix, rev) = split_index_key(&ka)?;
-            prop_assert_eq!(rev, ra);
-            prop_assert_eq!(decode_index_prefix(prefix)?, a);
-        }
     }
 }

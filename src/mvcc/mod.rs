@@ -16,23 +16,28 @@
 //!   a consistent redb read snapshot.
 //!
 //! Layout of the files: [`revision`] (revision numbers and their byte form),
-//! [`codec`] (byte encodings of stored records and index keys), [`key_range`]
-//! (etcd's key/range_end forms), [`types`] (the public data types), [`hash`]
-//! (CRC-32C), [`view`] (read logic shared by write and read transactions),
-//! [`store`] (the store, batches, revision transactions and read views) and
-//! [`snapshot`] (whole-store snapshot bytes for Raft).
+//! [`codec`] (byte encoding of stored records), [`key_range`] (etcd's
+//! key/range_end forms), [`types`] (the public data types), [`hash`]
+//! (CRC-32C), [`index`] (the in-memory key index), [`view`] (read logic shared
+//! by write and read transactions), [`store`] (the store, batches, revision
+//! transactions and read views) and [`snapshot`] (whole-store snapshot bytes
+//! for Raft).
 //!
-//! Invariants (kept by `store` and `view`):
-//! * every stored revision of every key is in the `kv` table (revision -> record)
-//!   and in the `index` table ((key, revision) -> put/tombstone flag);
-//! * the `live` table maps each key that currently exists to the revision of its
-//!   latest put, and holds nothing else;
+//! Invariants (kept by `store`, `index` and `view`):
+//! * every stored revision of every key is a record in the `kv` table
+//!   (revision -> record; the record names its key and whether it is a
+//!   tombstone), and a change in that key's history in the key index, which
+//!   is rebuilt from the `kv` table when the store opens;
+//! * on disk, only the `kv` table grows with writes, and only at its end: it
+//!   is keyed by revision, like etcd's backend, so a batch dirties the same few
+//!   pages however scattered its keys;
 //! * the `state` table holds the current and the compacted revision; below the
 //!   compacted revision only the newest non-tombstone revision of each key is kept.
 
 pub mod codec;
 pub mod error;
 pub mod hash;
+pub mod index;
 pub mod key_range;
 pub mod revision;
 pub mod snapshot;

@@ -1,21 +1,28 @@
 //! Whole-store snapshot bytes, for Raft snapshots (and, framed by
 //! `crate::backup`, for backup files).
 //!
-//! Format: the magic `LCMVCC01`, then for each table of
+//! Format: the magic `LCMVCC02`, then for each table of
 //! [`ALL_TABLES`](super::store::ALL_TABLES) in order: its name (u32-length
 //! prefixed), its entry count (u64), and its entries (u32-length-prefixed key,
 //! then value); finally the CRC-32C of everything before it (u32). All integers
 //! are big-endian. [`decode`] checks the magic, the checksum, the table names and
 //! that nothing trails, so a restore never starts from damaged bytes.
+//!
+//! Version 1 (`LCMVCC01`, written before the key index moved to memory) holds
+//! the two key-ordered index tables between `mvcc_kv` and `mvcc_state`; it is
+//! still read, and those tables are skipped (the index is rebuilt from the
+//! records), so old snapshots and backup files restore.
 
 use redb::{ReadableTable, TableHandle};
 
 use super::codec::{put_chunk, Reader};
 use super::error::{MvccError, Result};
 use super::hash::crc32c;
-use super::store::ALL_TABLES;
+use super::store::{ALL_TABLES, LEGACY_TABLES};
 
-const MAGIC: &[u8; 8] = b"LCMVCC01";
+const MAGIC: &[u8; 8] = b"LCMVCC02";
+/// The magic of version 1 snapshots.
+const MAGIC_V1: &[u8; 8] = b"LCMVCC01";
 
 /// Entries of one table, borrowed from the snapshot bytes.
 pub(crate) type TableEntries<'a> = Vec<(&'a [u8], &'a [u8])>;
@@ -62,11 +69,25 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<TableEntries<'_>>> {
         return Err(MvccError::corrupt("snapshot checksum mismatch"));
     }
     let mut r = Reader::new(body);
-    if r.bytes(MAGIC.len())? != MAGIC {
+    let magic = r.bytes(MAGIC.len())?;
+    let [kv, state, meta] = ALL_TABLES;
+    let [index, live] = LEGACY_TABLES;
+    // Each table in the order stored, and whether it is kept.
+    let layout = if magic == MAGIC {
+        vec![(kv, true), (state, true), (meta, true)]
+    } else if magic == MAGIC_V1 {
+        vec![
+            (kv, true),
+            (index, false),
+            (live, false),
+            (state, true),
+            (meta, true),
+        ]
+    } else {
         return Err(MvccError::corrupt("not an mvcc snapshot"));
-    }
+    };
     let mut tables = Vec::with_capacity(ALL_TABLES.len());
-    for def in ALL_TABLES {
+    for (def, keep) in layout {
         let name = r.chunk()?;
         if name != def.name().as_bytes() {
             return Err(MvccError::corrupt(format!(
@@ -80,9 +101,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<TableEntries<'_>>> {
         for _ in 0..count {
             let k = r.chunk()?;
             let v = r.chunk()?;
-            entries.push((k, v));
+            if keep {
+                entries.push((k, v));
+            }
         }
-        tables.push(entries);
+        if keep {
+            tables.push(entries);
+        }
     }
     if r.remaining() != 0 {
         return Err(MvccError::corrupt("trailing bytes after snapshot"));

@@ -1425,17 +1425,170 @@ fn golden_hashes(store: &Store) -> (u32, i64, u32, i64, i64, u32) {
 
 #[test]
 fn a_fixed_history_gives_the_same_hashes_as_ever() {
-    // The values were computed by the store before batches wrote the state
-    // table once per commit and deletes read records by range scans: the
-    // stored bytes must not change, or existing data dirs and mixed-version
-    // clusters would disagree.
+    // hash_kv (what members compare to find corruption) is the value computed
+    // by every store since the first: the stored records must not change, or
+    // existing data dirs and mixed-version clusters would disagree. The whole
+    // store hash and the snapshot CRC changed once, when the key-ordered index
+    // tables left the disk for memory (they were 2_245_831_888 and
+    // 3_226_966_943; `golden-v1.snap` holds that snapshot).
     let (_d, store) = open_temp();
     golden_history(&store, false);
     assert_eq!(
         golden_hashes(&store),
-        (2_245_831_888, 27, 116_712_893, 24, 27, 3_226_966_943),
+        (3_378_709_004, 27, 116_712_893, 24, 27, 301_117_206),
         "hash, revision, hash_kv, compacted, hash revision, snapshot crc"
     );
+}
+
+/// The snapshot of [`golden_plan`]'s history as the store wrote it while the
+/// key index was two redb tables (format version 1).
+const GOLDEN_V1_SNAPSHOT: &[u8] = include_bytes!("testdata/golden-v1.snap");
+
+/// A table of a snapshot: its name and its entries.
+type NamedTable = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// The tables of a snapshot (a test's own reader of the format, independent of
+/// `snapshot::decode`).
+fn snapshot_tables(bytes: &[u8]) -> Vec<NamedTable> {
+    let mut r = super::codec::Reader::new(&bytes[..bytes.len() - 4]);
+    r.bytes(8).unwrap();
+    let mut tables = Vec::new();
+    while r.remaining() > 0 {
+        let name = String::from_utf8(r.chunk().unwrap().to_vec()).unwrap();
+        let count = r.u64().unwrap();
+        let entries = (0..count)
+            .map(|_| (r.chunk().unwrap().to_vec(), r.chunk().unwrap().to_vec()))
+            .collect();
+        tables.push((name, entries));
+    }
+    tables
+}
+
+/// Everything a client can read of a store: every range at every revision
+/// from the compaction on, and every event.
+fn readable(store: &Store) -> (Vec<RangeResult>, Vec<Event>) {
+    let view = store.read().unwrap();
+    let from = view.compact_revision().max(1);
+    let ranges = (from..=view.current_revision())
+        .map(|rev| view.range(b"\0", b"\0", &at(rev)).unwrap())
+        .collect();
+    (ranges, view.events(from, view.current_revision()).unwrap())
+}
+
+#[test]
+fn a_version_1_snapshot_restores_with_its_index_rebuilt() {
+    let tables = snapshot_tables(GOLDEN_V1_SNAPSHOT);
+    let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["mvcc_kv", "mvcc_index", "mvcc_live", "mvcc_state", "meta"]
+    );
+    let (_d1, fresh) = open_temp();
+    golden_history(&fresh, false);
+    let (_d2, restored) = open_temp();
+    restored.restore(GOLDEN_V1_SNAPSHOT).unwrap();
+    assert_eq!(golden_hashes(&restored), golden_hashes(&fresh));
+    assert_eq!(readable(&restored), readable(&fresh));
+    assert_eq!(restored.indexed_keys(), fresh.indexed_keys());
+}
+
+#[test]
+fn a_store_with_the_on_disk_index_tables_drops_them_and_serves_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (_d, fresh) = open_temp();
+    golden_history(&fresh, false);
+    // A store as the previous version left it: the same records, and the two
+    // index tables with what that version kept in them.
+    Store::open(&path)
+        .unwrap()
+        .restore(GOLDEN_V1_SNAPSHOT)
+        .unwrap();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        for (name, entries) in snapshot_tables(GOLDEN_V1_SNAPSHOT) {
+            if name == "mvcc_index" || name == "mvcc_live" {
+                let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(&name);
+                let mut table = txn.open_table(def).unwrap();
+                for (k, v) in &entries {
+                    table.insert(k.as_slice(), v.as_slice()).unwrap();
+                }
+                assert!(!entries.is_empty());
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(golden_hashes(&store), golden_hashes(&fresh));
+    assert_eq!(readable(&store), readable(&fresh));
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let names: Vec<String> = redb::ReadTransaction::list_tables(&txn)
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "mvcc_index" || n == "mvcc_live"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_read_view_older_than_a_compaction_gets_compacted_not_a_wrong_answer() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put(&store, b"a", b"2");
+    put(&store, b"a", b"3");
+    let view = store.read().unwrap();
+    assert_eq!(view.range(b"a", b"", &at(2)).unwrap().kvs[0].value, b"1");
+    compact(&store, 3).unwrap();
+    // The view's snapshot still has revision 2, but the shared index no longer
+    // knows it: the view answers as a view taken after the compaction.
+    assert!(matches!(
+        view.range(b"a", b"", &at(2)),
+        Err(MvccError::Compacted)
+    ));
+    assert!(matches!(view.events(1, 4), Err(MvccError::Compacted)));
+    assert_eq!(view.range(b"a", b"", &at(4)).unwrap().kvs[0].value, b"3");
+}
+
+#[test]
+fn a_read_view_older_than_a_restore_gets_compacted() {
+    let (_d1, src) = open_temp();
+    put(&src, b"x", b"1");
+    let (_d2, dst) = open_temp();
+    put(&dst, b"a", b"1");
+    let view = dst.read().unwrap();
+    dst.restore(&src.read().unwrap().snapshot_bytes().unwrap())
+        .unwrap();
+    assert!(matches!(
+        view.range(b"a", b"", &RangeOptions::default()),
+        Err(MvccError::Compacted)
+    ));
+    assert_eq!(get(&dst, b"x").unwrap().value, b"1");
+    assert_eq!(get(&dst, b"a"), None);
+}
+
+#[test]
+fn a_dropped_batch_takes_its_changes_back_from_the_index() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    {
+        let mut batch = store.batch().unwrap();
+        let mut txn = batch.txn().unwrap();
+        txn.put(b"a", b"2", 0, false, false).unwrap();
+        txn.put(b"new", b"x", 0, false, false).unwrap();
+        txn.delete_range(b"a", b"").unwrap();
+        txn.end();
+    }
+    assert_eq!(store.indexed_keys(), 1);
+    assert_eq!(store.read().unwrap().stored_revisions().unwrap(), (1, 1));
+    // The same revision is written again, by another change.
+    assert_eq!(put(&store, b"a", b"3"), 3);
+    let a = get(&store, b"a").unwrap();
+    assert_eq!((a.version, a.value.as_slice()), (2, &b"3"[..]));
 }
 
 #[test]

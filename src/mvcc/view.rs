@@ -1,31 +1,30 @@
 //! Read logic shared by write-side revision transactions and read views.
 //!
-//! A [`View`] borrows the three data tables of either a redb write transaction
-//! or a read transaction (anything implementing `ReadableTable`) together with the
-//! current and compacted revision as seen by that transaction, and answers:
-//! ranges (with etcd's filter/sort/limit pipeline), the latest version of a key,
-//! events from history, and the KV hash.
+//! A [`View`] borrows the `kv` table of either a redb write transaction or a
+//! read transaction (anything implementing `ReadableTable`) and the shared
+//! [`KeyIndex`], together with the current and compacted revision as seen by
+//! that transaction, and answers: ranges (with etcd's filter/sort/limit
+//! pipeline), the latest version of a key, events from history, and the KV hash.
 //!
-//! Cost: a range at the current revision walks the `live` table (one entry per
-//! existing key) and reads one record per returned key; a range at a past
-//! revision does two index seeks per key ever stored in the range since the last
-//! compaction. Neither scans unrelated keys. [`View::records_at`] reads many
-//! records at once (a delete of many keys) by range scans instead of one
-//! lookup each.
+//! Cost: a range walks the index over the keys of the range (in memory, under
+//! a read lock held only for that walk), then reads one record per returned key
+//! with [`View::records_at`], which reads many records by range scans of the
+//! `kv` table instead of one lookup each. Revisions in the index past the
+//! view's current revision belong to a batch not committed yet and are never
+//! looked at.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
 
 use redb::ReadableTable;
 
-use super::codec::{
-    decode_record, decode_record_key, index_key, index_prefix, split_index_key, Record,
-    INDEX_TOMBSTONE,
-};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use super::codec::{decode_record, Record};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
+use super::index::KeyIndex;
 use super::key_range::KeyRange;
-use super::revision::{Revision, REVISION_LEN};
+use super::revision::Revision;
 use super::types::{
     Event, EventKind, HashKv, KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget,
 };
@@ -37,18 +36,22 @@ const HASH_KV_LABEL: &[u8] = b"mvcc_kv";
 /// again: a step of a redb range costs about a third of a point lookup.
 const MAX_SCAN_SKIP: usize = 2;
 
-/// Read access to the data tables as one transaction sees them.
+/// Read access to the store as one transaction sees it.
 pub(crate) struct View<'a, T> {
+    /// The `kv` table (revision -> record) of the transaction.
     pub kv: &'a T,
-    pub index: &'a T,
-    pub live: &'a T,
+    /// The shared key index.
+    pub index: &'a RwLock<KeyIndex>,
+    /// For a read view, the index epoch its snapshot belongs to; `None` for a
+    /// batch (no restore can run while a batch is open).
+    pub epoch: Option<u64>,
     /// The revision reads default to (the header revision of results).
     pub current: i64,
     /// The compacted revision (-1 if never compacted).
     pub compact: i64,
 }
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
+impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     /// The stored record at `rev`; its absence means the tables disagree.
     pub fn record_at(&self, rev: Revision) -> Result<Record> {
         let guard = self
@@ -108,99 +111,36 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
             .collect()
     }
 
+    /// The key index, locked for reading. A read view whose snapshot a
+    /// restore has replaced since gets `Compacted`: its history is gone.
+    fn index(&self) -> Result<RwLockReadGuard<'a, KeyIndex>> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        match self.epoch {
+            Some(epoch) if epoch != index.epoch() => Err(MvccError::Compacted),
+            _ => Ok(index),
+        }
+    }
+
+    /// The compacted revision: this view's, or a later compaction's already
+    /// applied to the shared index (history below it is gone from the index).
+    fn compacted(&self, index: &KeyIndex) -> i64 {
+        self.compact.max(index.compacted())
+    }
+
     /// The current key-value of `key`, if it exists.
     pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let rev = match self.live.get(key)? {
-            Some(guard) => Revision::from_bytes(guard.value())?,
-            None => return Ok(None),
-        };
-        Ok(Some(self.record_at(rev)?.kv))
-    }
-
-    /// The newest index entry of the key with `prefix` whose revision lies in
-    /// `[Revision(0,0), upper]`: its revision and whether it is a tombstone.
-    fn newest_upto(&self, prefix: &[u8], upper: Revision) -> Result<Option<(Revision, bool)>> {
-        let lo = index_key(prefix, Revision::new(0, 0));
-        let hi = index_key(prefix, upper);
-        let mut iter = self.index.range::<&[u8]>(lo.as_slice()..=hi.as_slice())?;
-        match iter.next_back() {
-            Some(entry) => {
-                let (k, v) = entry?;
-                let (_, rev) = split_index_key(k.value())?;
-                Ok(Some((rev, v.value().first() == Some(&INDEX_TOMBSTONE))))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Calls `visit` with the revision of every key existing at `rev` in
-    /// `range`, in key order, until it returns `false`.
-    fn for_each_key_at(
-        &self,
-        range: &KeyRange,
-        rev: i64,
-        mut visit: impl FnMut(Revision) -> Result<bool>,
-    ) -> Result<()> {
-        if range.is_empty() {
-            return Ok(());
-        }
-        if rev == self.current {
-            for entry in self.live.range::<&[u8]>(range.bounds())? {
-                let (_, v) = entry?;
-                if !visit(Revision::from_bytes(v.value())?)? {
-                    break;
-                }
-            }
-            return Ok(());
-        }
-        let upper_rev = Revision::last_of(rev);
-        if let KeyRange::Single(key) = range {
-            if let Some((r, false)) = self.newest_upto(&index_prefix(key), upper_rev)? {
-                visit(r)?;
-            }
-            return Ok(());
-        }
-        let (start, end) = range.bounds();
-        let start = match start {
-            Bound::Included(s) => index_prefix(s),
-            _ => Vec::new(),
-        };
-        let end = match end {
-            Bound::Excluded(e) => Some(index_prefix(e)),
-            _ => None,
-        };
-        let mut lower: Bound<Vec<u8>> = Bound::Included(start);
-        loop {
-            let upper = match &end {
-                Some(e) => Bound::Excluded(e.as_slice()),
-                None => Bound::Unbounded,
-            };
-            let lower_ref = match &lower {
-                Bound::Included(l) => Bound::Included(l.as_slice()),
-                Bound::Excluded(l) => Bound::Excluded(l.as_slice()),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let prefix = match self.index.range::<&[u8]>((lower_ref, upper))?.next() {
-                Some(entry) => {
-                    let (k, _) = entry?;
-                    split_index_key(k.value())?.0.to_vec()
-                }
-                None => return Ok(()),
-            };
-            if let Some((r, false)) = self.newest_upto(&prefix, upper_rev)? {
-                if !visit(r)? {
-                    return Ok(());
-                }
-            }
-            let mut after = prefix;
-            after.extend_from_slice(&[0xFF; REVISION_LEN]);
-            lower = Bound::Excluded(after);
+        let change = self
+            .index()?
+            .newest_upto(key, Revision::last_of(self.current));
+        match change {
+            Some(c) if !c.tombstone => Ok(Some(self.record_at(c.rev)?.kv)),
+            _ => Ok(None),
         }
     }
 
     /// Resolves a requested revision (0 or negative = current) against the
     /// current and compacted revisions, as etcd's `rangeKeys`.
-    fn resolve_revision(&self, requested: i64) -> Result<i64> {
+    fn resolve_revision(&self, requested: i64, compacted: i64) -> Result<i64> {
         if requested > self.current {
             return Err(MvccError::FutureRevision);
         }
@@ -209,10 +149,32 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
         } else {
             requested
         };
-        if rev < self.compact {
+        if rev < compacted {
             return Err(MvccError::Compacted);
         }
         Ok(rev)
+    }
+
+    /// The keys existing at the requested revision in `range`: how many, and
+    /// the revisions of the first `fetch` of them (all if `None`), in key order.
+    fn live_revisions(
+        &self,
+        range: &KeyRange,
+        requested: i64,
+        fetch: Option<usize>,
+    ) -> Result<(i64, Vec<Revision>)> {
+        let index = self.index()?;
+        let rev = self.resolve_revision(requested, self.compacted(&index))?;
+        let mut count: i64 = 0;
+        let mut revs = Vec::new();
+        index.for_each_live(range, rev, |_, r| {
+            count += 1;
+            if fetch.is_none_or(|l| revs.len() < l) {
+                revs.push(r);
+            }
+            true
+        });
+        Ok((count, revs))
     }
 
     /// A range with etcd's full semantics (see `server/etcdserver/txn/range.go`):
@@ -221,14 +183,9 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
     /// key ascending) without revision filters; otherwise everything is read,
     /// filtered, sorted, then truncated to the limit.
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
-        let rev = self.resolve_revision(opts.revision)?;
         let range = KeyRange::new(key, range_end);
-        let mut count: i64 = 0;
         if opts.count_only {
-            self.for_each_key_at(&range, rev, |_| {
-                count += 1;
-                Ok(true)
-            })?;
+            let (count, _) = self.live_revisions(&range, opts.revision, Some(0))?;
             return Ok(RangeResult {
                 kvs: Vec::new(),
                 count,
@@ -253,14 +210,8 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
         } else {
             None
         };
-        let mut kvs = Vec::new();
-        self.for_each_key_at(&range, rev, |r| {
-            count += 1;
-            if fetch_limit.is_none_or(|l| kvs.len() < l) {
-                kvs.push(self.record_at(r)?.kv);
-            }
-            Ok(true)
-        })?;
+        let (count, revs) = self.live_revisions(&range, opts.revision, fetch_limit)?;
+        let mut kvs: Vec<KeyValue> = self.records_at(&revs)?.into_iter().map(|r| r.kv).collect();
 
         filter(&mut kvs, opts);
         sort(&mut kvs, opts.sort_target, opts.sort_order);
@@ -294,27 +245,44 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
         if to_rev > self.current {
             return Err(MvccError::FutureRevision);
         }
-        if from_rev.saturating_add(1) < self.compact {
+        if from_rev.saturating_add(1) < self.compacted(&*self.index()?) {
             return Err(MvccError::Compacted);
         }
-        let mut events = Vec::new();
         if to_rev <= from_rev {
-            return Ok(events);
+            return Ok(Vec::new());
         }
         let lo = Revision::new(from_rev.saturating_add(1), 0).to_bytes();
         let hi = Revision::last_of(to_rev).to_bytes();
+        let mut changes = Vec::new();
         for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
             let (k, v) = entry?;
-            let rev = Revision::from_bytes(k.value())?;
-            let record = decode_record(v.value())?;
-            let before = if rev.sub > 0 {
-                Revision::new(rev.main, rev.sub - 1)
-            } else {
-                Revision::last_of(rev.main - 1)
-            };
-            let prev_kv = match self.newest_upto(&index_prefix(&record.kv.key), before)? {
-                Some((r, false)) => Some(self.record_at(r)?.kv),
-                _ => None,
+            changes.push((Revision::from_bytes(k.value())?, decode_record(v.value())?));
+        }
+        // The revision of each change's previous put, if the key existed.
+        let prev_revs: Vec<Option<Revision>> = {
+            let index = self.index()?;
+            changes
+                .iter()
+                .map(|(rev, record)| {
+                    let before = if rev.sub > 0 {
+                        Revision::new(rev.main, rev.sub - 1)
+                    } else {
+                        Revision::last_of(rev.main - 1)
+                    };
+                    index
+                        .newest_upto(&record.kv.key, before)
+                        .filter(|c| !c.tombstone)
+                        .map(|c| c.rev)
+                })
+                .collect()
+        };
+        let wanted: Vec<Revision> = prev_revs.iter().flatten().copied().collect();
+        let mut prevs = self.records_at(&wanted)?.into_iter();
+        let mut events = Vec::with_capacity(changes.len());
+        for ((rev, record), prev_rev) in changes.into_iter().zip(prev_revs) {
+            let prev_kv = match prev_rev {
+                Some(_) => prevs.next().map(|r| r.kv),
+                None => None,
             };
             events.push(if record.tombstone {
                 Event {
@@ -362,27 +330,6 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
             hash_revision: rev,
         })
     }
-}
-
-/// Keys of all records stored in revisions `[lo, hi)`, deduplicated and sorted.
-pub(crate) fn keys_in_revisions<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    kv: &T,
-    lo: Revision,
-    hi: Revision,
-) -> Result<std::collections::BTreeSet<Vec<u8>>> {
-    let mut keys = std::collections::BTreeSet::new();
-    let (lo, hi) = (lo.to_bytes(), hi.to_bytes());
-    if lo >= hi {
-        return Ok(keys);
-    }
-    for entry in kv.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
-        let (_, v) = entry?;
-        let key = decode_record_key(v.value())?;
-        if !keys.contains(key) {
-            keys.insert(key.to_vec());
-        }
-    }
-    Ok(keys)
 }
 
 /// etcd's `isDefaultOrdering`: results already come sorted by key ascending.
@@ -446,7 +393,6 @@ mod tests {
 
     type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
     const KV: Def = TableDefinition::new("kv");
-    const OTHER: Def = TableDefinition::new("other");
 
     fn record(rev: Revision) -> KeyValue {
         KeyValue {
@@ -480,13 +426,12 @@ mod tests {
                     let bytes = encode_record(rev.sub == 2, &record(rev));
                     kv.insert(rev.to_bytes().as_slice(), bytes.as_slice()).unwrap();
                 }
-                txn.open_table(OTHER).unwrap();
             }
             txn.commit().unwrap();
             let read = db.begin_read().unwrap();
             let kv = read.open_table(KV).unwrap();
-            let other = read.open_table(OTHER).unwrap();
-            let view = View { kv: &kv, index: &other, live: &other, current: 70, compact: -1 };
+            let index = RwLock::new(KeyIndex::new(-1));
+            let view = View { kv: &kv, index: &index, epoch: None, current: 70, compact: -1 };
 
             let asked: Vec<Revision> = if stored.is_empty() {
                 Vec::new()

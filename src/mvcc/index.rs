@@ -1,0 +1,288 @@
+//! The key index: for every key, the revisions at which it was put or deleted,
+//! kept in memory as etcd keeps its `treeIndex`.
+//!
+//! The store's only key-ordered structure lives here. On disk, the `mvcc_kv`
+//! table is keyed by revision, so a write appends records at its end and dirties
+//! the same few pages batch after batch; a key-ordered table on disk would dirty
+//! one random page per written key instead. Records are self-describing (they
+//! carry their key and a put/tombstone tag), so [`KeyIndex::rebuild`] recreates
+//! the index from `mvcc_kv` whenever the store opens or restores a snapshot.
+//!
+//! Invariants:
+//! * every key's history is sorted by revision, strictly increasing, and never
+//!   empty (a key whose history empties is removed);
+//! * the history of a key holds exactly the revisions of its records in
+//!   `mvcc_kv`, once committed batches are counted: a batch appends its changes
+//!   at once (readers ignore revisions past their own), a batch that does not
+//!   commit takes them back with [`KeyIndex::rollback`], and a compaction is
+//!   applied only when its batch commits ([`KeyIndex::compact`]);
+//! * below [`KeyIndex::compacted`], a key keeps only its newest revision, and
+//!   only if that is a put.
+//!
+//! Readers lock the index briefly: they copy out the revisions they need and
+//! read the records after the lock is released.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use redb::ReadableTable;
+
+use super::codec::decode_record_head;
+use super::error::Result;
+use super::key_range::KeyRange;
+use super::revision::Revision;
+
+/// One change of a key: its revision and whether it was a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub rev: Revision,
+    pub tombstone: bool,
+}
+
+/// Every key's history of changes.
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex {
+    keys: BTreeMap<Vec<u8>, Vec<Change>>,
+    /// The revision of the last compaction applied (-1 if none).
+    compacted: i64,
+    /// Bumped when a snapshot replaces the whole store, so read views opened
+    /// before can tell that the index no longer matches their snapshot.
+    epoch: u64,
+}
+
+impl KeyIndex {
+    /// An empty index of a store compacted at `compacted`.
+    pub fn new(compacted: i64) -> Self {
+        KeyIndex {
+            keys: BTreeMap::new(),
+            compacted,
+            epoch: 0,
+        }
+    }
+
+    /// The index of the records in `kv` (revision -> record), read in revision
+    /// order.
+    pub fn rebuild<T: ReadableTable<&'static [u8], &'static [u8]>>(
+        kv: &T,
+        compacted: i64,
+    ) -> Result<Self> {
+        let mut index = KeyIndex::new(compacted);
+        for entry in kv.iter()? {
+            let (k, v) = entry?;
+            let rev = Revision::from_bytes(k.value())?;
+            let (tombstone, key) = decode_record_head(v.value())?;
+            index.record(key, rev, tombstone);
+        }
+        Ok(index)
+    }
+
+    /// The revision of the last compaction applied to the index.
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Changes whenever a snapshot replaced the store.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Replaces the whole index (after a snapshot restore).
+    pub fn replace(&mut self, other: KeyIndex) {
+        let epoch = self.epoch + 1;
+        *self = other;
+        self.epoch = epoch;
+    }
+
+    /// Number of keys with any history (tests and metrics).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Number of changes held, over all keys (tests).
+    #[cfg(test)]
+    pub fn changes(&self) -> usize {
+        self.keys.values().map(Vec::len).sum()
+    }
+
+    /// Appends a change of `key` at `rev`, which must be past every revision
+    /// the index holds.
+    pub fn record(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
+        let change = Change { rev, tombstone };
+        match self.keys.get_mut(key) {
+            Some(history) => {
+                debug_assert!(history.last().is_none_or(|c| c.rev < rev));
+                history.push(change);
+            }
+            None => {
+                self.keys.insert(key.to_vec(), vec![change]);
+            }
+        }
+    }
+
+    /// The newest change of `key` at or below `upper`.
+    pub fn newest_upto(&self, key: &[u8], upper: Revision) -> Option<Change> {
+        newest_upto(self.keys.get(key)?, upper)
+    }
+
+    /// Calls `visit` with every key that exists at revision `rev` in `range`
+    /// and the revision of its put, in key order, until it returns `false`.
+    pub fn for_each_live(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        mut visit: impl FnMut(&[u8], Revision) -> bool,
+    ) {
+        if range.is_empty() {
+            return;
+        }
+        let upper = Revision::last_of(rev);
+        if let KeyRange::Single(key) = range {
+            if let Some(c) = self.newest_upto(key, upper).filter(|c| !c.tombstone) {
+                visit(key, c.rev);
+            }
+            return;
+        }
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = range.bounds();
+        for (key, history) in self.keys.range::<[u8], _>(bounds) {
+            if let Some(c) = newest_upto(history, upper).filter(|c| !c.tombstone) {
+                if !visit(key, c.rev) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The revisions a compaction at `rev` removes: for every key, its changes
+    /// at or below `rev` but the newest, and that one too if it is a delete.
+    pub fn compactable(&self, rev: i64) -> Vec<Revision> {
+        let upper = Revision::last_of(rev);
+        let mut out = Vec::new();
+        for history in self.keys.values() {
+            let below = history.partition_point(|c| c.rev <= upper);
+            let keep_newest = below > 0 && !history[below - 1].tombstone;
+            let drop = if keep_newest { below - 1 } else { below };
+            out.extend(history[..drop].iter().map(|c| c.rev));
+        }
+        out
+    }
+
+    /// Applies a compaction at `rev` (removes what [`Self::compactable`]
+    /// lists, and keys left with no history).
+    pub fn compact(&mut self, rev: i64) {
+        let upper = Revision::last_of(rev);
+        self.keys.retain(|_, history| {
+            let below = history.partition_point(|c| c.rev <= upper);
+            let keep_newest = below > 0 && !history[below - 1].tombstone;
+            let drop = if keep_newest { below - 1 } else { below };
+            history.drain(..drop);
+            !history.is_empty()
+        });
+        self.compacted = self.compacted.max(rev);
+    }
+
+    /// Takes back every change past revision `current` (a batch that did not
+    /// commit). Visits every key; batches fail only on storage errors.
+    pub fn rollback(&mut self, current: i64) {
+        self.keys.retain(|_, history| {
+            let keep = history.partition_point(|c| c.rev.main <= current);
+            history.truncate(keep);
+            !history.is_empty()
+        });
+    }
+}
+
+/// The newest change in a sorted history at or below `upper`.
+fn newest_upto(history: &[Change], upper: Revision) -> Option<Change> {
+    // Reads at the current revision are the common case: the last change.
+    match history.last() {
+        Some(last) if last.rev <= upper => Some(*last),
+        _ => {
+            let n = history.partition_point(|c| c.rev <= upper);
+            n.checked_sub(1).map(|i| history[i])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    fn live(index: &KeyIndex, range: &KeyRange, at: i64) -> Vec<(Vec<u8>, i64)> {
+        let mut out = Vec::new();
+        index.for_each_live(range, at, |k, r| {
+            out.push((k.to_vec(), r.main));
+            true
+        });
+        out
+    }
+
+    /// a: put 2, put 3, delete 4, put 6; b: put 5, delete 7.
+    fn sample() -> KeyIndex {
+        let mut index = KeyIndex::new(-1);
+        for (key, main, tombstone) in [
+            (b"a", 2, false),
+            (b"a", 3, false),
+            (b"a", 4, true),
+            (b"b", 5, false),
+            (b"a", 6, false),
+            (b"b", 7, true),
+        ] {
+            index.record(key, rev(main), tombstone);
+        }
+        index
+    }
+
+    #[test]
+    fn live_keys_are_those_whose_newest_change_at_the_revision_is_a_put() {
+        let index = sample();
+        let all = KeyRange::new(b"\0", b"\0");
+        assert_eq!(live(&index, &all, 3), vec![(b"a".to_vec(), 3)]);
+        assert_eq!(live(&index, &all, 4), vec![]);
+        assert_eq!(
+            live(&index, &all, 5),
+            vec![(b"b".to_vec(), 5)],
+            "a deleted, b put"
+        );
+        assert_eq!(live(&index, &all, 6).len(), 2);
+        assert_eq!(live(&index, &all, 7), vec![(b"a".to_vec(), 6)]);
+        assert_eq!(
+            live(&index, &KeyRange::new(b"b", b""), 5),
+            vec![(b"b".to_vec(), 5)]
+        );
+        assert_eq!(live(&index, &KeyRange::new(b"b", b"a"), 6), vec![]);
+    }
+
+    #[test]
+    fn compaction_keeps_each_keys_newest_put_at_or_below_the_revision() {
+        let mut index = sample();
+        assert_eq!(index.compactable(5), vec![rev(2), rev(3), rev(4)]);
+        index.compact(5);
+        assert_eq!(index.compacted(), 5);
+        assert_eq!(index.newest_upto(b"a", Revision::last_of(5)), None);
+        assert_eq!(
+            index.newest_upto(b"b", Revision::last_of(5)).map(|c| c.rev),
+            Some(rev(5))
+        );
+        assert_eq!(index.compactable(7), vec![rev(5), rev(7)]);
+        index.compact(7);
+        assert_eq!(index.len(), 1, "b is gone: its newest change is a delete");
+        assert_eq!(live(&index, &KeyRange::new(b"\0", b"\0"), 7).len(), 1);
+    }
+
+    #[test]
+    fn rollback_takes_back_changes_past_the_revision_and_empty_keys() {
+        let mut index = sample();
+        index.record(b"c", rev(8), false);
+        index.record(b"a", Revision::new(8, 1), true);
+        index.rollback(7);
+        assert_eq!(index.len(), 2);
+        assert_eq!(
+            index.newest_upto(b"a", Revision::last_of(9)).map(|c| c.rev),
+            Some(rev(6))
+        );
+    }
+}
