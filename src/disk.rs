@@ -348,6 +348,7 @@ fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataF
     let rolled_back = Arc::new(AtomicBool::new(false));
     let flag = rolled_back.clone();
     let mut db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
         .set_repair_callback(move |session| {
             if session.progress() > 0.0 && session.progress() < 0.5 {
                 flag.store(true, Ordering::SeqCst);
@@ -367,6 +368,15 @@ fn open_and_verify(path: &Path, options: &DiskOptions) -> Result<Database, DataF
     }
     Ok(db)
 }
+
+/// Bytes of pages redb keeps in its own cache (its default is 1 GiB). Pages
+/// past it are read from the file, so from the kernel's page cache, which the
+/// members share and the kernel reclaims under pressure; the cache mostly
+/// spares a hot page its copy out of the page cache. 64 MiB holds the
+/// branches and the recent leaves of a store of millions of keys, and keeps a
+/// member's memory from growing with the data it writes (redb also caches
+/// every page it writes).
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Sorts a redb error into damage and trouble with the disk.
 fn classify(path: &Path, e: impl Into<DatabaseError>) -> DataFileError {
