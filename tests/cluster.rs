@@ -213,6 +213,52 @@ async fn a_paused_leader_loses_leadership_and_steps_down_when_resumed() {
 }
 
 #[tokio::test]
+async fn a_write_handed_to_a_leader_that_is_replaced_fails_when_the_new_leader_is_known() {
+    // A long request timeout: without the early answer, the write would wait
+    // all of it and fail with a plain `request timed out`.
+    let mut cluster = builder()
+        .request_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let old = cluster.wait_leader(WAIT).await.unwrap();
+    let follower = follower_of(&cluster, old);
+    put(&cluster.member(follower).client_url, "k", "1").await;
+
+    // The paused leader holds the proposal the follower hands it.
+    cluster.pause(old).unwrap();
+    let url = cluster.member(follower).client_url.clone();
+    let mut kv = localcluster::client::kv(&url, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let err = kv
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"lost".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        err.message(),
+        "etcdserver: request timed out, possibly due to previous leader failure"
+    );
+    let new = cluster.leader().unwrap();
+    assert_ne!(new, old);
+    put(&url, "k", "2").await;
+
+    // Resumed, the old leader drops the proposal it held: it never applies.
+    cluster.resume(old).unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    converged(&cluster).await;
+    for i in 0..3 {
+        let url = &cluster.member(i).client_url;
+        assert_eq!(get(url, "k").await.as_deref(), Some("2"));
+    }
+}
+
+#[tokio::test]
 async fn a_partitioned_minority_cannot_commit_while_the_majority_goes_on() {
     let mut cluster = builder()
         .request_timeout(Duration::from_millis(500))

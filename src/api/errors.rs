@@ -22,6 +22,8 @@ pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
 pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
+pub const TIMEOUT_DUE_TO_LEADER_FAIL: &str =
+    "etcdserver: request timed out, possibly due to previous leader failure";
 pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const STOPPED: &str = "etcdserver: server stopped";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
@@ -59,6 +61,9 @@ pub fn no_leader() -> Status {
 }
 pub fn timeout() -> Status {
     Status::new(Code::Unavailable, TIMEOUT)
+}
+pub fn timeout_due_to_leader_fail() -> Status {
+    Status::new(Code::Unavailable, TIMEOUT_DUE_TO_LEADER_FAIL)
 }
 pub fn stopped() -> Status {
     Status::new(Code::Unavailable, STOPPED)

@@ -121,6 +121,16 @@ pub struct Core {
     pub client_cert_auth: bool,
 }
 
+/// How the wait for a proposal's result ended.
+enum Outcome {
+    /// Applied on this member, with this result.
+    Applied(ApplyResult),
+    /// The member stopped first.
+    Stopped,
+    /// The leader it went to was replaced, and the new leader did not have it.
+    LeaderLost,
+}
+
 impl Core {
     /// A response header as of `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
@@ -192,18 +202,81 @@ impl Core {
         self.wait_for_leader().await?;
         let pending = PendingProposal::new(&self.metrics);
         let rx = self.waiters.register(id);
+        let status = self.raft.status();
+        let under = (status.leader_id, status.term);
         if let Err(e) = self.raft.propose(data).await {
             self.waiters.cancel(id);
             return Err(pending.failed(errors::from_raft(e)));
         }
-        match tokio::time::timeout(self.limits.request_timeout, rx).await {
-            Ok(Ok(Ok(applied))) => Ok(applied),
-            Ok(Ok(Err(e))) => Err(errors::from_apply(e)),
-            Ok(Err(_)) => Err(pending.failed(errors::stopped())),
+        let waited =
+            tokio::time::timeout(self.limits.request_timeout, self.wait_result(rx, under)).await;
+        match waited {
+            Ok(Outcome::Applied(Ok(applied))) => Ok(applied),
+            Ok(Outcome::Applied(Err(e))) => Err(errors::from_apply(e)),
+            Ok(Outcome::Stopped) => Err(pending.failed(errors::stopped())),
+            Ok(Outcome::LeaderLost) => {
+                self.waiters.cancel(id);
+                Err(pending.failed(errors::timeout_due_to_leader_fail()))
+            }
             Err(_) => {
                 self.waiters.cancel(id);
                 Err(pending.failed(errors::timeout()))
             }
+        }
+    }
+
+    /// Waits for the result of a proposal made while `under` (leader id and
+    /// term) led the cluster.
+    ///
+    /// A follower hands its proposals to the leader it knows; if that leader
+    /// dies, they die with it, and waiting for them would take the whole
+    /// request timeout. So when another leader is elected first, this waits
+    /// only until this member has applied everything the new leader has
+    /// committed (a read barrier): a proposal the new leader had in its log is
+    /// applied by then and answered as usual; one still unanswered is given
+    /// up with etcd's `request timed out, possibly due to previous leader
+    /// failure`, at once rather than when the timeout runs out. As with any
+    /// timeout, the write may still apply (a deposed leader that was only
+    /// slow can hand it on to the new one), so clients must not take the
+    /// error for a refusal.
+    async fn wait_result(
+        &self,
+        mut rx: tokio::sync::oneshot::Receiver<ApplyResult>,
+        under: (u64, u64),
+    ) -> Outcome {
+        let from = |r: Result<ApplyResult, _>| match r {
+            Ok(result) => Outcome::Applied(result),
+            Err(_) => Outcome::Stopped,
+        };
+        let mut status = self.raft.watch_status();
+        let new_leader = async {
+            status
+                .wait_for(|s| s.leader_id != 0 && (s.leader_id, s.term) != under)
+                .await
+                .map(|_| ())
+        };
+        tokio::select! {
+            r = &mut rx => return from(r),
+            changed = new_leader => {
+                if changed.is_err() {
+                    return from(rx.await);
+                }
+            }
+        }
+        tokio::select! {
+            r = &mut rx => return from(r),
+            barrier = self.read_barrier() => {
+                if barrier.is_err() {
+                    return from(rx.await);
+                }
+            }
+        }
+        // The waiter is answered during the apply, before the applied index
+        // that ended the barrier was published.
+        match rx.try_recv() {
+            Ok(result) => Outcome::Applied(result),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => Outcome::LeaderLost,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Outcome::Stopped,
         }
     }
 
