@@ -216,21 +216,24 @@ async fn a_paused_leader_loses_leadership_and_steps_down_when_resumed() {
 async fn a_write_handed_to_a_leader_that_is_replaced_fails_when_the_new_leader_is_known() {
     // A long request timeout: without the early answer, the write would wait
     // all of it and fail with a plain `request timed out`.
+    // An election timeout of etcd's default, so the election cannot end
+    // before the put below reaches the follower.
     let mut cluster = builder()
+        .election_timeout(Duration::from_secs(1))
         .request_timeout(Duration::from_secs(30))
         .start()
         .await
         .unwrap();
     let old = cluster.wait_leader(WAIT).await.unwrap();
     let follower = follower_of(&cluster, old);
-    put(&cluster.member(follower).client_url, "k", "1").await;
-
-    // The paused leader holds the proposal the follower hands it.
-    cluster.pause(old).unwrap();
     let url = cluster.member(follower).client_url.clone();
+    put(&url, "k", "1").await;
     let mut kv = localcluster::client::kv(&url, Duration::from_secs(60))
         .await
         .unwrap();
+
+    // The paused leader holds the proposal the follower hands it.
+    cluster.pause(old).unwrap();
     let err = kv
         .put(PutRequest {
             key: b"k".to_vec(),

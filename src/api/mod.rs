@@ -56,6 +56,7 @@ use crate::apply::{Applied, ApplyResult};
 use crate::mvcc::Store;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::lcraftpb::{request::Op, Membership, Request};
+use crate::raft::node::Leadership;
 use crate::raft::{RaftError, RaftHandle};
 use crate::wait::{IdGen, Waiters};
 
@@ -202,12 +203,13 @@ impl Core {
         self.wait_for_leader().await?;
         let pending = PendingProposal::new(&self.metrics);
         let rx = self.waiters.register(id);
-        let status = self.raft.status();
-        let under = (status.leader_id, status.term);
-        if let Err(e) = self.raft.propose(data).await {
-            self.waiters.cancel(id);
-            return Err(pending.failed(errors::from_raft(e)));
-        }
+        let under = match self.raft.propose(data).await {
+            Ok(under) => under,
+            Err(e) => {
+                self.waiters.cancel(id);
+                return Err(pending.failed(errors::from_raft(e)));
+            }
+        };
         let waited =
             tokio::time::timeout(self.limits.request_timeout, self.wait_result(rx, under)).await;
         match waited {
@@ -225,8 +227,9 @@ impl Core {
         }
     }
 
-    /// Waits for the result of a proposal made while `under` (leader id and
-    /// term) led the cluster.
+    /// Waits for the result of a proposal that Raft took while `under` led
+    /// the cluster (as of the very step that took it: the published status
+    /// can lag behind).
     ///
     /// A follower hands its proposals to the leader it knows; if that leader
     /// dies, they die with it, and waiting for them would take the whole
@@ -242,7 +245,7 @@ impl Core {
     async fn wait_result(
         &self,
         mut rx: tokio::sync::oneshot::Receiver<ApplyResult>,
-        under: (u64, u64),
+        under: Leadership,
     ) -> Outcome {
         let from = |r: Result<ApplyResult, _>| match r {
             Ok(result) => Outcome::Applied(result),
@@ -251,7 +254,9 @@ impl Core {
         let mut status = self.raft.watch_status();
         let new_leader = async {
             status
-                .wait_for(|s| s.leader_id != 0 && (s.leader_id, s.term) != under)
+                .wait_for(|s| {
+                    s.leader_id != 0 && (s.leader_id, s.term) != (under.leader_id, under.term)
+                })
                 .await
                 .map(|_| ())
         };

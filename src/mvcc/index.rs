@@ -15,9 +15,9 @@
 //!   `mvcc_kv`, once committed batches are counted: a batch appends its changes
 //!   at once (readers ignore revisions past their own), a batch that does not
 //!   commit takes them back with [`KeyIndex::rollback`], and a compaction is
-//!   applied only when its batch commits ([`KeyIndex::compact`]);
-//! * below [`KeyIndex::compacted`], a key keeps only its newest revision, and
-//!   only if that is a put.
+//!   applied as its batch commits, just before ([`KeyIndex::compact`]);
+//! * at or below [`KeyIndex::compacted`], a key keeps only its newest
+//!   revision, and only if that is a put.
 //!
 //! Readers lock the index briefly: they copy out the revisions they need and
 //! read the records after the lock is released.
@@ -175,6 +175,9 @@ impl KeyIndex {
             let keep_newest = below > 0 && !history[below - 1].tombstone;
             let drop = if keep_newest { below - 1 } else { below };
             history.drain(..drop);
+            if history.capacity() > 4 * history.len() {
+                history.shrink_to_fit();
+            }
             !history.is_empty()
         });
         self.compacted = self.compacted.max(rev);

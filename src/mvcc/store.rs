@@ -101,8 +101,8 @@ pub struct Store {
 ///
 /// A batch appends its changes to the shared index as it makes them (readers
 /// ignore revisions past their own); if it ends without committing, dropping
-/// its state takes them back. Its compactions reach the index only when it
-/// commits.
+/// its state takes them back. Its compactions reach the index only as it
+/// commits (just before the redb commit).
 #[derive(Debug)]
 struct BatchState {
     current: i64,
@@ -169,8 +169,10 @@ impl Drop for OpenBatch<'_> {
 /// compactions and meta writes; durable on [`Batch::commit`].
 pub struct Batch<'s> {
     store: &'s Store,
-    txn: WriteTransaction,
+    /// Declared before `txn`: a batch dropped without committing takes its
+    /// changes back from the index while it still holds the write transaction.
     state: BatchState,
+    txn: WriteTransaction,
     _open: OpenBatch<'s>,
 }
 
@@ -354,11 +356,14 @@ impl Store {
     /// Opens a read snapshot of the last committed batch.
     pub fn read(&self) -> Result<ReadView> {
         // Under the index lock, so a restore cannot slip between the snapshot
-        // and the epoch it is paired with.
+        // and the epoch it is paired with. The database lock comes first, as
+        // everywhere (a restore holds it while it waits for the index).
+        let db = self.db();
         let (txn, epoch) = {
             let index = read_index(&self.index);
-            (self.db().begin_read()?, index.epoch())
+            (db.begin_read()?, index.epoch())
         };
+        drop(db);
         let state = txn.open_table(STATE)?;
         let (current, compact) = read_state(&state)?;
         Ok(ReadView {
@@ -576,21 +581,16 @@ impl Batch<'_> {
             ..
         } = self;
         let start = std::time::Instant::now();
-        match state.pending_compact {
-            // Readers wait while the compaction reaches the index, so none
-            // pairs the compacted snapshot with the index from before.
-            Some(rev) => {
-                let index = Arc::clone(&state.index);
-                let mut index = write_index(&index);
-                txn.commit()?;
-                state.committed = true;
-                index.compact(rev);
-            }
-            None => {
-                txn.commit()?;
-                state.committed = true;
-            }
+        // The compaction reaches the index first: a reader pairing the index
+        // with the snapshot from before answers `Compacted` below the new
+        // floor, where the other way round it would look for records the
+        // compaction removed. (Should the commit fail, the index lacks only
+        // revisions below a floor no reader gets past; reopening rebuilds it.)
+        if let Some(rev) = state.pending_compact {
+            write_index(&state.index).compact(rev);
         }
+        txn.commit()?;
+        state.committed = true;
         if let Some(h) = &store.commit_seconds {
             h.observe(start.elapsed().as_secs_f64());
         }

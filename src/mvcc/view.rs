@@ -245,7 +245,7 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         if to_rev > self.current {
             return Err(MvccError::FutureRevision);
         }
-        if from_rev.saturating_add(1) < self.compacted(&*self.index()?) {
+        if from_rev.saturating_add(1) < self.compact {
             return Err(MvccError::Compacted);
         }
         if to_rev <= from_rev {
@@ -258,9 +258,15 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
             let (k, v) = entry?;
             changes.push((Revision::from_bytes(k.value())?, decode_record(v.value())?));
         }
-        // The revision of each change's previous put, if the key existed.
+        // The revision of each change's previous put, if the key existed,
+        // under one look at the index: a compaction applied to it since the
+        // view was opened makes the whole answer `Compacted`, never one with
+        // previous key-values missing.
         let prev_revs: Vec<Option<Revision>> = {
             let index = self.index()?;
+            if from_rev.saturating_add(1) < self.compacted(&index) {
+                return Err(MvccError::Compacted);
+            }
             changes
                 .iter()
                 .map(|(rev, record)| {

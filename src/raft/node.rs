@@ -80,6 +80,14 @@ pub struct NodeStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
+/// Who led, as a node saw it at one moment: a leader id (0 for none) and
+/// the term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader_id: u64,
+    pub term: u64,
+}
+
 /// How far the leader knows each member's log to match its own (Raft's
 /// progress tracker); only a leader has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +110,7 @@ impl LeaderProgress {
 pub enum Msg {
     Propose {
         data: Vec<u8>,
-        reply: Reply<()>,
+        reply: Reply<Leadership>,
     },
     ProposeConfChange {
         cc: ConfChangeV2,
@@ -157,7 +165,9 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     /// Proposes an entry; resolves once the node took it (not when committed).
-    pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
+    /// Proposes `data`; returns the leader and term the node knew when it took
+    /// the proposal (the leader it handed the proposal to, or itself).
+    pub async fn propose(&self, data: Vec<u8>) -> Result<Leadership, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose { data, reply })?;
         rx.await.map_err(|_| RaftError::Stopped)?
@@ -437,8 +447,12 @@ impl Loop {
         }
         match msg {
             Msg::Propose { data, reply } => {
+                let under = Leadership {
+                    leader_id: self.raw.raft.leader_id,
+                    term: self.raw.raft.term,
+                };
                 let r = self.raw.propose(Vec::new(), data).map_err(RaftError::from);
-                let _ = reply.send(r);
+                let _ = reply.send(r.map(|()| under));
             }
             Msg::ProposeConfChange { cc, context, reply } => {
                 let r = self
