@@ -233,7 +233,7 @@ impl Core {
     ///
     /// A follower hands its proposals to the leader it knows; if that leader
     /// dies, they die with it, and waiting for them would take the whole
-    /// request timeout. So when another leader is elected first, this waits
+    /// request timeout. So when a leader of a later term is known first, this waits
     /// only until this member has applied everything the new leader has
     /// committed (a read barrier): a proposal the new leader had in its log is
     /// applied by then and answered as usual; one still unanswered is given
@@ -251,12 +251,13 @@ impl Core {
             Ok(result) => Outcome::Applied(result),
             Err(_) => Outcome::Stopped,
         };
+        // A later leader has a later term. (The published status can lag
+        // behind `under`, so "another leader or term" would fire on a stale
+        // status.)
         let mut status = self.raft.watch_status();
         let new_leader = async {
             status
-                .wait_for(|s| {
-                    s.leader_id != 0 && (s.leader_id, s.term) != (under.leader_id, under.term)
-                })
+                .wait_for(|s| s.leader_id != 0 && s.term > under.term)
                 .await
                 .map(|_| ())
         };
