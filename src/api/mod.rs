@@ -56,7 +56,6 @@ use crate::apply::{Applied, ApplyResult};
 use crate::mvcc::Store;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::lcraftpb::{request::Op, Membership, Request};
-use crate::raft::node::Leadership;
 use crate::raft::{RaftError, RaftHandle};
 use crate::wait::{IdGen, Waiters};
 
@@ -203,15 +202,15 @@ impl Core {
         self.wait_for_leader().await?;
         let pending = PendingProposal::new(&self.metrics);
         let rx = self.waiters.register(id);
-        let under = match self.raft.propose(data).await {
-            Ok(under) => under,
+        let term = match self.raft.propose(data).await {
+            Ok(term) => term,
             Err(e) => {
                 self.waiters.cancel(id);
                 return Err(pending.failed(errors::from_raft(e)));
             }
         };
         let waited =
-            tokio::time::timeout(self.limits.request_timeout, self.wait_result(rx, under)).await;
+            tokio::time::timeout(self.limits.request_timeout, self.wait_result(rx, term)).await;
         match waited {
             Ok(Outcome::Applied(Ok(applied))) => Ok(applied),
             Ok(Outcome::Applied(Err(e))) => Err(errors::from_apply(e)),
@@ -227,9 +226,8 @@ impl Core {
         }
     }
 
-    /// Waits for the result of a proposal that Raft took while `under` led
-    /// the cluster (as of the very step that took it: the published status
-    /// can lag behind).
+    /// Waits for the result of a proposal that Raft took in `term` (as of the
+    /// very step that took it: the published status can lag behind).
     ///
     /// A follower hands its proposals to the leader it knows; if that leader
     /// dies, they die with it, and waiting for them would take the whole
@@ -245,19 +243,19 @@ impl Core {
     async fn wait_result(
         &self,
         mut rx: tokio::sync::oneshot::Receiver<ApplyResult>,
-        under: Leadership,
+        term: u64,
     ) -> Outcome {
         let from = |r: Result<ApplyResult, _>| match r {
             Ok(result) => Outcome::Applied(result),
             Err(_) => Outcome::Stopped,
         };
         // A later leader has a later term. (The published status can lag
-        // behind `under`, so "another leader or term" would fire on a stale
+        // behind `term`, so "another leader or term" would fire on a stale
         // status.)
         let mut status = self.raft.watch_status();
         let new_leader = async {
             status
-                .wait_for(|s| s.leader_id != 0 && s.term > under.term)
+                .wait_for(|s| s.leader_id != 0 && s.term > term)
                 .await
                 .map(|_| ())
         };

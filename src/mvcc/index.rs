@@ -93,7 +93,8 @@ impl KeyIndex {
         self.epoch = epoch;
     }
 
-    /// Number of keys with any history (tests and metrics).
+    /// Number of keys with any history (tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -158,9 +159,7 @@ impl KeyIndex {
         let upper = Revision::last_of(rev);
         let mut out = Vec::new();
         for history in self.keys.values() {
-            let below = history.partition_point(|c| c.rev <= upper);
-            let keep_newest = below > 0 && !history[below - 1].tombstone;
-            let drop = if keep_newest { below - 1 } else { below };
+            let drop = compacted_away(history, upper);
             out.extend(history[..drop].iter().map(|c| c.rev));
         }
         out
@@ -171,10 +170,7 @@ impl KeyIndex {
     pub fn compact(&mut self, rev: i64) {
         let upper = Revision::last_of(rev);
         self.keys.retain(|_, history| {
-            let below = history.partition_point(|c| c.rev <= upper);
-            let keep_newest = below > 0 && !history[below - 1].tombstone;
-            let drop = if keep_newest { below - 1 } else { below };
-            history.drain(..drop);
+            history.drain(..compacted_away(history, upper));
             if history.capacity() > 4 * history.len() {
                 history.shrink_to_fit();
             }
@@ -191,6 +187,17 @@ impl KeyIndex {
             history.truncate(keep);
             !history.is_empty()
         });
+    }
+}
+
+/// How many of the oldest changes of a sorted history a compaction at
+/// `upper` removes: all at or below it but the newest, and that one too if it
+/// is a delete.
+fn compacted_away(history: &[Change], upper: Revision) -> usize {
+    let below = history.partition_point(|c| c.rev <= upper);
+    match below.checked_sub(1).map(|i| history[i].tombstone) {
+        Some(false) => below - 1,
+        _ => below,
     }
 }
 

@@ -379,7 +379,8 @@ impl Store {
     }
 
     /// Number of keys the in-memory index holds (live or with history).
-    pub fn indexed_keys(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn indexed_keys(&self) -> usize {
         read_index(&self.index).len()
     }
 

@@ -80,14 +80,6 @@ pub struct NodeStatus {
 
 type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
-/// Who led, as a node saw it at one moment: a leader id (0 for none) and
-/// the term.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leadership {
-    pub leader_id: u64,
-    pub term: u64,
-}
-
 /// How far the leader knows each member's log to match its own (Raft's
 /// progress tracker); only a leader has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,7 +102,7 @@ impl LeaderProgress {
 pub enum Msg {
     Propose {
         data: Vec<u8>,
-        reply: Reply<Leadership>,
+        reply: Reply<u64>,
     },
     ProposeConfChange {
         cc: ConfChangeV2,
@@ -165,9 +157,9 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     /// Proposes an entry; resolves once the node took it (not when committed).
-    /// Proposes `data`; returns the leader and term the node knew when it took
-    /// the proposal (the leader it handed the proposal to, or itself).
-    pub async fn propose(&self, data: Vec<u8>) -> Result<Leadership, RaftError> {
+    /// Proposes `data`; returns the term in which the node took the proposal
+    /// (handing it to that term's leader, or appending it as that leader).
+    pub async fn propose(&self, data: Vec<u8>) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose { data, reply })?;
         rx.await.map_err(|_| RaftError::Stopped)?
@@ -447,12 +439,9 @@ impl Loop {
         }
         match msg {
             Msg::Propose { data, reply } => {
-                let under = Leadership {
-                    leader_id: self.raw.raft.leader_id,
-                    term: self.raw.raft.term,
-                };
+                let term = self.raw.raft.term;
                 let r = self.raw.propose(Vec::new(), data).map_err(RaftError::from);
-                let _ = reply.send(r.map(|()| under));
+                let _ = reply.send(r.map(|()| term));
             }
             Msg::ProposeConfChange { cc, context, reply } => {
                 let r = self
