@@ -7,10 +7,11 @@
 //! ```
 //!
 //! Defaults: 100000 keys of 8 bytes (big-endian numbers, as `bench put
-//! --sequential-keys`), batches of 100 requests, 256-byte values. Each batch is
-//! one redb write transaction committed without fsync (as the applier does
-//! between flushes); the delete is committed with fsync. Prints wall-clock
-//! figures only; it checks nothing but that the delete removed every key.
+//! --sequential-keys`), batches of 100 requests, 256-byte values. Each batch
+//! waits uncommitted in the store's pending redb transaction (as the applier's
+//! batches do between flushes); the delete is committed with fsync. Prints
+//! wall-clock figures only; it checks nothing but that the delete removed
+//! every key.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

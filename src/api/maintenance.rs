@@ -38,6 +38,17 @@ impl MaintenanceService {
     pub fn new(core: Arc<Core>) -> Self {
         MaintenanceService { core }
     }
+
+    /// A read view whose redb tables hold every applied batch, for scans of
+    /// the whole store. Committing what waits may wait for the disk, so it
+    /// runs off the async workers.
+    async fn durable_view(&self) -> Result<crate::mvcc::ReadView, Status> {
+        let store = self.core.store.clone();
+        tokio::task::spawn_blocking(move || store.read_durable())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_mvcc)
+    }
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -142,7 +153,8 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.core.authorize_admin(&r)?;
         self.core.unpaused().await;
-        let view = self.core.store.read().map_err(errors::from_mvcc)?;
+        // The hash covers the redb tables: commit what is pending first.
+        let view = self.durable_view().await?;
         let (hash, _) = view.hash().map_err(errors::from_mvcc)?;
         let rev = view.current_revision();
         Ok(Response::new(HashResponse {
@@ -177,7 +189,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<SnapshotStream>, Status> {
         self.core.authorize_admin(&r)?;
         self.core.unpaused().await;
-        let view = self.core.store.read().map_err(errors::from_mvcc)?;
+        let view = self.durable_view().await?;
         let data = crate::backup::frame(&view.snapshot_bytes().map_err(errors::from_mvcc)?);
         let rev = view.current_revision();
         let header = self.core.header(rev);

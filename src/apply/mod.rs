@@ -10,13 +10,15 @@
 //! exactly once.
 //!
 //! Durability: the Raft log is fsync'ed before anything is acknowledged, so the
-//! state machine need not be. Batches are committed without fsync and made durable
-//! at most [`BackendBatch::interval`] later, or once [`BackendBatch::limit`]
-//! entries wait (etcd's `--backend-batch-interval`, 100 ms, and
-//! `--backend-batch-limit`, 10000: etcd's backend commits the same way); a
-//! crash rolls the store back to its last durable applied index and raft-rs
-//! replays the entries after it. The log is only compacted behind that durable
-//! index ([`StateMachine::durable_index`]).
+//! state machine need not be. Batches wait uncommitted in the store's pending
+//! redb transaction (readers see them through its read buffer) and are
+//! committed, with one fsync, at most [`BackendBatch::interval`] later, or
+//! once [`BackendBatch::limit`] entries wait (etcd's
+//! `--backend-batch-interval`, 100 ms, and `--backend-batch-limit`, 10000:
+//! etcd's backend commits the same way); a crash rolls the store back to its
+//! last durable applied index and raft-rs replays the entries after it. The
+//! log is only compacted behind that durable index
+//! ([`StateMachine::durable_index`]).
 //!
 //! Entry payloads are `lcraftpb::Request`s (one etcd request each, or a member's
 //! publish, or the cluster version); configuration changes carry a
@@ -122,7 +124,7 @@ pub struct Applier {
     auth: Arc<Auth>,
     /// The applied index that is known to be on disk (see [`Applier::flush`]).
     durable_applied: u64,
-    /// Whether a non-durable batch waits for a flush, and since when.
+    /// Whether a batch that is not durable yet waits for a flush, and since when.
     dirty_since: Option<std::time::Instant>,
     /// When waiting applied state is made durable.
     batch: BackendBatch,
@@ -719,6 +721,10 @@ struct StoreSnapshots {
 
 impl SnapshotSource for StoreSnapshots {
     fn snapshot(&self) -> Result<Snapshot, RaftError> {
+        // The redb tables as last committed: data and applied index of the
+        // last durable batch, consistent with each other. (Not
+        // `read_durable`: raft-rs may ask from inside an apply, which holds
+        // the store's writer.)
         let view = self.store.read().map_err(apply_err)?;
         let (index, term) = read_applied(&view)?;
         let conf_state = read_conf_state(&view)?;

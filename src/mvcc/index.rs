@@ -45,8 +45,9 @@ pub(crate) struct KeyIndex {
     keys: BTreeMap<Vec<u8>, Vec<Change>>,
     /// The revision of the last compaction applied (-1 if none).
     compacted: i64,
-    /// Bumped when a snapshot replaces the whole store, so read views opened
-    /// before can tell that the index no longer matches their snapshot.
+    /// Bumped when a snapshot replaces the whole store (or changes readers
+    /// saw are taken back), so read views opened before can tell that the
+    /// index no longer matches their snapshot.
     epoch: u64,
 }
 
@@ -181,7 +182,12 @@ impl KeyIndex {
 
     /// Takes back every change past revision `current` (a batch that did not
     /// commit). Visits every key; batches fail only on storage errors.
-    pub fn rollback(&mut self, current: i64) {
+    /// `seen`: read views may have seen the changes, so they must stop
+    /// trusting the index (as after a restore).
+    pub fn rollback(&mut self, current: i64, seen: bool) {
+        if seen {
+            self.epoch += 1;
+        }
         self.keys.retain(|_, history| {
             let keep = history.partition_point(|c| c.rev.main <= current);
             history.truncate(keep);
@@ -288,7 +294,7 @@ mod tests {
         let mut index = sample();
         index.record(b"c", rev(8), false);
         index.record(b"a", Revision::new(8, 1), true);
-        index.rollback(7);
+        index.rollback(7, false);
         assert_eq!(index.len(), 2);
         assert_eq!(
             index.newest_upto(b"a", Revision::last_of(9)).map(|c| c.rev),

@@ -12,13 +12,16 @@
 //! * History is kept until [`Batch::compact`]; ranges at past revisions see the
 //!   keys as they were then.
 //! * The Raft apply layer applies a whole batch of committed entries in one
-//!   [`Batch`] (one redb write transaction, one fsync). Readers use [`ReadView`],
-//!   a consistent redb read snapshot.
+//!   [`Batch`]. Batches that need not be durable yet share one redb write
+//!   transaction, committed (one fsync) every 100 ms, as etcd's backend
+//!   batches its bolt transaction. Readers use [`ReadView`], a consistent
+//!   redb read snapshot plus the records of the batches not committed yet.
 //!
 //! Layout of the files: [`revision`] (revision numbers and their byte form),
 //! [`codec`] (byte encoding of stored records), [`key_range`] (etcd's
 //! key/range_end forms), [`types`] (the public data types), [`hash`]
-//! (CRC-32C), [`index`] (the in-memory key index), [`view`] (read logic shared
+//! (CRC-32C), [`index`] (the in-memory key index), [`buffer`] (the records of
+//! batches not committed to redb yet), [`view`] (read logic shared
 //! by write and read transactions), [`store`] (the store, batches, revision
 //! transactions and read views) and [`snapshot`] (whole-store snapshot bytes
 //! for Raft).
@@ -34,6 +37,7 @@
 //! * the `state` table holds the current and the compacted revision; below the
 //!   compacted revision only the newest non-tombstone revision of each key is kept.
 
+pub mod buffer;
 pub mod codec;
 pub mod error;
 pub mod hash;

@@ -4,7 +4,12 @@
 //!   compacted revisions so `current_revision()` is an atomic load.
 //! * [`Batch`] wraps one redb write transaction. The Raft apply layer applies a
 //!   batch of committed entries in it and calls [`Batch::commit`] once (one
-//!   fsync). Dropping a batch without committing discards it.
+//!   fsync). A batch that [`Batch::set_durable`] lets wait is not committed
+//!   to redb: its transaction stays *pending*, the next batch goes on in it,
+//!   and its records go to the [`ReadBuffer`] for readers (see
+//!   [`super::buffer`]); [`Store::flush`] or the next durable batch commits
+//!   them all at once. Dropping a batch without committing discards it, and
+//!   if it changed anything, everything still pending with it.
 //! * [`Writer`] is a batch with its tables open: the apply layer takes one per
 //!   batch, so the tables are opened (and closed) once per batch rather than
 //!   once per request. [`Batch`]'s own `txn`/`compact`/`set_meta` open them per
@@ -12,8 +17,14 @@
 //! * [`RevTxn`] is one etcd revision transaction inside a batch: its reads see
 //!   everything written earlier in the batch and in itself; its first change
 //!   bumps the main revision by one, and each change gets the next sub-revision.
-//! * [`ReadView`] is one redb read transaction: a consistent snapshot of the last
-//!   committed batch.
+//! * [`ReadView`] is one redb read transaction and the read buffer: a
+//!   consistent snapshot of the last committed batch, durable or not.
+//!   [`Store::read_durable`] first commits what is pending, for the scans of
+//!   the whole store (`hash`, `snapshot_bytes`), which read redb alone.
+//!
+//! One writer at a time: a batch, flush, restore or defragment claims the
+//! store's writer slot for as long as it runs (the pending transaction is
+//! redb's one write transaction, so nothing else may begin one).
 //!
 //! Tables (all `&[u8] -> &[u8]`): `mvcc_kv` (revision -> record), `mvcc_state`
 //! (current and compacted revision) and `meta` (free-form entries of the apply
@@ -35,14 +46,15 @@
 //! callers validate a request before applying it, as etcd's apply does.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
 
+use super::buffer::ReadBuffer;
 use super::codec::encode_record_into;
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
@@ -80,13 +92,19 @@ const NO_COMPACTION: i64 = -1;
 /// The MVCC key-value store. `Send + Sync`; share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
+    /// Declared before `db`: a pending transaction ends before the database.
+    writer: WriterSlot,
     /// Write-locked only by `defragment` (redb compaction needs `&mut`).
     db: RwLock<Database>,
     path: PathBuf,
+    /// The current and compacted revision of the last batch, committed to
+    /// redb or pending.
     current: AtomicI64,
     compact: AtomicI64,
-    /// Batches (and restores) between `begin_write` and their end.
-    open_batches: AtomicUsize,
+    /// The records past the last redb commit, for new read views.
+    buffer: RwLock<Arc<ReadBuffer>>,
+    /// Set when the store lost applied batches (see [`Store::abandon`]).
+    failed: std::sync::OnceLock<()>,
     /// Last computed `db_size_in_use`.
     size_in_use: AtomicU64,
     /// Observes the duration of batch commits (etcd's backend commit metric).
@@ -114,15 +132,10 @@ struct BatchState {
     index: Arc<RwLock<KeyIndex>>,
     /// The latest compaction of this batch, applied to the index on commit.
     pending_compact: Option<i64>,
-    committed: bool,
-}
-
-impl Drop for BatchState {
-    fn drop(&mut self) {
-        if !self.committed && self.current > self.stored.0 {
-            write_index(&self.index).rollback(self.stored.0);
-        }
-    }
+    /// Whether the batch wrote anything (a revision, a compaction, meta).
+    dirty: bool,
+    /// The records written, for the read buffer should the batch wait.
+    written: Vec<(Revision, Vec<u8>)>,
 }
 
 fn read_index(index: &RwLock<KeyIndex>) -> RwLockReadGuard<'_, KeyIndex> {
@@ -155,25 +168,141 @@ impl BatchState {
     }
 }
 
-/// Decrements the open-batch counter when a batch ends, however it ends.
-#[derive(Debug)]
-struct OpenBatch<'s>(&'s AtomicUsize);
+/// The store's single writer, and the write transaction that batches
+/// committed without waiting for the disk left pending.
+#[derive(Default)]
+struct WriterSlot {
+    state: Mutex<SlotState>,
+    free: Condvar,
+}
 
-impl Drop for OpenBatch<'_> {
+#[derive(Default)]
+struct SlotState {
+    /// Whether a [`Claim`] holds the slot.
+    claimed: bool,
+    pending: Option<WriteTransaction>,
+    /// Whether a batch that changed something waits in `pending`.
+    published: bool,
+    /// The current and compacted revision as last committed to redb.
+    durable: (i64, i64),
+}
+
+impl std::fmt::Debug for WriterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("WriterSlot")
+            .field("claimed", &state.claimed)
+            .field("pending", &state.pending.is_some())
+            .field("durable", &state.durable)
+            .finish()
+    }
+}
+
+impl WriterSlot {
+    fn new(durable: (i64, i64)) -> WriterSlot {
+        WriterSlot {
+            state: Mutex::new(SlotState {
+                durable,
+                ..SlotState::default()
+            }),
+            free: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Every change under the lock is a single assignment.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no other writer runs, and becomes the writer.
+    fn claim(&self) -> Claim<'_> {
+        let mut state = self.lock();
+        while state.claimed {
+            state = self.free.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.claimed = true;
+        Claim(self)
+    }
+
+    /// Becomes the writer if no other writer runs.
+    fn try_claim(&self) -> Option<Claim<'_>> {
+        let mut state = self.lock();
+        if state.claimed {
+            return None;
+        }
+        state.claimed = true;
+        Some(Claim(self))
+    }
+}
+
+/// The right to write to the store, until dropped.
+struct Claim<'s>(&'s WriterSlot);
+
+impl Claim<'_> {
+    fn take_pending(&self) -> Option<WriteTransaction> {
+        self.0.lock().pending.take()
+    }
+
+    /// Leaves `txn` pending for the next writer; `changed`: with a batch
+    /// that changed something.
+    fn park(&self, txn: WriteTransaction, changed: bool) {
+        let mut state = self.0.lock();
+        state.pending = Some(txn);
+        state.published |= changed;
+    }
+
+    fn durable(&self) -> (i64, i64) {
+        self.0.lock().durable
+    }
+
+    /// Records that redb holds everything: nothing waits.
+    fn set_durable(&self, revisions: (i64, i64)) {
+        let mut state = self.0.lock();
+        state.durable = revisions;
+        state.published = false;
+    }
+
+    /// Whether batches that changed something waited (and forgets it).
+    fn take_published(&self) -> bool {
+        std::mem::take(&mut self.0.lock().published)
+    }
+}
+
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.lock().claimed = false;
+        self.0.free.notify_one();
     }
 }
 
 /// One redb write transaction holding any number of revision transactions,
-/// compactions and meta writes; durable on [`Batch::commit`].
+/// compactions and meta writes; durable on [`Batch::commit`] unless
+/// [`Batch::set_durable`] said it may wait.
 pub struct Batch<'s> {
     store: &'s Store,
-    /// Declared before `txn`: a batch dropped without committing takes its
-    /// changes back from the index while it still holds the write transaction.
     state: BatchState,
-    txn: WriteTransaction,
-    _open: OpenBatch<'s>,
+    /// Taken when the batch ends.
+    txn: Option<WriteTransaction>,
+    /// Whether `txn` was pending when the batch began.
+    was_pending: bool,
+    durable: bool,
+    /// Declared last: the batch ends (and undoes what it must) before the
+    /// next writer may begin.
+    claim: Claim<'s>,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let Some(txn) = self.txn.take() else {
+            return; // committed, or failed and undone
+        };
+        if self.state.dirty || self.state.poisoned {
+            drop(txn);
+            self.store.abandon(&self.claim);
+        } else if self.was_pending {
+            self.claim.park(txn, false);
+        }
+    }
 }
 
 /// The data table of a batch, open.
@@ -243,6 +372,8 @@ pub struct RevTxn<'w, 't> {
 /// A consistent read snapshot of the last committed batch.
 pub struct ReadView {
     kv: ReadOnlyTable<Bytes, Bytes>,
+    /// The records past the redb snapshot.
+    buffer: Arc<ReadBuffer>,
     state: ReadOnlyTable<Bytes, Bytes>,
     meta: ReadOnlyTable<Bytes, Bytes>,
     index: Arc<RwLock<KeyIndex>>,
@@ -308,11 +439,13 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store {
+            writer: WriterSlot::new((current, compact)),
             db: RwLock::new(db),
             path,
             current: AtomicI64::new(current),
             compact: AtomicI64::new(compact),
-            open_batches: AtomicUsize::new(0),
+            buffer: RwLock::new(Arc::new(ReadBuffer::new(current))),
+            failed: std::sync::OnceLock::new(),
             size_in_use: AtomicU64::new(0),
             commit_seconds,
             index: Arc::new(RwLock::new(index)),
@@ -329,17 +462,111 @@ impl Store {
         self.db.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a batch (a redb write transaction; waits while another is open).
-    pub fn batch(&self) -> Result<Batch<'_>> {
-        let db = self.db();
-        self.open_batches.fetch_add(1, Ordering::SeqCst);
-        let open = OpenBatch(&self.open_batches);
-        let mut txn = db.begin_write()?;
+    fn buffer(&self) -> Arc<ReadBuffer> {
+        Arc::clone(&self.buffer.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sets the revisions of the last batch and the buffer new read views
+    /// get. Under the buffer's lock: a view opening meanwhile pairs its redb
+    /// snapshot with the old buffer and revisions or with the new ones, and
+    /// the new buffer's base is durable in every snapshot opened after it.
+    fn publish(&self, buffer: ReadBuffer, current: i64, compact: i64) {
+        let mut slot = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+        *slot = Arc::new(buffer);
+        self.current.store(current, Ordering::SeqCst);
+        self.compact.store(compact, Ordering::SeqCst);
+    }
+
+    /// Records that redb now holds everything up to `(current, compact)`.
+    fn committed(&self, claim: &Claim<'_>, current: i64, compact: i64) {
+        self.publish(ReadBuffer::new(current), current, compact);
+        claim.set_durable((current, compact));
+    }
+
+    /// Forgets everything since the last redb commit: the pending
+    /// transaction is gone (a batch ended without committing, or a commit
+    /// failed). The index loses the revisions past the durable one.
+    ///
+    /// If batches that readers (and the apply layer) already saw went with
+    /// it, the store fails for good: it no longer holds what was applied,
+    /// and only reopening it (the Raft layer then replays its log from the
+    /// durable applied index) makes it whole again. Read views opened before
+    /// answer `Compacted` from then on.
+    fn abandon(&self, claim: &Claim<'_>) {
+        let (current, compact) = claim.durable();
+        let lost = claim.take_published();
+        self.publish(ReadBuffer::new(current), current, compact);
+        write_index(&self.index).rollback(current, lost);
+        if lost {
+            tracing::error!(
+                durable_revision = current,
+                "the MVCC store lost applied batches that were not committed yet; it refuses reads and writes until the member restarts"
+            );
+            let _ = self.failed.set(());
+        }
+    }
+
+    /// Fails once [`Store::abandon`] lost applied batches.
+    fn check_failed(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(()) => Err(MvccError::Storage(
+                "the store lost applied writes after a storage error; restart the member"
+                    .to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the pending transaction, if any, and waits for the disk.
+    fn commit_pending(&self, claim: &Claim<'_>) -> Result<()> {
+        let Some(mut txn) = claim.take_pending() else {
+            return Ok(());
+        };
         txn.set_durability(Durability::Immediate);
-        let (current, compact) = read_state(&txn.open_table(STATE)?)?;
+        let start = std::time::Instant::now();
+        if let Err(e) = txn.commit() {
+            self.abandon(claim);
+            return Err(e.into());
+        }
+        if let Some(h) = &self.commit_seconds {
+            h.observe(start.elapsed().as_secs_f64());
+        }
+        self.committed(
+            claim,
+            self.current.load(Ordering::SeqCst),
+            self.compact.load(Ordering::SeqCst),
+        );
+        Ok(())
+    }
+
+    /// Starts a batch: goes on in the pending write transaction, or begins
+    /// one (waits while another batch, flush or restore runs).
+    pub fn batch(&self) -> Result<Batch<'_>> {
+        let claim = self.writer.claim();
+        self.check_failed()?;
+        let (txn, was_pending) = match claim.take_pending() {
+            Some(txn) => (txn, true),
+            None => (self.db().begin_write()?, false),
+        };
+        let state = txn
+            .open_table(STATE)
+            .map_err(MvccError::from)
+            .and_then(|table| read_state(&table));
+        let (current, compact) = match state {
+            Ok(state) => state,
+            Err(e) => {
+                drop(txn);
+                if was_pending {
+                    self.abandon(&claim);
+                }
+                return Err(e);
+            }
+        };
         Ok(Batch {
             store: self,
-            txn,
+            txn: Some(txn),
+            was_pending,
+            durable: true,
             state: BatchState {
                 current,
                 compact,
@@ -347,29 +574,39 @@ impl Store {
                 poisoned: false,
                 index: Arc::clone(&self.index),
                 pending_compact: None,
-                committed: false,
+                dirty: false,
+                written: Vec::new(),
             },
-            _open: open,
+            claim,
         })
     }
 
-    /// Opens a read snapshot of the last committed batch.
+    /// Opens a read snapshot of the last batch, committed to redb or pending.
     pub fn read(&self) -> Result<ReadView> {
+        self.check_failed()?;
         // Under the index lock, so a restore cannot slip between the snapshot
-        // and the epoch it is paired with. The database lock comes first, as
-        // everywhere (a restore holds it while it waits for the index).
+        // and the epoch it is paired with; under the buffer's, so a commit
+        // cannot slip between the snapshot and the buffer and revisions (see
+        // `publish`). The database lock comes first, as everywhere (a restore
+        // holds it while it waits for the index).
         let db = self.db();
-        let (txn, epoch) = {
+        let (txn, epoch, buffer, current, compact) = {
             let index = read_index(&self.index);
-            (db.begin_read()?, index.epoch())
+            let buffer = self.buffer.read().unwrap_or_else(|e| e.into_inner());
+            (
+                db.begin_read()?,
+                index.epoch(),
+                Arc::clone(&buffer),
+                self.current.load(Ordering::SeqCst),
+                self.compact.load(Ordering::SeqCst),
+            )
         };
         drop(db);
-        let state = txn.open_table(STATE)?;
-        let (current, compact) = read_state(&state)?;
         Ok(ReadView {
             kv: txn.open_table(KV)?,
+            buffer,
             meta: txn.open_table(META)?,
-            state,
+            state: txn.open_table(STATE)?,
             index: Arc::clone(&self.index),
             epoch,
             current,
@@ -378,18 +615,36 @@ impl Store {
         })
     }
 
+    /// Commits whatever is pending (waiting for a running batch to end),
+    /// then opens a read snapshot whose redb tables hold everything: what
+    /// the scans of the whole store (`hash`, `snapshot_bytes`, `meta`) need.
+    pub fn read_durable(&self) -> Result<ReadView> {
+        let claim = self.writer.claim();
+        self.check_failed()?;
+        self.commit_pending(&claim)?;
+        let view = self.read();
+        drop(claim);
+        view
+    }
+
     /// Number of keys the in-memory index holds (live or with history).
     #[cfg(test)]
     pub(crate) fn indexed_keys(&self) -> usize {
         read_index(&self.index).len()
     }
 
-    /// The revision of the last committed change.
+    /// Number of records in the read buffer of new read views.
+    #[cfg(test)]
+    pub(crate) fn buffered_records(&self) -> usize {
+        self.buffer().len()
+    }
+
+    /// The revision of the last change.
     pub fn current_revision(&self) -> i64 {
         self.current.load(Ordering::SeqCst)
     }
 
-    /// The last committed compaction revision (-1 if never compacted).
+    /// The last compaction revision (-1 if never compacted).
     pub fn compact_revision(&self) -> i64 {
         self.compact.load(Ordering::SeqCst)
     }
@@ -400,52 +655,51 @@ impl Store {
     }
 
     /// Estimated bytes in use (allocated pages). Computed from redb statistics,
-    /// which needs the write lock: while a batch is open it returns the last
+    /// which needs the writer slot: while a batch runs it returns the last
     /// computed value (or the file size if none) instead of waiting.
     pub fn db_size_in_use(&self) -> Result<u64> {
         let cached = self.size_in_use.load(Ordering::SeqCst);
-        if self.open_batches.load(Ordering::SeqCst) > 0 {
+        let Some(claim) = self.writer.try_claim() else {
             return if cached > 0 {
                 Ok(cached)
             } else {
                 self.db_size()
             };
-        }
-        let db = self.db();
-        let txn = db.begin_write()?;
-        let stats = txn.stats()?;
-        txn.abort()?;
+        };
+        let stats = match claim.take_pending() {
+            Some(txn) => {
+                let stats = txn.stats();
+                claim.park(txn, false);
+                stats?
+            }
+            None => {
+                let txn = self.db().begin_write()?;
+                let stats = txn.stats();
+                txn.abort()?;
+                stats?
+            }
+        };
         let in_use = stats.allocated_pages() * stats.page_size() as u64;
         self.size_in_use.store(in_use, Ordering::SeqCst);
         Ok(in_use)
     }
 
-    /// Makes every earlier non-durable commit durable (one fsync).
+    /// Makes every batch so far durable: commits the pending transaction, if
+    /// any (one fsync).
     pub fn flush(&self) -> Result<()> {
-        let db = self.db();
-        self.open_batches.fetch_add(1, Ordering::SeqCst);
-        let _open = OpenBatch(&self.open_batches);
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
-        txn.commit()?;
-        Ok(())
+        let claim = self.writer.claim();
+        self.check_failed()?;
+        self.commit_pending(&claim)
     }
 
     /// Compacts the database file (etcd's defragment). Fails with `Busy` while a
     /// batch or a read view is open.
     pub fn defragment(&self) -> Result<()> {
         let busy = || MvccError::Busy("defragment needs the store idle".to_string());
-        if self.open_batches.load(Ordering::SeqCst) > 0 {
-            return Err(busy());
-        }
+        let claim = self.writer.try_claim().ok_or_else(busy)?;
+        self.check_failed()?;
+        self.commit_pending(&claim)?;
         let mut db = self.db_mut();
-        // Batches count themselves while holding the read lock, so this is exact.
-        if self.open_batches.load(Ordering::SeqCst) > 0 {
-            return Err(busy());
-        }
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
-        txn.commit()?;
         match db.compact() {
             Ok(_) => Ok(()),
             Err(redb::CompactionError::TransactionInProgress) => Err(busy()),
@@ -458,9 +712,10 @@ impl Store {
     /// are fully validated before anything is changed.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
         let tables = snapshot::decode(bytes)?;
+        let claim = self.writer.claim();
+        self.check_failed()?;
+        self.commit_pending(&claim)?;
         let db = self.db();
-        self.open_batches.fetch_add(1, Ordering::SeqCst);
-        let _open = OpenBatch(&self.open_batches);
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         for def in LEGACY_TABLES {
@@ -480,9 +735,8 @@ impl Store {
         let mut index = write_index(&self.index);
         txn.commit()?;
         index.replace(rebuilt);
+        self.committed(&claim, current, compact);
         drop(index);
-        self.current.store(current, Ordering::SeqCst);
-        self.compact.store(compact, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -492,7 +746,7 @@ impl Batch<'_> {
     /// [`Writer`] opens them once for many).
     pub fn txn(&mut self) -> Result<RevTxn<'_, '_>> {
         self.state.check_usable()?;
-        let tables = DataTables::open(&self.txn)?;
+        let tables = DataTables::open(live(&self.txn)?)?;
         Ok(RevTxn::new(
             TablesRef::Owned(Box::new(tables)),
             &mut self.state,
@@ -504,7 +758,7 @@ impl Batch<'_> {
     pub fn writer(&mut self) -> Result<Writer<'_>> {
         self.state.check_usable()?;
         Ok(Writer {
-            tables: DataTables::open(&self.txn)?,
+            tables: DataTables::open(live(&self.txn)?)?,
             meta: None,
             state: &mut self.state,
         })
@@ -537,21 +791,23 @@ impl Batch<'_> {
 
     /// Reads an apply-layer meta entry (seeing this batch's writes).
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let table = self.txn.open_table(META)?;
+        let table = self.write_txn()?.open_table(META)?;
         let value = table.get(key.as_bytes())?.map(|g| g.value().to_vec());
         Ok(value)
     }
 
-    /// Chooses whether [`Batch::commit`] waits for the disk (the default) or not.
-    /// A non-durable commit is visible at once and becomes durable with the next
-    /// durable commit or [`Store::flush`]; a crash before that loses it, which the
-    /// Raft layer tolerates by replaying its log from the last durable applied index.
+    /// Chooses whether [`Batch::commit`] commits to redb and waits for the
+    /// disk (the default) or not (ignored for a batch that compacts). A batch that waits is visible at once (its
+    /// records through the read buffer) and becomes durable with the next
+    /// durable batch or [`Store::flush`]; a crash before that loses it, which
+    /// the Raft layer tolerates by replaying its log from the last durable
+    /// applied index.
     pub fn set_durable(&mut self, durable: bool) {
-        self.txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        });
+        self.durable = durable;
+    }
+
+    fn write_txn(&self) -> Result<&WriteTransaction> {
+        live(&self.txn)
     }
 
     /// Writes the current and compacted revision if the batch changed them.
@@ -560,7 +816,7 @@ impl Batch<'_> {
         if (self.state.current, self.state.compact) == (current, compact) {
             return Ok(());
         }
-        let mut table = self.txn.open_table(STATE)?;
+        let mut table = self.write_txn()?.open_table(STATE)?;
         if self.state.current != current {
             table.insert(CURRENT_KEY, self.state.current.to_be_bytes().as_slice())?;
         }
@@ -570,35 +826,66 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Makes the batch visible to new read views, and durable (fsync) unless
-    /// [`Batch::set_durable`] said otherwise.
-    pub fn commit(self) -> Result<()> {
+    /// Makes the batch visible to new read views, and durable (one redb
+    /// commit, with everything pending before it, and an fsync) unless
+    /// [`Batch::set_durable`] said otherwise. A failed commit loses the
+    /// batch and everything pending with it (see [`Batch`]'s drop).
+    pub fn commit(mut self) -> Result<()> {
         self.state.check_usable()?;
-        self.write_state()?;
-        let Batch {
-            store,
-            txn,
-            mut state,
-            ..
-        } = self;
-        let start = std::time::Instant::now();
+        live(&self.txn)?;
+        let result = self.write_state();
+        self.state.poison_on_err(result)?;
+        let store = self.store;
+        let (current, compact) = (self.state.current, self.state.compact);
         // The compaction reaches the index first: a reader pairing the index
         // with the snapshot from before answers `Compacted` below the new
         // floor, where the other way round it would look for records the
         // compaction removed. (Should the commit fail, the index lacks only
         // revisions below a floor no reader gets past; reopening rebuilds it.)
-        if let Some(rev) = state.pending_compact {
-            write_index(&state.index).compact(rev);
+        if let Some(rev) = self.state.pending_compact {
+            write_index(&self.state.index).compact(rev);
         }
-        txn.commit()?;
-        state.committed = true;
+        // (The transaction stays in `self` until it is parked or committed:
+        // should anything before panic, the drop undoes the batch.)
+        //
+        // A compaction is always committed: the buffer would still hold the
+        // records it removed (and it is rare).
+        if !self.durable && self.state.pending_compact.is_none() {
+            // Records first, then the revision that lets readers ask for them.
+            store
+                .buffer()
+                .extend(std::mem::take(&mut self.state.written));
+            store.current.store(current, Ordering::SeqCst);
+            store.compact.store(compact, Ordering::SeqCst);
+            if let Some(txn) = self.txn.take() {
+                self.claim.park(txn, self.state.dirty);
+            }
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        let committed = match self.txn.take() {
+            Some(mut txn) => {
+                txn.set_durability(Durability::Immediate);
+                txn.commit()
+            }
+            None => return Err(MvccError::Storage("batch already ended".to_string())),
+        };
+        if let Err(e) = committed {
+            store.abandon(&self.claim);
+            return Err(e.into());
+        }
         if let Some(h) = &store.commit_seconds {
             h.observe(start.elapsed().as_secs_f64());
         }
-        store.current.store(state.current, Ordering::SeqCst);
-        store.compact.store(state.compact, Ordering::SeqCst);
+        store.committed(&self.claim, current, compact);
         Ok(())
     }
+}
+
+/// A batch's write transaction, unless the batch has ended.
+fn live(txn: &Option<WriteTransaction>) -> Result<&WriteTransaction> {
+    txn.as_ref()
+        .ok_or_else(|| MvccError::Storage("batch already ended".to_string()))
 }
 
 impl<'b> Writer<'b> {
@@ -647,6 +934,7 @@ impl<'b> Writer<'b> {
         }
         self.state.compact = rev;
         self.state.pending_compact = Some(rev);
+        self.state.dirty = true;
         Ok(())
     }
 
@@ -660,6 +948,7 @@ impl<'b> Writer<'b> {
     /// Stores an apply-layer meta entry, atomically with the rest of the batch.
     pub fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
         self.state.check_usable()?;
+        self.state.dirty = true;
         let result = self.meta_table().and_then(|t| {
             t.insert(key.as_bytes(), value)?;
             Ok(())
@@ -670,6 +959,7 @@ impl<'b> Writer<'b> {
     /// Removes an apply-layer meta entry.
     pub fn delete_meta(&mut self, key: &str) -> Result<()> {
         self.state.check_usable()?;
+        self.state.dirty = true;
         let result = self.meta_table().and_then(|t| {
             t.remove(key.as_bytes())?;
             Ok(())
@@ -700,6 +990,7 @@ impl<'w, 't> RevTxn<'w, 't> {
     fn view(&self) -> Result<View<'_, Table<'t, Bytes, Bytes>>> {
         Ok(View {
             kv: &self.tables.kv,
+            buffer: None,
             index: &self.state.index,
             epoch: None,
             current: self.revision(),
@@ -784,6 +1075,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             encode_record_into(&mut buf, false, &kv);
             t.tables.kv.insert(rev_bytes.as_slice(), buf.as_slice())?;
             write_index(&t.state.index).record(key, rev, false);
+            t.state.written.push((rev, buf));
             let returned = if return_prev { prev.clone() } else { None };
             t.events.push(Event {
                 kind: EventKind::Put,
@@ -852,6 +1144,7 @@ impl<'w, 't> RevTxn<'w, 't> {
                 t.tables
                     .kv
                     .insert(rev.to_bytes().as_slice(), record.as_slice())?;
+                t.state.written.push((rev, record.clone()));
                 tombstones.push(rev);
                 if let Some(out) = deleted.as_deref_mut() {
                     out.push(prev.kv.clone());
@@ -877,6 +1170,7 @@ impl<'w, 't> RevTxn<'w, 't> {
         let main = self.begin + 1;
         if self.changes == 0 {
             self.state.current = main;
+            self.state.dirty = true;
         }
         let rev = Revision::new(main, self.changes);
         self.changes += 1;
@@ -904,6 +1198,7 @@ impl ReadView {
     fn view(&self) -> View<'_, ReadOnlyTable<Bytes, Bytes>> {
         View {
             kv: &self.kv,
+            buffer: Some(&self.buffer),
             index: &self.index,
             epoch: Some(self.epoch),
             current: self.current,
@@ -942,7 +1237,9 @@ impl ReadView {
 
     /// CRC-32C over the whole MVCC state (the stored records and revisions;
     /// not `meta`, which holds member-local apply state, nor the index, which
-    /// is derived from the records), and the revision it was taken at.
+    /// is derived from the records), and the revision it was taken at. Reads
+    /// the redb tables alone: open the view with [`Store::read_durable`] for
+    /// batches that waited to be included.
     pub fn hash(&self) -> Result<(u32, i64)> {
         let mut h = Crc32c::new();
         for (name, table) in [("mvcc_kv", &self.kv), ("mvcc_state", &self.state)] {
@@ -953,10 +1250,10 @@ impl ReadView {
                 h.update(v.value());
             }
         }
-        Ok((h.sum(), self.current))
+        Ok((h.sum(), read_state(&self.state)?.0))
     }
 
-    /// Reads an apply-layer meta entry.
+    /// Reads an apply-layer meta entry, as last committed to redb.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.meta.get(key.as_bytes())?.map(|g| g.value().to_vec()))
     }
@@ -971,7 +1268,8 @@ impl ReadView {
     }
 
     /// The entire store (every table, `meta` included) as bytes for a Raft
-    /// snapshot; [`Store::restore`] reads them back.
+    /// snapshot; [`Store::restore`] reads them back. The tables as last
+    /// committed to redb, consistent with each other (see [`ReadView::hash`]).
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>> {
         snapshot::encode(&[&self.kv, &self.state, &self.meta])
     }

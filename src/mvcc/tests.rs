@@ -1033,7 +1033,10 @@ enum Step {
     Txn(Vec<TxnOp>),
     Compact(u8),
     Meta(u8),
-    Commit,
+    /// Commits the open batch, to redb (`true`) or pending (`false`).
+    Commit(bool),
+    /// Commits whatever is pending.
+    Flush,
     Read {
         key: usize,
         end: usize,
@@ -1079,7 +1082,8 @@ fn gen_step() -> impl Strategy<Value = Step> {
         8 => proptest::collection::vec(gen_txn_op(), 0..4).prop_map(Step::Txn),
         1 => any::<u8>().prop_map(Step::Compact),
         1 => any::<u8>().prop_map(Step::Meta),
-        2 => Just(Step::Commit),
+        2 => any::<bool>().prop_map(Step::Commit),
+        1 => Just(Step::Flush),
         3 => (0..KEYS.len(), 0..ENDS.len(), gen_opts()).prop_map(|(key, end, opts)| Step::Read { key, end, opts }),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Events(a, b)),
     ]
@@ -1215,9 +1219,15 @@ fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
                 b.set_meta("applied", &[*v]).unwrap();
                 prop_assert_eq!(b.meta("applied").unwrap(), Some(vec![*v]));
             }
-            Step::Commit | Step::Read { .. } | Step::Events(..) => {
-                if let Some(b) = batch.take() {
+            Step::Commit(_) | Step::Flush | Step::Read { .. } | Step::Events(..) => {
+                if let Some(mut b) = batch.take() {
+                    // Reads look at a batch that waits: through the buffer.
+                    b.set_durable(matches!(step, Step::Commit(true)));
                     b.commit().unwrap();
+                }
+                if let Step::Flush = step {
+                    store.flush().unwrap();
+                    prop_assert_eq!(store.buffered_records(), 0);
                 }
                 committed = model.clone();
                 prop_assert_eq!(store.current_revision(), model.current);
@@ -1234,6 +1244,8 @@ fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
                 let got = view.range(KEYS[*key], ENDS[*end], &o);
                 let want = committed.range(KEYS[*key], ENDS[*end], &o, committed.current);
                 prop_assert_eq!(got, want, "read {:?}", o);
+                // Hashed through the buffer or from redb alone: the same.
+                prop_assert_eq!(view.hash_kv(0), twin.read().unwrap().hash_kv(0));
             }
             Step::Events(a, b) => {
                 let cur = committed.current;
@@ -1269,7 +1281,7 @@ fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
     drop(batch);
 
     // Same history, different batch boundaries: same contents.
-    let view = store.read().unwrap();
+    let view = store.read_durable().unwrap();
     let hash = view.hash().unwrap();
     let hash_kv = view.hash_kv(0).unwrap();
     prop_assert_eq!(twin.read().unwrap().hash().unwrap(), hash);
@@ -1663,4 +1675,163 @@ fn deleting_every_key_keeps_history_and_later_puts_start_new_generations() {
 
 fn keys_of(kvs: &[KeyValue]) -> Vec<&[u8]> {
     kvs.iter().map(|kv| kv.key.as_slice()).collect()
+}
+
+/// One batch that waits for a later commit, with one put; returns the revision.
+fn put_waiting(store: &Store, key: &[u8], value: &[u8]) -> i64 {
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.put(key, value, 0, false, false).unwrap();
+    let (rev, _) = txn.end();
+    batch.set_durable(false);
+    batch.commit().unwrap();
+    rev
+}
+
+#[test]
+fn batches_that_wait_are_read_through_the_buffer_until_a_flush() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    assert_eq!(put_waiting(&store, b"a", b"2"), 3);
+    assert_eq!(put_waiting(&store, b"b", b"1"), 4);
+    assert_eq!(store.current_revision(), 4);
+    assert_eq!(store.buffered_records(), 2);
+    let view = store.read().unwrap();
+    assert_eq!(view.current_revision(), 4);
+    assert_eq!(
+        view.range(b"a", b"c", &RangeOptions::default())
+            .unwrap()
+            .count,
+        2
+    );
+    assert_eq!(get(&store, b"a").unwrap().version, 2);
+    let events = view.events(1, 4).unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
+
+    store.flush().unwrap();
+    assert_eq!(store.buffered_records(), 0);
+    let after = store.read().unwrap();
+    assert_eq!(after.events(1, 4).unwrap(), events);
+    assert_eq!(after.hash_kv(0).unwrap(), view.hash_kv(0).unwrap());
+    // The view opened before the commit still reads its buffer.
+    assert_eq!(view.range(b"b", b"", &at(4)).unwrap().kvs[0].value, b"1");
+}
+
+#[test]
+fn batches_that_wait_are_lost_by_a_crash_and_kept_by_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).unwrap();
+        put(&store, b"kept", b"1");
+        put_waiting(&store, b"lost", b"1");
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.current_revision(), 2);
+    assert_eq!(get(&store, b"lost"), None);
+    put_waiting(&store, b"flushed", b"1");
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(get(&store, b"flushed").unwrap().mod_revision, 3);
+}
+
+#[test]
+fn a_durable_batch_commits_the_batches_that_waited_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).unwrap();
+        put_waiting(&store, b"a", b"1");
+        put_waiting(&store, b"b", b"1");
+        put(&store, b"c", b"1");
+        assert_eq!(store.buffered_records(), 0);
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        range(&store, b"a", b"d", &RangeOptions::default())
+            .unwrap()
+            .count,
+        3
+    );
+}
+
+#[test]
+fn read_durable_commits_what_waits_so_whole_store_scans_see_it() {
+    let (_d1, waiting) = open_temp();
+    let (_d2, durable) = open_temp();
+    for (i, key) in [b"a", b"b", b"c"].iter().enumerate() {
+        put_waiting(&waiting, *key, &[i as u8]);
+        put(&durable, *key, &[i as u8]);
+    }
+    let view = waiting.read_durable().unwrap();
+    assert_eq!(
+        view.hash().unwrap(),
+        durable.read().unwrap().hash().unwrap()
+    );
+    assert_eq!(
+        view.snapshot_bytes().unwrap(),
+        durable.read().unwrap().snapshot_bytes().unwrap()
+    );
+}
+
+#[test]
+fn a_batch_dropped_without_changes_keeps_what_waits() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put_waiting(&store, b"b", b"1");
+    drop(store.batch().unwrap());
+    assert_eq!(get(&store, b"b").unwrap().mod_revision, 3);
+    store.flush().unwrap();
+    assert_eq!(store.buffered_records(), 0);
+    assert_eq!(get(&store, b"b").unwrap().mod_revision, 3);
+}
+
+#[test]
+fn a_batch_that_compacts_is_committed_even_when_asked_to_wait() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put_waiting(&store, b"a", b"2");
+    let mut batch = store.batch().unwrap();
+    batch.compact(3).unwrap();
+    batch.set_durable(false);
+    batch.commit().unwrap();
+    assert_eq!(store.buffered_records(), 0);
+    assert_eq!(store.read().unwrap().stored_revisions().unwrap(), (1, 1));
+}
+
+#[test]
+fn losing_batches_that_readers_saw_fails_the_store_until_it_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path).unwrap();
+    put(&store, b"a", b"1");
+    put_waiting(&store, b"b", b"1");
+    let before = store.read().unwrap();
+    {
+        // A storage error in the next batch would end it like this.
+        let mut batch = store.batch().unwrap();
+        batch
+            .txn()
+            .unwrap()
+            .put(b"c", b"1", 0, false, false)
+            .unwrap();
+    }
+    assert!(matches!(store.read(), Err(MvccError::Storage(_))));
+    assert!(matches!(
+        store.batch().map(|_| ()),
+        Err(MvccError::Storage(_))
+    ));
+    assert!(matches!(store.flush(), Err(MvccError::Storage(_))));
+    // A view from before no longer trusts the index.
+    assert_eq!(
+        before.range(b"a", b"", &RangeOptions::default()),
+        Err(MvccError::Compacted)
+    );
+    drop(before);
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.current_revision(), 2);
+    assert_eq!(put(&store, b"b", b"2"), 3);
 }

@@ -12,6 +12,10 @@
 //! `kv` table instead of one lookup each. Revisions in the index past the
 //! view's current revision belong to a batch not committed yet and are never
 //! looked at.
+//!
+//! A read view's records past the last redb commit are in its
+//! [`ReadBuffer`] (see [`super::buffer`]): record reads and scans take a
+//! revision from the buffer when it covers it and from `kv` otherwise.
 
 use std::cmp::Ordering;
 
@@ -19,6 +23,7 @@ use redb::ReadableTable;
 
 use std::sync::{RwLock, RwLockReadGuard};
 
+use super::buffer::ReadBuffer;
 use super::codec::{decode_record, Record};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
@@ -36,10 +41,16 @@ const HASH_KV_LABEL: &[u8] = b"mvcc_kv";
 /// again: a step of a redb range costs about a third of a point lookup.
 const MAX_SCAN_SKIP: usize = 2;
 
+/// An inclusive span of revisions.
+type Span = (Revision, Revision);
+
 /// Read access to the store as one transaction sees it.
 pub(crate) struct View<'a, T> {
     /// The `kv` table (revision -> record) of the transaction.
     pub kv: &'a T,
+    /// For a read view, the records past its redb snapshot; `None` for a
+    /// batch (its write transaction holds everything).
+    pub buffer: Option<&'a ReadBuffer>,
     /// The shared key index.
     pub index: &'a RwLock<KeyIndex>,
     /// For a read view, the index epoch its snapshot belongs to; `None` for a
@@ -54,11 +65,56 @@ pub(crate) struct View<'a, T> {
 impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     /// The stored record at `rev`; its absence means the tables disagree.
     pub fn record_at(&self, rev: Revision) -> Result<Record> {
+        if let Some(buffer) = self.buffered(rev) {
+            return buffer
+                .with(rev, decode_record)
+                .unwrap_or_else(|| Err(missing_record(rev)));
+        }
         let guard = self
             .kv
             .get(rev.to_bytes().as_slice())?
-            .ok_or_else(|| MvccError::corrupt(format!("missing record {rev:?}")))?;
+            .ok_or_else(|| missing_record(rev))?;
         decode_record(guard.value())
+    }
+
+    /// The buffer to read `rev` from, if it is not in `kv`.
+    fn buffered(&self, rev: Revision) -> Option<&'a ReadBuffer> {
+        self.buffer.filter(|b| b.covers(rev))
+    }
+
+    /// The revisions of `lo..=hi` that `kv` holds, and those the buffer holds.
+    fn split(&self, lo: Revision, hi: Revision) -> (Option<Span>, Option<Span>) {
+        let Some(buffer) = self.buffer else {
+            return ((lo <= hi).then_some((lo, hi)), None);
+        };
+        let stored = Revision::last_of(buffer.base()).min(hi);
+        let buffered = Revision::new(buffer.base().saturating_add(1), 0).max(lo);
+        (
+            (lo <= stored).then_some((lo, stored)),
+            (buffered <= hi).then_some((buffered, hi)),
+        )
+    }
+
+    /// Calls `f` with every record in `lo..=hi`, in revision order, from
+    /// `kv` and then the buffer.
+    fn for_each_record(
+        &self,
+        lo: Revision,
+        hi: Revision,
+        mut f: impl FnMut(Revision, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (stored, buffered) = self.split(lo, hi);
+        if let Some((lo, hi)) = stored {
+            let (lo, hi) = (lo.to_bytes(), hi.to_bytes());
+            for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+                let (k, v) = entry?;
+                f(Revision::from_bytes(k.value())?, v.value())?;
+            }
+        }
+        if let (Some((lo, hi)), Some(buffer)) = (buffered, self.buffer) {
+            buffer.for_each_in(lo, hi, f)?;
+        }
+        Ok(())
     }
 
     /// The stored records at `revs` (distinct or not, in any order), returned
@@ -71,7 +127,13 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         let mut order: Vec<usize> = (0..revs.len()).collect();
         order.sort_unstable_by_key(|&i| revs[i]);
         let mut found: Vec<Option<Record>> = (0..revs.len()).map(|_| None).collect();
-        let missing = |rev: Revision| MvccError::corrupt(format!("missing record {rev:?}"));
+        let missing = missing_record;
+        // The buffered revisions sort last: read them one by one (in memory).
+        let stored = order.partition_point(|&i| self.buffered(revs[i]).is_none());
+        for &i in &order[stored..] {
+            found[i] = Some(self.record_at(revs[i])?);
+        }
+        let order = &order[..stored];
         let mut pos = 0;
         while pos < order.len() {
             let seek = revs[order[pos]].to_bytes();
@@ -251,13 +313,13 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         if to_rev <= from_rev {
             return Ok(Vec::new());
         }
-        let lo = Revision::new(from_rev.saturating_add(1), 0).to_bytes();
-        let hi = Revision::last_of(to_rev).to_bytes();
+        let lo = Revision::new(from_rev.saturating_add(1), 0);
+        let hi = Revision::last_of(to_rev);
         let mut changes = Vec::new();
-        for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
-            let (k, v) = entry?;
-            changes.push((Revision::from_bytes(k.value())?, decode_record(v.value())?));
-        }
+        self.for_each_record(lo, hi, |rev, bytes| {
+            changes.push((rev, decode_record(bytes)?));
+            Ok(())
+        })?;
         // The revision of each change's previous put, if the key existed,
         // under one look at the index: a compaction applied to it since the
         // view was opened makes the whole answer `Compacted`, never one with
@@ -312,7 +374,10 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     /// compaction, so members with the same history agree. `rev == 0` means the
     /// current revision; errors as etcd's `HashByRev`.
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
-        if rev > 0 && rev <= self.compact {
+        // The floor is the index's if a compaction reached it since the view
+        // opened: the view's snapshot may already lack what it removed.
+        let compact = self.compacted(&*self.index()?);
+        if rev > 0 && rev <= compact {
             return Err(MvccError::Compacted);
         }
         if rev > self.current {
@@ -321,21 +386,23 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         let rev = if rev <= 0 { self.current } else { rev };
         let mut h = Crc32c::new();
         h.update(HASH_KV_LABEL);
-        let lo = Revision::new(self.compact.saturating_add(1), 0).to_bytes();
-        let hi = Revision::last_of(rev).to_bytes();
-        if lo <= hi {
-            for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
-                let (k, v) = entry?;
-                h.update(k.value());
-                h.update(v.value());
-            }
-        }
+        let lo = Revision::new(compact.saturating_add(1), 0);
+        let hi = Revision::last_of(rev);
+        self.for_each_record(lo, hi, |rev, bytes| {
+            h.update(&rev.to_bytes());
+            h.update(bytes);
+            Ok(())
+        })?;
         Ok(HashKv {
             hash: h.sum(),
-            compact_revision: self.compact,
+            compact_revision: compact,
             hash_revision: rev,
         })
     }
+}
+
+fn missing_record(rev: Revision) -> MvccError {
+    MvccError::corrupt(format!("missing record {rev:?}"))
 }
 
 /// etcd's `isDefaultOrdering`: results already come sorted by key ascending.
@@ -437,7 +504,7 @@ mod tests {
             let read = db.begin_read().unwrap();
             let kv = read.open_table(KV).unwrap();
             let index = RwLock::new(KeyIndex::new(-1));
-            let view = View { kv: &kv, index: &index, epoch: None, current: 70, compact: -1 };
+            let view = View { kv: &kv, buffer: None, index: &index, epoch: None, current: 70, compact: -1 };
 
             let asked: Vec<Revision> = if stored.is_empty() {
                 Vec::new()
