@@ -1835,3 +1835,44 @@ fn losing_batches_that_readers_saw_fails_the_store_until_it_reopens() {
     assert_eq!(store.current_revision(), 2);
     assert_eq!(put(&store, b"b", b"2"), 3);
 }
+
+/// The pairing invariant under races: a view opened while batches wait,
+/// commit or flush always finds the record of every revision up to its own.
+#[test]
+fn read_views_racing_commits_find_every_revision_up_to_their_own() {
+    let (_d, store) = open_temp();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..600u32 {
+                let mut batch = store.batch().unwrap();
+                let mut txn = batch.txn().unwrap();
+                txn.put(b"k", &i.to_be_bytes(), 0, false, false).unwrap();
+                txn.end();
+                batch.set_durable(i % 7 == 0);
+                batch.commit().unwrap();
+                if i % 13 == 0 {
+                    store.flush().unwrap();
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let view = store.read().unwrap();
+                    let rev = view.current_revision();
+                    if rev < 2 {
+                        continue;
+                    }
+                    let got = view.range(b"k", b"", &RangeOptions::default()).unwrap();
+                    assert_eq!(got.kvs[0].mod_revision, rev);
+                    let events = view.events(rev - 1, rev).unwrap();
+                    assert_eq!(events.len(), 1);
+                    assert_eq!(view.hash_kv(rev).unwrap().hash_revision, rev);
+                }
+            });
+        }
+    });
+    assert_eq!(store.current_revision(), 601);
+}
