@@ -112,6 +112,11 @@ pub fn from_mvcc(e: MvccError) -> Status {
         MvccError::Compacted => Status::new(Code::OutOfRange, COMPACTED),
         MvccError::FutureRevision => Status::new(Code::OutOfRange, FUTURE_REV),
         MvccError::KeyNotFound => Status::new(Code::InvalidArgument, KEY_NOT_FOUND),
+        // Clients fail over to another member on `Unavailable`.
+        MvccError::Failed => Status::new(
+            Code::Unavailable,
+            format!("etcdserver: {e_failed}", e_failed = MvccError::Failed),
+        ),
         other => Status::new(Code::Internal, format!("etcdserver: {other}")),
     }
 }
@@ -215,5 +220,7 @@ mod tests {
             s.message(),
             "etcdserver: mvcc: required revision is a future revision"
         );
+        // A member whose store failed sends clients to another member.
+        assert_eq!(from_mvcc(MvccError::Failed).code(), Code::Unavailable);
     }
 }

@@ -35,6 +35,10 @@ pub enum MvccError {
     /// The database failed (I/O, redb internal error, ...).
     #[error("mvcc: storage error: {0}")]
     Storage(String),
+    /// The store lost applied writes that readers saw (a storage error while
+    /// they waited to be committed); only a restart makes it whole again.
+    #[error("mvcc: the store lost applied writes after a storage error; restart the member")]
+    Failed,
 }
 
 impl MvccError {

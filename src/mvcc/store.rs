@@ -495,24 +495,23 @@ impl Store {
     fn abandon(&self, claim: &Claim<'_>) {
         let (current, compact) = claim.durable();
         let lost = claim.take_published();
-        self.publish(ReadBuffer::new(current), current, compact);
-        write_index(&self.index).rollback(current, lost);
         if lost {
+            // Before the rollback is published: a reader checks this under
+            // the buffer's lock (see `read`), so none gets the older state.
+            let _ = self.failed.set(());
             tracing::error!(
                 durable_revision = current,
                 "the MVCC store lost applied batches that were not committed yet; it refuses reads and writes until the member restarts"
             );
-            let _ = self.failed.set(());
         }
+        self.publish(ReadBuffer::new(current), current, compact);
+        write_index(&self.index).rollback(current, lost);
     }
 
     /// Fails once [`Store::abandon`] lost applied batches.
     fn check_failed(&self) -> Result<()> {
         match self.failed.get() {
-            Some(()) => Err(MvccError::Storage(
-                "the store lost applied writes after a storage error; restart the member"
-                    .to_string(),
-            )),
+            Some(()) => Err(MvccError::Failed),
             None => Ok(()),
         }
     }
@@ -593,6 +592,7 @@ impl Store {
         let (txn, epoch, buffer, current, compact) = {
             let index = read_index(&self.index);
             let buffer = self.buffer.read().unwrap_or_else(|e| e.into_inner());
+            self.check_failed()?;
             (
                 db.begin_read()?,
                 index.epoch(),

@@ -1818,12 +1818,9 @@ fn losing_batches_that_readers_saw_fails_the_store_until_it_reopens() {
             .put(b"c", b"1", 0, false, false)
             .unwrap();
     }
-    assert!(matches!(store.read(), Err(MvccError::Storage(_))));
-    assert!(matches!(
-        store.batch().map(|_| ()),
-        Err(MvccError::Storage(_))
-    ));
-    assert!(matches!(store.flush(), Err(MvccError::Storage(_))));
+    assert!(matches!(store.read(), Err(MvccError::Failed)));
+    assert!(matches!(store.batch().map(|_| ()), Err(MvccError::Failed)));
+    assert!(matches!(store.flush(), Err(MvccError::Failed)));
     // A view from before no longer trusts the index.
     assert_eq!(
         before.range(b"a", b"", &RangeOptions::default()),
@@ -1875,4 +1872,16 @@ fn read_views_racing_commits_find_every_revision_up_to_their_own() {
         }
     });
     assert_eq!(store.current_revision(), 601);
+}
+
+#[test]
+fn hash_kv_of_a_view_overtaken_by_a_compaction_is_compacted() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put(&store, b"a", b"2");
+    let view = store.read().unwrap();
+    put(&store, b"a", b"3");
+    compact(&store, 4).unwrap();
+    assert_eq!(view.hash_kv(0), Err(MvccError::Compacted));
+    assert_eq!(view.hash_kv(3), Err(MvccError::Compacted));
 }

@@ -384,6 +384,9 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
             return Err(MvccError::FutureRevision);
         }
         let rev = if rev <= 0 { self.current } else { rev };
+        if rev < compact {
+            return Err(MvccError::Compacted); // the index's floor passed this view
+        }
         let mut h = Crc32c::new();
         h.update(HASH_KV_LABEL);
         let lo = Revision::new(compact.saturating_add(1), 0);
