@@ -518,9 +518,23 @@ impl Store {
 
     /// Commits the pending transaction, if any, and waits for the disk.
     fn commit_pending(&self, claim: &Claim<'_>) -> Result<()> {
-        let Some(mut txn) = claim.take_pending() else {
+        let Some(txn) = claim.take_pending() else {
             return Ok(());
         };
+        let current = self.current.load(Ordering::SeqCst);
+        let compact = self.compact.load(Ordering::SeqCst);
+        self.commit_durably(claim, txn, current, compact)
+    }
+
+    /// Commits `txn` (everything up to `(current, compact)`), waiting for
+    /// the disk; on failure, everything since the last commit is abandoned.
+    fn commit_durably(
+        &self,
+        claim: &Claim<'_>,
+        mut txn: WriteTransaction,
+        current: i64,
+        compact: i64,
+    ) -> Result<()> {
         txn.set_durability(Durability::Immediate);
         let start = std::time::Instant::now();
         if let Err(e) = txn.commit() {
@@ -530,11 +544,7 @@ impl Store {
         if let Some(h) = &self.commit_seconds {
             h.observe(start.elapsed().as_secs_f64());
         }
-        self.committed(
-            claim,
-            self.current.load(Ordering::SeqCst),
-            self.compact.load(Ordering::SeqCst),
-        );
+        self.committed(claim, current, compact);
         Ok(())
     }
 
@@ -582,7 +592,6 @@ impl Store {
 
     /// Opens a read snapshot of the last batch, committed to redb or pending.
     pub fn read(&self) -> Result<ReadView> {
-        self.check_failed()?;
         // Under the index lock, so a restore cannot slip between the snapshot
         // and the epoch it is paired with; under the buffer's, so a commit
         // cannot slip between the snapshot and the buffer and revisions (see
@@ -592,6 +601,8 @@ impl Store {
         let (txn, epoch, buffer, current, compact) = {
             let index = read_index(&self.index);
             let buffer = self.buffer.read().unwrap_or_else(|e| e.into_inner());
+            // Here, not before: a failure marked while this view opens is
+            // seen before its rollback can be (see `abandon`).
             self.check_failed()?;
             (
                 db.begin_read()?,
@@ -862,23 +873,10 @@ impl Batch<'_> {
             }
             return Ok(());
         }
-        let start = std::time::Instant::now();
-        let committed = match self.txn.take() {
-            Some(mut txn) => {
-                txn.set_durability(Durability::Immediate);
-                txn.commit()
-            }
-            None => return Err(MvccError::Storage("batch already ended".to_string())),
-        };
-        if let Err(e) = committed {
-            store.abandon(&self.claim);
-            return Err(e.into());
+        match self.txn.take() {
+            Some(txn) => store.commit_durably(&self.claim, txn, current, compact),
+            None => Err(MvccError::Storage("batch already ended".to_string())),
         }
-        if let Some(h) = &store.commit_seconds {
-            h.observe(start.elapsed().as_secs_f64());
-        }
-        store.committed(&self.claim, current, compact);
-        Ok(())
     }
 }
 
