@@ -581,12 +581,14 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
         /// After any sequence of writes, a reopened log is the log in memory;
-        /// and a log cut at any byte reopens as the log after some earlier
-        /// write (a torn tail), or is refused: never another log, never a panic.
+        /// and a log cut at any byte, or zeroed from any byte to the end of
+        /// its records, reopens as the log after some earlier write (a torn
+        /// tail), or is refused: never another log, never a panic.
         #[test]
         fn a_reopened_or_torn_log_is_one_the_writes_made(
             ops in proptest::collection::vec(op(), 1..25),
             cut in 0.0f64..1.0,
+            zero in proptest::bool::ANY,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("raftlog");
@@ -621,9 +623,16 @@ mod tests {
             }
             drop(s);
             let segment = std::fs::read_dir(&path).unwrap().next().unwrap().unwrap().path();
-            let bytes = std::fs::read(&segment).unwrap();
-            let at = (bytes.len() as f64 * cut) as usize;
-            std::fs::write(&segment, &bytes[..at]).unwrap();
+            let mut bytes = std::fs::read(&segment).unwrap();
+            // Where the records end and the zeros ahead begin.
+            let data = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            let at = (data as f64 * cut) as usize;
+            if zero {
+                bytes[at..data].fill(0);
+            } else {
+                bytes.truncate(at);
+            }
+            std::fs::write(&segment, &bytes).unwrap();
             if let Ok(torn) = RaftStorage::open(&path) {
                 let got = seen(&torn);
                 proptest::prop_assert!(states.contains(&got), "{got:?} was never written");
