@@ -7,8 +7,8 @@
 //!   revisions never go backwards; the cluster's members must end with the
 //!   same `HashKV`.
 //! - Corruption: a stopped member's `kv.redb` or Raft log segment
-//!   (`raftlog/*.wal`) is truncated at a random length short of its last
-//!   written byte, or has a byte flipped at a random written offset (seeded);
+//!   (`raftlog/*.wal`) is truncated at a random length (short of the log's
+//!   zeros ahead), or has a byte flipped at a random written offset (seeded);
 //!   the member must either refuse to start with the one-line "data file ...
 //!   is corrupt" error and exit 1, or start and serve exactly the data written
 //!   before. Never a panic.
@@ -519,15 +519,19 @@ fn corruption_cases(file: &str, stop: Stop, seed: u64) {
     let written: Vec<u64> = (0..bytes.len() as u64)
         .filter(|&i| bytes[i as usize] != 0)
         .collect();
-    let written_end = written.last().map_or(1, |&i| i + 1);
+    // Cuts of the Raft log land before its last written byte: it ends in
+    // zeros written ahead of its records, and a cut there loses nothing.
+    let cut_end = if file == RAFT_LOG {
+        written.last().map_or(1, |&i| i + 1)
+    } else {
+        bytes.len() as u64
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut cases = Vec::new();
     let data: Vec<String> = sample_data().into_values().collect();
     let rounds = if stop == Stop::Term { 3 } else { 2 };
     for _ in 0..rounds {
-        // Cuts land before the last written byte: the Raft log ends in zeros
-        // written ahead of its records.
-        cases.push(Damage::Truncate(rng.gen_range(0..written_end)));
+        cases.push(Damage::Truncate(rng.gen_range(0..cut_end)));
         cases.push(Damage::Flip(written[rng.gen_range(0..written.len())]));
     }
     cases.push(Damage::FlipValue(

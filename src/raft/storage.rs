@@ -82,6 +82,11 @@ impl RaftStorage {
                 s.last()
             )));
         }
+        if s.wal.is_outdated() {
+            // Written by an earlier version: carried over whole into a
+            // segment of the current format before anything is appended.
+            s.rewrite()?;
+        }
         Ok(s)
     }
 
@@ -575,6 +580,32 @@ mod tests {
             1 => (0..4u64).prop_map(|keep| Op::Compact { keep }),
             1 => (1..6u64).prop_map(Op::Conf),
         ]
+    }
+
+    #[test]
+    fn a_log_of_the_first_format_is_rewritten_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raftlog");
+        let mut s = RaftStorage::open(&path).unwrap();
+        let es: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        let hs = HardState {
+            term: 1,
+            commit: 2,
+            ..Default::default()
+        };
+        s.persist(&es, Some(&hs)).unwrap();
+        let before = seen(&s);
+        let old = s.wal.path();
+        drop(s);
+        super::super::wal::downgrade_to_v1(&old);
+        let mut s = RaftStorage::open(&path).unwrap();
+        assert_eq!(seen(&s), before);
+        assert!(!s.wal.is_outdated());
+        assert!(!old.exists(), "the old segment is replaced");
+        s.persist(&[entry(4, 1)], None).unwrap();
+        drop(s);
+        let s = RaftStorage::open(&path).unwrap();
+        assert_eq!(s.last(), 4);
     }
 
     proptest::proptest! {
