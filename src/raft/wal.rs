@@ -39,8 +39,9 @@
 //! (see [`Record`]). `end` is [`END`], never zero, so that a record whose
 //! last sector never reached the disk always shows it, whatever its payload
 //! ends with. Segments of the first version of the format (`LCRLOG01`, no
-//! `end` byte, no zeros ahead) are still read, and rewritten in the current
-//! one as soon as they are opened (see `RaftStorage::open_with`).
+//! `end` byte, no zeros ahead), as earlier versions wrote them, are still
+//! read, and rewritten in the current one as soon as they are opened (see
+//! `RaftStorage::open_with`).
 //!
 //! Why a log of our own rather than a redb table: an append is one contiguous
 //! write at the end of one file and one `fdatasync`, the cheapest durable
@@ -53,20 +54,22 @@
 //! the zeros it held before (or, past the old end of a growing file, as
 //! nothing or zeros). So a torn record is one of:
 //! - a record cut short by the end of the file;
-//! - a record whose header fails its check, because the header's bytes
-//!   before or after a sector boundary inside it (or all of them) are
-//!   zeros, with no whole record anywhere after it;
+//! - a record whose header fails its check, because all of the record's
+//!   bytes in the sector where it starts, or in the next one when the header
+//!   crosses into it, are zeros, with no whole record anywhere after it;
 //! - a record followed by zeros only, that fails its checksum or its `end`
-//!   byte, and whose `end` byte is zero (its last sector was lost) or which
-//!   holds a whole sector of zeros (a sector in its middle was lost), as
-//!   etcd's WAL tells its torn entries.
+//!   byte, and whose bytes in its last sector, the `end` byte included, are
+//!   all zeros (that sector was lost) or which holds a whole sector of zeros
+//!   (a sector in its middle was lost), as etcd's WAL tells its torn
+//!   entries.
 //!
 //! Such a tail was never acknowledged (the append had not returned); it is
 //! cut off and the log opens. Any other failed check is damage, and the log
 //! is refused with [`DataFileError::Corrupt`]. Damage to the last record
-//! can still pass for a torn write, as in etcd's WAL, where its own zeros
-//! look like a lost sector: a payload holding 512 aligned zero bytes, or a
-//! header whose length has zero bytes on one side of a sector boundary.
+//! can still pass for a torn write, as in etcd's WAL, where the record's own
+//! zeros look like a lost sector: a payload holding 512 aligned zero bytes;
+//! a header whose bytes before a sector boundary are zeros of its length;
+//! an `end` byte alone in its sector, damaged to zero.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
@@ -592,9 +595,7 @@ fn decode_segment(
             break End::Torn; // A header cut short.
         }
         let Header::Valid { len, checksum } = read_header(&rest[..RECORD_HEADER]) else {
-            if header_lost_sectors(at, &rest[..RECORD_HEADER])
-                && !holds_record(bytes, at + 1, trailer)
-            {
+            if header_lost_sectors(at, rest) && !holds_record(bytes, at + 1, trailer) {
                 break End::Torn; // A sector of the header never made it.
             }
             return Err(corrupt(at, "a damaged record length"));
@@ -608,7 +609,8 @@ fn decode_segment(
         if xxh3_64(payload) != checksum || !ended {
             // The last write, with a sector that never made it: its last
             // one (which holds the `end` byte) or any whole one.
-            let lost_last = !v1 && rest[end - 1] == 0;
+            let last_sector = ((at + end - 1) / SECTOR * SECTOR).max(at) - at;
+            let lost_last = !v1 && is_zeros(&rest[last_sector..end]);
             if is_zeros(&rest[end..]) && (lost_last || holds_zero_sector(at, &rest[..end])) {
                 break End::Torn;
             }
@@ -634,15 +636,16 @@ fn is_zeros(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-/// Whether a record `header` at file offset `at` that fails its check can be
-/// a torn write: its bytes are all zeros, or zeros on one side of a sector
-/// boundary inside it (the sector on that side never made it).
-fn header_lost_sectors(at: usize, header: &[u8]) -> bool {
-    let boundary = at.div_ceil(SECTOR) * SECTOR - at;
-    is_zeros(header)
-        || (0 < boundary
-            && boundary < header.len()
-            && (is_zeros(&header[..boundary]) || is_zeros(&header[boundary..])))
+/// Whether a record at file offset `at` (`rest` holds it and what follows)
+/// whose header fails its check can be a torn write: the sector where it
+/// starts never made it (all of the record's bytes in it are zeros), or the
+/// header crosses into the next sector and that one never made it (all of
+/// its bytes are zeros).
+fn header_lost_sectors(at: usize, rest: &[u8]) -> bool {
+    let in_first = (at / SECTOR + 1) * SECTOR - at;
+    let first = &rest[..in_first.min(rest.len())];
+    let next = &rest[first.len()..(in_first + SECTOR).min(rest.len())];
+    is_zeros(first) || (in_first < RECORD_HEADER && is_zeros(next))
 }
 
 /// Whether a whole, valid record starts anywhere at or after `from`. A torn
@@ -996,16 +999,33 @@ mod tests {
         let [_, _, second, third] = starts(&path)[..] else {
             panic!("four records")
         };
-        // The header of the second append, with the third after it.
-        edit(&path, |b| b[second..second + RECORD_HEADER].fill(0));
+        let sector_end = |at: usize| (at / SECTOR + 1) * SECTOR;
+        // The sector holding the second append's start, with the third after it.
+        edit(&path, |b| b[second..sector_end(second)].fill(0));
         assert!(open_err(dir.path()).contains("a damaged record length"));
-        // The header of the last one: a torn write.
+        // The one holding the last one's start: a torn write.
+        edit(&path, |b| {
+            *b = pristine.clone();
+            b[third..sector_end(third)].fill(0);
+        });
+        let (_, records) = open_ok(dir.path());
+        assert_eq!(appended(&records), vec![1, 2]);
+        // Its header alone zeroed, the rest of its sector intact: damage.
         edit(&path, |b| {
             *b = pristine.clone();
             b[third..third + RECORD_HEADER].fill(0);
         });
-        let (_, records) = open_ok(dir.path());
-        assert_eq!(appended(&records), vec![1, 2]);
+        assert!(open_err(dir.path()).contains("a damaged record length"));
+    }
+
+    #[test]
+    fn a_whole_last_record_with_its_end_byte_zeroed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, whole) = sample(dir.path());
+        // The record's other bytes in that sector are intact: no lost sector.
+        assert_ne!((whole - 1) % SECTOR, 0);
+        edit(&path, |b| b[whole - 1] = 0);
+        assert!(open_err(dir.path()).contains("fails its checksum"));
     }
 
     #[test]
@@ -1128,6 +1148,9 @@ mod tests {
             let candidates: Vec<usize> =
                 (MAGIC.len()..whole).filter(|i| !last_header.contains(i)).collect();
             let at = candidates[pick.index(candidates.len())];
+            // An `end` byte alone in its sector, damaged to zero, is a lost
+            // sector (see the module docs).
+            proptest::prop_assume!(!(at == whole - 1 && at.is_multiple_of(SECTOR) && mask == END));
             edit(&path, |b| b[at] ^= mask);
             let err = open_err(dir.path());
             proptest::prop_assert!(err.contains("is corrupt"), "byte {}: {}", at, err);
