@@ -101,7 +101,8 @@ pub const ZERO_AHEAD: u64 = 256 << 10;
 /// hold the zeros in large folios, and a sync writes a dirty folio whole: an
 /// append of a few hundred bytes then cost up to the folio's size in disk
 /// writes (measured: 24 KiB per put instead of 5 on Linux 6.18 ext4).
-static ZEROS: [u8; 4096] = [0; 4096];
+static ZEROS: [u8; PAGE] = [0; PAGE];
+const PAGE: usize = 4096;
 /// A record larger than this is damage, not data (entries are bounded by
 /// `--max-request-bytes`; a checkpoint holds at most a log's worth of them).
 const MAX_RECORD: u32 = 1 << 30;
@@ -209,7 +210,12 @@ impl Wal {
             return Ok((wal, vec![empty]));
         };
         let bytes = std::fs::read(&path).map_err(|e| DataFileError::io(&path, e))?;
-        let (records, valid, end, v1) = decode_segment(&path, &bytes)?;
+        let Segment {
+            records,
+            valid,
+            end,
+            v1,
+        } = decode_segment(&path, &bytes)?;
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
@@ -345,10 +351,9 @@ impl Wal {
     /// and waits for the disk. On failure the segment is cut back to where
     /// its records ended, so that no partial record stays in the log.
     fn write_buffered(&mut self) -> Result<(), RaftError> {
-        let path = self.path();
         if self.v1 {
             return Err(DataFileError::io(
-                &path,
+                &self.path(),
                 std::io::Error::other("an outdated segment is never appended to"),
             )
             .into());
@@ -367,7 +372,7 @@ impl Wal {
         if let Err(e) = written {
             let _ = self.file.set_len(self.len);
             self.zeroed_to = self.len;
-            return Err(DataFileError::io(&path, e).into());
+            return Err(DataFileError::io(&self.path(), e).into());
         }
         self.len = end;
         self.zeroed_to = zeroed_to;
@@ -378,7 +383,7 @@ impl Wal {
 /// Where the zeros written ahead of records ending at `end` end: a page
 /// boundary, so that the file's last sector is never partial.
 fn zero_ahead_end(end: u64) -> u64 {
-    (end + ZERO_AHEAD).div_ceil(ZEROS.len() as u64) * ZEROS.len() as u64
+    (end + ZERO_AHEAD).div_ceil(PAGE as u64) * PAGE as u64
 }
 
 /// Writes zeros from `from` to `to`.
@@ -564,13 +569,19 @@ fn read_header(h: &[u8]) -> Header {
     }
 }
 
-/// The records of a segment, the length of its valid prefix, how they end,
-/// and whether the segment is of the first version of the format. The first
-/// record must be a checkpoint.
-fn decode_segment(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<Record>, usize, End, bool), DataFileError> {
+/// A segment as read back.
+struct Segment {
+    records: Vec<Record>,
+    /// The length of the valid prefix: where the records end.
+    valid: usize,
+    /// How they end.
+    end: End,
+    /// The segment is of the first version of the format.
+    v1: bool,
+}
+
+/// Reads a segment's records. The first one must be a checkpoint.
+fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, DataFileError> {
     let corrupt =
         |at: usize, what: &str| DataFileError::corrupt(path, format!("{what} at byte {at}"));
     let v1 = match bytes.get(..MAGIC.len()) {
@@ -629,7 +640,12 @@ fn decode_segment(
     if records.is_empty() {
         return Err(corrupt(at, "a segment without its checkpoint"));
     }
-    Ok((records, at, end, v1))
+    Ok(Segment {
+        records,
+        valid: at,
+        end,
+        v1,
+    })
 }
 
 fn is_zeros(bytes: &[u8]) -> bool {
@@ -744,17 +760,28 @@ fn decode_payload(payload: &[u8]) -> Result<Record, String> {
     }
 }
 
+/// Where each record of a current segment starts, and its payload's length
+/// (for tests: nothing is checked).
+#[cfg(test)]
+fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut at = MAGIC.len();
+    let mut spans = Vec::new();
+    while at + RECORD_HEADER <= bytes.len() && !is_zeros(&bytes[at..at + RECORD_HEADER]) {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        spans.push((at, len as usize));
+        at += RECORD_HEADER + len as usize + 1;
+    }
+    spans
+}
+
 /// Rewrites the segment at `path` in the first version of the format (for
 /// tests of the upgrade).
 #[cfg(test)]
 pub(super) fn downgrade_to_v1(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
     let mut v1 = MAGIC_V1.to_vec();
-    let mut at = MAGIC.len();
-    while at + RECORD_HEADER <= bytes.len() && !is_zeros(&bytes[at..at + RECORD_HEADER]) {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    for (at, len) in record_spans(&bytes) {
         v1.extend_from_slice(&bytes[at..at + RECORD_HEADER + len]);
-        at += RECORD_HEADER + len + 1;
     }
     std::fs::write(path, v1).unwrap();
 }
@@ -801,14 +828,7 @@ mod tests {
     /// Where each record of a segment starts, the checkpoint's included.
     fn starts(path: &Path) -> Vec<usize> {
         let bytes = std::fs::read(path).unwrap();
-        let mut at = MAGIC.len();
-        let mut starts = Vec::new();
-        while at + RECORD_HEADER <= bytes.len() && !is_zeros(&bytes[at..at + RECORD_HEADER]) {
-            starts.push(at);
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-            at += RECORD_HEADER + len as usize + 1;
-        }
-        starts
+        record_spans(&bytes).into_iter().map(|(at, _)| at).collect()
     }
 
     /// Changes the segment's bytes in place.
