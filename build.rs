@@ -1,7 +1,8 @@
 //! Compiles the wire definitions in `proto/` with protox (pure Rust, no `protoc`)
 //! and generates prost messages and tonic clients/servers for them, plus serde
 //! impls (pbjson: proto3's JSON mapping, with the .proto field names as etcd's
-//! grpc-gateway writes them) for the client API's packages.
+//! grpc-gateway writes them) for the client API's packages; and links the
+//! `localcluster` binary at a fixed address.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect(&root, &mut files)?;
     files.sort();
     println!("cargo:rerun-if-changed=proto");
+    // The binary is linked at a fixed address (as Go links etcd): a
+    // position-independent one makes the loader patch ~40k pointers at every
+    // start, which reads 0.9 MB of relocations and copies 0.6 MB of tables
+    // into private memory, 2 MiB of RSS per member for nothing. Libraries and
+    // test binaries are left as they are.
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
