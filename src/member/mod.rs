@@ -20,7 +20,8 @@
 //! a new cluster's members through etcd's v3 discovery,
 //! [`tls`] resolves the TLS configs of the listeners and of peer dialling,
 //! [`lifecycle`] holds the background duties (publish, cluster version,
-//! membership following); this file wires them with the node and the API.
+//! membership following), [`heap`] hands freed memory back to the kernel when
+//! the member goes quiet; this file wires them with the node and the API.
 //!
 //! Ownership: every task runs on the member's own runtime and the Raft node on its
 //! own thread, so [`Member::kill`] ends all of them at once (sockets close, only
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 mod bootstrap;
 mod discovery;
+mod heap;
 mod lifecycle;
 mod listen;
 mod restore;
@@ -456,6 +458,7 @@ impl Member {
             election_ticks,
             shutdown.clone(),
         ));
+        runtime.spawn(heap::release_when_quiet(core.clone(), shutdown.clone()));
         runtime.spawn(follow_membership(
             peers.clone(),
             membership_rx,
