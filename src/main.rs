@@ -78,6 +78,13 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(member_main(std::env::args().skip(1).collect()) as u8);
     }
+    // A member takes etcd's flags, which clap passes through untouched; going
+    // straight to them spares a long-running member the building of every
+    // subcommand's parser, code it would keep mapped for nothing.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("member") {
+        return ExitCode::from(member_main(args.collect()) as u8);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Member { args } => member_main(args),

@@ -451,6 +451,24 @@ fn a_bad_flag_value_is_refused_in_one_line() {
 }
 
 #[test]
+fn member_help_and_version_are_etcds() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = member_once(dir.path(), &["--help"], Duration::from_secs(20));
+    assert_eq!(help.code, Some(0), "{help:#?}");
+    assert!(help.stdout.contains("--initial-cluster"), "{help:#?}");
+    let version = member_once(dir.path(), &["--version"], Duration::from_secs(20));
+    assert_eq!(version.code, Some(0), "{version:#?}");
+    assert!(
+        version.stdout.contains("etcd API Version: 3."),
+        "{version:#?}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "help or version created files"
+    );
+}
+
+#[test]
 fn a_taken_client_port_is_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
