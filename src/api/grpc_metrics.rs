@@ -12,25 +12,37 @@
 //! and with `--metrics extensive` each call's duration
 //! (`grpc_server_handling_seconds`).
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::Frame;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use crate::metrics::Metrics;
+
+/// How many distinct methods keep their counters cached; calls to paths
+/// beyond (made-up ones) are still counted, only without the cache.
+const MAX_CACHED_METHODS: usize = 256;
 
 /// The layer; wraps a service answering gRPC requests.
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    metrics: Metrics,
+    shared: Arc<Shared>,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(metrics: Metrics) -> Self {
-        GrpcMetricsLayer { metrics }
+        GrpcMetricsLayer {
+            shared: Arc::new(Shared {
+                metrics,
+                methods: RwLock::new(HashMap::new()),
+            }),
+        }
     }
 }
 
@@ -39,7 +51,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetricsService {
             inner,
-            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -48,28 +60,93 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetricsService<S> {
     inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What every call shares: the member's metrics and, per method path, its
+/// labelled counters, looked up once rather than at every call.
+struct Shared {
     metrics: Metrics,
+    methods: RwLock<HashMap<Box<str>, Arc<Method>>>,
 }
 
-/// The labels of one call.
-#[derive(Clone)]
-struct Call {
-    kind: &'static str,
-    service: String,
-    method: String,
-}
-
-impl Call {
-    fn from_path(path: &str) -> Option<Call> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        if service.is_empty() || method.is_empty() || method.contains('/') {
-            return None;
+impl Shared {
+    /// The counters of the method a request path names, if it names one.
+    fn method(&self, path: &str) -> Option<Arc<Method>> {
+        let (service, name) = split_path(path)?;
+        let cached = self
+            .methods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .cloned();
+        if cached.is_some() {
+            return cached;
         }
-        Some(Call {
-            kind: grpc_type(service, method),
-            service: service.to_owned(),
-            method: method.to_owned(),
-        })
+        let method = Arc::new(Method::new(&self.metrics, service, name));
+        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
+        if methods.len() >= MAX_CACHED_METHODS {
+            return Some(method);
+        }
+        Some(methods.entry(path.into()).or_insert(method).clone())
+    }
+}
+
+/// `/service/method` split in two, when the path has that shape.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    if service.is_empty() || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    Some((service, method))
+}
+
+/// One method's labels and counters.
+struct Method {
+    kind: &'static str,
+    service: Box<str>,
+    name: Box<str>,
+    /// `grpc_server_started_total`.
+    started: IntCounter,
+    /// `grpc_server_handled_total` by status code, each made when a call first
+    /// ends with that code (so /metrics shows only the codes seen, as before).
+    handled: [OnceLock<IntCounter>; 17],
+    handled_by_code: IntCounterVec,
+    /// `grpc_server_handling_seconds`, with `--metrics extensive`.
+    handling: Option<Histogram>,
+}
+
+impl Method {
+    fn new(metrics: &Metrics, service: &str, name: &str) -> Method {
+        let kind = grpc_type(service, name);
+        let labels = [kind, service, name];
+        Method {
+            kind,
+            service: service.into(),
+            name: name.into(),
+            started: metrics.grpc_started.with_label_values(&labels),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+            handled_by_code: metrics.grpc_handled.clone(),
+            handling: metrics
+                .grpc_handling
+                .as_ref()
+                .map(|h| h.with_label_values(&labels)),
+        }
+    }
+
+    /// Counts a call ended with this gRPC status code.
+    fn handled(&self, code: i32) {
+        let code = if (0..17).contains(&code) { code } else { 2 };
+        self.handled[code as usize]
+            .get_or_init(|| {
+                self.handled_by_code.with_label_values(&[
+                    self.kind,
+                    &self.service,
+                    &self.name,
+                    code_name(code),
+                ])
+            })
+            .inc();
     }
 }
 
@@ -130,9 +207,9 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let call = Call::from_path(req.uri().path());
-        let metrics = self.metrics.clone();
-        let req = if call.is_some() {
+        let method = self.shared.method(req.uri().path());
+        let metrics = &self.shared.metrics;
+        let req = if method.is_some() {
             let received = metrics.client_grpc_received.clone();
             req.map(|body| {
                 Body::new(CountedBody {
@@ -143,23 +220,19 @@ where
         } else {
             req
         };
-        if let Some(c) = &call {
-            metrics
-                .grpc_started
-                .with_label_values(&[c.kind, &c.service, &c.method])
-                .inc();
+        if let Some(m) = &method {
+            m.started.inc();
         }
+        let sent = metrics.client_grpc_sent.clone();
         let started = std::time::Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await?;
-            let Some(call) = call else {
+            let Some(method) = method else {
                 return Ok(response);
             };
-            let sent = metrics.client_grpc_sent.clone();
             let mut tracker = Tracker {
-                metrics,
-                call,
+                method,
                 started,
                 done: false,
             };
@@ -183,8 +256,7 @@ where
 
 /// Counts a call as handled exactly once.
 struct Tracker {
-    metrics: Metrics,
-    call: Call,
+    method: Arc<Method>,
     started: std::time::Instant,
     done: bool,
 }
@@ -195,14 +267,9 @@ impl Tracker {
             return;
         }
         self.done = true;
-        let c = &self.call;
-        self.metrics
-            .grpc_handled
-            .with_label_values(&[c.kind, &c.service, &c.method, code_name(code)])
-            .inc();
-        if let Some(h) = &self.metrics.grpc_handling {
-            h.with_label_values(&[c.kind, &c.service, &c.method])
-                .observe(self.started.elapsed().as_secs_f64());
+        self.method.handled(code);
+        if let Some(h) = &self.method.handling {
+            h.observe(self.started.elapsed().as_secs_f64());
         }
     }
 }
@@ -296,24 +363,59 @@ mod tests {
 
     #[test]
     fn calls_are_labelled_like_go_grpc_prometheus() {
-        let c = Call::from_path("/etcdserverpb.Watch/Watch").unwrap();
+        let shared = GrpcMetricsLayer::new(Metrics::new("3.4.0", false).unwrap()).shared;
+        let c = shared.method("/etcdserverpb.Watch/Watch").unwrap();
         assert_eq!(
-            (c.kind, c.service.as_str(), c.method.as_str()),
+            (c.kind, &*c.service, &*c.name),
             ("bidi_stream", "etcdserverpb.Watch", "Watch")
         );
-        assert_eq!(
-            Call::from_path("/etcdserverpb.KV/Range").unwrap().kind,
-            "unary"
-        );
-        assert_eq!(
-            Call::from_path("/etcdserverpb.Maintenance/Snapshot")
-                .unwrap()
-                .kind,
-            "server_stream"
-        );
-        assert!(Call::from_path("/health").is_none());
+        let kind = |path: &str| shared.method(path).unwrap().kind;
+        assert_eq!(kind("/etcdserverpb.KV/Range"), "unary");
+        assert_eq!(kind("/etcdserverpb.Maintenance/Snapshot"), "server_stream");
+        assert!(shared.method("/health").is_none());
+        assert!(shared.method("/a/b/c").is_none());
         assert_eq!(code_name(0), "OK");
         assert_eq!(code_name(1), "Canceled");
         assert_eq!(code_name(9), "FailedPrecondition");
+    }
+
+    #[test]
+    fn a_method_keeps_its_counters_and_counts_each_code_it_ends_with() {
+        let metrics = Metrics::new("3.4.0", true).unwrap();
+        let shared = GrpcMetricsLayer::new(metrics.clone()).shared;
+        let a = shared.method("/etcdserverpb.KV/Put").unwrap();
+        let b = shared.method("/etcdserverpb.KV/Put").unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "looked up once, then cached");
+        a.started.inc();
+        a.handled(0);
+        b.handled(0);
+        b.handled(14);
+        b.handled(99);
+        let labels = ["unary", "etcdserverpb.KV", "Put"];
+        let handled = |code| {
+            metrics
+                .grpc_handled
+                .with_label_values(&[labels[0], labels[1], labels[2], code])
+                .get()
+        };
+        assert_eq!(metrics.grpc_started.with_label_values(&labels).get(), 1);
+        assert_eq!(handled("OK"), 2);
+        assert_eq!(handled("Unavailable"), 1);
+        assert_eq!(handled("Unknown"), 1, "codes beyond 16 are Unknown");
+    }
+
+    #[test]
+    fn made_up_paths_are_counted_but_not_cached_beyond_the_limit() {
+        let metrics = Metrics::new("3.4.0", false).unwrap();
+        let shared = GrpcMetricsLayer::new(metrics.clone()).shared;
+        for i in 0..MAX_CACHED_METHODS + 10 {
+            shared.method(&format!("/x.Y/M{i}")).unwrap().started.inc();
+        }
+        assert_eq!(shared.methods.read().unwrap().len(), MAX_CACHED_METHODS);
+        let last = format!("M{}", MAX_CACHED_METHODS + 9);
+        let count = metrics
+            .grpc_started
+            .with_label_values(&["unary", "x.Y", &last]);
+        assert_eq!(count.get(), 1);
     }
 }
