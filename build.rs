@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&root])?;
     let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
