@@ -704,11 +704,11 @@ mod tests {
                 let message = e.to_string();
                 let path = file.path().display().to_string();
                 prop_assert!(message.contains(&path), "{message:?} does not name {path}");
-                // Lines as YAML counts them: a lone CR breaks a line too.
+                // Lines as YAML 1.1 counts them: a lone CR breaks a line too,
+                // and so do NEL, LS and PS.
                 let yaml_lines = text
                     .replace("\r\n", "\n")
-                    .replace('\r', "\n")
-                    .split('\n')
+                    .split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
                     .count();
                 for line in lines_named(&message) {
                     prop_assert!(
