@@ -136,14 +136,18 @@ impl Method {
 
     /// Counts a call ended with this gRPC status code.
     fn handled(&self, code: i32) {
-        let code = if (0..17).contains(&code) { code } else { 2 };
-        self.handled[code as usize]
+        // Codes past the known ones are `Unknown`, as `code_name` says.
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|&c| c < self.handled.len())
+            .unwrap_or(2);
+        self.handled[code]
             .get_or_init(|| {
                 self.handled_by_code.with_label_values(&[
                     self.kind,
                     &self.service,
                     &self.name,
-                    code_name(code),
+                    code_name(code as i32),
                 ])
             })
             .inc();

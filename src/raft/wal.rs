@@ -615,9 +615,7 @@ fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, DataFileError> {
         if rest.len() < end {
             break End::Torn; // A record cut short.
         }
-        let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
-        let ended = v1 || rest[end - 1] == END;
-        if xxh3_64(payload) != checksum || !ended {
+        if !intact(&rest[..end], len, checksum, trailer) {
             // The last write, with a sector that never made it: its last
             // one (which holds the `end` byte) or any whole one.
             let last_sector = ((at + end - 1) / SECTOR * SECTOR).max(at) - at;
@@ -627,6 +625,7 @@ fn decode_segment(path: &Path, bytes: &[u8]) -> Result<Segment, DataFileError> {
             }
             return Err(corrupt(at, "a record that fails its checksum"));
         }
+        let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
         let record = decode_payload(payload).map_err(|e| corrupt(at, &e))?;
         if records.is_empty() && !matches!(record, Record::Checkpoint { .. }) {
             return Err(corrupt(
@@ -674,13 +673,17 @@ fn holds_record(bytes: &[u8], from: usize, trailer: usize) -> bool {
         let Header::Valid { len, checksum } = read_header(&bytes[at..at + RECORD_HEADER]) else {
             return false;
         };
-        let payload = at + RECORD_HEADER;
-        let end = payload + len + trailer;
-        len > 0
-            && end <= bytes.len()
-            && (trailer == 0 || bytes[end - 1] == END)
-            && xxh3_64(&bytes[payload..payload + len]) == checksum
+        let end = at + RECORD_HEADER + len + trailer;
+        len > 0 && end <= bytes.len() && intact(&bytes[at..end], len, checksum, trailer)
     })
+}
+
+/// Whether `record` (header, payload and `trailer` end byte), whose header
+/// passed its check with `len` and `checksum`, holds the payload it names
+/// and ends in [`END`] (in the current format).
+fn intact(record: &[u8], len: usize, checksum: u64, trailer: usize) -> bool {
+    (trailer == 0 || record[RECORD_HEADER + len] == END)
+        && xxh3_64(&record[RECORD_HEADER..RECORD_HEADER + len]) == checksum
 }
 
 /// Whether some sector-aligned 512 bytes of `record` (which starts at file
