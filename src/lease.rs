@@ -5,8 +5,18 @@
 //! with the key-value data (so it travels in snapshots). Deadlines are not
 //! replicated: each member sets `deadline = now + ttl` when it applies a grant or
 //! a keep-alive, and a member that becomes leader extends every deadline by a full
-//! TTL (etcd's "promote"), so a leader change never expires a lease early. Only the
-//! leader revokes expired leases, by proposing a revoke like any client would.
+//! TTL (etcd's "promote"), so a leader change never expires a lease early.
+//!
+//! Only the leader revokes expired leases, by proposing an *expiry*: a revoke
+//! that names the log index of the renewal whose deadline the leader saw pass
+//! ([`Lease::renewed`]). Between that look and the expiry's place in the log, a
+//! keep-alive may still be committed, applied and acknowledged (it was already
+//! in flight, or a follower applied it first). Every member therefore applies
+//! an expiry only if the lease was not renewed at a later index, so an
+//! acknowledged keep-alive always buys its client a full TTL. The renewal index
+//! is replicated state: it is set by the entries themselves and stored beside
+//! the lease (see `apply`), so a member that restarts in between decides the
+//! same way as the others.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +30,10 @@ pub struct Lease {
     /// Seconds, as granted.
     pub ttl: i64,
     pub deadline: Instant,
+    /// Log index of the grant or keep-alive that last renewed the lease (0 when
+    /// unknown: a lease stored before renewal indexes were kept, never renewed
+    /// since). The same on every member at the same applied index.
+    pub renewed: u64,
 }
 
 impl Lease {
@@ -39,13 +53,19 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
-    /// Rebuilds the table from its stored records; every lease gets a full TTL.
-    pub fn from_records(records: &LeaseRecords, now: Instant) -> Self {
+    /// Rebuilds the table from its stored records and each lease's stored
+    /// renewal index (`renewed`, 0 when none is stored); every lease gets a
+    /// full TTL.
+    pub fn from_records<E>(
+        records: &LeaseRecords,
+        mut renewed: impl FnMut(i64) -> Result<u64, E>,
+        now: Instant,
+    ) -> Result<Self, E> {
         let mut t = LeaseTable::default();
         for r in &records.leases {
-            t.grant(r.id, r.ttl, now);
+            t.grant(r.id, r.ttl, now, renewed(r.id)?);
         }
-        t
+        Ok(t)
     }
 
     /// The records to store.
@@ -74,10 +94,18 @@ impl LeaseTable {
         self.leases.keys().copied().collect()
     }
 
-    /// Adds a lease expiring `ttl` seconds from `now`.
-    pub fn grant(&mut self, id: i64, ttl: i64, now: Instant) {
+    /// Adds a lease expiring `ttl` seconds from `now`, granted at log index `index`.
+    pub fn grant(&mut self, id: i64, ttl: i64, now: Instant, index: u64) {
         let deadline = now + Duration::from_secs(ttl.max(0) as u64);
-        self.leases.insert(id, Lease { id, ttl, deadline });
+        self.leases.insert(
+            id,
+            Lease {
+                id,
+                ttl,
+                deadline,
+                renewed: index,
+            },
+        );
     }
 
     /// Removes a lease; false if it did not exist.
@@ -85,11 +113,27 @@ impl LeaseTable {
         self.leases.remove(&id).is_some()
     }
 
-    /// Renews a lease for a full TTL; returns the TTL, or None if unknown.
-    pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
+    /// Renews a lease for a full TTL by the keep-alive at log index `index`;
+    /// returns the TTL, or None if unknown.
+    pub fn renew(&mut self, id: i64, now: Instant, index: u64) -> Option<i64> {
         let l = self.leases.get_mut(&id)?;
         l.deadline = now + Duration::from_secs(l.ttl.max(0) as u64);
+        l.renewed = index;
         Some(l.ttl)
+    }
+
+    /// Applies the leader's expiry of lease `id`, decided on the deadline set
+    /// by the renewal at `renewed_index`: removes the lease unless a later
+    /// entry renewed it.
+    pub fn expire(&mut self, id: i64, renewed_index: u64) -> Expiry {
+        match self.leases.get(&id) {
+            None => Expiry::NotFound,
+            Some(l) if l.renewed > renewed_index => Expiry::Renewed,
+            Some(_) => {
+                self.leases.remove(&id);
+                Expiry::Revoked
+            }
+        }
     }
 
     /// Gives every lease a full TTL from `now` (on becoming leader).
@@ -99,14 +143,26 @@ impl LeaseTable {
         }
     }
 
-    /// Leases whose deadline has passed.
-    pub fn expired(&self, now: Instant) -> Vec<i64> {
+    /// Leases whose deadline has passed, each with the index of the renewal
+    /// that set that deadline (what an expiry names).
+    pub fn expired(&self, now: Instant) -> Vec<(i64, u64)> {
         self.leases
             .values()
             .filter(|l| l.deadline <= now)
-            .map(|l| l.id)
+            .map(|l| (l.id, l.renewed))
             .collect()
     }
+}
+
+/// What applying an expiry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The lease is gone: its keys must be deleted.
+    Revoked,
+    /// A keep-alive applied after the leader's look renewed it: kept.
+    Renewed,
+    /// No such lease (already revoked).
+    NotFound,
 }
 
 #[cfg(test)]
@@ -117,18 +173,42 @@ mod tests {
     fn a_lease_expires_after_its_ttl_unless_renewed() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
-        t.grant(1, 5, t0);
+        t.grant(1, 5, t0, 10);
         assert!(t.expired(t0 + Duration::from_secs(4)).is_empty());
-        assert_eq!(t.renew(1, t0 + Duration::from_secs(4)), Some(5));
+        assert_eq!(t.renew(1, t0 + Duration::from_secs(4), 12), Some(5));
         assert!(t.expired(t0 + Duration::from_secs(8)).is_empty());
-        assert_eq!(t.expired(t0 + Duration::from_secs(9)), vec![1]);
+        assert_eq!(t.expired(t0 + Duration::from_secs(9)), vec![(1, 12)]);
+    }
+
+    #[test]
+    fn an_expiry_is_dropped_when_a_later_keep_alive_renewed_the_lease() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.grant(1, 5, t0, 10);
+        // The leader saw the deadline of the grant (index 10) pass, but a
+        // keep-alive at index 14 was ordered before its expiry.
+        assert_eq!(t.renew(1, t0, 14), Some(5));
+        assert_eq!(t.expire(1, 10), Expiry::Renewed);
+        assert!(t.contains(1));
+        // Expired on the deadline of that keep-alive: gone.
+        assert_eq!(t.expire(1, 14), Expiry::Revoked);
+        assert!(!t.contains(1));
+        assert_eq!(t.expire(1, 14), Expiry::NotFound);
+    }
+
+    #[test]
+    fn a_lease_with_no_stored_renewal_index_expires_on_any_expiry() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        t.grant(1, 5, t0, 0);
+        assert_eq!(t.expire(1, 7), Expiry::Revoked);
     }
 
     #[test]
     fn remaining_time_rounds_up_and_is_minus_one_when_expired() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
-        t.grant(7, 10, t0);
+        t.grant(7, 10, t0, 1);
         let l = t.get(7).unwrap();
         assert_eq!(l.remaining_secs(t0 + Duration::from_millis(500)), 10);
         assert_eq!(l.remaining_secs(t0 + Duration::from_secs(11)), -1);
@@ -138,10 +218,13 @@ mod tests {
     fn records_round_trip() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
-        t.grant(1, 5, t0);
-        t.grant(2, 60, t0);
-        let back = LeaseTable::from_records(&t.records(), t0);
+        t.grant(1, 5, t0, 3);
+        t.grant(2, 60, t0, 4);
+        let renewed = |id: i64| Ok::<_, ()>(if id == 2 { 9 } else { 0 });
+        let back = LeaseTable::from_records(&t.records(), renewed, t0).unwrap();
         assert_eq!(back.ids(), vec![1, 2]);
         assert_eq!(back.get(2).unwrap().ttl, 60);
+        assert_eq!(back.get(2).unwrap().renewed, 9);
+        assert_eq!(back.get(1).unwrap().renewed, 0);
     }
 }

@@ -25,6 +25,7 @@ use crate::pb::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::pb::lcraftpb::request::Op;
+use crate::pb::lcraftpb::LeaseExpireRequest;
 
 /// etcd's largest lease TTL, in seconds.
 const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -220,8 +221,9 @@ fn leased_keys(core: &Core, id: i64) -> Result<Vec<Vec<u8>>, Status> {
         .collect())
 }
 
-/// On the leader: revokes expired leases; on becoming leader, gives every lease
-/// a full TTL first. Runs until `shutdown`.
+/// On the leader: proposes the expiry of expired leases (each member drops it if
+/// a keep-alive ordered before it renewed the lease, see [`crate::lease`]); on
+/// becoming leader, gives every lease a full TTL first. Runs until `shutdown`.
 pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
     let mut was_leader = false;
     loop {
@@ -244,10 +246,10 @@ pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::Cancella
             .lock()
             .map(|t| t.expired(Instant::now()))
             .unwrap_or_default();
-        for id in expired {
+        for (id, renewed_index) in expired {
             tracing::debug!(lease = %format!("{id:x}"), "revoking expired lease");
             let _ = core
-                .propose(Op::LeaseRevoke(LeaseRevokeRequest { id }))
+                .propose(Op::LeaseExpire(LeaseExpireRequest { id, renewed_index }))
                 .await;
         }
     }

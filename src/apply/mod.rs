@@ -39,7 +39,7 @@ use raft_proto::ConfChangeI;
 use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Auth, AuthApplied, AuthError};
-use crate::lease::LeaseTable;
+use crate::lease::{Expiry, LeaseTable};
 use crate::mvcc::{self, MvccError, Store};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseKeepAliveResponse};
@@ -59,6 +59,13 @@ const META_MEMBERSHIP: &str = "membership";
 const META_LEASES: &str = "leases";
 const META_ALARMS: &str = "alarms";
 const META_AUTH: &str = "auth";
+
+/// The meta key of lease `id`'s renewal index: the log index of the grant or
+/// keep-alive that last renewed it (8 bytes, big-endian). Kept apart from the
+/// lease records so that a keep-alive writes one small value, not every lease.
+fn meta_lease_renewed(id: i64) -> String {
+    format!("lease_renewed/{id:016x}")
+}
 
 /// The current cluster version this implementation announces.
 pub const CLUSTER_VERSION: &str = "3.5.0";
@@ -216,7 +223,18 @@ impl Stored {
             applied,
             applied_term,
             membership,
-            leases: LeaseTable::from_records(&leases, std::time::Instant::now()),
+            leases: LeaseTable::from_records(
+                &leases,
+                |id| {
+                    Ok::<_, RaftError>(
+                        match view.meta(&meta_lease_renewed(id)).map_err(apply_err)? {
+                            Some(b) if b.len() == 8 => be_u64(&b),
+                            _ => 0,
+                        },
+                    )
+                },
+                std::time::Instant::now(),
+            )?,
             alarms,
             auth,
         })
@@ -347,6 +365,7 @@ impl Applier {
     fn apply_request(
         &mut self,
         batch: &mut mvcc::Writer<'_>,
+        index: u64,
         req: Request,
         events: &mut Vec<mvcc::Event>,
     ) -> Result<ApplyResult, RaftError> {
@@ -424,10 +443,11 @@ impl Applier {
                 if leases.contains(g.id) {
                     Err(ApplyError::LeaseExists)
                 } else {
-                    leases.grant(g.id, g.ttl, std::time::Instant::now());
+                    leases.grant(g.id, g.ttl, std::time::Instant::now(), index);
                     batch
                         .set_meta(META_LEASES, &leases.records().encode_to_vec())
                         .map_err(apply_err)?;
+                    set_renewed(batch, g.id, index)?;
                     let resp = LeaseGrantResponse {
                         header: None,
                         id: g.id,
@@ -441,24 +461,23 @@ impl Applier {
                 if !leases.revoke(r.id) {
                     Err(ApplyError::LeaseNotFound)
                 } else {
-                    batch
-                        .set_meta(META_LEASES, &leases.records().encode_to_vec())
-                        .map_err(apply_err)?;
-                    // Delete every key attached to the lease, in one revision.
-                    let mut rt = batch.txn().map_err(apply_err)?;
-                    let deleted = txn::delete_leased(&mut rt, r.id);
-                    let (rev, evs) = rt.end();
-                    events.extend(evs);
-                    deleted.map(|_| {
-                        (
-                            Applied::LeaseRevoke(LeaseRevokeResponse { header: None }),
-                            rev,
-                        )
-                    })
+                    revoked(batch, &leases, r.id, events)?
                 }
             }
-            Op::LeaseKeepAlive(k) => match leases.renew(k.id, std::time::Instant::now()) {
+            Op::LeaseExpire(x) => match leases.expire(x.id, x.renewed_index) {
+                Expiry::Revoked => revoked(batch, &leases, x.id, events)?,
+                Expiry::Renewed => {
+                    tracing::debug!(
+                        lease = %format!("{:x}", x.id),
+                        "lease renewed after the leader found it expired: kept"
+                    );
+                    Ok((Applied::Done, self.store_rev(batch)))
+                }
+                Expiry::NotFound => Err(ApplyError::LeaseNotFound),
+            },
+            Op::LeaseKeepAlive(k) => match leases.renew(k.id, std::time::Instant::now(), index) {
                 Some(ttl) => {
+                    set_renewed(batch, k.id, index)?;
                     let resp = LeaseKeepAliveResponse {
                         header: None,
                         id: k.id,
@@ -588,7 +607,7 @@ impl StateMachine for Applier {
                     let id = req.id;
                     let is_member_op =
                         matches!(req.op, Some(Op::Publish(_)) | Some(Op::ClusterVersion(_)));
-                    let res = self.apply_request(&mut batch, req, &mut events)?;
+                    let res = self.apply_request(&mut batch, e.index, req, &mut events)?;
                     membership_changed |= is_member_op;
                     if self.waiters.is_waiting(id) {
                         results.push((id, res));
@@ -747,6 +766,39 @@ impl SnapshotSource for StoreSnapshots {
     }
 }
 
+/// Stores lease `id`'s renewal index.
+fn set_renewed(batch: &mut mvcc::Writer<'_>, id: i64, index: u64) -> Result<(), RaftError> {
+    batch
+        .set_meta(&meta_lease_renewed(id), &index.to_be_bytes())
+        .map_err(apply_err)
+}
+
+/// After lease `id` left `leases`: stores the lease records without it and
+/// deletes its keys, in one revision.
+fn revoked(
+    batch: &mut mvcc::Writer<'_>,
+    leases: &LeaseTable,
+    id: i64,
+    events: &mut Vec<mvcc::Event>,
+) -> Result<ApplyResult, RaftError> {
+    batch
+        .set_meta(META_LEASES, &leases.records().encode_to_vec())
+        .map_err(apply_err)?;
+    batch
+        .delete_meta(&meta_lease_renewed(id))
+        .map_err(apply_err)?;
+    let mut rt = batch.txn().map_err(apply_err)?;
+    let deleted = txn::delete_leased(&mut rt, id);
+    let (rev, evs) = rt.end();
+    events.extend(evs);
+    Ok(deleted.map(|_| {
+        (
+            Applied::LeaseRevoke(LeaseRevokeResponse { header: None }),
+            rev,
+        )
+    }))
+}
+
 fn apply_err(e: MvccError) -> RaftError {
     RaftError::Apply(e.to_string())
 }
@@ -803,6 +855,99 @@ mod tests {
             unreachable!("no configuration change is applied here")
         };
         applier.apply(entries, &mut no_conf).unwrap();
+    }
+
+    fn entry(index: u64, op: Op) -> Entry {
+        let request = Request {
+            id: index,
+            op: Some(op),
+            auth_info: None,
+        };
+        Entry {
+            index,
+            term: 1,
+            data: request.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn lease_entries(grant: u64, keep_alive: u64) -> Vec<Entry> {
+        use crate::pb::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+        vec![
+            entry(grant, Op::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 7 })),
+            entry(
+                grant + 1,
+                Op::Put(PutRequest {
+                    key: b"leased".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 7,
+                    ..Default::default()
+                }),
+            ),
+            entry(
+                keep_alive,
+                Op::LeaseKeepAlive(LeaseKeepAliveRequest { id: 7 }),
+            ),
+        ]
+    }
+
+    fn expire(index: u64, renewed_index: u64) -> Entry {
+        entry(
+            index,
+            Op::LeaseExpire(crate::pb::lcraftpb::LeaseExpireRequest {
+                id: 7,
+                renewed_index,
+            }),
+        )
+    }
+
+    fn has_lease_and_key(a: &Applier) -> (bool, bool) {
+        let lease = a.leases().lock().unwrap().contains(7);
+        let key = a
+            .store
+            .read()
+            .unwrap()
+            .range(b"leased", b"", &Default::default())
+            .unwrap()
+            .count
+            > 0;
+        (lease, key)
+    }
+
+    #[test]
+    fn an_expiry_decided_before_a_keep_alive_it_follows_in_the_log_keeps_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path(), BackendBatch::default());
+        // Granted at 1, renewed at 3; the leader looked at the grant's deadline.
+        apply(&mut a, lease_entries(1, 3));
+        apply(&mut a, vec![expire(4, 1)]);
+        assert_eq!(has_lease_and_key(&a), (true, true));
+        // Expired on the deadline of the keep-alive at 3: revoked with its key.
+        apply(&mut a, vec![expire(5, 3)]);
+        assert_eq!(has_lease_and_key(&a), (false, false));
+    }
+
+    #[test]
+    fn a_restarted_member_decides_an_expiry_as_the_others_do() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut a = applier(dir.path(), BackendBatch::default());
+            apply(&mut a, lease_entries(1, 3));
+            a.flush(true).unwrap();
+        }
+        // Restarted after the keep-alive: the renewal index came back from disk.
+        let mut a = applier(dir.path(), BackendBatch::default());
+        assert_eq!(a.leases().lock().unwrap().get(7).unwrap().renewed, 3);
+        apply(&mut a, vec![expire(4, 1)]);
+        assert_eq!(has_lease_and_key(&a), (true, true));
+        apply(&mut a, vec![expire(5, 3)]);
+        assert_eq!(has_lease_and_key(&a), (false, false));
+        a.flush(true).unwrap();
+        drop(a);
+        // The stored renewal index went with the lease.
+        let a = applier(dir.path(), BackendBatch::default());
+        let view = a.store.read().unwrap();
+        assert_eq!(view.meta(&meta_lease_renewed(7)).unwrap(), None);
     }
 
     #[test]
