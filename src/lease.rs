@@ -7,16 +7,18 @@
 //! a keep-alive, and a member that becomes leader extends every deadline by a full
 //! TTL (etcd's "promote"), so a leader change never expires a lease early.
 //!
-//! Only the leader revokes expired leases, by proposing an *expiry*: a revoke
-//! that names the log index of the renewal whose deadline the leader saw pass
-//! ([`Lease::renewed`]). Between that look and the expiry's place in the log, a
-//! keep-alive may still be committed, applied and acknowledged (it was already
-//! in flight, or a follower applied it first). Every member therefore applies
-//! an expiry only if the lease was not renewed at a later index, so an
-//! acknowledged keep-alive always buys its client a full TTL. The renewal index
-//! is replicated state: it is set by the entries themselves and stored beside
-//! the lease (see `apply`), so a member that restarts in between decides the
-//! same way as the others.
+//! Only the leader revokes expired leases, by proposing an *expiry* that names
+//! the log index the leader had applied when it found the lease expired
+//! ([`LeaseTable::checked_index`]). Between that look and the expiry's place in
+//! the log, a keep-alive may still be committed, applied and acknowledged (it
+//! was already in flight, or a follower applied it first). Every member
+//! therefore applies an expiry only if the lease was not renewed past the
+//! checked index, so a keep-alive ordered before the expiry is never undone by
+//! it. The index of each lease's last renewal ([`Lease::renewed`]) is
+//! replicated state: set by the entries themselves and stored beside the lease
+//! (see `apply`), so a member that restarts in between decides as the others
+//! do. Renewals applied by a version that did not store the index read back as
+//! 0, below any checked index, as they are on the members that stored it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,22 +52,40 @@ impl Lease {
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     leases: BTreeMap<i64, Lease>,
+    /// The log index of the last entry applied to the table: every renewal
+    /// the deadlines reflect is at or below it.
+    applied: u64,
 }
 
 impl LeaseTable {
-    /// Rebuilds the table from its stored records and each lease's stored
-    /// renewal index (`renewed`, 0 when none is stored); every lease gets a
-    /// full TTL.
+    /// Rebuilds the table, as of applied index `applied`, from its stored
+    /// records and each lease's stored renewal index (`renewed`, 0 when none
+    /// is stored); every lease gets a full TTL.
     pub fn from_records<E>(
         records: &LeaseRecords,
         mut renewed: impl FnMut(i64) -> Result<u64, E>,
+        applied: u64,
         now: Instant,
     ) -> Result<Self, E> {
-        let mut t = LeaseTable::default();
+        let mut t = LeaseTable {
+            applied,
+            ..LeaseTable::default()
+        };
         for r in &records.leases {
             t.grant(r.id, r.ttl, now, renewed(r.id)?);
         }
         Ok(t)
+    }
+
+    /// Notes that the entry at log index `index` is being applied.
+    pub fn applying(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// The index an expiry decided now names: every renewal reflected in the
+    /// deadlines is at or below it, every later one above.
+    pub fn checked_index(&self) -> u64 {
+        self.applied
     }
 
     /// The records to store.
@@ -122,13 +142,13 @@ impl LeaseTable {
         Some(l.ttl)
     }
 
-    /// Applies the leader's expiry of lease `id`, decided on the deadline set
-    /// by the renewal at `renewed_index`: removes the lease unless a later
-    /// entry renewed it.
-    pub fn expire(&mut self, id: i64, renewed_index: u64) -> Expiry {
+    /// Applies the leader's expiry of lease `id`, decided when it had applied
+    /// the log up to `checked_index`: removes the lease unless an entry past
+    /// that index renewed it.
+    pub fn expire(&mut self, id: i64, checked_index: u64) -> Expiry {
         match self.leases.get(&id) {
             None => Expiry::NotFound,
-            Some(l) if l.renewed > renewed_index => Expiry::Renewed,
+            Some(l) if l.renewed > checked_index => Expiry::Renewed,
             Some(_) => {
                 self.leases.remove(&id);
                 Expiry::Revoked
@@ -143,13 +163,12 @@ impl LeaseTable {
         }
     }
 
-    /// Leases whose deadline has passed, each with the index of the renewal
-    /// that set that deadline (what an expiry names).
-    pub fn expired(&self, now: Instant) -> Vec<(i64, u64)> {
+    /// Leases whose deadline has passed.
+    pub fn expired(&self, now: Instant) -> Vec<i64> {
         self.leases
             .values()
             .filter(|l| l.deadline <= now)
-            .map(|l| (l.id, l.renewed))
+            .map(|l| l.id)
             .collect()
     }
 }
@@ -159,7 +178,7 @@ impl LeaseTable {
 pub enum Expiry {
     /// The lease is gone: its keys must be deleted.
     Revoked,
-    /// A keep-alive applied after the leader's look renewed it: kept.
+    /// A keep-alive past the checked index renewed it: kept.
     Renewed,
     /// No such lease (already revoked).
     NotFound,
@@ -177,7 +196,7 @@ mod tests {
         assert!(t.expired(t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(t.renew(1, t0 + Duration::from_secs(4), 12), Some(5));
         assert!(t.expired(t0 + Duration::from_secs(8)).is_empty());
-        assert_eq!(t.expired(t0 + Duration::from_secs(9)), vec![(1, 12)]);
+        assert_eq!(t.expired(t0 + Duration::from_secs(9)), vec![1]);
     }
 
     #[test]
@@ -185,23 +204,37 @@ mod tests {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
         t.grant(1, 5, t0, 10);
-        // The leader saw the deadline of the grant (index 10) pass, but a
-        // keep-alive at index 14 was ordered before its expiry.
+        // The leader saw the deadline of the grant pass with the log applied
+        // up to 12, but a keep-alive at index 14 was ordered before its expiry.
         assert_eq!(t.renew(1, t0, 14), Some(5));
-        assert_eq!(t.expire(1, 10), Expiry::Renewed);
+        assert_eq!(t.expire(1, 12), Expiry::Renewed);
         assert!(t.contains(1));
-        // Expired on the deadline of that keep-alive: gone.
+        // Expired once the leader had applied that keep-alive: gone.
         assert_eq!(t.expire(1, 14), Expiry::Revoked);
         assert!(!t.contains(1));
         assert_eq!(t.expire(1, 14), Expiry::NotFound);
     }
 
     #[test]
-    fn a_lease_with_no_stored_renewal_index_expires_on_any_expiry() {
+    fn members_that_did_and_did_not_store_a_renewal_agree_on_an_expiry() {
+        // A keep-alive at 5 was applied by a version that stored no renewal
+        // index on one member (0 after its restart) and by this one on another.
         let t0 = Instant::now();
+        let (mut stored, mut unstored) = (LeaseTable::default(), LeaseTable::default());
+        stored.grant(1, 5, t0, 5);
+        unstored.grant(1, 5, t0, 0);
+        // The leader had applied 5 before it looked: both revoke.
+        assert_eq!(stored.expire(1, 7), Expiry::Revoked);
+        assert_eq!(unstored.expire(1, 7), Expiry::Revoked);
+    }
+
+    #[test]
+    fn the_checked_index_is_the_last_entry_applied() {
         let mut t = LeaseTable::default();
-        t.grant(1, 5, t0, 0);
-        assert_eq!(t.expire(1, 7), Expiry::Revoked);
+        t.applying(4);
+        t.grant(1, 5, Instant::now(), 4);
+        t.applying(9);
+        assert_eq!(t.checked_index(), 9);
     }
 
     #[test]
@@ -221,7 +254,8 @@ mod tests {
         t.grant(1, 5, t0, 3);
         t.grant(2, 60, t0, 4);
         let renewed = |id: i64| Ok::<_, ()>(if id == 2 { 9 } else { 0 });
-        let back = LeaseTable::from_records(&t.records(), renewed, t0).unwrap();
+        let back = LeaseTable::from_records(&t.records(), renewed, 11, t0).unwrap();
+        assert_eq!(back.checked_index(), 11);
         assert_eq!(back.ids(), vec![1, 2]);
         assert_eq!(back.get(2).unwrap().ttl, 60);
         assert_eq!(back.get(2).unwrap().renewed, 9);

@@ -44,12 +44,27 @@ impl LeaseService {
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 /// Renews one lease through Raft; a TTL of 0 means the lease is gone.
+///
+/// This member answers once it has applied the keep-alive, which on a lagging
+/// follower may be well after the leader renewed the lease from that entry.
+/// All that is certain is that the renewal came after the request arrived, so
+/// the TTL answered is what is left of a full TTL counted from then (whole
+/// seconds, rounded up, at least 1: the same full TTL etcd answers unless
+/// this member lagged), and 0 if an expiry applied in the same batch already
+/// took the lease.
 async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    let received = Instant::now();
     match core
         .propose(Op::LeaseKeepAlive(LeaseKeepAliveRequest { id }))
         .await
     {
         Ok((Applied::LeaseKeepAlive(mut resp), rev)) => {
+            let alive = core.leases.lock().is_ok_and(|t| t.contains(id));
+            resp.ttl = if alive {
+                ttl_left(resp.ttl, received.elapsed())
+            } else {
+                0
+            };
             resp.header = core.header(rev);
             Ok(resp)
         }
@@ -64,6 +79,15 @@ async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse,
         }
         Err(s) => Err(s),
     }
+}
+
+/// Whole seconds left of a `ttl`-second lease renewed no earlier than
+/// `elapsed` ago: rounded up, and at least 1 (the lease is still there).
+fn ttl_left(ttl: i64, elapsed: std::time::Duration) -> i64 {
+    let left_ms = ttl
+        .saturating_mul(1000)
+        .saturating_sub(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+    (left_ms.saturating_add(999) / 1000).max(1)
 }
 
 #[tonic::async_trait]
@@ -241,16 +265,40 @@ pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::Cancella
         if !is_leader {
             continue;
         }
-        let expired = core
+        let (expired, checked_index) = core
             .leases
             .lock()
-            .map(|t| t.expired(Instant::now()))
+            .map(|t| (t.expired(Instant::now()), t.checked_index()))
             .unwrap_or_default();
-        for (id, renewed_index) in expired {
+        for id in expired {
             tracing::debug!(lease = %format!("{id:x}"), "revoking expired lease");
             let _ = core
-                .propose(Op::LeaseExpire(LeaseExpireRequest { id, renewed_index }))
+                .propose(Op::LeaseExpire(LeaseExpireRequest { id, checked_index }))
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_keep_alive_answered_at_once_reports_the_full_ttl() {
+        assert_eq!(ttl_left(5, Duration::from_millis(3)), 5);
+        assert_eq!(ttl_left(5, Duration::ZERO), 5);
+    }
+
+    #[test]
+    fn a_keep_alive_answered_late_reports_what_is_left_of_the_ttl() {
+        assert_eq!(ttl_left(5, Duration::from_millis(1500)), 4);
+        assert_eq!(ttl_left(5, Duration::from_secs(4)), 1);
+        assert_eq!(
+            ttl_left(5, Duration::from_secs(9)),
+            1,
+            "never 0: it is there"
+        );
+        assert_eq!(ttl_left(i64::MAX, Duration::ZERO), i64::MAX / 1000);
     }
 }

@@ -233,6 +233,7 @@ impl Stored {
                         },
                     )
                 },
+                applied,
                 std::time::Instant::now(),
             )?,
             alarms,
@@ -373,6 +374,7 @@ impl Applier {
         let mut leases = leases_handle
             .lock()
             .map_err(|_| RaftError::Apply("lease table poisoned".into()))?;
+        leases.applying(index);
         let Some(op) = req.op else {
             return Ok(Ok((Applied::Done, self.store_rev(batch))));
         };
@@ -464,12 +466,12 @@ impl Applier {
                     revoked(batch, &leases, r.id, events)?
                 }
             }
-            Op::LeaseExpire(x) => match leases.expire(x.id, x.renewed_index) {
+            Op::LeaseExpire(x) => match leases.expire(x.id, x.checked_index) {
                 Expiry::Revoked => revoked(batch, &leases, x.id, events)?,
                 Expiry::Renewed => {
                     tracing::debug!(
                         lease = %format!("{:x}", x.id),
-                        "lease renewed after the leader found it expired: kept"
+                        "lease renewed past the index the leader found it expired at: kept"
                     );
                     Ok((Applied::Done, self.store_rev(batch)))
                 }
@@ -891,12 +893,12 @@ mod tests {
         ]
     }
 
-    fn expire(index: u64, renewed_index: u64) -> Entry {
+    fn expire(index: u64, checked_index: u64) -> Entry {
         entry(
             index,
             Op::LeaseExpire(crate::pb::lcraftpb::LeaseExpireRequest {
                 id: 7,
-                renewed_index,
+                checked_index,
             }),
         )
     }
@@ -918,11 +920,11 @@ mod tests {
     fn an_expiry_decided_before_a_keep_alive_it_follows_in_the_log_keeps_the_lease() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path(), BackendBatch::default());
-        // Granted at 1, renewed at 3; the leader looked at the grant's deadline.
+        // Granted at 1, renewed at 3; the leader looked with 1 applied.
         apply(&mut a, lease_entries(1, 3));
         apply(&mut a, vec![expire(4, 1)]);
         assert_eq!(has_lease_and_key(&a), (true, true));
-        // Expired on the deadline of the keep-alive at 3: revoked with its key.
+        // Found expired with the keep-alive at 3 applied: revoked with its key.
         apply(&mut a, vec![expire(5, 3)]);
         assert_eq!(has_lease_and_key(&a), (false, false));
     }
@@ -948,6 +950,51 @@ mod tests {
         let a = applier(dir.path(), BackendBatch::default());
         let view = a.store.read().unwrap();
         assert_eq!(view.meta(&meta_lease_renewed(7)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_member_brought_up_by_a_snapshot_decides_an_expiry_as_the_others_do() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = applier(from.path(), BackendBatch::default());
+        apply(&mut leader, lease_entries(1, 3));
+        leader.flush(true).unwrap();
+        let snapshot = leader.snapshot_source().snapshot().unwrap();
+        let mut follower = applier(to.path(), BackendBatch::default());
+        follower.restore(&snapshot).unwrap();
+        let leases = follower.leases();
+        let lease = leases.lock().unwrap().get(7).cloned().unwrap();
+        assert_eq!(lease.renewed, 3);
+        assert_eq!(leases.lock().unwrap().checked_index(), 3);
+        apply(&mut follower, vec![expire(4, 2)]);
+        assert_eq!(has_lease_and_key(&follower), (true, true));
+    }
+
+    #[test]
+    fn a_lease_granted_again_under_the_same_id_outlives_an_old_expiry() {
+        use crate::pb::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path(), BackendBatch::default());
+        apply(&mut a, lease_entries(1, 3));
+        apply(
+            &mut a,
+            vec![
+                entry(4, Op::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+                entry(5, Op::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 7 })),
+            ],
+        );
+        a.flush(true).unwrap(); // meta is read from the last durable commit
+        assert_eq!(
+            a.store
+                .read()
+                .unwrap()
+                .meta(&meta_lease_renewed(7))
+                .unwrap(),
+            Some(5u64.to_be_bytes().to_vec()),
+            "the revoke dropped the old renewal, the grant stored its own"
+        );
+        // An expiry the leader decided before the revoke and the new grant.
+        apply(&mut a, vec![expire(6, 3)]);
+        assert!(a.leases().lock().unwrap().contains(7));
     }
 
     #[test]
