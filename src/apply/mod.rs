@@ -833,21 +833,12 @@ mod tests {
     fn puts(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
         indexes
             .map(|index| {
-                let request = Request {
-                    id: index,
-                    op: Some(Op::Put(PutRequest {
-                        key: format!("k{index}").into_bytes(),
-                        value: b"v".to_vec(),
-                        ..Default::default()
-                    })),
-                    auth_info: None,
-                };
-                Entry {
-                    index,
-                    term: 1,
-                    data: request.encode_to_vec().into(),
+                let put = PutRequest {
+                    key: format!("k{index}").into_bytes(),
+                    value: b"v".to_vec(),
                     ..Default::default()
-                }
+                };
+                entry(index, Op::Put(put))
             })
             .collect()
     }
@@ -859,6 +850,7 @@ mod tests {
         applier.apply(entries, &mut no_conf).unwrap();
     }
 
+    /// The log entry at `index` (term 1) of a request for `op`.
     fn entry(index: u64, op: Op) -> Entry {
         let request = Request {
             id: index,
@@ -920,13 +912,21 @@ mod tests {
     fn an_expiry_decided_before_a_keep_alive_it_follows_in_the_log_keeps_the_lease() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path(), BackendBatch::default());
-        // Granted at 1, renewed at 3; the leader looked with 1 applied.
         apply(&mut a, lease_entries(1, 3));
-        apply(&mut a, vec![expire(4, 1)]);
-        assert_eq!(has_lease_and_key(&a), (true, true));
-        // Found expired with the keep-alive at 3 applied: revoked with its key.
-        apply(&mut a, vec![expire(5, 3)]);
-        assert_eq!(has_lease_and_key(&a), (false, false));
+        expiries_keep_then_revoke(&mut a);
+    }
+
+    /// After [`lease_entries`]`(1, 3)`: an expiry checked at 1 keeps the lease
+    /// (the keep-alive at 3 is past it), one checked at 3 revokes it and its key.
+    fn expiries_keep_then_revoke(a: &mut Applier) {
+        apply(a, vec![expire(4, 1)]);
+        assert_eq!(has_lease_and_key(a), (true, true), "renewed past the check");
+        apply(a, vec![expire(5, 3)]);
+        assert_eq!(
+            has_lease_and_key(a),
+            (false, false),
+            "checked after renewal"
+        );
     }
 
     #[test]
@@ -940,10 +940,7 @@ mod tests {
         // Restarted after the keep-alive: the renewal index came back from disk.
         let mut a = applier(dir.path(), BackendBatch::default());
         assert_eq!(a.leases().lock().unwrap().get(7).unwrap().renewed, 3);
-        apply(&mut a, vec![expire(4, 1)]);
-        assert_eq!(has_lease_and_key(&a), (true, true));
-        apply(&mut a, vec![expire(5, 3)]);
-        assert_eq!(has_lease_and_key(&a), (false, false));
+        expiries_keep_then_revoke(&mut a);
         a.flush(true).unwrap();
         drop(a);
         // The stored renewal index went with the lease.
