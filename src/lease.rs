@@ -18,7 +18,9 @@
 //! replicated state: set by the entries themselves and stored beside the lease
 //! (see `apply`), so a member that restarts in between decides as the others
 //! do. Renewals applied by a version that did not store the index read back as
-//! 0, below any checked index, as they are on the members that stored it.
+//! 0; the leader decides only once it has applied every entry of earlier terms
+//! (see `api::lease::expire_leases`), so such renewals are at or below any
+//! checked index whether a member stored their index or not.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,7 +36,8 @@ pub struct Lease {
     pub deadline: Instant,
     /// Log index of the grant or keep-alive that last renewed the lease (0 when
     /// unknown: a lease stored before renewal indexes were kept, never renewed
-    /// since). The same on every member at the same applied index.
+    /// since). The same on every member at the same applied index, but for
+    /// renewals a previous version applied (see the module docs).
     pub renewed: u64,
 }
 

@@ -50,8 +50,8 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 /// All that is certain is that the renewal came after the request arrived, so
 /// the TTL answered is what is left of a full TTL counted from then (whole
 /// seconds, rounded up, at least 1: the same full TTL etcd answers unless
-/// this member lagged), and 0 if an expiry applied in the same batch already
-/// took the lease.
+/// this member lagged), and 0 if the lease is gone by the time it looks (an
+/// expiry or a revoke applied after the keep-alive).
 async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let received = Instant::now();
     match core
@@ -60,11 +60,7 @@ async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse,
     {
         Ok((Applied::LeaseKeepAlive(mut resp), rev)) => {
             let alive = core.leases.lock().is_ok_and(|t| t.contains(id));
-            resp.ttl = if alive {
-                ttl_left(resp.ttl, received.elapsed())
-            } else {
-                0
-            };
+            resp.ttl = answered_ttl(alive, resp.ttl, received.elapsed());
             resp.header = core.header(rev);
             Ok(resp)
         }
@@ -81,9 +77,13 @@ async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse,
     }
 }
 
-/// Whole seconds left of a `ttl`-second lease renewed no earlier than
-/// `elapsed` ago: rounded up, and at least 1 (the lease is still there).
-fn ttl_left(ttl: i64, elapsed: std::time::Duration) -> i64 {
+/// The TTL a keep-alive answers: 0 if the lease is gone by the time this
+/// member looks after applying it, else the whole seconds left (rounded up,
+/// at least 1) of a `ttl`-second lease renewed no earlier than `elapsed` ago.
+fn answered_ttl(alive: bool, ttl: i64, elapsed: std::time::Duration) -> i64 {
+    if !alive {
+        return 0;
+    }
     let left_ms = ttl
         .saturating_mul(1000)
         .saturating_sub(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
@@ -250,19 +250,23 @@ fn leased_keys(core: &Core, id: i64) -> Result<Vec<Vec<u8>>, Status> {
 /// becoming leader, gives every lease a full TTL first. Runs until `shutdown`.
 pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
     let mut was_leader = false;
+    // The last log index when this member became leader: every entry of
+    // earlier terms is at or below it.
+    let mut leading_from = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
             _ = shutdown.cancelled() => return,
         }
-        let is_leader = core.raft.status().is_leader;
-        if is_leader && !was_leader {
+        let status = core.raft.status();
+        if status.is_leader && !was_leader {
+            leading_from = status.last_index;
             if let Ok(mut t) = core.leases.lock() {
                 t.promote(Instant::now());
             }
         }
-        was_leader = is_leader;
-        if !is_leader {
+        was_leader = status.is_leader;
+        if !status.is_leader {
             continue;
         }
         let (expired, checked_index) = core
@@ -270,6 +274,13 @@ pub async fn expire_leases(core: Arc<Core>, shutdown: tokio_util::sync::Cancella
             .lock()
             .map(|t| (t.expired(Instant::now()), t.checked_index()))
             .unwrap_or_default();
+        if checked_index < leading_from {
+            // Decide only once the entries of earlier terms are applied here:
+            // a renewal a previous version applied reads back as 0 on some
+            // members and as its index on others, and both must be at or
+            // below the checked index for the members to agree.
+            continue;
+        }
         for id in expired {
             tracing::debug!(lease = %format!("{id:x}"), "revoking expired lease");
             let _ = core
@@ -286,19 +297,23 @@ mod tests {
 
     #[test]
     fn a_keep_alive_answered_at_once_reports_the_full_ttl() {
-        assert_eq!(ttl_left(5, Duration::from_millis(3)), 5);
-        assert_eq!(ttl_left(5, Duration::ZERO), 5);
+        assert_eq!(answered_ttl(true, 5, Duration::from_millis(3)), 5);
+        assert_eq!(answered_ttl(true, 5, Duration::ZERO), 5);
     }
 
     #[test]
     fn a_keep_alive_answered_late_reports_what_is_left_of_the_ttl() {
-        assert_eq!(ttl_left(5, Duration::from_millis(1500)), 4);
-        assert_eq!(ttl_left(5, Duration::from_secs(4)), 1);
+        assert_eq!(answered_ttl(true, 5, Duration::from_millis(1500)), 4);
+        assert_eq!(answered_ttl(true, 5, Duration::from_secs(4)), 1);
         assert_eq!(
-            ttl_left(5, Duration::from_secs(9)),
+            answered_ttl(true, 5, Duration::from_secs(9)),
             1,
             "never 0: it is there"
         );
-        assert_eq!(ttl_left(i64::MAX, Duration::ZERO), i64::MAX / 1000);
+    }
+
+    #[test]
+    fn a_keep_alive_of_a_lease_gone_since_reports_zero() {
+        assert_eq!(answered_ttl(false, 5, Duration::ZERO), 0);
     }
 }

@@ -634,6 +634,11 @@ impl StateMachine for Applier {
             self.applied = e.index;
             self.applied_term = e.term;
         }
+        // Entries that are not requests (a new leader's empty entry, a
+        // configuration change) count as applied for the lease table too.
+        if let Ok(mut t) = self.leases.lock() {
+            t.applying(self.applied);
+        }
         batch
             .set_meta(
                 META_APPLIED,
@@ -964,6 +969,21 @@ mod tests {
         assert_eq!(leases.lock().unwrap().checked_index(), 3);
         apply(&mut follower, vec![expire(4, 2)]);
         assert_eq!(has_lease_and_key(&follower), (true, true));
+    }
+
+    #[test]
+    fn a_new_leaders_empty_entry_counts_as_applied_for_expiries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path(), BackendBatch::default());
+        apply(&mut a, lease_entries(1, 3));
+        let empty = Entry {
+            index: 4,
+            term: 2,
+            ..Default::default()
+        };
+        apply(&mut a, vec![empty]);
+        // A leader elected with index 4 last decides expiries from here on.
+        assert_eq!(a.leases().lock().unwrap().checked_index(), 4);
     }
 
     #[test]
