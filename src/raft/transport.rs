@@ -404,6 +404,9 @@ impl RaftTransport for PeerService {
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
         let mut stream = request.into_inner();
+        // The sender's byte counter, looked up once per sender rather than
+        // per batch (a stream comes from one peer).
+        let mut counter: Option<(u64, prometheus::IntCounter)> = None;
         loop {
             let batch = tokio::select! {
                 b = stream.message() => match b? {
@@ -424,9 +427,15 @@ impl RaftTransport for PeerService {
                 continue;
             }
             if let Some(received) = &self.received {
-                received
-                    .with_label_values(&[&format!("{:x}", batch.from)])
-                    .inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
+                let bytes = batch.messages.iter().map(|m| m.len() as u64).sum();
+                match &counter {
+                    Some((from, c)) if *from == batch.from => c.inc_by(bytes),
+                    _ => {
+                        let c = received.with_label_values(&[&format!("{:x}", batch.from)]);
+                        c.inc_by(bytes);
+                        counter = Some((batch.from, c));
+                    }
+                }
             }
             for bytes in batch.messages {
                 let msg = Message::parse_from_bytes(&bytes)
