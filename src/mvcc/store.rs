@@ -374,15 +374,16 @@ pub struct ReadView {
     kv: ReadOnlyTable<Bytes, Bytes>,
     /// The records past the redb snapshot.
     buffer: Arc<ReadBuffer>,
-    state: ReadOnlyTable<Bytes, Bytes>,
-    meta: ReadOnlyTable<Bytes, Bytes>,
     index: Arc<RwLock<KeyIndex>>,
     /// The index epoch this snapshot belongs to.
     epoch: u64,
     current: i64,
     compact: i64,
-    /// Declared last so the tables are dropped before their transaction.
-    _txn: ReadTransaction,
+    /// Declared last so the tables are dropped before their transaction. The
+    /// `state` and `meta` tables are opened from it when asked for (hashes,
+    /// snapshots, apply state), not for every read: opening a table looks it
+    /// up in redb's table of tables.
+    txn: ReadTransaction,
 }
 
 fn read_i64<T: ReadableTable<Bytes, Bytes>>(table: &T, key: &[u8]) -> Result<Option<i64>> {
@@ -616,13 +617,11 @@ impl Store {
         Ok(ReadView {
             kv: txn.open_table(KV)?,
             buffer,
-            meta: txn.open_table(META)?,
-            state: txn.open_table(STATE)?,
             index: Arc::clone(&self.index),
             epoch,
             current,
             compact,
-            _txn: txn,
+            txn,
         })
     }
 
@@ -1240,7 +1239,8 @@ impl ReadView {
     /// batches that waited to be included.
     pub fn hash(&self) -> Result<(u32, i64)> {
         let mut h = Crc32c::new();
-        for (name, table) in [("mvcc_kv", &self.kv), ("mvcc_state", &self.state)] {
+        let state = self.txn.open_table(STATE)?;
+        for (name, table) in [("mvcc_kv", &self.kv), ("mvcc_state", &state)] {
             h.update(name.as_bytes());
             for entry in table.iter()? {
                 let (k, v) = entry?;
@@ -1248,12 +1248,14 @@ impl ReadView {
                 h.update(v.value());
             }
         }
-        Ok((h.sum(), read_state(&self.state)?.0))
+        Ok((h.sum(), read_state(&state)?.0))
     }
 
     /// Reads an apply-layer meta entry, as last committed to redb.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(key.as_bytes())?.map(|g| g.value().to_vec()))
+        let meta = self.txn.open_table(META)?;
+        let value = meta.get(key.as_bytes())?.map(|g| g.value().to_vec());
+        Ok(value)
     }
 
     /// Number of stored revisions in the `kv` table and in the key index
@@ -1269,6 +1271,7 @@ impl ReadView {
     /// snapshot; [`Store::restore`] reads them back. The tables as last
     /// committed to redb, consistent with each other (see [`ReadView::hash`]).
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>> {
-        snapshot::encode(&[&self.kv, &self.state, &self.meta])
+        let (state, meta) = (self.txn.open_table(STATE)?, self.txn.open_table(META)?);
+        snapshot::encode(&[&self.kv, &state, &meta])
     }
 }
