@@ -80,7 +80,7 @@ impl LeaseTable {
         Ok(t)
     }
 
-    /// Notes that the entry at log index `index` is being applied.
+    /// Notes that the log is applied up to `index`.
     pub fn applying(&mut self, index: u64) {
         self.applied = self.applied.max(index);
     }

@@ -70,20 +70,28 @@ enum Command {
     Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
-fn main() -> ExitCode {
-    let argv0 = std::env::args().next().unwrap_or_default();
+/// etcd's flags, when this process is a member: started as `etcd` (all its
+/// arguments) or as `localcluster member` (those after `member`). A member
+/// goes straight to them, without clap (which passes them through untouched
+/// anyway): that spares a long-running member the building of every
+/// subcommand's parser, code it would keep mapped for nothing.
+fn member_args() -> Option<Vec<String>> {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
     if std::path::Path::new(&argv0)
         .file_name()
         .is_some_and(|n| n == "etcd")
     {
-        return ExitCode::from(member_main(std::env::args().skip(1).collect()) as u8);
+        return Some(args.collect());
     }
-    // A member takes etcd's flags, which clap passes through untouched; going
-    // straight to them spares a long-running member the building of every
-    // subcommand's parser, code it would keep mapped for nothing.
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("member") {
-        return ExitCode::from(member_main(args.collect()) as u8);
+    let mut args = args.peekable();
+    args.next_if(|a| a == "member")?;
+    Some(args.collect())
+}
+
+fn main() -> ExitCode {
+    if let Some(args) = member_args() {
+        return ExitCode::from(member_main(args) as u8);
     }
     let cli = Cli::parse();
     let code = match cli.command {

@@ -225,14 +225,7 @@ impl Stored {
             membership,
             leases: LeaseTable::from_records(
                 &leases,
-                |id| {
-                    Ok::<_, RaftError>(
-                        match view.meta(&meta_lease_renewed(id)).map_err(apply_err)? {
-                            Some(b) if b.len() == 8 => be_u64(&b),
-                            _ => 0,
-                        },
-                    )
-                },
+                |id| read_renewed(view, id),
                 applied,
                 std::time::Instant::now(),
             )?,
@@ -248,6 +241,16 @@ fn read_applied(view: &mvcc::ReadView) -> Result<(u64, u64), RaftError> {
         Some(b) if b.len() == 16 => (be_u64(&b[..8]), be_u64(&b[8..])),
         _ => (0, 0),
     })
+}
+
+/// Lease `id`'s stored renewal index (0 when none is stored).
+fn read_renewed(view: &mvcc::ReadView, id: i64) -> Result<u64, RaftError> {
+    Ok(
+        match view.meta(&meta_lease_renewed(id)).map_err(apply_err)? {
+            Some(b) if b.len() == 8 => be_u64(&b),
+            _ => 0,
+        },
+    )
 }
 
 /// The Raft configuration as of the last applied entry, as stored.
@@ -374,7 +377,6 @@ impl Applier {
         let mut leases = leases_handle
             .lock()
             .map_err(|_| RaftError::Apply("lease table poisoned".into()))?;
-        leases.applying(index);
         let Some(op) = req.op else {
             return Ok(Ok((Applied::Done, self.store_rev(batch))));
         };
@@ -634,8 +636,9 @@ impl StateMachine for Applier {
             self.applied = e.index;
             self.applied_term = e.term;
         }
-        // Entries that are not requests (a new leader's empty entry, a
-        // configuration change) count as applied for the lease table too.
+        // The lease table learns how far the log is applied once per batch,
+        // entries that are not requests (a new leader's empty entry, a
+        // configuration change) included.
         if let Ok(mut t) = self.leases.lock() {
             t.applying(self.applied);
         }

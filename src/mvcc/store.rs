@@ -47,7 +47,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
@@ -379,6 +381,8 @@ pub struct ReadView {
     epoch: u64,
     current: i64,
     compact: i64,
+    /// Opened from `txn` the first time apply state is read (see `txn`).
+    meta: OnceLock<ReadOnlyTable<Bytes, Bytes>>,
     /// Declared last so the tables are dropped before their transaction. The
     /// `state` and `meta` tables are opened from it when asked for (hashes,
     /// snapshots, apply state), not for every read: opening a table looks it
@@ -621,6 +625,7 @@ impl Store {
             epoch,
             current,
             compact,
+            meta: OnceLock::new(),
             txn,
         })
     }
@@ -1253,9 +1258,17 @@ impl ReadView {
 
     /// Reads an apply-layer meta entry, as last committed to redb.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let meta = self.txn.open_table(META)?;
-        let value = meta.get(key.as_bytes())?.map(|g| g.value().to_vec());
-        Ok(value)
+        let value = self.meta_table()?.get(key.as_bytes())?;
+        Ok(value.map(|g| g.value().to_vec()))
+    }
+
+    /// The `meta` table, opened once per view.
+    fn meta_table(&self) -> Result<&ReadOnlyTable<Bytes, Bytes>> {
+        if let Some(table) = self.meta.get() {
+            return Ok(table);
+        }
+        let table = self.txn.open_table(META)?;
+        Ok(self.meta.get_or_init(|| table))
     }
 
     /// Number of stored revisions in the `kv` table and in the key index
@@ -1271,7 +1284,7 @@ impl ReadView {
     /// snapshot; [`Store::restore`] reads them back. The tables as last
     /// committed to redb, consistent with each other (see [`ReadView::hash`]).
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>> {
-        let (state, meta) = (self.txn.open_table(STATE)?, self.txn.open_table(META)?);
-        snapshot::encode(&[&self.kv, &state, &meta])
+        let state = self.txn.open_table(STATE)?;
+        snapshot::encode(&[&self.kv, &state, self.meta_table()?])
     }
 }
