@@ -6,6 +6,8 @@
 //! - [`node`]: the single thread that owns `RawNode`, ticks it, steps peer messages,
 //!   takes proposals and read-index requests, and drives the Ready loop: persist,
 //!   send, apply (through [`StateMachine`]), advance.
+//! - [`reads`]: linearizable reads waiting for the node's next read-index round,
+//!   shared by the API and the node.
 //! - [`legacy`]: moves a log of the old format (`raft.redb`) into [`wal`].
 //! - [`transport`]: gRPC streams between members on their peer URLs, with the fault
 //!   hooks (drop messages to/from some peers) used by the embedded cluster.
@@ -17,6 +19,7 @@
 pub mod legacy;
 pub mod logger;
 pub mod node;
+pub mod reads;
 pub mod storage;
 pub mod transport;
 pub mod wal;

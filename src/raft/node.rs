@@ -1,7 +1,8 @@
 //! The Raft node: the one thread that owns `raft::RawNode`.
 //!
 //! Everything reaches the node as a [`Msg`] on one channel: proposals from the API,
-//! Raft messages from peers, read-index requests, fault hooks. The loop:
+//! Raft messages from peers, fault hooks. Linearizable reads wait in a shared
+//! [`ReadQueue`] and are confirmed by one read-index round at a time. The loop:
 //!
 //! 1. wait for a message or the next tick, then drain the channel (so proposals
 //!    that arrive together are batched into one Ready);
@@ -21,6 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use raft::prelude::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotM
 use raft::{Config, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
+use super::reads::{ReadQueue, ReadReply};
 use super::storage::RaftStorage;
 use super::RaftError;
 use crate::wait::IdGen;
@@ -109,9 +112,9 @@ pub enum Msg {
         context: Vec<u8>,
         reply: Reply<()>,
     },
-    ReadIndex {
-        reply: Reply<u64>,
-    },
+    /// Reads wait in the [`ReadQueue`]; sent by the first one since the node
+    /// last took the queue.
+    ReadsWaiting,
     /// The leader's progress tracker; `None` when this node is not the leader.
     Progress {
         reply: Reply<Option<LeaderProgress>>,
@@ -153,6 +156,7 @@ pub struct NodeConfig {
 pub struct RaftHandle {
     tx: mpsc::Sender<Msg>,
     status: watch::Receiver<NodeStatus>,
+    reads: Arc<ReadQueue>,
 }
 
 impl RaftHandle {
@@ -178,9 +182,12 @@ impl RaftHandle {
 
     /// The leader's commit index as confirmed by a quorum (Raft's ReadIndex);
     /// reading state applied up to it is linearizable.
+    /// Reads that arrive together share one round (see [`super::reads`]).
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::ReadIndex { reply })?;
+        if self.reads.push(reply)? {
+            self.send(Msg::ReadsWaiting)?;
+        }
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
@@ -273,7 +280,7 @@ impl Node {
             rx: inbox.rx,
             status: inbox.status,
             config,
-            pending_reads: Vec::new(),
+            reads: inbox.reads,
             inflight_reads: HashMap::new(),
             read_ids: IdGen::new(raft_config.id),
             paused: false,
@@ -318,6 +325,7 @@ impl Drop for Node {
 pub struct NodeInbox {
     rx: mpsc::Receiver<Msg>,
     status: watch::Sender<NodeStatus>,
+    reads: Arc<ReadQueue>,
 }
 
 /// Makes a node's channel: a handle for everyone else and the inbox for the node.
@@ -327,14 +335,17 @@ pub fn channel(id: u64) -> (RaftHandle, NodeInbox) {
         id,
         ..Default::default()
     });
+    let reads = Arc::new(ReadQueue::default());
     (
         RaftHandle {
             tx,
             status: status_rx,
+            reads: reads.clone(),
         },
         NodeInbox {
             rx,
             status: status_tx,
+            reads,
         },
     )
 }
@@ -346,9 +357,10 @@ struct Loop {
     rx: mpsc::Receiver<Msg>,
     status: watch::Sender<NodeStatus>,
     config: NodeConfig,
-    /// Read-index requests waiting for the next batch.
-    pending_reads: Vec<Reply<u64>>,
-    /// Batches of read-index requests sent to raft-rs, by context.
+    /// Reads waiting for the next read-index round; closed when the loop ends.
+    reads: Arc<ReadQueue>,
+    /// The read-index round sent to raft-rs, by context: at most one, except
+    /// that a round dropped on a leader change is forgotten at once.
     inflight_reads: HashMap<u64, InflightRead>,
     /// Read-index contexts. The leader keeps pending reads by context and
     /// ignores a request whose context is already pending, so contexts must
@@ -367,8 +379,15 @@ enum Flow {
 
 /// One batch of read-index requests sent to raft-rs under one context.
 struct InflightRead {
-    replies: Vec<Reply<u64>>,
+    replies: Vec<ReadReply>,
     sent: Instant,
+}
+
+impl Drop for Loop {
+    /// However the loop ends, reads still waiting are told the node stopped.
+    fn drop(&mut self) {
+        self.reads.close();
+    }
 }
 
 impl Loop {
@@ -376,7 +395,12 @@ impl Loop {
         let mut next_tick = Instant::now() + self.config.tick;
         self.publish_status();
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            // Reads left waiting when a round was dropped go out at once.
+            let timeout = if self.reads_can_go() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(timeout) {
                 Ok(msg) => {
                     if let Flow::Stop = self.handle(msg)? {
@@ -412,6 +436,8 @@ impl Loop {
             self.flush_reads();
             while self.raw.has_ready() {
                 self.on_ready()?;
+                // A round answered in this Ready lets the next one go now.
+                self.flush_reads();
             }
             self.sm.flush(false)?;
             self.maybe_compact()?;
@@ -450,7 +476,8 @@ impl Loop {
                     .map_err(RaftError::from);
                 let _ = reply.send(r);
             }
-            Msg::ReadIndex { reply } => self.pending_reads.push(reply),
+            // The loop takes the queue after handling its messages.
+            Msg::ReadsWaiting => {}
             Msg::Progress { reply } => {
                 let raft = &self.raw.raft;
                 let progress = (raft.state == StateRole::Leader).then(|| LeaderProgress {
@@ -496,9 +523,19 @@ impl Loop {
         Ok(Flow::Continue)
     }
 
-    /// Sends one read-index request for every read that arrived since the last one.
+    /// Whether the next round may start and has reads to confirm.
+    fn reads_can_go(&self) -> bool {
+        !self.paused && self.inflight_reads.is_empty() && self.reads.has_waiting()
+    }
+
+    /// Starts a read-index round for every read waiting, unless a round is in
+    /// flight: its end (answer or leader change) lets the next one go.
     fn flush_reads(&mut self) {
-        if self.pending_reads.is_empty() {
+        if !self.inflight_reads.is_empty() {
+            return;
+        }
+        let replies = self.reads.take();
+        if replies.is_empty() {
             return;
         }
         let ctx = self.read_ids.next();
@@ -506,7 +543,7 @@ impl Loop {
         self.inflight_reads.insert(
             ctx,
             InflightRead {
-                replies: std::mem::take(&mut self.pending_reads),
+                replies,
                 sent: Instant::now(),
             },
         );
@@ -806,6 +843,67 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         node.stop();
+    }
+
+    /// Starts a lone voter over a fresh log; returns once it leads.
+    fn lone_leader(dir: &std::path::Path) -> (Node, RaftHandle) {
+        let (node, handle) = start_node(log_of_five(dir), Counter(3, 1), Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.status().is_leader {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (node, handle)
+    }
+
+    #[tokio::test]
+    async fn reads_arriving_together_are_all_confirmed_at_the_commit_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        let committed = handle.status().commit_index;
+        let reads: Vec<_> = (0..50)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.read_index().await })
+            })
+            .collect();
+        for read in reads {
+            assert!(read.await.unwrap().unwrap() >= committed);
+        }
+        node.stop();
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_on_a_paused_node_are_confirmed_when_it_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        handle.send(Msg::Pause).unwrap();
+        let read = {
+            let h = handle.clone();
+            tokio::spawn(async move { h.read_index().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.is_finished(), "a paused node confirms nothing");
+        handle.send(Msg::Resume).unwrap();
+        let index = tokio::time::timeout(Duration::from_secs(5), read).await;
+        assert!(index.unwrap().unwrap().is_ok());
+        node.stop();
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_when_the_node_stops_are_told_and_later_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        handle.send(Msg::Pause).unwrap();
+        let read = {
+            let h = handle.clone();
+            tokio::spawn(async move { h.read_index().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        node.stop();
+        let waiting = tokio::time::timeout(Duration::from_secs(5), read).await;
+        assert!(matches!(waiting.unwrap().unwrap(), Err(RaftError::Stopped)));
+        assert!(matches!(handle.read_index().await, Err(RaftError::Stopped)));
     }
 
     #[test]
