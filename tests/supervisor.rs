@@ -7,7 +7,7 @@
 //! reaper).
 
 mod common;
-use common::{alive, free_port, proc_state, wait_dead};
+use common::{alive, free_port, wait_dead, wait_state};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -450,12 +450,12 @@ fn pause_and_resume_stop_and_continue_the_group() {
     let sup = Sup::start("p: sleep 300\n", &[]);
     let pid = sup.pid_of("p");
     sup.run_ok(&["pause", "p"]);
-    assert_eq!(proc_state(pid), Some('T'));
+    assert_eq!(wait_state(pid, 'T', 5), Some('T'));
     assert_eq!(sup.status_of("p")["state"], "paused");
     let out = sup.run(&["resume", "nope"]);
     assert!(!out.status.success());
     sup.run_ok(&["resume", "p"]);
-    assert_eq!(proc_state(pid), Some('S'));
+    assert_eq!(wait_state(pid, 'S', 5), Some('S'));
     assert_eq!(sup.status_of("p")["state"], "running");
     let out = sup.run(&["resume", "p"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("p is not paused"));

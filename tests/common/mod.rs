@@ -77,6 +77,20 @@ pub fn proc_state(pid: i32) -> Option<char> {
     after.chars().next()
 }
 
+/// Waits up to `secs` for `pid` to be in `state` (a signal takes effect
+/// asynchronously: a sleeper that gets SIGCONT runs for a moment before it
+/// sleeps again). Returns the last state seen.
+pub fn wait_state(pid: i32, state: char, secs: u64) -> Option<char> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = proc_state(pid);
+        if now == Some(state) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Whether `pid` runs (a zombie does not count).
 pub fn alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
