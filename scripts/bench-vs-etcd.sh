@@ -9,6 +9,9 @@
 # endpoints, reads the members' RSS, CPU time and bytes written to the disk
 # (write_bytes, shown per request) from /proc, stops the cluster,
 # and finally prints a markdown table of both servers' figures and their ratio.
+# The workloads run ROUNDS times, the two servers interleaved, since this
+# machine's figures move by ±20% from one run to the next: the ratio table
+# gives the ratio of the median figures and the spread of the rounds' ratios.
 #
 # Then the same for watch fan-out (`localcluster bench watch`): WATCHERS
 # watchers on one prefix receive every one of WATCH_TOTAL puts.
@@ -20,8 +23,9 @@
 # timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
 #
 # Usage: scripts/bench-vs-etcd.sh
-# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100":
-#   workload:clients[:total]), TOTAL (20000, the default total), CONNS (3), KEY_SIZE (8),
+# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100:60000":
+#   workload:clients[:total]), TOTAL (20000, the default total), ROUNDS (3),
+#   CONNS (3), KEY_SIZE (8),
 #   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
 #   WATCH_WRITERS (16),
 #   VAL_SIZE (256), BASE_PORT (24000, below the ephemeral port range), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
@@ -32,7 +36,8 @@
 set -euo pipefail
 
 TOTAL=${TOTAL:-20000}
-WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100"}
+WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100:60000"}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
 VAL_SIZE=${VAL_SIZE:-256}
@@ -165,10 +170,10 @@ cpu_seconds() {
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
-# run_one KIND WORKLOAD CLIENTS TOTAL PORT_BASE
+# run_one KIND WORKLOAD CLIENTS TOTAL PORT_BASE ROUND
 run_one() {
-    local kind=$1 workload=$2 clients=$3 total=$4 base=$5
-    local dir="$WORK/$kind-$workload-c$clients"
+    local kind=$1 workload=$2 clients=$3 total=$4 base=$5 round=$6
+    local dir="$WORK/$kind-$workload-c$clients-r$round"
     mkdir -p "$dir"
     log "$kind: starting 3 members (clients on $((base + 1))-$((base + 3)))"
     start_cluster "$kind" "$dir" "$base"
@@ -188,8 +193,8 @@ run_one() {
     disk=$(disk_write_kib)
     stop_cluster
     jq -c --arg server "$kind" --arg workload "$workload" --argjson rss "$rss" --argjson cpu "$cpu" \
-        --argjson disk "$disk" --argjson total "$total" \
-        '{server: $server, workload: $workload, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu, disk_kib_per_req: ($disk / $total)}' \
+        --argjson disk "$disk" --argjson total "$total" --argjson round "$round" \
+        '{server: $server, workload: $workload, round: $round, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu, disk_kib_per_req: ($disk / $total)}' \
         "$dir/bench.json" >>"$RESULTS"
 }
 
@@ -287,11 +292,13 @@ if [ "$EXTRAS" = 1 ]; then
     run_extras localcluster "$((BASE_PORT + 200))"
     run_extras etcd "$((BASE_PORT + 300))"
 fi
-for w in $WORKLOADS; do
-    IFS=: read -r workload clients total <<<"$w"
-    total=${total:-$TOTAL}
-    run_one localcluster "$workload" "$clients" "$total" "$BASE_PORT"
-    run_one etcd "$workload" "$clients" "$total" "$((BASE_PORT + 100))"
+for round in $(seq "$ROUNDS"); do
+    for w in $WORKLOADS; do
+        IFS=: read -r workload clients total <<<"$w"
+        total=${total:-$TOTAL}
+        run_one localcluster "$workload" "$clients" "$total" "$BASE_PORT" "$round"
+        run_one etcd "$workload" "$clients" "$total" "$((BASE_PORT + 100))" "$round"
+    done
 done
 for w in $WATCHERS; do
     run_watch localcluster "$w" "$BASE_PORT"
@@ -300,22 +307,32 @@ done
 
 etcd_version=$("$ETCD" --version | awk '/etcd Version/ {print $3}')
 echo
-echo "Workloads $WORKLOADS (workload:clients[:requests], default $TOTAL requests), ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
+echo "Workloads $WORKLOADS (workload:clients[:requests], default $TOTAL requests), $ROUNDS rounds, ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
     "3 members on loopback; localcluster $("$BIN" --version | awk '{print $2}') vs etcd $etcd_version;" \
     "$(nproc) cores; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 echo
-echo "| server | workload | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | disk KiB/req (3 members) | RSS MiB (3 members) |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.disk_kib_per_req * 10 | round / 10) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo "| server | workload | clients | round | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | disk KiB/req (3 members) | RSS MiB (3 members) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.round) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.disk_kib_per_req * 10 | round / 10) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo
+echo "Ratios of the median figures over the rounds; in brackets, the lowest and highest of the rounds' own ratios (each round's localcluster run against the etcd run next to it)."
 echo
 echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | disk writes localcluster / etcd | RSS localcluster / etcd |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 jq -rs '
   def r2: . * 100 | round / 100;
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  # ratio(f): the ratio of the medians of f, and the range of the per-round ratios.
+  def ratio(f; $l; $e):
+    ([$l[] | f] | median) as $lm | ([$e[] | f] | median) as $em
+    | if $em == 0 then "-"
+      else ([range(0; [$l, $e | length] | min)] | map(($l[.] | f) / ($e[.] | f))) as $rs
+      | "\($lm / $em | r2)" + (if ($rs | length) > 1 then " (\($rs | min | r2)–\($rs | max | r2))" else "" end)
+      end;
   group_by([.workload, .clients])[]
-  | (map(select(.server == "localcluster"))[0]) as $l
-  | (map(select(.server == "etcd"))[0]) as $e
-  | "| \($l.workload) | \($l.clients) | \($l.rps / $e.rps | r2) | \($l.latency_ms.p50 / $e.latency_ms.p50 | r2) | \($l.latency_ms.p99 / $e.latency_ms.p99 | r2) | \($l.server_cpu_s / $e.server_cpu_s | r2) | \(if $e.disk_kib_per_req > 0 then ($l.disk_kib_per_req / $e.disk_kib_per_req | r2) else "-" end) | \($l.rss_kib / $e.rss_kib | r2) |"
+  | (map(select(.server == "localcluster")) | sort_by(.round)) as $l
+  | (map(select(.server == "etcd")) | sort_by(.round)) as $e
+  | "| \($l[0].workload) | \($l[0].clients) | \(ratio(.rps; $l; $e)) | \(ratio(.latency_ms.p50; $l; $e)) | \(ratio(.latency_ms.p99; $l; $e)) | \(ratio(.server_cpu_s; $l; $e)) | \(ratio(.disk_kib_per_req; $l; $e)) | \(ratio(.rss_kib; $l; $e)) |"
 ' "$RESULTS"
 echo
 echo "Watch fan-out: $WATCH_TOTAL puts from $WATCH_WRITERS writers, each delivered to every watcher ($WATCH_STREAMS streams)"
