@@ -23,8 +23,8 @@
 # timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
 #
 # Usage: scripts/bench-vs-etcd.sh
-# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100:60000":
-#   workload:clients[:total]), TOTAL (20000, the default total), ROUNDS (3),
+# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100":
+#   workload:clients[:total]), TOTAL (60000, the default total), ROUNDS (3),
 #   CONNS (3), KEY_SIZE (8),
 #   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
 #   WATCH_WRITERS (16),
@@ -35,8 +35,8 @@
 
 set -euo pipefail
 
-TOTAL=${TOTAL:-20000}
-WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100:60000"}
+TOTAL=${TOTAL:-60000}
+WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100"}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
