@@ -186,7 +186,12 @@ impl RaftHandle {
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
         if self.reads.push(reply)? {
-            self.send(Msg::ReadsWaiting)?;
+            if let Err(e) = self.send(Msg::ReadsWaiting) {
+                // No node will ever take the queue (it never started, or it
+                // ended): tell the reads waiting behind this one too.
+                self.reads.close();
+                return Err(e);
+            }
         }
         rx.await.map_err(|_| RaftError::Stopped)?
     }
@@ -381,6 +386,11 @@ enum Flow {
 struct InflightRead {
     replies: Vec<ReadReply>,
     sent: Instant,
+    /// The leader this node knew when it sent the round (0: none).
+    leader: u64,
+    /// Sent before this node knew a leader that had committed an entry of its
+    /// term: raft-rs dropped it, and it goes again as soon as one has.
+    early: bool,
 }
 
 impl Drop for Loop {
@@ -433,11 +443,11 @@ impl Loop {
                     next_tick = Instant::now() + self.config.tick;
                 }
             }
-            self.flush_reads();
+            self.drive_reads();
             while self.raw.has_ready() {
                 self.on_ready()?;
                 // A round answered in this Ready lets the next one go now.
-                self.flush_reads();
+                self.drive_reads();
             }
             self.sm.flush(false)?;
             self.maybe_compact()?;
@@ -528,6 +538,21 @@ impl Loop {
         !self.paused && self.inflight_reads.is_empty() && self.reads.has_waiting()
     }
 
+    /// Resends a round that went out too early, then starts the next round.
+    fn drive_reads(&mut self) {
+        self.resend_early_reads();
+        self.flush_reads();
+    }
+
+    /// Whether a read-index request sent now can be answered: raft-rs drops
+    /// one, without a word, on a node that knows no leader and on a leader
+    /// that has not yet committed an entry of its term (a follower learns
+    /// that commit from the leader, so it knows it only once it holds).
+    fn reads_servable(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.leader_id != 0 && raft.commit_to_current_term()
+    }
+
     /// Starts a read-index round for every read waiting, unless a round is in
     /// flight: its end (answer or leader change) lets the next one go.
     fn flush_reads(&mut self) {
@@ -545,8 +570,25 @@ impl Loop {
             InflightRead {
                 replies,
                 sent: Instant::now(),
+                leader: self.raw.raft.leader_id,
+                early: !self.reads_servable(),
             },
         );
+    }
+
+    /// Sends again, at once, a round that went out before it could be served
+    /// (after an election, say), instead of waiting for [`Self::retry_reads`]:
+    /// every read waits behind the round in flight.
+    fn resend_early_reads(&mut self) {
+        if !self.reads_servable() {
+            return;
+        }
+        let now = Instant::now();
+        for (ctx, read) in self.inflight_reads.iter_mut().filter(|(_, r)| r.early) {
+            self.raw.read_index(ctx.to_be_bytes().to_vec());
+            read.early = false;
+            read.sent = now;
+        }
     }
 
     /// Sends again the read-index requests that got no answer for half an
@@ -663,10 +705,20 @@ impl Loop {
                 }
             }
             log_leader_change(&status, self.last_leader);
-            // Reads in flight under the old leader may never be answered.
-            for (_, read) in self.inflight_reads.drain() {
-                for r in read.replies {
-                    let _ = r.send(Err(RaftError::LeaderChanged));
+            // A round sent to another leader may never be answered: it fails
+            // (etcd's "leader changed"). One sent while no leader was known was
+            // dropped, and goes to the new leader once it can serve reads.
+            let old: Vec<u64> = self
+                .inflight_reads
+                .iter()
+                .filter(|(_, r)| r.leader != 0 && r.leader != leader_id)
+                .map(|(ctx, _)| *ctx)
+                .collect();
+            for ctx in old {
+                if let Some(read) = self.inflight_reads.remove(&ctx) {
+                    for r in read.replies {
+                        let _ = r.send(Err(RaftError::LeaderChanged));
+                    }
                 }
             }
             self.last_leader = leader_id;
@@ -856,6 +908,39 @@ mod tests {
         (node, handle)
     }
 
+    /// Pauses the node and waits until it says so: a read sent before could
+    /// still be answered.
+    fn pause(handle: &RaftHandle) {
+        handle.send(Msg::Pause).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.status().paused {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_sent_before_a_leader_was_elected_is_answered_once_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        // No tick comes during the test, so neither an election nor the retry
+        // of an unanswered read happens on its own.
+        let (mut node, handle) = start_node(
+            log_of_five(dir.path()),
+            Counter(3, 1),
+            Duration::from_secs(3600),
+        );
+        let read = {
+            let h = handle.clone();
+            tokio::spawn(async move { h.read_index().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!read.is_finished(), "no leader, no read index");
+        handle.send(Msg::AdvanceTicks(20)).unwrap();
+        let index = tokio::time::timeout(Duration::from_secs(5), read).await;
+        assert!(index.expect("answered without a retry").unwrap().unwrap() >= 6);
+        node.stop();
+    }
+
     #[tokio::test]
     async fn reads_arriving_together_are_all_confirmed_at_the_commit_index() {
         let dir = tempfile::tempdir().unwrap();
@@ -868,7 +953,8 @@ mod tests {
             })
             .collect();
         for read in reads {
-            assert!(read.await.unwrap().unwrap() >= committed);
+            let index = tokio::time::timeout(Duration::from_secs(5), read).await;
+            assert!(index.unwrap().unwrap().unwrap() >= committed);
         }
         node.stop();
     }
@@ -877,7 +963,7 @@ mod tests {
     async fn reads_waiting_on_a_paused_node_are_confirmed_when_it_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let (mut node, handle) = lone_leader(dir.path());
-        handle.send(Msg::Pause).unwrap();
+        pause(&handle);
         let read = {
             let h = handle.clone();
             tokio::spawn(async move { h.read_index().await })
@@ -894,7 +980,7 @@ mod tests {
     async fn reads_waiting_when_the_node_stops_are_told_and_later_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (mut node, handle) = lone_leader(dir.path());
-        handle.send(Msg::Pause).unwrap();
+        pause(&handle);
         let read = {
             let h = handle.clone();
             tokio::spawn(async move { h.read_index().await })
