@@ -38,6 +38,10 @@ set -euo pipefail
 TOTAL=${TOTAL:-60000}
 WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100"}
 ROUNDS=${ROUNDS:-3}
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench-vs-etcd: ROUNDS must be a positive number, not \"$ROUNDS\"" >&2
+    exit 2
+fi
 CONNS=${CONNS:-3}
 KEY_SIZE=${KEY_SIZE:-8}
 VAL_SIZE=${VAL_SIZE:-256}
@@ -321,12 +325,13 @@ echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 jq -rs '
   def r2: . * 100 | round / 100;
-  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-  # ratio(f): the ratio of the medians of f, and the range of the per-round ratios.
+  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  # ratio(f): the ratio of the medians of f, and the range of the ratios of
+  # the rounds that both servers ran (a zero figure gives no ratio).
   def ratio(f; $l; $e):
     ([$l[] | f] | median) as $lm | ([$e[] | f] | median) as $em
-    | if $em == 0 then "-"
-      else ([range(0; [$l, $e | length] | min)] | map(($l[.] | f) / ($e[.] | f))) as $rs
+    | if $lm == null or $em == null or $em == 0 then "-"
+      else [$l[] as $x | $e[] | select(.round == $x.round and (f) != 0) | ($x | f) / f] as $rs
       | "\($lm / $em | r2)" + (if ($rs | length) > 1 then " (\($rs | min | r2)–\($rs | max | r2))" else "" end)
       end;
   group_by([.workload, .clients])[]
