@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What one put costs a 3-member cluster: throughput, p50, and the members' CPU
-# time and disk writes per put, with how busy the machine was.
+# What one put (or, with WORKLOAD=range, one linearizable read) costs a
+# 3-member cluster: throughput, p50, and the members' CPU time and disk writes
+# per request, with how busy the machine was.
 #
 # Starts a fresh 3-member cluster of SERVER (a localcluster binary, or etcd) on
 # loopback, sends 1000 warm-up puts, then measures one `localcluster bench put`
@@ -18,7 +19,9 @@
 # Usage: scripts/put-cost.sh [CLIENTS (100)] [TOTAL (20000)] [extra bench flags]
 # Knobs (environment): SERVER (target/release/localcluster), BENCH (the
 #   localcluster binary that generates the load; target/release/localcluster),
-#   MEMBER_FLAGS (extra member flags, e.g. --unsafe-no-fsync), BASE_PORT (25000).
+#   MEMBER_FLAGS (extra member flags, e.g. --unsafe-no-fsync), BASE_PORT (25000),
+#   WORKLOAD (put; or range, txn-put, mixed: what the measured run sends; the
+#   warm-up is always 1000 puts).
 # Needs: jq.
 
 set -euo pipefail
@@ -26,6 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SERVER=${SERVER:-"$ROOT/target/release/localcluster"}
 BENCH=${BENCH:-"$ROOT/target/release/localcluster"}
+WORKLOAD=${WORKLOAD:-put}
 CLIENTS=${1:-100}
 TOTAL=${2:-20000}
 shift $(($# < 2 ? $# : 2))
@@ -88,7 +92,7 @@ members_sum() { # field: write_bytes from io, or cpu ticks from stat
 read -r b0 i0 w0 < <(ticks)
 io0=$(members_sum io)
 cpu0=$(members_sum cpu)
-out=$("$BENCH" bench put --endpoints "$endpoints" --total "$TOTAL" --clients "$CLIENTS" --conns 3 -w json "$@")
+out=$("$BENCH" bench "$WORKLOAD" --endpoints "$endpoints" --total "$TOTAL" --clients "$CLIENTS" --conns 3 -w json "$@")
 read -r b1 i1 w1 < <(ticks)
 io1=$(members_sum io)
 cpu1=$(members_sum cpu)
@@ -98,9 +102,9 @@ hz=$(getconf CLK_TCK)
 echo "$out" | jq -r \
     --argjson b $((b1 - b0)) --argjson i $((i1 - i0)) --argjson w $((w1 - w0)) \
     --argjson io $((io1 - io0)) --argjson cpu $((cpu1 - cpu0)) --argjson hz "$hz" \
-    --argjson t "$TOTAL" --argjson rss "$rss" \
+    --argjson t "$TOTAL" --argjson rss "$rss" --arg w "$WORKLOAD" \
     '"rps \(.rps | floor) p50 \(.latency_ms.p50 * 100 | round / 100)"
      + " busy% \($b * 100 / ($b + $i + $w) | floor) iowait% \($w * 100 / ($b + $i + $w) | floor)"
-     + " diskKiB/put \($io / 1024 / $t * 100 | round / 100)"
-     + " cpu_ms/put \($cpu * 1000 / $hz / $t * 100 | round / 100)"
+     + " diskKiB/\($w) \($io / 1024 / $t * 100 | round / 100)"
+     + " cpu_ms/\($w) \($cpu * 1000 / $hz / $t * 100 | round / 100)"
      + " maxRSS_MiB \($rss / 1024 | floor)"'
