@@ -20,7 +20,7 @@
 //! the same transaction as the data, and raft-rs is told that index on restart);
 //! the log is compacted only behind the applied index.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -81,7 +81,8 @@ pub struct NodeStatus {
     pub paused: bool,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+/// Where the node answers a request.
+pub(super) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 /// How far the leader knows each member's log to match its own (Raft's
 /// progress tracker); only a leader has it.
@@ -286,7 +287,7 @@ impl Node {
             status: inbox.status,
             config,
             reads: inbox.reads,
-            inflight_reads: HashMap::new(),
+            inflight_read: None,
             read_ids: IdGen::new(raft_config.id),
             paused: false,
             held: VecDeque::new(),
@@ -364,9 +365,8 @@ struct Loop {
     config: NodeConfig,
     /// Reads waiting for the next read-index round; closed when the loop ends.
     reads: Arc<ReadQueue>,
-    /// The read-index round sent to raft-rs, by context: at most one, except
-    /// that a round dropped on a leader change is forgotten at once.
-    inflight_reads: HashMap<u64, InflightRead>,
+    /// The read-index round sent to raft-rs and not yet answered: one at a time.
+    inflight_read: Option<InflightRead>,
     /// Read-index contexts. The leader keeps pending reads by context and
     /// ignores a request whose context is already pending, so contexts must
     /// be unique across members and restarts, not just within this node.
@@ -384,6 +384,7 @@ enum Flow {
 
 /// One batch of read-index requests sent to raft-rs under one context.
 struct InflightRead {
+    ctx: u64,
     replies: Vec<ReadReply>,
     sent: Instant,
     /// The leader this node knew when it sent the round (0: none).
@@ -535,7 +536,7 @@ impl Loop {
 
     /// Whether the next round may start and has reads to confirm.
     fn reads_can_go(&self) -> bool {
-        !self.paused && self.inflight_reads.is_empty() && self.reads.has_waiting()
+        !self.paused && self.inflight_read.is_none() && self.reads.has_waiting()
     }
 
     /// Resends a round that went out too early, then starts the next round.
@@ -556,7 +557,7 @@ impl Loop {
     /// Starts a read-index round for every read waiting, unless a round is in
     /// flight: its end (answer or leader change) lets the next one go.
     fn flush_reads(&mut self) {
-        if !self.inflight_reads.is_empty() {
+        if self.inflight_read.is_some() {
             return;
         }
         let replies = self.reads.take();
@@ -565,29 +566,29 @@ impl Loop {
         }
         let ctx = self.read_ids.next();
         self.raw.read_index(ctx.to_be_bytes().to_vec());
-        self.inflight_reads.insert(
+        self.inflight_read = Some(InflightRead {
             ctx,
-            InflightRead {
-                replies,
-                sent: Instant::now(),
-                leader: self.raw.raft.leader_id,
-                early: !self.reads_servable(),
-            },
-        );
+            replies,
+            sent: Instant::now(),
+            leader: self.raw.raft.leader_id,
+            early: !self.reads_servable(),
+        });
     }
 
     /// Sends again, at once, a round that went out before it could be served
     /// (after an election, say), instead of waiting for [`Self::retry_reads`]:
     /// every read waits behind the round in flight.
     fn resend_early_reads(&mut self) {
-        if !self.reads_servable() {
+        // Looked at on every pass of the loop: the term lookup only when a
+        // round waits for it.
+        let early = self.inflight_read.as_ref().is_some_and(|r| r.early);
+        if !early || !self.reads_servable() {
             return;
         }
-        let now = Instant::now();
-        for (ctx, read) in self.inflight_reads.iter_mut().filter(|(_, r)| r.early) {
-            self.raw.read_index(ctx.to_be_bytes().to_vec());
+        if let Some(read) = self.inflight_read.as_mut() {
+            self.raw.read_index(read.ctx.to_be_bytes().to_vec());
             read.early = false;
-            read.sent = now;
+            read.sent = Instant::now();
         }
     }
 
@@ -597,11 +598,10 @@ impl Loop {
     /// be lost on the way. The leader ignores a context it already has pending.
     fn retry_reads(&mut self) {
         let patience = self.config.tick * (self.config.election_ticks as u32 / 2).max(1);
-        let now = Instant::now();
-        for (ctx, read) in self.inflight_reads.iter_mut() {
-            if now.duration_since(read.sent) >= patience {
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
-                read.sent = now;
+        if let Some(read) = self.inflight_read.as_mut() {
+            if read.sent.elapsed() >= patience {
+                self.raw.read_index(read.ctx.to_be_bytes().to_vec());
+                read.sent = Instant::now();
             }
         }
     }
@@ -619,7 +619,8 @@ impl Loop {
         }
         for rs in ready.take_read_states() {
             let ctx = ctx_of(&rs.request_ctx);
-            if let Some(read) = self.inflight_reads.remove(&ctx) {
+            // An answer for a round already failed (or answered) is ignored.
+            if let Some(read) = self.inflight_read.take_if(|r| r.ctx == ctx) {
                 for r in read.replies {
                     let _ = r.send(Ok(rs.index));
                 }
@@ -708,17 +709,10 @@ impl Loop {
             // A round sent to another leader may never be answered: it fails
             // (etcd's "leader changed"). One sent while no leader was known was
             // dropped, and goes to the new leader once it can serve reads.
-            let old: Vec<u64> = self
-                .inflight_reads
-                .iter()
-                .filter(|(_, r)| r.leader != 0 && r.leader != leader_id)
-                .map(|(ctx, _)| *ctx)
-                .collect();
-            for ctx in old {
-                if let Some(read) = self.inflight_reads.remove(&ctx) {
-                    for r in read.replies {
-                        let _ = r.send(Err(RaftError::LeaderChanged));
-                    }
+            let sent_elsewhere = |r: &mut InflightRead| r.leader != 0 && r.leader != leader_id;
+            if let Some(read) = self.inflight_read.take_if(sent_elsewhere) {
+                for r in read.replies {
+                    let _ = r.send(Err(RaftError::LeaderChanged));
                 }
             }
             self.last_leader = leader_id;
@@ -889,34 +883,47 @@ mod tests {
     /// committed at least `index`.
     fn start_and_lead(storage: RaftStorage, sm: Counter, index: u64) {
         let (mut node, handle) = start_node(storage, sm, Duration::from_millis(10));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(handle.status().is_leader && handle.status().commit_index > index) {
-            assert!(Instant::now() < deadline, "{:?}", handle.status());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_status(&handle, |s| s.is_leader && s.commit_index > index);
         node.stop();
+    }
+
+    /// Waits (up to 10 s) until the node's status satisfies `done`.
+    fn wait_status(handle: &RaftHandle, done: impl Fn(&NodeStatus) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&handle.status()) {
+            assert!(Instant::now() < deadline, "{:?}", handle.status());
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Starts a lone voter over a fresh log; returns once it leads.
     fn lone_leader(dir: &std::path::Path) -> (Node, RaftHandle) {
         let (node, handle) = start_node(log_of_five(dir), Counter(3, 1), Duration::from_millis(10));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !handle.status().is_leader {
-            assert!(Instant::now() < deadline, "{:?}", handle.status());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_status(&handle, |s| s.is_leader);
         (node, handle)
     }
 
-    /// Pauses the node and waits until it says so: a read sent before could
-    /// still be answered.
-    fn pause(handle: &RaftHandle) {
+    /// A read of `handle`'s node, running on its own task.
+    fn spawn_read(handle: &RaftHandle) -> tokio::task::JoinHandle<Result<u64, RaftError>> {
+        let h = handle.clone();
+        tokio::spawn(async move { h.read_index().await })
+    }
+
+    /// A lone leader, paused (once it says so: a read sent before could still
+    /// be answered), with one read sent 100 ms ago.
+    async fn paused_leader_with_a_waiting_read(
+        dir: &std::path::Path,
+    ) -> (
+        Node,
+        RaftHandle,
+        tokio::task::JoinHandle<Result<u64, RaftError>>,
+    ) {
+        let (node, handle) = lone_leader(dir);
         handle.send(Msg::Pause).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !handle.status().paused {
-            assert!(Instant::now() < deadline, "{:?}", handle.status());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_status(&handle, |s| s.paused);
+        let read = spawn_read(&handle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (node, handle, read)
     }
 
     #[tokio::test]
@@ -929,10 +936,7 @@ mod tests {
             Counter(3, 1),
             Duration::from_secs(3600),
         );
-        let read = {
-            let h = handle.clone();
-            tokio::spawn(async move { h.read_index().await })
-        };
+        let read = spawn_read(&handle);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!read.is_finished(), "no leader, no read index");
         handle.send(Msg::AdvanceTicks(20)).unwrap();
@@ -946,12 +950,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut node, handle) = lone_leader(dir.path());
         let committed = handle.status().commit_index;
-        let reads: Vec<_> = (0..50)
-            .map(|_| {
-                let h = handle.clone();
-                tokio::spawn(async move { h.read_index().await })
-            })
-            .collect();
+        let reads: Vec<_> = (0..50).map(|_| spawn_read(&handle)).collect();
         for read in reads {
             let index = tokio::time::timeout(Duration::from_secs(5), read).await;
             assert!(index.unwrap().unwrap().unwrap() >= committed);
@@ -962,13 +961,7 @@ mod tests {
     #[tokio::test]
     async fn reads_waiting_on_a_paused_node_are_confirmed_when_it_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut node, handle) = lone_leader(dir.path());
-        pause(&handle);
-        let read = {
-            let h = handle.clone();
-            tokio::spawn(async move { h.read_index().await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut node, handle, read) = paused_leader_with_a_waiting_read(dir.path()).await;
         assert!(!read.is_finished(), "a paused node confirms nothing");
         handle.send(Msg::Resume).unwrap();
         let index = tokio::time::timeout(Duration::from_secs(5), read).await;
@@ -979,13 +972,7 @@ mod tests {
     #[tokio::test]
     async fn reads_waiting_when_the_node_stops_are_told_and_later_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut node, handle) = lone_leader(dir.path());
-        pause(&handle);
-        let read = {
-            let h = handle.clone();
-            tokio::spawn(async move { h.read_index().await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (mut node, handle, read) = paused_leader_with_a_waiting_read(dir.path()).await;
         node.stop();
         let waiting = tokio::time::timeout(Duration::from_secs(5), read).await;
         assert!(matches!(waiting.unwrap().unwrap(), Err(RaftError::Stopped)));
@@ -1002,11 +989,7 @@ mod tests {
         assert!(!handle.status().is_leader);
         // Past the largest randomized election timeout (2 x election_ticks).
         handle.send(Msg::AdvanceTicks(20)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !handle.status().is_leader {
-            assert!(Instant::now() < deadline, "{:?}", handle.status());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_status(&handle, |s| s.is_leader);
         node.stop();
     }
 

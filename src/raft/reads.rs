@@ -20,12 +20,10 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::oneshot;
-
 use super::RaftError;
 
 /// Where a read's index is sent once a quorum has confirmed it.
-pub type ReadReply = oneshot::Sender<Result<u64, RaftError>>;
+pub type ReadReply = super::node::Reply<u64>;
 
 /// The reads waiting for the next read-index round.
 #[derive(Default)]
@@ -89,6 +87,7 @@ impl ReadQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     fn read() -> (ReadReply, oneshot::Receiver<Result<u64, RaftError>>) {
         oneshot::channel()
