@@ -2,8 +2,10 @@
 //! or TLS (`https://`), feeding `axum::serve`.
 //!
 //! Layering of a connection: TCP accept -> TLS handshake (for `https://`, see
-//! [`crate::tls::incoming`]) -> [`H2FixStream`] (the `:authority` shim, which
-//! must see decrypted HTTP/2) -> hyper (HTTP/2 gRPC, or HTTP/1 for `/health`).
+//! [`crate::tls::incoming`]) -> [`CoalescingStream`] (responses that end
+//! together share one write; above TLS, so they share its records too) ->
+//! [`H2FixStream`] (the `:authority` shim, which must see decrypted HTTP/2) ->
+//! hyper (HTTP/2 gRPC, or HTTP/1 for `/health`).
 //! Each connection carries a [`ClientAddr`]: its remote address and, under TLS,
 //! the common name of a verified client certificate, which the auth layer
 //! reads (as etcd does with `--client-cert-auth`) through axum's `ConnectInfo`.
@@ -17,6 +19,7 @@ use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
+use super::coalesce::CoalescingStream;
 use super::h2fix::H2FixStream;
 use crate::tls::incoming::TlsIncoming;
 use crate::tls::stream::MaybeTlsStream;
@@ -52,7 +55,7 @@ impl ClientListener {
 }
 
 impl axum::serve::Listener for ClientListener {
-    type Io = H2FixStream<MaybeTlsStream>;
+    type Io = H2FixStream<CoalescingStream<MaybeTlsStream>>;
     type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -67,7 +70,10 @@ impl axum::serve::Listener for ClientListener {
                     remote,
                     cert_name: None,
                 };
-                (H2FixStream::new(MaybeTlsStream::Plain(stream)), addr)
+                (
+                    H2FixStream::new(CoalescingStream::new(MaybeTlsStream::Plain(stream))),
+                    addr,
+                )
             }
             ClientListener::Tls(incoming) => match incoming.next().await {
                 Some(a) => {
@@ -76,7 +82,9 @@ impl axum::serve::Listener for ClientListener {
                         cert_name: a.client_cn,
                     };
                     (
-                        H2FixStream::new(MaybeTlsStream::Tls(Box::new(a.stream))),
+                        H2FixStream::new(CoalescingStream::new(MaybeTlsStream::Tls(Box::new(
+                            a.stream,
+                        )))),
                         addr,
                     )
                 }
