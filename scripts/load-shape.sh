@@ -18,8 +18,11 @@
 #   scripts/load-shape.sh bench --clients 500 --conns 500 --key-size 256 --val-size 1024
 #
 # Knobs (environment): SERVER (target/release/localcluster), BENCH (the
-#   localcluster binary that generates `bench` loads), CHECK_LOAD (l),
-#   WARMUP (15), WINDOW (10), BASE_PORT (26000).
+#   localcluster binary that generates `bench` loads and checks the cluster is
+#   up), CHECK_LOAD (l), WARMUP (15), WINDOW (10; check perf runs 60 s, so
+#   WARMUP + WINDOW must stay under that), BASE_PORT (26000).
+# Context switches are those of the members' live threads (a thread that ends
+# in the window takes its count with it); the other figures are per process.
 # Needs: etcdctl (for check-perf), curl, bc.
 
 set -euo pipefail
@@ -40,15 +43,20 @@ check-perf | bench) shift ;;
     ;;
 esac
 
+if [ "$LOAD" = check-perf ] && [ $((WARMUP + WINDOW)) -ge 55 ]; then
+    echo "WARMUP + WINDOW must stay under 55 s: etcdctl check perf runs 60 s" >&2
+    exit 2
+fi
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/load-shape.XXXXXX")
 PIDS=()
 LOAD_PID=""
 stop() {
-    local pid
-    [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}" $LOAD_PID; do
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    local pid i
+    for pid in $LOAD_PID "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in $LOAD_PID "${PIDS[@]}"; do
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
 }
@@ -72,17 +80,26 @@ for i in 1 2 3; do
         >"$WORK/m$i.log" 2>&1 &
     PIDS+=($!)
 done
+up=""
 for _ in $(seq 100); do
-    "$BENCH" bench put --endpoints "$endpoints" --total 1 --clients 1 >/dev/null 2>&1 && break
+    if "$BENCH" bench put --endpoints "$endpoints" --total 1 --clients 1 >/dev/null 2>&1; then
+        up=yes
+        break
+    fi
     sleep 0.1
 done
+if [ -z "$up" ]; then
+    echo "the cluster did not take a write in 10 s; member 1 said:" >&2
+    tail -5 "$WORK/m1.log" >&2
+    exit 1
+fi
 
-# The load runs in its own process (exec), so that killing LOAD_PID stops it.
+# $! is the load's own process, so that stop() ends it.
 if [ "$LOAD" = check-perf ]; then
-    ETCDCTL_API=3 exec etcdctl --endpoints="$endpoints" check perf --load="$CHECK_LOAD" \
+    ETCDCTL_API=3 etcdctl --endpoints="$endpoints" check perf --load="$CHECK_LOAD" \
         >"$WORK/load.out" 2>&1 &
 else
-    exec "$BENCH" bench put --endpoints "$endpoints" --total 100000000 "$@" \
+    "$BENCH" bench put --endpoints "$endpoints" --total 100000000 "$@" \
         >"$WORK/load.out" 2>&1 &
 fi
 LOAD_PID=$!
@@ -99,27 +116,32 @@ counters() {
     done
     echo "$cs $w $cpu"
 }
-# sum of one metric over the members
+# sum of the metric lines matching $2 over the members, into variable $1
 metric() {
-    local total=0 i v
+    local total=0 i v page
     for i in 1 2 3; do
-        v=$(curl -s "http://127.0.0.1:$((BASE_PORT + i))/metrics" |
-            awk -v pat="$1" '$0 ~ pat {s += $NF} END {printf "%d", s}')
+        if ! page=$(curl -sf --max-time 5 "http://127.0.0.1:$((BASE_PORT + i))/metrics"); then
+            echo "cannot read the metrics of member $i" >&2
+            exit 1
+        fi
+        v=$(awk -v pat="$2" '$0 ~ pat {s += $NF} END {printf "%d", s}' <<<"$page")
         total=$((total + v))
     done
-    echo "$total"
+    printf -v "$1" '%s' "$total"
 }
-PUTS='^grpc_server_handled_total.*method="Put"'
+PUTS='^grpc_server_handled_total.*grpc_code="OK".*method="Put"'
 FSYNCS='^etcd_disk_wal_fsync_duration_seconds_count'
 
 sleep "$WARMUP"
-read -r cs0 w0 cpu0 < <(counters)
-p0=$(metric "$PUTS")
-f0=$(metric "$FSYNCS")
+counters >"$WORK/c0"
+metric p0 "$PUTS"
+metric f0 "$FSYNCS"
 sleep "$WINDOW"
-read -r cs1 w1 cpu1 < <(counters)
-p1=$(metric "$PUTS")
-f1=$(metric "$FSYNCS")
+counters >"$WORK/c1"
+metric p1 "$PUTS"
+metric f1 "$FSYNCS"
+read -r cs0 w0 cpu0 <"$WORK/c0"
+read -r cs1 w1 cpu1 <"$WORK/c1"
 
 n=$((p1 - p0))
 if [ "$n" -le 0 ]; then

@@ -1,28 +1,40 @@
-//! Write coalescing for client connections: a small write waits until the
-//! worker thread has run its other ready tasks, so the responses that complete
+//! Write coalescing for client connections: the responses that complete
 //! together leave in one system call.
 //!
 //! Why: hyper runs every gRPC call in a task of its own, and a call that ends
-//! wakes its connection's task, which tokio runs next (from its LIFO slot).
-//! When a Raft batch commits, dozens of calls on one connection end at once,
-//! and each used to be flushed alone: one `writev` of some 60 bytes per
-//! response, and on loopback one wake-up of the client per response too.
+//! wakes its connection's task. When a Raft batch commits, the Raft thread
+//! wakes dozens of calls on one connection at once; a worker runs them one
+//! after the other, and after each, the connection's task, which tokio runs
+//! straight after the task that woke it (from its LIFO slot). So each response
+//! used to be flushed alone: one `writev` of some 60 bytes per response, and
+//! on loopback one wake-up of the client per response too.
 //!
-//! How: [`CoalescingStream`] wraps the connection below hyper. The first small
-//! write of a burst returns `Pending` after handing a waker to
-//! [`tokio::task::yield_now`], which wakes it only once the worker has run out
-//! of ready tasks (or at its periodic maintenance, every few dozen polls);
-//! until then every write returns `Pending`. In the meantime the other calls
-//! that ended add their frames to the HTTP/2 connection's buffer, and the
-//! first write after the round carries them all.
+//! How: [`CoalescingStream`] wraps the connection below hyper, in three phases:
+//! - *Idle*: a small write (under 16 KiB) returns `Pending` and starts a
+//!   *round*: it hands a waker to [`tokio::task::yield_now`], which the worker
+//!   fires only once it has no ready task left (local, injected or stolen), or
+//!   at its periodic maintenance (every 61 scheduler ticks).
+//! - *Waiting*: until the round ends, every small write from the same task
+//!   returns `Pending`, however often the task is woken; meanwhile the calls
+//!   that end add their frames to the HTTP/2 connection's buffer.
+//! - *Open*: the first write after the round goes to the socket with them
+//!   all, and so does every write until the worker next runs out of ready
+//!   tasks (a second, silent waker marks that): a connection that has more
+//!   to send than one write takes (h2 flushes when its buffer is full) does
+//!   not wait a round per write. The next small write after that starts a
+//!   round again.
+//!
+//! The stream says it cannot write vectored, so that h2 copies DATA frames
+//! of up to 1 KiB into its write buffer (with vectored writes it keeps every
+//! frame of 256 bytes or more apart and flushes each on its own, which would
+//! leave a range response of a few hundred bytes uncoalesced).
 //!
 //! Invariants:
 //! - Bytes are never reordered, held or dropped: a deferred write returns
 //!   `Pending` without taking any byte, and the caller (h2, or hyper's HTTP/1)
 //!   keeps its buffer and writes it again when woken.
-//! - A burst waits for one round of the worker's queue, however often the
-//!   connection's task is woken meanwhile (every call that ends wakes it);
-//!   the first write after the round goes to the socket.
+//! - A write waits at most one round of its worker. A poll from another task
+//!   than the round's (never the case under hyper) starts a round of its own.
 //! - Large writes are never deferred; they already amortise their system call.
 //! - Reads, flushes and shutdowns pass straight through.
 
@@ -42,16 +54,45 @@ const SMALL_WRITE: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct CoalescingStream<S> {
     inner: S,
-    /// The round the writes of the current burst wait for, if any.
-    round: Option<Arc<EndOfRound>>,
+    phase: Phase,
 }
 
-/// The waker of one wait for the worker's ready tasks: the wake-up that ends
-/// the round sets `done`, then wakes the connection's task.
+#[derive(Debug)]
+enum Phase {
+    /// The next small write starts a round.
+    Idle,
+    /// Small writes wait for this round to end.
+    Waiting(Arc<EndOfRound>),
+    /// Writes go through until this (silent) round ends.
+    Open(Arc<EndOfRound>),
+}
+
+/// The waker handed to the scheduler for one round: when the scheduler fires
+/// it, it sets `done`, then wakes the connection's task (if any).
 #[derive(Debug)]
 struct EndOfRound {
     done: AtomicBool,
-    task: Waker,
+    task: Option<Waker>,
+}
+
+impl EndOfRound {
+    /// Starts a round that wakes `task` (or no one) when it ends.
+    fn start(task: Option<Waker>) -> Arc<EndOfRound> {
+        let round = Arc::new(EndOfRound {
+            done: AtomicBool::new(false),
+            task,
+        });
+        let waker = Waker::from(round.clone());
+        // `yield_now`'s first poll hands the waker to the scheduler (outside a
+        // tokio runtime it wakes it at once) and returns `Pending`; dropping
+        // the future afterwards does not take the wake-up back.
+        let _ = std::pin::pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
+        round
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
 }
 
 impl Wake for EndOfRound {
@@ -61,46 +102,40 @@ impl Wake for EndOfRound {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.done.store(true, Ordering::Release);
-        self.task.wake_by_ref();
+        if let Some(task) = &self.task {
+            task.wake_by_ref();
+        }
     }
 }
 
 impl<S> CoalescingStream<S> {
     pub fn new(inner: S) -> Self {
-        CoalescingStream { inner, round: None }
+        CoalescingStream {
+            inner,
+            phase: Phase::Idle,
+        }
     }
 
-    /// Whether a write of `len` bytes must wait: it starts a round if none is
-    /// on, and waits until the round is over.
+    /// Whether a write of `len` bytes must wait (see the phases above).
     fn should_defer(&mut self, len: usize, cx: &mut Context<'_>) -> bool {
         if len == 0 || len >= SMALL_WRITE {
             return false;
         }
-        if let Some(round) = &self.round {
-            if round.done.load(Ordering::Acquire) {
-                self.round = None;
+        match &self.phase {
+            Phase::Open(window) if !window.is_done() => return false,
+            Phase::Waiting(round) if round.is_done() => {
+                self.phase = Phase::Open(EndOfRound::start(None));
                 return false;
             }
-            if round.task.will_wake(cx.waker()) {
+            Phase::Waiting(round)
+                if round.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) =>
+            {
                 return true;
             }
-            // Polled from another task than the one the round will wake:
-            // start a round for this one.
+            // Idle, a window that closed, or a round that will wake another task.
+            _ => {}
         }
-        let round = Arc::new(EndOfRound {
-            done: AtomicBool::new(false),
-            task: cx.waker().clone(),
-        });
-        let waker = Waker::from(round.clone());
-        // `yield_now` hands the waker to the scheduler on its first poll (or,
-        // outside a tokio runtime, wakes it at once). Dropping the future
-        // afterwards does not take the wake-up back.
-        let yielded =
-            std::pin::pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
-        if yielded.is_ready() {
-            return false;
-        }
-        self.round = Some(round);
+        self.phase = Phase::Waiting(EndOfRound::start(Some(cx.waker().clone())));
         true
     }
 }
@@ -141,8 +176,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
+    /// No, so that h2 copies small DATA frames into its buffer (see above).
+    /// A vectored write from a caller that tries one anyway still goes to the
+    /// socket as one.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -156,7 +194,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     use futures::task::AtomicWaker;
     use tokio::io::AsyncWriteExt;
@@ -247,6 +286,7 @@ mod tests {
     {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .enable_time()
             .build()
             .unwrap();
         let shared = Arc::new(Shared::default());
@@ -266,17 +306,15 @@ mod tests {
             let commit = Arc::new(tokio::sync::Notify::new());
             let mut ended = Vec::new();
             for response in responses {
-                let (shared, commit) = (shared.clone(), commit.clone());
+                let shared = shared.clone();
                 let notified = commit.clone().notified_owned();
                 ended.push(tokio::spawn(async move {
                     notified.await;
-                    let _ = &commit;
                     shared.sent.lock().unwrap().extend(&response);
                     shared.queued.lock().unwrap().extend(response);
                     shared.connection.wake();
                 }));
             }
-            tokio::task::yield_now().await;
             // The commit wakes every call from within the runtime.
             tokio::spawn(async move { commit.notify_waiters() })
                 .await
@@ -284,7 +322,10 @@ mod tests {
             for call in ended {
                 call.await.unwrap();
             }
-            connection.await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), connection)
+                .await
+                .expect("the connection never wrote every response")
+                .unwrap();
         });
         let sent = shared.sent.lock().unwrap().clone();
         sent
@@ -328,30 +369,74 @@ mod tests {
         assert!(matches!(r, Poll::Ready(Ok(n)) if n == SMALL_WRITE));
     }
 
+    /// Polls one write of `bytes` with a waker that counts its wake-ups.
+    fn poll_counted(
+        stream: &mut CoalescingStream<Recorder>,
+        bytes: &[u8],
+        wakes: &Arc<WakeCount>,
+    ) -> Poll<io::Result<usize>> {
+        let waker = Waker::from(wakes.clone());
+        Pin::new(stream).poll_write(&mut Context::from_waker(&waker), bytes)
+    }
+
+    #[derive(Default)]
+    struct WakeCount(std::sync::atomic::AtomicUsize);
+
+    impl Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[tokio::test]
-    async fn a_small_write_waits_for_the_round_then_goes_through() {
+    async fn a_small_write_waits_for_the_round_and_its_task_is_woken() {
         let recorder = Recorder::default();
         let mut stream = CoalescingStream::new(recorder.clone());
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut stream)
-            .poll_write(&mut cx, b"abc")
-            .is_pending());
+        let wakes = Arc::new(WakeCount::default());
+        assert!(poll_counted(&mut stream, b"abc", &wakes).is_pending());
         assert!(
-            Pin::new(&mut stream)
-                .poll_write(&mut cx, b"abc")
-                .is_pending(),
+            poll_counted(&mut stream, b"abc", &wakes).is_pending(),
             "the round is not over"
         );
         assert!(recorder.writes().is_empty());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         // The round ends once the runtime has run its other ready tasks.
         tokio::task::yield_now().await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the task was not woken");
         assert!(matches!(
-            Pin::new(&mut stream).poll_write(&mut cx, b"abc"),
+            poll_counted(&mut stream, b"abc", &wakes),
             Poll::Ready(Ok(3))
         ));
-        // The next burst waits for a round of its own.
-        stream.write_all(b"de").await.unwrap();
-        assert_eq!(recorder.writes(), vec![b"abc".to_vec(), b"de".to_vec()]);
+        assert_eq!(recorder.writes(), vec![b"abc".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn after_a_round_writes_go_through_until_the_runtime_is_idle_again() {
+        let recorder = Recorder::default();
+        let mut stream = CoalescingStream::new(recorder.clone());
+        let wakes = Arc::new(WakeCount::default());
+        assert!(poll_counted(&mut stream, b"a", &wakes).is_pending());
+        tokio::task::yield_now().await;
+        // A connection with more than one write to make makes them all now.
+        for bytes in [b"a", b"b", b"c"] {
+            assert!(poll_counted(&mut stream, bytes, &wakes).is_ready());
+        }
+        // Once the runtime has run out of ready tasks, a new burst waits.
+        tokio::task::yield_now().await;
+        assert!(poll_counted(&mut stream, b"d", &wakes).is_pending());
+        tokio::time::timeout(Duration::from_secs(10), stream.write_all(b"d"))
+            .await
+            .expect("a deferred write never completed")
+            .unwrap();
+        let expected: Vec<Vec<u8>> = [b"a", b"b", b"c", b"d"].map(|b| b.to_vec()).into();
+        assert_eq!(recorder.writes(), expected);
+    }
+
+    #[test]
+    fn the_stream_asks_h2_for_plain_writes() {
+        // h2 keeps every DATA frame of 256 bytes or more apart when it can
+        // write vectored, and flushes each alone: range responses would not
+        // coalesce. Without vectored writes it copies frames under 1 KiB.
+        assert!(!CoalescingStream::new(Recorder::default()).is_write_vectored());
     }
 }
