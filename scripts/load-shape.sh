@@ -50,51 +50,14 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/load-shape.XXXXXX")
 PIDS=()
-LOAD_PID=""
-stop() {
-    local pid i
-    for pid in $LOAD_PID "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in $LOAD_PID "${PIDS[@]}"; do
-        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap stop EXIT
+# shellcheck source=lib/loopback-cluster.sh
+. "$ROOT/scripts/lib/loopback-cluster.sh"
+trap cluster_stop EXIT
+cluster_start "$SERVER" load-shape
+endpoints=$ENDPOINTS
+MEMBERS=("${PIDS[@]}")
 
-SUB=(member)
-[ "$(basename "$SERVER")" = etcd ] && SUB=()
-cluster=""
-endpoints=""
-for i in 1 2 3; do
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:$((BASE_PORT + 10 + i))"
-    endpoints+="${endpoints:+,}127.0.0.1:$((BASE_PORT + i))"
-done
-for i in 1 2 3; do
-    client=http://127.0.0.1:$((BASE_PORT + i))
-    peer=http://127.0.0.1:$((BASE_PORT + 10 + i))
-    "$SERVER" "${SUB[@]}" --name "m$i" --data-dir "$WORK/m$i" \
-        --listen-client-urls "$client" --advertise-client-urls "$client" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster-token load-shape --initial-cluster "$cluster" \
-        >"$WORK/m$i.log" 2>&1 &
-    PIDS+=($!)
-done
-up=""
-for _ in $(seq 100); do
-    if "$BENCH" bench put --endpoints "$endpoints" --total 1 --clients 1 >/dev/null 2>&1; then
-        up=yes
-        break
-    fi
-    sleep 0.1
-done
-if [ -z "$up" ]; then
-    echo "the cluster did not take a write in 10 s; member 1 said:" >&2
-    tail -5 "$WORK/m1.log" >&2
-    exit 1
-fi
-
-# $! is the load's own process, so that stop() ends it.
+# $! is the load's own process; cluster_stop ends it with the members.
 if [ "$LOAD" = check-perf ]; then
     ETCDCTL_API=3 etcdctl --endpoints="$endpoints" check perf --load="$CHECK_LOAD" \
         >"$WORK/load.out" 2>&1 &
@@ -102,12 +65,12 @@ else
     "$BENCH" bench put --endpoints "$endpoints" --total 100000000 "$@" \
         >"$WORK/load.out" 2>&1 &
 fi
-LOAD_PID=$!
+PIDS+=($!)
 
 # context switches, write syscalls, CPU ticks of the members
 counters() {
     local cs=0 w=0 cpu=0 pid t
-    for pid in "${PIDS[@]}"; do
+    for pid in "${MEMBERS[@]}"; do
         for t in /proc/"$pid"/task/*; do
             cs=$((cs + $(awk '/ctxt_switches/ {s += $2} END {print s + 0}' "$t/status")))
         done

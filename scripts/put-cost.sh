@@ -38,40 +38,11 @@ read -r -a MEMBER_FLAGS <<<"${MEMBER_FLAGS:-}"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/put-cost.XXXXXX")
 PIDS=()
-stop() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    done
-    rm -rf "$WORK"
-}
-trap stop EXIT
-
-# etcd is started directly; localcluster through its `member` subcommand.
-SUB=(member)
-[ "$(basename "$SERVER")" = etcd ] && SUB=()
-
-cluster=""
-endpoints=""
-for i in 1 2 3; do
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:$((BASE_PORT + 10 + i))"
-    endpoints+="${endpoints:+,}127.0.0.1:$((BASE_PORT + i))"
-done
-for i in 1 2 3; do
-    client=http://127.0.0.1:$((BASE_PORT + i))
-    peer=http://127.0.0.1:$((BASE_PORT + 10 + i))
-    "$SERVER" "${SUB[@]}" --name "m$i" --data-dir "$WORK/m$i" \
-        --listen-client-urls "$client" --advertise-client-urls "$client" \
-        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster-token put-cost --initial-cluster "$cluster" \
-        "${MEMBER_FLAGS[@]}" >"$WORK/m$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for _ in $(seq 100); do
-    "$BENCH" bench put --endpoints "$endpoints" --total 1 --clients 1 >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# shellcheck source=lib/loopback-cluster.sh
+. "$ROOT/scripts/lib/loopback-cluster.sh"
+trap cluster_stop EXIT
+cluster_start "$SERVER" put-cost "${MEMBER_FLAGS[@]}"
+endpoints=$ENDPOINTS
 "$BENCH" bench put --endpoints "$endpoints" --total 1000 --clients "$CLIENTS" --conns 3 "$@" >/dev/null
 
 # busy, idle and iowait ticks of the whole machine

@@ -386,6 +386,13 @@ mod tests {
         Pin::new(stream).poll_write(&mut Context::from_waker(&waker), bytes)
     }
 
+    /// A stream over a recorder, and a waker that counts its wake-ups.
+    fn counted_stream() -> (Recorder, CoalescingStream<Recorder>, Arc<WakeCount>) {
+        let recorder = Recorder::default();
+        let stream = CoalescingStream::new(recorder.clone());
+        (recorder, stream, Arc::new(WakeCount::default()))
+    }
+
     #[derive(Default)]
     struct WakeCount(std::sync::atomic::AtomicUsize);
 
@@ -397,9 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_small_write_waits_for_the_round_and_its_task_is_woken() {
-        let recorder = Recorder::default();
-        let mut stream = CoalescingStream::new(recorder.clone());
-        let wakes = Arc::new(WakeCount::default());
+        let (recorder, mut stream, wakes) = counted_stream();
         assert!(poll_counted(&mut stream, b"abc", &wakes).is_pending());
         assert!(
             poll_counted(&mut stream, b"abc", &wakes).is_pending(),
@@ -419,9 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_round_writes_go_through_until_the_runtime_is_idle_again() {
-        let recorder = Recorder::default();
-        let mut stream = CoalescingStream::new(recorder.clone());
-        let wakes = Arc::new(WakeCount::default());
+        let (recorder, mut stream, wakes) = counted_stream();
         assert!(poll_counted(&mut stream, b"a", &wakes).is_pending());
         tokio::task::yield_now().await;
         // A connection with more than one write to make makes them all now.
