@@ -74,6 +74,25 @@ pub async fn connect_with(
     crate::tls::connector::connect(&endpoint, tls).await
 }
 
+/// Connects to one endpoint like [`connect`], with small writes coalesced
+/// (see [`crate::tls::connector::connect_coalescing`]); `bench` connects so.
+pub async fn connect_coalescing(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    let url = url_of(endpoint);
+    let tls = if url.starts_with("https://") {
+        tools_tls()
+    } else {
+        None
+    };
+    let endpoint = Endpoint::from_shared(url)?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true);
+    crate::tls::connector::connect_coalescing(&endpoint, tls).await
+}
+
 /// A KV client for one endpoint.
 pub async fn kv(
     endpoint: &str,

@@ -120,7 +120,7 @@ pub async fn run(
     let mut channels: Vec<Channel> = Vec::with_capacity(plan.conn_endpoints.len());
     for &e in &plan.conn_endpoints {
         let endpoint = &endpoints[e];
-        let channel = crate::client::connect(endpoint, timeout)
+        let channel = crate::client::connect_coalescing(endpoint, timeout)
             .await
             .map_err(|source| BenchError::Connect {
                 endpoint: endpoint.clone(),

@@ -10,9 +10,13 @@ use std::sync::Arc;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::api::coalesce::CoalescingStream;
 
 /// Connects `endpoint`: over TLS with `tls` when its URL is `https://` (an
 /// `https://` URL without a config is refused), plainly otherwise.
@@ -25,27 +29,62 @@ pub async fn connect(
     }
     let connector = tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
+        async move { Ok::<_, io::Error>(TokioIo::new(dial_tls(&uri, tls).await?)) }
+    });
+    endpoint.connect_with_connector(connector).await
+}
+
+/// Connects `endpoint` like [`connect`], with the connection's small writes
+/// coalesced ([`CoalescingStream`]): the requests that many clients send
+/// together on one connection leave in one write. For load generators, whose
+/// clients all send their next request when one commit answers them.
+pub async fn connect_coalescing(
+    endpoint: &Endpoint,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Channel, tonic::transport::Error> {
+    let https = endpoint.uri().scheme_str() == Some("https");
+    let connector = tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
         async move {
-            let tls = tls.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("{uri}: https URL but no TLS configuration"),
-                )
-            })?;
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URL without a host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(host)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let stream = TlsConnector::from(tls).connect(name, tcp).await?;
-            Ok::<_, io::Error>(TokioIo::new(stream))
+            let stream = if https {
+                Either::Left(dial_tls(&uri, tls).await?)
+            } else {
+                let (host, port) = host_port(&uri, 80)?;
+                Either::Right(dial(&host, port).await?)
+            };
+            Ok::<_, io::Error>(TokioIo::new(CoalescingStream::new(stream)))
         }
     });
     endpoint.connect_with_connector(connector).await
+}
+
+/// The host (without IPv6 brackets) and port of `uri`.
+fn host_port(uri: &Uri, default_port: u16) -> io::Result<(String, u16)> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URL without a host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
+}
+
+async fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+async fn dial_tls(uri: &Uri, tls: Option<Arc<ClientConfig>>) -> io::Result<TlsStream<TcpStream>> {
+    let tls = tls.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{uri}: https URL but no TLS configuration"),
+        )
+    })?;
+    let (host, port) = host_port(uri, 443)?;
+    let tcp = dial(&host, port).await?;
+    let name =
+        ServerName::try_from(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    TlsConnector::from(tls).connect(name, tcp).await
 }
