@@ -751,3 +751,77 @@ async fn a_lease_can_be_granted_with_its_own_id_once() {
     assert_eq!(err.message(), "etcdserver: requested lease not found");
     cluster.shutdown().await.unwrap();
 }
+
+/// The next response with events on `stream`: (type, value, previous value)
+/// of each event.
+async fn next_events(
+    stream: &mut tonic::Streaming<WatchResponse>,
+) -> Vec<(EventType, Vec<u8>, Option<Vec<u8>>)> {
+    loop {
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        if !resp.events.is_empty() {
+            return resp
+                .events
+                .into_iter()
+                .map(|e| {
+                    let kind = e.r#type();
+                    let value = e.kv.map(|kv| kv.value).unwrap_or_default();
+                    (kind, value, e.prev_kv.map(|p| p.value))
+                })
+                .collect();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_watch_events_carry_the_previous_value_only_for_watchers_that_ask() {
+    // Puts are applied without reading the previous value (their requests do
+    // not ask for it); the watch server reads it for the watcher that does.
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+    put_once(&url, "pk/a", b"v1", 0).await.unwrap();
+    let create = |prev_kv| WatchCreateRequest {
+        key: b"pk/".to_vec(),
+        range_end: prefix_end("pk/"),
+        prev_kv,
+        ..Default::default()
+    };
+    let (_tx1, mut with) = open_watch(&url, create(true)).await.unwrap();
+    let (_tx2, mut without) = open_watch(&url, create(false)).await.unwrap();
+
+    put_once(&url, "pk/a", b"v2", 0).await.unwrap();
+    put_once(&url, "pk/b", b"new", 0).await.unwrap();
+    let mut kv = localcluster::client::kv(&url, RPC).await.unwrap();
+    kv.delete_range(localcluster::pb::etcdserverpb::DeleteRangeRequest {
+        key: b"pk/a".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    put_once(&url, "pk/a", b"v3", 0).await.unwrap();
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(next_events(&mut with).await);
+    }
+    use EventType::{Delete, Put};
+    assert_eq!(
+        got,
+        vec![
+            (Put, b"v2".to_vec(), Some(b"v1".to_vec())),
+            (Put, b"new".to_vec(), None),
+            (Delete, Vec::new(), Some(b"v2".to_vec())),
+            (Put, b"v3".to_vec(), None),
+        ]
+    );
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(next_events(&mut without).await);
+    }
+    assert!(got.iter().all(|(_, _, prev)| prev.is_none()), "{got:?}");
+    cluster.shutdown().await.unwrap();
+}

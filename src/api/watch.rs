@@ -361,6 +361,20 @@ impl Session {
 
     /// Hands a batch of live events to every interested watcher.
     async fn deliver(&mut self, events: &[mvcc::Event], revision: i64) -> Result<(), Gone> {
+        // Puts are applied without reading their previous key-values; read
+        // them once for the batch if a watcher that asks for them takes one.
+        let needs_prev = |e: &mvcc::Event| e.kind == mvcc::EventKind::Put && e.prev_kv.is_none();
+        let loaded;
+        let events = if self
+            .watchers
+            .values()
+            .any(|w| w.prev_kv && events.iter().any(|e| needs_prev(e) && w.wants(e)))
+        {
+            loaded = self.with_prev_kvs(events);
+            &loaded[..]
+        } else {
+            events
+        };
         let mut out = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
             let selected: Vec<mvcc::Event> =
@@ -375,6 +389,22 @@ impl Session {
         }
         self.synced_rev = self.synced_rev.max(revision);
         Ok(())
+    }
+
+    /// `events` with the previous key-values of their puts read from the
+    /// store; as they were if the store cannot tell (a snapshot replaced it),
+    /// as etcd's watch then sends no previous key-value either.
+    fn with_prev_kvs(&self, events: &[mvcc::Event]) -> Vec<mvcc::Event> {
+        let mut events = events.to_vec();
+        if let Err(e) = self
+            .core
+            .store
+            .read()
+            .and_then(|view| view.load_prev_kvs(&mut events))
+        {
+            tracing::debug!(error = %e, "watch: previous key-values unavailable");
+        }
+        events
     }
 
     async fn send_events(

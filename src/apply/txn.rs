@@ -280,9 +280,17 @@ mod tests {
         let with = Store::open(dir.path().join("with")).unwrap();
         let without = Store::open(dir.path().join("without")).unwrap();
         let (prevs, counts, events) = run(&with, true);
-        let (no_prevs, no_counts, no_events) = run(&without, false);
+        let (no_prevs, no_counts, mut no_events) = run(&without, false);
         assert_eq!(counts, vec![2, 3]);
         assert_eq!(no_counts, counts);
+        // Puts without `prev_kv` leave it out of their events too, for a
+        // watcher that asks to read.
+        assert!(no_events
+            .iter()
+            .filter(|e| e.kind == crate::mvcc::EventKind::Put)
+            .all(|e| e.prev_kv.is_none()));
+        let view = without.read().unwrap();
+        view.load_prev_kvs(&mut no_events).unwrap();
         assert_eq!(no_events, events);
         assert!(no_prevs.is_empty());
         // Five previous values of the second round of puts, then the keys the

@@ -50,11 +50,7 @@ pub fn encode_record_into(out: &mut Vec<u8>, tombstone: bool, kv: &KeyValue) {
 /// Decodes a record.
 pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     let (tombstone, key_len) = decode_header(bytes)?;
-    let num = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&bytes[1 + 8 * i..9 + 8 * i]);
-        i64::from_be_bytes(b)
-    };
+    let num = |i: usize| header_number(bytes, i);
     let key_end = HEADER_LEN + key_len;
     Ok(Record {
         tombstone,
@@ -69,11 +65,34 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     })
 }
 
-/// Decodes only the tag and the key of a record: whether it is a tombstone,
-/// and its key (what the key index is rebuilt from).
-pub fn decode_record_head(bytes: &[u8]) -> Result<(bool, &[u8])> {
+/// A record without its value: what the key index is rebuilt from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHead<'a> {
+    pub tombstone: bool,
+    pub key: &'a [u8],
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// Decodes a record's tag, key and numbers, not its value.
+pub fn decode_record_head(bytes: &[u8]) -> Result<RecordHead<'_>> {
     let (tombstone, key_len) = decode_header(bytes)?;
-    Ok((tombstone, &bytes[HEADER_LEN..HEADER_LEN + key_len]))
+    Ok(RecordHead {
+        tombstone,
+        key: &bytes[HEADER_LEN..HEADER_LEN + key_len],
+        create_revision: header_number(bytes, 0),
+        version: header_number(bytes, 2),
+        lease: header_number(bytes, 3),
+    })
+}
+
+/// The `i`-th 8-byte number of a record's header (0 create revision, 1 mod
+/// revision, 2 version, 3 lease); `bytes` holds at least a header.
+fn header_number(bytes: &[u8], i: usize) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[1 + 8 * i..9 + 8 * i]);
+    i64::from_be_bytes(b)
 }
 
 /// Validates the fixed header; returns (tombstone, key length).
@@ -207,7 +226,11 @@ mod tests {
             let mut buf = vec![7u8; 5];
             encode_record_into(&mut buf, tombstone, &kv);
             prop_assert_eq!(&buf, &enc);
-            prop_assert_eq!(decode_record_head(&enc)?, (tombstone, kv.key.as_slice()));
+            let head = decode_record_head(&enc)?;
+            prop_assert_eq!(
+                (head.tombstone, head.key, head.create_revision, head.version, head.lease),
+                (tombstone, kv.key.as_slice(), kv.create_revision, kv.version, kv.lease)
+            );
             let rec = decode_record(&enc)?;
             prop_assert_eq!(rec, Record { tombstone, kv });
         }

@@ -8,6 +8,11 @@
 //! carry their key and a put/tombstone tag), so [`KeyIndex::rebuild`] recreates
 //! the index from `mvcc_kv` whenever the store opens or restores a snapshot.
 //!
+//! Each put in a history also keeps its create revision, version and lease
+//! (24 bytes), so that the next put of the key knows them without reading
+//! the record: a put reads nothing from `mvcc_kv` unless it returns or keeps
+//! the previous value.
+//!
 //! Invariants:
 //! * every key's history is sorted by revision, strictly increasing, and never
 //!   empty (a key whose history empties is removed);
@@ -34,11 +39,42 @@ use super::error::Result;
 use super::key_range::KeyRange;
 use super::revision::Revision;
 
-/// One change of a key: its revision and whether it was a delete.
+/// One change of a key: its revision, whether it was a delete, and for a put
+/// the numbers the key's next put carries on from, so that a put needs no
+/// read of the record before it (etcd's `keyIndex` keeps the same in its
+/// generations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Change {
     pub rev: Revision,
     pub tombstone: bool,
+    /// For a put, the key-value's numbers; zero for a delete.
+    pub meta: PutMeta,
+}
+
+/// A put's `create_revision`, `version` and `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PutMeta {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl Change {
+    pub fn put(rev: Revision, meta: PutMeta) -> Change {
+        Change {
+            rev,
+            tombstone: false,
+            meta,
+        }
+    }
+
+    pub fn delete(rev: Revision) -> Change {
+        Change {
+            rev,
+            tombstone: true,
+            meta: PutMeta::default(),
+        }
+    }
 }
 
 /// A key as the index holds it: up to 16 bytes inline, in the tree's node,
@@ -81,8 +117,20 @@ impl KeyIndex {
         for entry in kv.iter()? {
             let (k, v) = entry?;
             let rev = Revision::from_bytes(k.value())?;
-            let (tombstone, key) = decode_record_head(v.value())?;
-            index.record(key, rev, tombstone);
+            let head = decode_record_head(v.value())?;
+            let change = if head.tombstone {
+                Change::delete(rev)
+            } else {
+                Change::put(
+                    rev,
+                    PutMeta {
+                        create_revision: head.create_revision,
+                        version: head.version,
+                        lease: head.lease,
+                    },
+                )
+            };
+            index.record(head.key, change);
         }
         Ok(index)
     }
@@ -116,13 +164,12 @@ impl KeyIndex {
         self.keys.values().map(Vec::len).sum()
     }
 
-    /// Appends a change of `key` at `rev`, which must be past every revision
-    /// the index holds.
-    pub fn record(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
-        let change = Change { rev, tombstone };
+    /// Appends `change` to the history of `key`; its revision must be past
+    /// every revision the index holds.
+    pub fn record(&mut self, key: &[u8], change: Change) {
         match self.keys.get_mut(key) {
             Some(history) => {
-                debug_assert!(history.last().is_none_or(|c| c.rev < rev));
+                debug_assert!(history.last().is_none_or(|c| c.rev < change.rev));
                 history.push(change);
             }
             None => {
@@ -134,6 +181,21 @@ impl KeyIndex {
     /// The newest change of `key` at or below `upper`.
     pub fn newest_upto(&self, key: &[u8], upper: Revision) -> Option<Change> {
         newest_upto(self.keys.get(key)?, upper)
+    }
+
+    /// The put that `key` held just before its put at main revision `main`
+    /// with `meta` (one revision may change a key more than once, but never
+    /// twice to the same numbers): `None` if the key did not exist then, or
+    /// if that put or the one before it has been compacted away.
+    pub fn put_before(&self, key: &[u8], main: i64, meta: PutMeta) -> Option<Change> {
+        let history = self.keys.get(key)?;
+        let end = history.partition_point(|c| c.rev.main <= main);
+        let at = history[..end]
+            .iter()
+            .rposition(|c| c.rev.main == main && !c.tombstone && c.meta == meta)?;
+        at.checked_sub(1)
+            .map(|i| history[i])
+            .filter(|c| !c.tombstone)
     }
 
     /// Calls `visit` with every key that exists at revision `rev` in `range`
@@ -257,9 +319,17 @@ mod tests {
             (b"a", 6, false),
             (b"b", 7, true),
         ] {
-            index.record(key, rev(main), tombstone);
+            index.record(key, change(main, tombstone));
         }
         index
+    }
+
+    fn change(main: i64, tombstone: bool) -> Change {
+        if tombstone {
+            Change::delete(rev(main))
+        } else {
+            Change::put(rev(main), PutMeta::default())
+        }
     }
 
     #[test]
@@ -300,10 +370,48 @@ mod tests {
     }
 
     #[test]
+    fn the_put_before_a_put_is_the_previous_change_unless_it_is_a_delete() {
+        let mut index = sample();
+        // One revision that puts c, deletes it and puts it again.
+        let meta = |version| PutMeta {
+            create_revision: 8,
+            version,
+            lease: 0,
+        };
+        index.record(b"c", change(7, false));
+        index.record(b"c", Change::put(Revision::new(8, 0), meta(2)));
+        index.record(b"c", Change::delete(Revision::new(8, 1)));
+        index.record(b"c", Change::put(Revision::new(8, 2), meta(1)));
+        let before = |key: &[u8], main| {
+            index
+                .put_before(key, main, PutMeta::default())
+                .map(|c| c.rev.main)
+        };
+        assert_eq!(before(b"a", 3), Some(2));
+        assert_eq!(before(b"a", 2), None, "first put");
+        assert_eq!(before(b"a", 6), None, "after a delete");
+        assert_eq!(before(b"a", 4), None, "a delete has no put before it here");
+        assert_eq!(before(b"a", 5), None, "no change of a at 5");
+        assert_eq!(before(b"d", 5), None, "unknown key");
+        assert_eq!(
+            index.put_before(b"c", 8, meta(2)).map(|c| c.rev),
+            Some(rev(7))
+        );
+        assert_eq!(index.put_before(b"c", 8, meta(1)), None, "after a delete");
+        let mut compacted = sample();
+        compacted.compact(3);
+        assert_eq!(
+            compacted.put_before(b"a", 3, PutMeta::default()),
+            None,
+            "compacted away"
+        );
+    }
+
+    #[test]
     fn rollback_takes_back_changes_past_the_revision_and_empty_keys() {
         let mut index = sample();
-        index.record(b"c", rev(8), false);
-        index.record(b"a", Revision::new(8, 1), true);
+        index.record(b"c", change(8, false));
+        index.record(b"a", Change::delete(Revision::new(8, 1)));
         index.rollback(7, false);
         assert_eq!(index.len(), 2);
         assert_eq!(

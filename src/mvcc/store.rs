@@ -60,7 +60,7 @@ use super::buffer::ReadBuffer;
 use super::codec::encode_record_into;
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
-use super::index::KeyIndex;
+use super::index::{Change, KeyIndex, PutMeta};
 use super::key_range::KeyRange;
 use super::revision::Revision;
 use super::snapshot;
@@ -1029,8 +1029,11 @@ impl<'w, 't> RevTxn<'w, 't> {
         self.put_with(key, value, lease, ignore_value, ignore_lease, true)
     }
 
-    /// [`RevTxn::put`] without copying out the previous key-value (its event
-    /// still carries it).
+    /// [`RevTxn::put`] without the previous key-value: the key index alone
+    /// gives what the new one carries on from it, so its record is not read
+    /// (unless `ignore_value` keeps its value), and the put's event carries no
+    /// `prev_kv` ([`ReadView::load_prev_kvs`] reads it for a watcher that
+    /// asks).
     pub fn put_without_prev(
         &mut self,
         key: &[u8],
@@ -1052,31 +1055,51 @@ impl<'w, 't> RevTxn<'w, 't> {
         ignore_lease: bool,
         return_prev: bool,
     ) -> Result<Option<KeyValue>> {
-        let prev = self.guard(|t| t.view()?.latest(key))?;
-        if (ignore_value || ignore_lease) && prev.is_none() {
+        // The index knows what the new key-value carries on from the old one;
+        // the old record is read only when the caller wants it back or keeps
+        // its value.
+        let (prev_put, prev) = self.guard(|t| {
+            let view = t.view()?;
+            let prev_put = view.latest_put(key)?;
+            let prev = match prev_put {
+                Some(c) if return_prev || ignore_value => Some(view.record_at(c.rev)?.kv),
+                _ => None,
+            };
+            Ok((prev_put, prev))
+        })?;
+        if (ignore_value || ignore_lease) && prev_put.is_none() {
             return Err(MvccError::KeyNotFound);
         }
         self.guard(|t| {
             let rev = t.next_revision();
+            let meta = match prev_put {
+                Some(p) => PutMeta {
+                    create_revision: p.meta.create_revision,
+                    version: p.meta.version + 1,
+                    lease: if ignore_lease { p.meta.lease } else { lease },
+                },
+                None => PutMeta {
+                    create_revision: rev.main,
+                    version: 1,
+                    lease,
+                },
+            };
             let kv = KeyValue {
                 key: key.to_vec(),
-                create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+                create_revision: meta.create_revision,
                 mod_revision: rev.main,
-                version: prev.as_ref().map_or(1, |p| p.version + 1),
+                version: meta.version,
                 value: match (&prev, ignore_value) {
                     (Some(p), true) => p.value.clone(),
                     _ => value.to_vec(),
                 },
-                lease: match (&prev, ignore_lease) {
-                    (Some(p), true) => p.lease,
-                    _ => lease,
-                },
+                lease: meta.lease,
             };
             let rev_bytes = rev.to_bytes();
             let mut buf = Vec::new();
             encode_record_into(&mut buf, false, &kv);
             t.tables.kv.insert(rev_bytes.as_slice(), buf.as_slice())?;
-            write_index(&t.state.index).record(key, rev, false);
+            write_index(&t.state.index).record(key, Change::put(rev, meta));
             t.state.written.push((rev, buf));
             let returned = if return_prev { prev.clone() } else { None };
             t.events.push(Event {
@@ -1160,7 +1183,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             let mut index = write_index(&t.state.index);
             let first = t.events.len() - count;
             for (event, rev) in t.events[first..].iter().zip(tombstones) {
-                index.record(&event.kv.key, rev, true);
+                index.record(&event.kv.key, Change::delete(rev));
             }
             Ok(count)
         })
@@ -1229,6 +1252,13 @@ impl ReadView {
     /// Events of revisions in `(from_rev, to_rev]` (see `View::events`).
     pub fn events(&self, from_rev: i64, to_rev: i64) -> Result<Vec<Event>> {
         self.view().events(from_rev, to_rev)
+    }
+
+    /// Fills in the `prev_kv` of put events applied without it (see
+    /// `View::load_prev_kvs`); the events must be at or below this
+    /// snapshot's revision.
+    pub fn load_prev_kvs(&self, events: &mut [Event]) -> Result<()> {
+        self.view().load_prev_kvs(events)
     }
 
     /// CRC-32C over the revisions in `(compact_revision, rev]`; `rev` 0 means

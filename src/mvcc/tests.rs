@@ -1387,6 +1387,7 @@ fn golden_history(store: &Store, lean: bool) -> (Vec<Event>, Vec<usize>) {
     let mut events = Vec::new();
     let mut deleted = Vec::new();
     for steps in golden_plan() {
+        let first = events.len();
         let mut batch = store.batch().unwrap();
         if lean {
             let mut w = batch.writer().unwrap();
@@ -1415,6 +1416,11 @@ fn golden_history(store: &Store, lean: bool) -> (Vec<Event>, Vec<usize>) {
             }
         }
         batch.commit().unwrap();
+        if lean {
+            // Lean puts leave their previous key-values for watchers to read.
+            let view = store.read().unwrap();
+            view.load_prev_kvs(&mut events[first..]).unwrap();
+        }
     }
     (events, deleted)
 }

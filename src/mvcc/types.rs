@@ -50,7 +50,9 @@ pub struct Event {
     pub kind: EventKind,
     /// For a put: the new key-value. For a delete: [`KeyValue::tombstone`].
     pub kv: KeyValue,
-    /// The key-value just before this change, if the key existed.
+    /// The key-value just before this change, if the key existed. A put
+    /// applied by [`super::RevTxn::put_without_prev`] leaves it `None` even
+    /// then; [`super::ReadView::load_prev_kvs`] fills it in.
     pub prev_kv: Option<KeyValue>,
 }
 

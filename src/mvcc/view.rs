@@ -27,7 +27,7 @@ use super::buffer::ReadBuffer;
 use super::codec::{decode_record, Record};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
-use super::index::KeyIndex;
+use super::index::{Change, KeyIndex, PutMeta};
 use super::key_range::KeyRange;
 use super::revision::Revision;
 use super::types::{
@@ -189,15 +189,13 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         self.compact.max(index.compacted())
     }
 
-    /// The current key-value of `key`, if it exists.
-    pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let change = self
+    /// The put that made the current key-value of `key`, if the key exists,
+    /// from the index alone.
+    pub(crate) fn latest_put(&self, key: &[u8]) -> Result<Option<Change>> {
+        Ok(self
             .index()?
-            .newest_upto(key, Revision::last_of(self.current));
-        match change {
-            Some(c) if !c.tombstone => Ok(Some(self.record_at(c.rev)?.kv)),
-            _ => Ok(None),
-        }
+            .newest_upto(key, Revision::last_of(self.current))
+            .filter(|c| !c.tombstone))
     }
 
     /// Resolves a requested revision (0 or negative = current) against the
@@ -295,6 +293,38 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
             more,
             revision: self.current,
         })
+    }
+
+    /// Fills in the previous key-value of the put events that were applied
+    /// without reading it (see [`super::RevTxn::put_without_prev`]), as
+    /// etcd's watch server reads them for the watchers that ask. A put whose
+    /// previous key-value was compacted away keeps `None`.
+    pub fn load_prev_kvs(&self, events: &mut [Event]) -> Result<()> {
+        let wanted: Vec<(usize, Revision)> = {
+            let index = self.index()?;
+            events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.kind == EventKind::Put && e.prev_kv.is_none())
+                .filter_map(|(i, e)| {
+                    let meta = PutMeta {
+                        create_revision: e.kv.create_revision,
+                        version: e.kv.version,
+                        lease: e.kv.lease,
+                    };
+                    let prev = index.put_before(&e.kv.key, e.kv.mod_revision, meta)?;
+                    Some((i, prev.rev))
+                })
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let revs: Vec<Revision> = wanted.iter().map(|&(_, rev)| rev).collect();
+        for ((i, _), record) in wanted.into_iter().zip(self.records_at(&revs)?) {
+            events[i].prev_kv = Some(record.kv);
+        }
+        Ok(())
     }
 
     /// The events of revisions in `(from_rev, to_rev]`, in revision order, each
