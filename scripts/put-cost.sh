@@ -73,9 +73,9 @@ hz=$(getconf CLK_TCK)
 echo "$out" | jq -r \
     --argjson b $((b1 - b0)) --argjson i $((i1 - i0)) --argjson w $((w1 - w0)) \
     --argjson io $((io1 - io0)) --argjson cpu $((cpu1 - cpu0)) --argjson hz "$hz" \
-    --argjson t "$TOTAL" --argjson rss "$rss" --arg w "$WORKLOAD" \
+    --argjson t "$TOTAL" --argjson rss "$rss" --arg wl "$WORKLOAD" \
     '"rps \(.rps | floor) p50 \(.latency_ms.p50 * 100 | round / 100)"
      + " busy% \($b * 100 / ($b + $i + $w) | floor) iowait% \($w * 100 / ($b + $i + $w) | floor)"
-     + " diskKiB/\($w) \($io / 1024 / $t * 100 | round / 100)"
-     + " cpu_ms/\($w) \($cpu * 1000 / $hz / $t * 100 | round / 100)"
+     + " diskKiB/\($wl) \($io / 1024 / $t * 100 | round / 100)"
+     + " cpu_ms/\($wl) \($cpu * 1000 / $hz / $t * 100 | round / 100)"
      + " maxRSS_MiB \($rss / 1024 | floor)"'
