@@ -1,5 +1,8 @@
 //! Write coalescing for client connections: the responses that complete
-//! together leave in one system call.
+//! together leave in one system call. `localcluster bench` wraps its own
+//! connections in it too ([`crate::tls::connector::connect_coalescing`]), so
+//! that the requests its clients send together leave together, as grpc-go's
+//! clients batch theirs.
 //!
 //! Why: hyper runs every gRPC call in a task of its own, and a call that ends
 //! wakes its connection's task. When a Raft batch commits, the Raft thread
