@@ -27,12 +27,25 @@ pub async fn connect(
     endpoint: &str,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    let tls = if url_of(endpoint).starts_with("https://") {
+    connect_with(endpoint, timeout, tls_for(endpoint)).await
+}
+
+/// [`tools_tls`] for an `https://` endpoint; none for a plain one.
+fn tls_for(endpoint: &str) -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+    if url_of(endpoint).starts_with("https://") {
         tools_tls()
     } else {
         None
-    };
-    connect_with(endpoint, timeout, tls).await
+    }
+}
+
+/// The tonic endpoint of `endpoint`, with `timeout` for connecting and for
+/// each request, and no Nagle delay.
+fn tonic_endpoint(endpoint: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url_of(endpoint))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true))
 }
 
 /// The TLS of localcluster's own tools (supervisor probes, `bench`) for
@@ -67,11 +80,7 @@ pub async fn connect_with(
     timeout: Duration,
     tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url_of(endpoint))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    crate::tls::connector::connect(&endpoint, tls).await
+    crate::tls::connector::connect(&tonic_endpoint(endpoint, timeout)?, tls).await
 }
 
 /// Connects to one endpoint like [`connect`], with small writes coalesced
@@ -80,17 +89,11 @@ pub async fn connect_coalescing(
     endpoint: &str,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    let url = url_of(endpoint);
-    let tls = if url.starts_with("https://") {
-        tools_tls()
-    } else {
-        None
-    };
-    let endpoint = Endpoint::from_shared(url)?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true);
-    crate::tls::connector::connect_coalescing(&endpoint, tls).await
+    crate::tls::connector::connect_coalescing(
+        &tonic_endpoint(endpoint, timeout)?,
+        tls_for(endpoint),
+    )
+    .await
 }
 
 /// A KV client for one endpoint.

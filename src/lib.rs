@@ -34,6 +34,7 @@ pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod coalesce;
 pub mod codec;
 pub mod compactor;
 pub mod config;

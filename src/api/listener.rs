@@ -19,8 +19,8 @@ use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
-use super::coalesce::CoalescingStream;
 use super::h2fix::H2FixStream;
+use crate::coalesce::CoalescingStream;
 use crate::tls::incoming::TlsIncoming;
 use crate::tls::stream::MaybeTlsStream;
 

@@ -29,7 +29,6 @@
 pub mod access;
 pub mod auth;
 pub mod cluster;
-pub mod coalesce;
 pub mod election;
 pub mod errors;
 pub mod gateway;

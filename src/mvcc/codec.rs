@@ -50,16 +50,15 @@ pub fn encode_record_into(out: &mut Vec<u8>, tombstone: bool, kv: &KeyValue) {
 /// Decodes a record.
 pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     let (tombstone, key_len) = decode_header(bytes)?;
-    let num = |i: usize| header_number(bytes, i);
     let key_end = HEADER_LEN + key_len;
     Ok(Record {
         tombstone,
         kv: KeyValue {
             key: bytes[HEADER_LEN..key_end].to_vec(),
-            create_revision: num(0),
-            mod_revision: num(1),
-            version: num(2),
-            lease: num(3),
+            create_revision: header_number(bytes, 0),
+            mod_revision: header_number(bytes, 1),
+            version: header_number(bytes, 2),
+            lease: header_number(bytes, 3),
             value: bytes[key_end..].to_vec(),
         },
     })

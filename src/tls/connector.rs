@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::api::coalesce::CoalescingStream;
+use crate::coalesce::CoalescingStream;
 
 /// Connects `endpoint`: over TLS with `tls` when its URL is `https://` (an
 /// `https://` URL without a config is refused), plainly otherwise.

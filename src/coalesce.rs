@@ -1,8 +1,9 @@
-//! Write coalescing for client connections: the responses that complete
-//! together leave in one system call. `localcluster bench` wraps its own
-//! connections in it too ([`crate::tls::connector::connect_coalescing`]), so
-//! that the requests its clients send together leave together, as grpc-go's
-//! clients batch theirs.
+//! Write coalescing for gRPC connections: the responses that complete
+//! together on a member's client connection leave in one system call (the
+//! members' listener, [`crate::api::listener`], wraps every connection).
+//! `localcluster bench` wraps its own connections too
+//! ([`crate::tls::connector::connect_coalescing`]), so that the requests its
+//! clients send together leave together, as grpc-go's clients batch theirs.
 //!
 //! Why: hyper runs every gRPC call in a task of its own, and a call that ends
 //! wakes its connection's task. When a Raft batch commits, the Raft thread
