@@ -589,3 +589,40 @@ fn peer_cert_allowed_cn_keeps_out_peers_with_another_common_name() {
 
     slot.joins(dir.path(), &peer_flags(&cert, &key));
 }
+
+#[test]
+fn bench_puts_over_https_verifying_the_server_against_etcdctl_cacert() {
+    // `bench` dials its own (write-coalescing) connections; over https they
+    // verify the server with the CA that etcdctl's variable names.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.issue("server", "server", 1);
+    let ca = pki.ca();
+    let members = start_cluster(dir.path(), 1, "http", |_| {
+        flags(&[("--cert-file", &cert), ("--key-file", &key)])
+    });
+    let endpoints = https_endpoints(&members);
+    let bench = |ca: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["bench", "put", "--endpoints", &endpoints])
+            .args(["--total", "50", "--clients", "4", "-w", "json"])
+            .env("ETCDCTL_CACERT", ca)
+            .output()
+            .unwrap()
+    };
+    let out = eventually(Duration::from_secs(20), "bench put over https", || {
+        let out = bench(&ca);
+        out.status.success().then_some(out)
+    });
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["ok"], 50, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    // A CA that did not sign the server's certificate: refused.
+    let other = Pki::new(dir.path(), "other").ca();
+    let refused = bench(&other);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot connect"),
+        "{refused:?}"
+    );
+}
