@@ -48,7 +48,9 @@ impl AutoCompaction {
         let policy = match mode {
             "periodic" | "" => match retention.parse::<i64>() {
                 Ok(hours) if hours >= 0 => AutoCompaction::Periodic {
-                    retention: Duration::from_secs(hours as u64 * 3600),
+                    retention: Duration::from_secs((hours as u64).checked_mul(3600).ok_or_else(
+                        || format!("error parsing CompactionRetention: {hours} hours is out of range"),
+                    )?),
                 },
                 _ => AutoCompaction::Periodic {
                     retention: crate::config::values::parse_duration(retention).map_err(|_| {
@@ -308,6 +310,11 @@ mod tests {
             Err("unknown auto-compaction-mode \"hourly\"".into())
         );
         assert!(p("revision", "1h").is_err());
+        assert_eq!(
+            p("periodic", "5124100000000000"),
+            Err("error parsing CompactionRetention: 5124100000000000 hours is out of range".into()),
+            "hours past what a duration holds are an error, not an overflow"
+        );
     }
 
     /// Polls `s` every tick from `t0` for `span`, with the revision growing
