@@ -178,6 +178,40 @@ impl KeyIndex {
         }
     }
 
+    /// Records a put of `key` at `rev` (past every revision the index
+    /// holds) and returns what it carries: the create revision and version
+    /// go on from the key's current put, or start afresh if the key does not
+    /// exist. One lookup where [`Self::newest_upto`] and [`Self::record`]
+    /// would take two.
+    pub fn record_put(&mut self, key: &[u8], rev: Revision, lease: i64) -> PutMeta {
+        let carry = |newest: Option<&Change>| match newest.filter(|c| !c.tombstone) {
+            Some(p) => PutMeta {
+                create_revision: p.meta.create_revision,
+                version: p.meta.version + 1,
+                lease,
+            },
+            None => PutMeta {
+                create_revision: rev.main,
+                version: 1,
+                lease,
+            },
+        };
+        match self.keys.get_mut(key) {
+            Some(history) => {
+                debug_assert!(history.last().is_none_or(|c| c.rev < rev));
+                let meta = carry(history.last());
+                history.push(Change::put(rev, meta));
+                meta
+            }
+            None => {
+                let meta = carry(None);
+                self.keys
+                    .insert(Key::from_slice(key), vec![Change::put(rev, meta)]);
+                meta
+            }
+        }
+    }
+
     /// The newest change of `key` at or below `upper`.
     pub fn newest_upto(&self, key: &[u8], upper: Revision) -> Option<Change> {
         newest_upto(self.keys.get(key)?, upper)
@@ -367,6 +401,29 @@ mod tests {
         index.compact(7);
         assert_eq!(index.len(), 1, "b is gone: its newest change is a delete");
         assert_eq!(live(&index, &KeyRange::new(b"\0", b"\0"), 7).len(), 1);
+    }
+
+    #[test]
+    fn a_recorded_put_carries_on_the_keys_generation_or_starts_a_new_one() {
+        let mut index = KeyIndex::default();
+        let meta = |create_revision, version, lease| PutMeta {
+            create_revision,
+            version,
+            lease,
+        };
+        assert_eq!(index.record_put(b"k", rev(2), 7), meta(2, 1, 7));
+        assert_eq!(index.record_put(b"k", rev(3), 0), meta(2, 2, 0));
+        index.record(b"k", Change::delete(rev(4)));
+        assert_eq!(
+            index.record_put(b"k", rev(5), 0),
+            meta(5, 1, 0),
+            "a put after a delete starts a new generation"
+        );
+        assert_eq!(
+            index.newest_upto(b"k", Revision::last_of(5)),
+            Some(Change::put(rev(5), meta(5, 1, 0)))
+        );
+        assert_eq!(index.changes(), 4);
     }
 
     #[test]

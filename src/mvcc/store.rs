@@ -109,6 +109,10 @@ pub struct Store {
     failed: std::sync::OnceLock<()>,
     /// Last computed `db_size_in_use`.
     size_in_use: AtomicU64,
+    /// The database file's length as of the last commit, defragmentation or
+    /// open (etcd's backend size): writes check the quota against it
+    /// without a `stat` each.
+    file_size: AtomicU64,
     /// Observes the duration of batch commits (etcd's backend commit metric).
     commit_seconds: Option<prometheus::Histogram>,
     /// Every key's history, in memory (see [`super::index`]).
@@ -446,12 +450,13 @@ impl Store {
         Ok(Store {
             writer: WriterSlot::new((current, compact)),
             db: RwLock::new(db),
-            path,
+            path: path.clone(),
             current: AtomicI64::new(current),
             compact: AtomicI64::new(compact),
             buffer: RwLock::new(Arc::new(ReadBuffer::new(current))),
             failed: std::sync::OnceLock::new(),
             size_in_use: AtomicU64::new(0),
+            file_size: AtomicU64::new(std::fs::metadata(&path)?.len()),
             commit_seconds,
             index: Arc::new(RwLock::new(index)),
         })
@@ -486,6 +491,14 @@ impl Store {
     fn committed(&self, claim: &Claim<'_>, current: i64, compact: i64) {
         self.publish(ReadBuffer::new(current), current, compact);
         claim.set_durable((current, compact));
+        self.note_file_size();
+    }
+
+    /// Reads the database file's length again (after it may have changed).
+    fn note_file_size(&self) {
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            self.file_size.store(m.len(), Ordering::SeqCst);
+        }
     }
 
     /// Forgets everything since the last redb commit: the pending
@@ -664,9 +677,10 @@ impl Store {
         self.compact.load(Ordering::SeqCst)
     }
 
-    /// Size of the database file in bytes.
+    /// Size of the database file in bytes, as of the last commit (redb
+    /// grows the file only as it commits).
     pub fn db_size(&self) -> Result<u64> {
-        Ok(std::fs::metadata(&self.path)?.len())
+        Ok(self.file_size.load(Ordering::SeqCst))
     }
 
     /// Estimated bytes in use (allocated pages). Computed from redb statistics,
@@ -715,11 +729,13 @@ impl Store {
         self.check_failed()?;
         self.commit_pending(&claim)?;
         let mut db = self.db_mut();
-        match db.compact() {
+        let result = match db.compact() {
             Ok(_) => Ok(()),
             Err(redb::CompactionError::TransactionInProgress) => Err(busy()),
             Err(e) => Err(e.into()),
-        }
+        };
+        self.note_file_size();
+        result
     }
 
     /// Replaces the whole store with the contents of `bytes` (from
@@ -1058,6 +1074,15 @@ impl<'w, 't> RevTxn<'w, 't> {
         // The index knows what the new key-value carries on from the old one;
         // the old record is read only when the caller wants it back or keeps
         // its value.
+        if !(return_prev || ignore_value || ignore_lease) {
+            // The common put: one index lookup, no read.
+            return self.guard(|t| {
+                let rev = t.next_revision();
+                let meta = write_index(&t.state.index).record_put(key, rev, lease);
+                t.write_put(key, value.to_vec(), rev, meta, None)?;
+                Ok(None)
+            });
+        }
         let (prev_put, prev) = self.guard(|t| {
             let view = t.view()?;
             let prev_put = view.latest_put(key)?;
@@ -1084,31 +1109,46 @@ impl<'w, 't> RevTxn<'w, 't> {
                     lease,
                 },
             };
-            let kv = KeyValue {
-                key: key.to_vec(),
-                create_revision: meta.create_revision,
-                mod_revision: rev.main,
-                version: meta.version,
-                value: match (&prev, ignore_value) {
-                    (Some(p), true) => p.value.clone(),
-                    _ => value.to_vec(),
-                },
-                lease: meta.lease,
+            let value = match (&prev, ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => value.to_vec(),
             };
-            let rev_bytes = rev.to_bytes();
-            let mut buf = Vec::new();
-            encode_record_into(&mut buf, false, &kv);
-            t.tables.kv.insert(rev_bytes.as_slice(), buf.as_slice())?;
             write_index(&t.state.index).record(key, Change::put(rev, meta));
-            t.state.written.push((rev, buf));
             let returned = if return_prev { prev.clone() } else { None };
-            t.events.push(Event {
-                kind: EventKind::Put,
-                kv,
-                prev_kv: prev,
-            });
+            t.write_put(key, value, rev, meta, prev)?;
             Ok(returned)
         })
+    }
+
+    /// Writes the record of a put already in the index, and its event.
+    fn write_put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        rev: Revision,
+        meta: PutMeta,
+        prev_kv: Option<KeyValue>,
+    ) -> Result<()> {
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: meta.create_revision,
+            mod_revision: rev.main,
+            version: meta.version,
+            value,
+            lease: meta.lease,
+        };
+        let mut buf = Vec::new();
+        encode_record_into(&mut buf, false, &kv);
+        self.tables
+            .kv
+            .insert(rev.to_bytes().as_slice(), buf.as_slice())?;
+        self.state.written.push((rev, buf));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv,
+        });
+        Ok(())
     }
 
     /// Deletes every existing key in the range, returning their key-values
