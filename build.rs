@@ -40,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .codec_path("crate::codec::SmallBufferCodec")
+        // Raft messages stay slices of the frame they came in: their
+        // entries' data are then parsed without a copy (see raft/transport.rs).
+        .bytes(".lcraftpb.RaftBatch.messages")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
