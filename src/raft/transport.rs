@@ -401,6 +401,36 @@ fn encode(scratch: &mut BytesMut, m: &Message) -> protobuf::ProtobufResult<Bytes
     Ok(scratch.split().freeze())
 }
 
+/// Moves the data of `msg`'s entries out of the frame they arrived in, into
+/// one block of their own.
+///
+/// Entries stay in the in-memory Raft log until it is compacted (up to
+/// `--snapshot-count` of them), and a slice keeps its whole allocation
+/// alive: left as slices of the frames, 100k entries held on to the frames'
+/// headers, the heartbeats beside them and the decode buffers' spare room
+/// (about 24 MiB more per member after 100k 256-byte puts). One copy per
+/// message still replaces the copy per entry that parsing used to make.
+fn own_entries(msg: &mut Message) {
+    let total: usize = msg
+        .get_entries()
+        .iter()
+        .map(|e| e.data.len() + e.context.len())
+        .sum();
+    if total == 0 {
+        return;
+    }
+    let mut block = BytesMut::with_capacity(total);
+    for e in msg.get_entries() {
+        block.extend_from_slice(&e.data);
+        block.extend_from_slice(&e.context);
+    }
+    let mut block = block.freeze();
+    for e in msg.mut_entries().iter_mut() {
+        e.data = block.split_to(e.data.len());
+        e.context = block.split_to(e.context.len());
+    }
+}
+
 /// The receiving side: the gRPC service on the peer URLs.
 pub struct PeerService {
     pub cluster_id: u64,
@@ -457,9 +487,11 @@ impl RaftTransport for PeerService {
                 }
             }
             for bytes in batch.messages {
-                // Zero-copy: the entries' data are slices of `bytes`.
-                let msg = Message::parse_from_carllerche_bytes(&bytes)
+                // Zero-copy: the entries' data are slices of `bytes`, until
+                // `own_entries` gives them a block of their own.
+                let mut msg = Message::parse_from_carllerche_bytes(&bytes)
                     .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+                own_entries(&mut msg);
                 if msg.to != self.member_id {
                     continue;
                 }
@@ -561,6 +593,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn received_entries_get_one_block_of_their_own_and_keep_their_contents() {
+        let mut scratch = BytesMut::new();
+        let mut sent = append(2, 3, b"payload");
+        sent.mut_entries()[1].context = Bytes::from_static(b"ctx");
+        let frame = encode(&mut scratch, &sent).unwrap();
+        let mut got = Message::parse_from_carllerche_bytes(&frame).unwrap();
+        own_entries(&mut got);
+        assert_eq!(got, sent);
+        let frame_range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        let first = got.get_entries()[0].data.as_ptr() as usize;
+        for e in got.get_entries() {
+            for part in [&e.data, &e.context].into_iter().filter(|p| !p.is_empty()) {
+                let at = part.as_ptr() as usize;
+                assert!(!frame_range.contains(&at), "no longer a slice of the frame");
+                assert!(at >= first && at < first + 3 * 7 + 3, "all in one block");
+            }
+        }
+        let mut empty = append(2, 0, b"");
+        own_entries(&mut empty);
+        assert!(empty.get_entries().is_empty());
     }
 
     #[test]
