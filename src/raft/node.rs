@@ -503,7 +503,10 @@ impl Loop {
                     tracing::debug!(target: "raft", error = %e, "step refused");
                 }
             }
-            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::Unreachable(id) => {
+                self.raw.report_unreachable(id);
+                leader_lost(&mut self.raw, id);
+            }
             Msg::SnapshotDone { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -781,6 +784,29 @@ fn ctx_of(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// A follower whose stream to its leader broke stops counting on that
+/// leader's lease.
+///
+/// Raft waits a whole randomized election timeout (1–2 s by default) from
+/// the leader's last message before it elects another. When the leader's
+/// process dies on this machine, its connections close at once and the
+/// transport reports it unreachable; the follower then moves its election
+/// clock to the end of the fixed part of the timeout. It grants pre-votes
+/// from then on and campaigns after the random part alone (0–1 s by default),
+/// which still spreads the survivors' campaigns apart.
+///
+/// A live leader's next heartbeat sets the clock back. A member that still
+/// hears the leader refuses the pre-vote of one that lost only its
+/// connection (raft-rs's check-quorum lease), so a broken connection by
+/// itself never deposes a healthy leader.
+fn leader_lost<T: raft::Storage>(raw: &mut RawNode<T>, peer: u64) {
+    let raft = &mut raw.raft;
+    if raft.state == StateRole::Follower && raft.leader_id == peer {
+        let fixed = raft.election_timeout();
+        raft.election_elapsed = raft.election_elapsed.max(fixed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,6 +1017,80 @@ mod tests {
         handle.send(Msg::AdvanceTicks(20)).unwrap();
         wait_status(&handle, |s| s.is_leader);
         node.stop();
+    }
+
+    /// A follower of leader 2 in a cluster of 1, 2, 3 (raft-rs's memory storage).
+    fn follower_of_2() -> RawNode<raft::storage::MemStorage> {
+        let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+        let config = Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let logger = super::super::logger::logger("test");
+        let mut raw = RawNode::new(&config, storage, &logger).unwrap();
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+        heartbeat.from = 2;
+        heartbeat.to = 1;
+        heartbeat.term = 1;
+        raw.step(heartbeat).unwrap();
+        assert_eq!(raw.raft.leader_id, 2);
+        raw
+    }
+
+    /// Whether `raw` answers a pre-vote from 3 for the next term with a grant.
+    fn grants_pre_vote_to_3(raw: &mut RawNode<raft::storage::MemStorage>) -> bool {
+        let mut pre_vote = Message::default();
+        pre_vote.set_msg_type(raft::prelude::MessageType::MsgRequestPreVote);
+        pre_vote.from = 3;
+        pre_vote.to = 1;
+        pre_vote.term = raw.raft.term + 1;
+        pre_vote.log_term = raw.raft.raft_log.last_term();
+        pre_vote.index = raw.raft.raft_log.last_index();
+        raw.step(pre_vote).unwrap();
+        raw.raft.msgs.drain(..).any(|m| {
+            m.get_msg_type() == raft::prelude::MessageType::MsgRequestPreVoteResponse
+                && m.to == 3
+                && !m.reject
+        })
+    }
+
+    #[test]
+    fn a_follower_that_loses_its_stream_to_the_leader_leaves_the_leaders_lease() {
+        let mut raw = follower_of_2();
+        assert!(
+            !grants_pre_vote_to_3(&mut raw),
+            "within the lease, a pre-vote is ignored"
+        );
+        leader_lost(&mut raw, 3);
+        assert_eq!(raw.raft.election_elapsed, 0, "3 is not the leader");
+        leader_lost(&mut raw, 2);
+        assert_eq!(raw.raft.election_elapsed, raw.raft.election_timeout());
+        assert!(grants_pre_vote_to_3(&mut raw));
+        // It campaigns after the random part of its timeout alone.
+        let ticks_left = raw.raft.randomized_election_timeout() - raw.raft.election_timeout();
+        for _ in 0..ticks_left.max(1) {
+            raw.tick();
+        }
+        assert_eq!(raw.raft.state, StateRole::PreCandidate);
+    }
+
+    #[test]
+    fn a_heartbeat_from_the_leader_puts_a_follower_back_in_its_lease() {
+        let mut raw = follower_of_2();
+        leader_lost(&mut raw, 2);
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+        heartbeat.from = 2;
+        heartbeat.to = 1;
+        heartbeat.term = raw.raft.term;
+        raw.step(heartbeat).unwrap();
+        assert_eq!(raw.raft.election_elapsed, 0);
+        assert!(!grants_pre_vote_to_3(&mut raw));
     }
 
     #[test]
