@@ -4,8 +4,13 @@
 //! ([`PeerService`]) and, for every other member, one sender task ([`Peers`]) that
 //! keeps a client-streaming `Send` call open and pushes batches of messages into it
 //! in the order the Raft node produced them. When the stream breaks, the task
-//! reports the peer unreachable to Raft, drops what is queued (Raft retransmits)
-//! and reconnects with a short backoff.
+//! reports the peer unreachable to Raft (a follower that loses its leader this
+//! way campaigns sooner: see `node::leader_lost`), drops what is queued (Raft
+//! retransmits) and reconnects with a short backoff.
+//!
+//! Messages travel as protobuf bytes: a sender encodes them into shared blocks,
+//! and a receiver parses each as a slice of its frame, then gives the entries'
+//! data a block of their own, since entries outlive the frame in the Raft log.
 //!
 //! A receiver refuses batches stamped with another cluster ID, so two clusters
 //! with different tokens never mix even when their ports are confused.
