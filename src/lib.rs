@@ -11,7 +11,7 @@
 //! ([`LocalCluster`], and [`blocking::LocalCluster`] for sync tests).
 //! [`supervisor`] is the goreman-style Procfile runner behind `localcluster
 //! start`/`run`; [`layout`] is the standard 3-member layout it runs by default;
-//! [`bench`] is the load generator behind `localcluster bench`; [`client`] is
+//! [`bench`](mod@bench) is the load generator behind `localcluster bench`; [`client`] is
 //! the small etcd client those tools share; [`backup`] saves, inspects and
 //! restores snapshot files (`localcluster snapshot`). [`lease`], [`membership`] and
 //! [`wait`] are the replicated lease table, the replicated membership, and the
@@ -25,6 +25,10 @@
 //! `--unsafe-no-fsync`); [`metrics`] is a member's Prometheus registry;
 //! [`logging`] and [`notify`] are the member process's log output and
 //! systemd readiness notification.
+
+// The module docs explain the internals and link to private items; those
+// links resolve with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod api;
 pub mod apply;

@@ -2,7 +2,7 @@
 //! `crate::backup`, for backup files).
 //!
 //! Format: the magic `LCMVCC02`, then for each table of
-//! [`ALL_TABLES`](super::store::ALL_TABLES) in order: its name (u32-length
+//! [`ALL_TABLES`] in order: its name (u32-length
 //! prefixed), its entry count (u64), and its entries (u32-length-prefixed key,
 //! then value); finally the CRC-32C of everything before it (u32). All integers
 //! are big-endian. [`decode`] checks the magic, the checksum, the table names and
