@@ -109,9 +109,9 @@ pub struct Store {
     failed: std::sync::OnceLock<()>,
     /// Last computed `db_size_in_use`.
     size_in_use: AtomicU64,
-    /// The database file's length as of the last commit, defragmentation or
-    /// open (etcd's backend size): writes check the quota against it
-    /// without a `stat` each.
+    /// The database file's length as of the last batch, commit,
+    /// defragmentation, restore or open (etcd's backend size): writes check
+    /// the quota against it without a `stat` each.
     file_size: AtomicU64,
     /// Observes the duration of batch commits (etcd's backend commit metric).
     commit_seconds: Option<prometheus::Histogram>,
@@ -677,8 +677,8 @@ impl Store {
         self.compact.load(Ordering::SeqCst)
     }
 
-    /// Size of the database file in bytes, as of the last commit (redb
-    /// grows the file only as it commits).
+    /// Size of the database file in bytes, as of the last batch (or
+    /// commit, defragmentation, restore).
     pub fn db_size(&self) -> Result<u64> {
         Ok(self.file_size.load(Ordering::SeqCst))
     }
@@ -742,6 +742,16 @@ impl Store {
     /// [`ReadView::snapshot_bytes`]) in one durable write transaction. The bytes
     /// are fully validated before anything is changed.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
+        let result = self.replace_with(bytes);
+        if result.is_err() {
+            // The failed transaction may have grown the file.
+            self.note_file_size();
+        }
+        result
+    }
+
+    /// [`Store::restore`]'s work.
+    fn replace_with(&self, bytes: &[u8]) -> Result<()> {
         let tables = snapshot::decode(bytes)?;
         let claim = self.writer.claim();
         self.check_failed()?;
@@ -891,6 +901,9 @@ impl Batch<'_> {
             if let Some(txn) = self.txn.take() {
                 self.claim.park(txn, self.state.dirty);
             }
+            // redb grows the file as a transaction allocates pages, not only
+            // as it commits: one look per batch keeps the quota check current.
+            store.note_file_size();
             return Ok(());
         }
         match self.txn.take() {

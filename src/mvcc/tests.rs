@@ -1891,3 +1891,18 @@ fn hash_kv_of_a_view_overtaken_by_a_compaction_is_compacted() {
     assert_eq!(view.hash_kv(0), Err(MvccError::Compacted));
     assert_eq!(view.hash_kv(3), Err(MvccError::Compacted));
 }
+
+#[test]
+fn the_database_size_follows_the_file_as_batches_that_wait_grow_it() {
+    let (d, store) = open_temp();
+    let file_len = || std::fs::metadata(d.path().join("db")).unwrap().len();
+    assert_eq!(store.db_size().unwrap(), file_len());
+    let before = file_len();
+    for i in 0..400u32 {
+        put_waiting(&store, &i.to_be_bytes(), &[7u8; 4096]);
+    }
+    assert!(file_len() > before, "redb grew the file before any commit");
+    assert_eq!(store.db_size().unwrap(), file_len());
+    store.flush().unwrap();
+    assert_eq!(store.db_size().unwrap(), file_len());
+}
