@@ -40,8 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .codec_path("crate::codec::SmallBufferCodec")
-        // Raft messages stay slices of the frame they came in: their
-        // entries' data are then parsed without a copy (see raft/transport.rs).
+        // Raft messages stay slices of the frame they came in, and are parsed
+        // without copying each entry's data (see raft/transport.rs).
         .bytes(".lcraftpb.RaftBatch.messages")
         .build_server(true)
         .build_client(true)

@@ -122,6 +122,8 @@ pub enum Msg {
     },
     Step(Box<Message>),
     Unreachable(u64),
+    /// An open stream to this peer broke (see [`leader_lost`]).
+    StreamBroke(u64),
     SnapshotDone {
         to: u64,
         ok: bool,
@@ -503,10 +505,8 @@ impl Loop {
                     tracing::debug!(target: "raft", error = %e, "step refused");
                 }
             }
-            Msg::Unreachable(id) => {
-                self.raw.report_unreachable(id);
-                leader_lost(&mut self.raw, id);
-            }
+            Msg::Unreachable(id) => self.raw.report_unreachable(id),
+            Msg::StreamBroke(id) => leader_lost(&mut self.raw, id),
             Msg::SnapshotDone { to, ok } => {
                 let status = if ok {
                     SnapshotStatus::Finish
@@ -784,21 +784,23 @@ fn ctx_of(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// A follower whose stream to its leader broke stops counting on that
+/// A follower whose open stream to its leader broke stops counting on that
 /// leader's lease.
 ///
 /// Raft waits a whole randomized election timeout (1–2 s by default) from
 /// the leader's last message before it elects another. When the leader's
 /// process dies on this machine, its connections close at once and the
-/// transport reports it unreachable; the follower then moves its election
-/// clock to the end of the fixed part of the timeout. It grants pre-votes
+/// transport reports the stream broken; the follower then moves its election
+/// clock to the end of the fixed part of the timeout. It grants (pre-)votes
 /// from then on and campaigns after the random part alone (0–1 s by default),
 /// which still spreads the survivors' campaigns apart.
 ///
 /// A live leader's next heartbeat sets the clock back. A member that still
 /// hears the leader refuses the pre-vote of one that lost only its
 /// connection (raft-rs's check-quorum lease), so a broken connection by
-/// itself never deposes a healthy leader.
+/// itself never deposes a healthy leader. Only a stream that was up counts:
+/// reconnects that keep failing (to a live leader, say with a bad
+/// certificate) do not reopen the window after every heartbeat.
 fn leader_lost<T: raft::Storage>(raw: &mut RawNode<T>, peer: u64) {
     let raft = &mut raw.raft;
     if raft.state == StateRole::Follower && raft.leader_id == peer {
