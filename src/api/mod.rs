@@ -107,9 +107,6 @@ pub struct Core {
     pub leases: crate::apply::SharedLeases,
     /// Every applied batch of changes, for watchers.
     pub events: tokio::sync::broadcast::Sender<Arc<crate::apply::AppliedEvents>>,
-    /// Files whose sizes make up the reported database size (the store, as
-    /// etcd reports its backend without the WAL).
-    pub db_files: Vec<std::path::PathBuf>,
     /// The peer senders (their connection state feeds the reconfiguration check).
     pub peers: Arc<crate::raft::transport::Peers>,
     /// The member's Prometheus metrics.
@@ -315,7 +312,7 @@ impl Core {
         if raised {
             return Err(errors::no_space());
         }
-        let size = self.store.db_size().unwrap_or(0);
+        let size = self.store.db_size();
         if size > self.limits.quota_bytes {
             use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest};
             let req = AlarmRequest {
@@ -346,13 +343,10 @@ impl Core {
         }
     }
 
-    /// Total size of the database files.
+    /// Size of the database file (the store; etcd reports its backend
+    /// without the WAL).
     pub fn db_size(&self) -> i64 {
-        self.db_files
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len() as i64)
-            .sum()
+        self.store.db_size() as i64
     }
 }
 

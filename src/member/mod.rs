@@ -353,7 +353,6 @@ impl Member {
             events,
             leases,
             alarms,
-            db_files: vec![kv_path.clone()],
             peers: peers.clone(),
             metrics: metrics.clone(),
             auth,

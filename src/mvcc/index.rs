@@ -181,19 +181,20 @@ impl KeyIndex {
     /// Records a put of `key` at `rev` (past every revision the index
     /// holds) and returns what it carries: the create revision and version
     /// go on from the key's current put, or start afresh if the key does not
-    /// exist. One lookup where [`Self::newest_upto`] and [`Self::record`]
-    /// would take two.
-    pub fn record_put(&mut self, key: &[u8], rev: Revision, lease: i64) -> PutMeta {
+    /// exist; the lease is `lease`, or the current put's if `None` (etcd's
+    /// `ignore_lease`). One lookup where [`Self::newest_upto`] and
+    /// [`Self::record`] would take two.
+    pub fn record_put(&mut self, key: &[u8], rev: Revision, lease: Option<i64>) -> PutMeta {
         let carry = |newest: Option<&Change>| match newest.filter(|c| !c.tombstone) {
             Some(p) => PutMeta {
                 create_revision: p.meta.create_revision,
                 version: p.meta.version + 1,
-                lease,
+                lease: lease.unwrap_or(p.meta.lease),
             },
             None => PutMeta {
                 create_revision: rev.main,
                 version: 1,
-                lease,
+                lease: lease.unwrap_or(0),
             },
         };
         match self.keys.get_mut(key) {
@@ -411,19 +412,24 @@ mod tests {
             version,
             lease,
         };
-        assert_eq!(index.record_put(b"k", rev(2), 7), meta(2, 1, 7));
-        assert_eq!(index.record_put(b"k", rev(3), 0), meta(2, 2, 0));
-        index.record(b"k", Change::delete(rev(4)));
+        assert_eq!(index.record_put(b"k", rev(2), Some(7)), meta(2, 1, 7));
         assert_eq!(
-            index.record_put(b"k", rev(5), 0),
-            meta(5, 1, 0),
+            index.record_put(b"k", rev(3), None),
+            meta(2, 2, 7),
+            "the lease kept"
+        );
+        assert_eq!(index.record_put(b"k", rev(4), Some(0)), meta(2, 3, 0));
+        index.record(b"k", Change::delete(rev(5)));
+        assert_eq!(
+            index.record_put(b"k", rev(6), Some(0)),
+            meta(6, 1, 0),
             "a put after a delete starts a new generation"
         );
         assert_eq!(
-            index.newest_upto(b"k", Revision::last_of(5)),
-            Some(Change::put(rev(5), meta(5, 1, 0)))
+            index.newest_upto(b"k", Revision::last_of(6)),
+            Some(Change::put(rev(6), meta(6, 1, 0)))
         );
-        assert_eq!(index.changes(), 4);
+        assert_eq!(index.changes(), 5);
     }
 
     #[test]

@@ -679,8 +679,8 @@ impl Store {
 
     /// Size of the database file in bytes, as of the last batch (or
     /// commit, defragmentation, restore).
-    pub fn db_size(&self) -> Result<u64> {
-        Ok(self.file_size.load(Ordering::SeqCst))
+    pub fn db_size(&self) -> u64 {
+        self.file_size.load(Ordering::SeqCst)
     }
 
     /// Estimated bytes in use (allocated pages). Computed from redb statistics,
@@ -689,11 +689,7 @@ impl Store {
     pub fn db_size_in_use(&self) -> Result<u64> {
         let cached = self.size_in_use.load(Ordering::SeqCst);
         let Some(claim) = self.writer.try_claim() else {
-            return if cached > 0 {
-                Ok(cached)
-            } else {
-                self.db_size()
-            };
+            return Ok(if cached > 0 { cached } else { self.db_size() });
         };
         let stats = match claim.take_pending() {
             Some(txn) => {
@@ -1084,49 +1080,34 @@ impl<'w, 't> RevTxn<'w, 't> {
         ignore_lease: bool,
         return_prev: bool,
     ) -> Result<Option<KeyValue>> {
-        // The index knows what the new key-value carries on from the old one;
-        // the old record is read only when the caller wants it back or keeps
-        // its value.
-        if !(return_prev || ignore_value || ignore_lease) {
-            // The common put: one index lookup, no read.
-            return self.guard(|t| {
-                let rev = t.next_revision();
-                let meta = write_index(&t.state.index).record_put(key, rev, lease);
-                t.write_put(key, value.to_vec(), rev, meta, None)?;
-                Ok(None)
-            });
-        }
-        let (prev_put, prev) = self.guard(|t| {
-            let view = t.view()?;
-            let prev_put = view.latest_put(key)?;
-            let prev = match prev_put {
-                Some(c) if return_prev || ignore_value => Some(view.record_at(c.rev)?.kv),
-                _ => None,
-            };
-            Ok((prev_put, prev))
-        })?;
-        if (ignore_value || ignore_lease) && prev_put.is_none() {
-            return Err(MvccError::KeyNotFound);
+        // The index knows what the new key-value carries on from the old one
+        // (`record_put`); the old record is read only when the caller wants
+        // it back or keeps its value, and the key looked up first only when
+        // it must exist.
+        let mut prev = None;
+        if return_prev || ignore_value || ignore_lease {
+            let (exists, record) = self.guard(|t| {
+                let view = t.view()?;
+                let prev_put = view.latest_put(key)?;
+                let record = match prev_put {
+                    Some(c) if return_prev || ignore_value => Some(view.record_at(c.rev)?.kv),
+                    _ => None,
+                };
+                Ok((prev_put.is_some(), record))
+            })?;
+            if (ignore_value || ignore_lease) && !exists {
+                return Err(MvccError::KeyNotFound);
+            }
+            prev = record;
         }
         self.guard(|t| {
             let rev = t.next_revision();
-            let meta = match prev_put {
-                Some(p) => PutMeta {
-                    create_revision: p.meta.create_revision,
-                    version: p.meta.version + 1,
-                    lease: if ignore_lease { p.meta.lease } else { lease },
-                },
-                None => PutMeta {
-                    create_revision: rev.main,
-                    version: 1,
-                    lease,
-                },
-            };
+            let lease = (!ignore_lease).then_some(lease);
+            let meta = write_index(&t.state.index).record_put(key, rev, lease);
             let value = match (&prev, ignore_value) {
                 (Some(p), true) => p.value.clone(),
                 _ => value.to_vec(),
             };
-            write_index(&t.state.index).record(key, Change::put(rev, meta));
             let returned = if return_prev { prev.clone() } else { None };
             t.write_put(key, value, rev, meta, prev)?;
             Ok(returned)
