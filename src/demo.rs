@@ -13,7 +13,8 @@
 //! 1. writes a Procfile for three members (m1, m2, m3) into a temporary directory
 //!    ([`Layout`]: free ports by default, or the standard ones) and runs it with the
 //!    supervisor library, exactly as `localcluster start -f PROCFILE -p PORT` would:
-//!    every member is a real `localcluster member` process, and the members' log
+//!    every member is a real `localcluster member` process (this very binary, by
+//!    its path, so a renamed copy runs itself), and the members' log
 //!    goes to `cluster.log` in that directory;
 //! 2. waits, through the supervisor's control endpoint (`run status`), for one
 //!    leader that every member agrees on;
@@ -169,6 +170,13 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<i32> {
         }
     };
     layout.token = "localcluster-demo".to_string();
+    // The members are this very binary, whatever it is named.
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+    {
+        layout.program = exe;
+    }
     layout.extra_flags = format!(
         "--heartbeat-interval {} --election-timeout {}",
         args.heartbeat_ms, args.election_ms

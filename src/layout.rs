@@ -23,6 +23,9 @@ pub fn ports(i: usize) -> (u16, u16) {
     (CLIENT[i % 3], PEER[i % 3])
 }
 
+/// The program a Procfile line runs unless told otherwise.
+const PROGRAM: &str = "localcluster";
+
 /// A cluster of members on 127.0.0.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -35,6 +38,10 @@ pub struct Layout {
     /// Flags appended to every member's command line, e.g.
     /// `--heartbeat-interval 20 --election-timeout 200` (empty for none).
     pub extra_flags: String,
+    /// The program each line runs (`localcluster`, found on `PATH`, where the
+    /// supervisor puts its own directory first; a path when the binary may be
+    /// named otherwise).
+    pub program: String,
 }
 
 impl Layout {
@@ -45,6 +52,7 @@ impl Layout {
             data_dir: data_dir.to_string(),
             token: "localcluster-1".to_string(),
             extra_flags: String::new(),
+            program: PROGRAM.to_string(),
         }
     }
 
@@ -63,6 +71,7 @@ impl Layout {
             data_dir: data_dir.to_string(),
             token: "localcluster-1".to_string(),
             extra_flags: String::new(),
+            program: PROGRAM.to_string(),
         })
     }
 
@@ -103,12 +112,13 @@ impl Layout {
         } else {
             format!(" {}", self.extra_flags.trim())
         };
+        let program = shell_quote(&self.program);
         let mut out = String::new();
         for (i, (c, p)) in self.ports.iter().enumerate() {
             let n = i + 1;
             let data = shell_quote(&format!("{}/m{n}", self.data_dir));
             out.push_str(&format!(
-                "m{n}: localcluster member --name m{n} --data-dir {data} \
+                "m{n}: {program} member --name m{n} --data-dir {data} \
                  --listen-client-urls http://127.0.0.1:{c} --advertise-client-urls http://127.0.0.1:{c} \
                  --listen-peer-urls http://127.0.0.1:{p} --initial-advertise-peer-urls http://127.0.0.1:{p} \
                  --initial-cluster-token {token} --initial-cluster '{cluster}' --initial-cluster-state new{extra}\n"
@@ -175,5 +185,17 @@ mod tests {
         let url = crate::supervisor::status::client_url_of(lines[0]).unwrap();
         assert_eq!(url, l.client_urls()[0]);
         assert_eq!(l.names(), ["m1", "m2", "m3"]);
+    }
+
+    #[test]
+    fn a_layout_can_run_the_binary_by_its_path() {
+        let mut l = Layout::free(3, "/tmp/d").unwrap();
+        l.program = "/opt/my builds/lc-test".into();
+        let text = l.procfile();
+        assert!(text
+            .lines()
+            .all(|line| line.contains(": '/opt/my builds/lc-test' member --name m")));
+        let url = crate::supervisor::status::client_url_of(text.lines().next().unwrap()).unwrap();
+        assert_eq!(url, l.client_urls()[0]);
     }
 }

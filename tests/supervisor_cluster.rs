@@ -620,9 +620,9 @@ fn sigkill_of_the_supervisor_leaves_no_member_alive() {
     }
 }
 
-/// `localcluster demo failover ARGS` with its temporary directory under `tmp`.
-fn demo(tmp: &Path, args: &[&str]) -> Spawned {
-    let mut cmd = Command::new(BIN);
+/// `PROGRAM demo failover ARGS` with its temporary directory under `tmp`.
+fn demo(program: &Path, tmp: &Path, args: &[&str]) -> Spawned {
+    let mut cmd = Command::new(program);
     cmd.current_dir(tmp)
         .env("TMPDIR", tmp)
         .args(["demo", "failover"])
@@ -633,9 +633,9 @@ fn demo(tmp: &Path, args: &[&str]) -> Spawned {
 /// Starts the demo and waits until its cluster is up; returns it and the member
 /// pids it printed (`cluster up: m1 pid 123 (leader), ...`). A member that could
 /// not bind its free port means another try, at most three.
-fn start_demo(tmp: &Path, args: &[&str]) -> (Spawned, Vec<i32>) {
+fn start_demo(program: &Path, tmp: &Path, args: &[&str]) -> (Spawned, Vec<i32>) {
     for _ in 0..3 {
-        let mut d = demo(tmp, args);
+        let mut d = demo(program, tmp, args);
         let line = d.wait_line(60, |l| {
             l.contains("cluster up: ") || l.starts_with("FAIL: ")
         });
@@ -664,7 +664,15 @@ fn start_demo(tmp: &Path, args: &[&str]) -> (Spawned, Vec<i32>) {
 #[test]
 fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
     let tmp = tempfile::tempdir().unwrap();
+    // Run under another name, in a directory of its own: the members must
+    // still be this binary, found by its path rather than as `localcluster`.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let renamed = bin_dir.path().join("lc-renamed");
+    if std::fs::hard_link(BIN, &renamed).is_err() {
+        std::fs::copy(BIN, &renamed).unwrap();
+    }
     let (mut d, pids) = start_demo(
+        &renamed,
         tmp.path(),
         &[
             "--writes",
@@ -701,6 +709,7 @@ fn demo_failover_elects_a_new_leader_and_every_acked_write_is_readable() {
 fn demo_failover_stops_its_cluster_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut d, pids) = start_demo(
+        Path::new(BIN),
         tmp.path(),
         &[
             "--writes",
