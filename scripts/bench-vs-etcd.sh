@@ -23,9 +23,11 @@
 # timings), and whether `etcdctl check perf --load=$CHECK_LOAD` passes.
 #
 # Usage: scripts/bench-vs-etcd.sh
-# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 range:100":
-#   workload:clients[:total]), TOTAL (60000, the default total), ROUNDS (3),
-#   CONNS (3), KEY_SIZE (8),
+# Knobs (environment): WORKLOADS ("put:1:2000 put:100 put:1000 put:1000::100
+#   range:100": workload:clients[:total[:connections]]; put:1000::100 is the
+#   layout of etcd's own published benchmark, 1000 clients over 100
+#   connections), TOTAL (60000, the default total), ROUNDS (3),
+#   CONNS (3, the default connections), KEY_SIZE (8),
 #   WATCHERS ("100 1000"), WATCH_TOTAL (2000), WATCH_STREAMS (10),
 #   WATCH_WRITERS (16),
 #   VAL_SIZE (256), BASE_PORT (24000, below the ephemeral port range), ETCD (/usr/bin/etcd), SKIP_BUILD=1 to use
@@ -36,7 +38,7 @@
 set -euo pipefail
 
 TOTAL=${TOTAL:-60000}
-WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 range:100"}
+WORKLOADS=${WORKLOADS:-"put:1:2000 put:100 put:1000 put:1000::100 range:100"}
 ROUNDS=${ROUNDS:-3}
 if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
     echo "bench-vs-etcd: ROUNDS must be a positive number, not \"$ROUNDS\"" >&2
@@ -174,18 +176,18 @@ cpu_seconds() {
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
-# run_one KIND WORKLOAD CLIENTS TOTAL PORT_BASE ROUND
+# run_one KIND WORKLOAD CLIENTS TOTAL CONNS PORT_BASE ROUND
 run_one() {
-    local kind=$1 workload=$2 clients=$3 total=$4 base=$5 round=$6
-    local dir="$WORK/$kind-$workload-c$clients-r$round"
+    local kind=$1 workload=$2 clients=$3 total=$4 conns=$5 base=$6 round=$7
+    local dir="$WORK/$kind-$workload-c$clients-n$conns-r$round"
     mkdir -p "$dir"
     log "$kind: starting 3 members (clients on $((base + 1))-$((base + 3)))"
     start_cluster "$kind" "$dir" "$base"
     local eps="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
-    log "$kind: bench $workload --total $total --clients $clients --conns $CONNS"
+    log "$kind: bench $workload --total $total --clients $clients --conns $conns"
     local code=0
     "$BIN" bench "$workload" --endpoints "$eps" --total "$total" --clients "$clients" \
-        --conns "$CONNS" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" -w json \
+        --conns "$conns" --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" -w json \
         >"$dir/bench.json" || code=$?
     if ! jq -e . "$dir/bench.json" >/dev/null 2>&1; then
         log "$kind: bench failed (exit $code)"
@@ -198,7 +200,8 @@ run_one() {
     stop_cluster
     jq -c --arg server "$kind" --arg workload "$workload" --argjson rss "$rss" --argjson cpu "$cpu" \
         --argjson disk "$disk" --argjson total "$total" --argjson round "$round" \
-        '{server: $server, workload: $workload, round: $round, clients, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu, disk_kib_per_req: ($disk / $total)}' \
+        --argjson conns "$conns" \
+        '{server: $server, workload: $workload, round: $round, clients, conns: $conns, rps, errors, latency_ms, rss_kib: $rss, server_cpu_s: $cpu, disk_kib_per_req: ($disk / $total)}' \
         "$dir/bench.json" >>"$RESULTS"
 }
 
@@ -298,10 +301,11 @@ if [ "$EXTRAS" = 1 ]; then
 fi
 for round in $(seq "$ROUNDS"); do
     for w in $WORKLOADS; do
-        IFS=: read -r workload clients total <<<"$w"
+        IFS=: read -r workload clients total conns <<<"$w"
         total=${total:-$TOTAL}
-        run_one localcluster "$workload" "$clients" "$total" "$BASE_PORT" "$round"
-        run_one etcd "$workload" "$clients" "$total" "$((BASE_PORT + 100))" "$round"
+        conns=${conns:-$CONNS}
+        run_one localcluster "$workload" "$clients" "$total" "$conns" "$BASE_PORT" "$round"
+        run_one etcd "$workload" "$clients" "$total" "$conns" "$((BASE_PORT + 100))" "$round"
     done
 done
 for w in $WATCHERS; do
@@ -311,18 +315,18 @@ done
 
 etcd_version=$("$ETCD" --version | awk '/etcd Version/ {print $3}')
 echo
-echo "Workloads $WORKLOADS (workload:clients[:requests], default $TOTAL requests), $ROUNDS rounds, ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values, $CONNS connections," \
+echo "Workloads $WORKLOADS (workload:clients[:requests[:connections]], default $TOTAL requests over $CONNS connections), $ROUNDS rounds, ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values," \
     "3 members on loopback; localcluster $("$BIN" --version | awk '{print $2}') vs etcd $etcd_version;" \
     "$(nproc) cores; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 echo
-echo "| server | workload | clients | round | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | disk KiB/req (3 members) | RSS MiB (3 members) |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.round) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.disk_kib_per_req * 10 | round / 10) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
+echo "| server | workload | clients | conns | round | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU s | disk KiB/req (3 members) | RSS MiB (3 members) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r '"| \(.server) | \(.workload) | \(.clients) | \(.conns) | \(.round) | \(.rps | floor) | \(.latency_ms.p50 * 100 | round / 100) | \(.latency_ms.p90 * 100 | round / 100) | \(.latency_ms.p99 * 100 | round / 100) | \(.latency_ms.max * 100 | round / 100) | \(.errors) | \(.server_cpu_s) | \(.disk_kib_per_req * 10 | round / 10) | \(.rss_kib / 1024 | round) |"' "$RESULTS"
 echo
 echo "Ratios of the median figures over the rounds; in brackets, the lowest and highest of the rounds' own ratios (each round's localcluster run against the etcd run next to it)."
 echo
-echo "| workload | clients | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | disk writes localcluster / etcd | RSS localcluster / etcd |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| workload | clients | conns | req/s localcluster / etcd | p50 localcluster / etcd | p99 localcluster / etcd | server CPU localcluster / etcd | disk writes localcluster / etcd | RSS localcluster / etcd |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 jq -rs '
   def r2: . * 100 | round / 100;
   def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
@@ -334,10 +338,10 @@ jq -rs '
       else [$l[] as $x | $e[] | select(.round == $x.round and (f) != 0) | ($x | f) / f] as $rs
       | "\($lm / $em | r2)" + (if ($rs | length) > 1 then " (\($rs | min | r2)–\($rs | max | r2))" else "" end)
       end;
-  group_by([.workload, .clients])[]
+  group_by([.workload, .clients, .conns])[]
   | (map(select(.server == "localcluster")) | sort_by(.round)) as $l
   | (map(select(.server == "etcd")) | sort_by(.round)) as $e
-  | "| \($l[0].workload) | \($l[0].clients) | \(ratio(.rps; $l; $e)) | \(ratio(.latency_ms.p50; $l; $e)) | \(ratio(.latency_ms.p99; $l; $e)) | \(ratio(.server_cpu_s; $l; $e)) | \(ratio(.disk_kib_per_req; $l; $e)) | \(ratio(.rss_kib; $l; $e)) |"
+  | "| \($l[0].workload) | \($l[0].clients) | \($l[0].conns) | \(ratio(.rps; $l; $e)) | \(ratio(.latency_ms.p50; $l; $e)) | \(ratio(.latency_ms.p99; $l; $e)) | \(ratio(.server_cpu_s; $l; $e)) | \(ratio(.disk_kib_per_req; $l; $e)) | \(ratio(.rss_kib; $l; $e)) |"
 ' "$RESULTS"
 echo
 echo "Watch fan-out: $WATCH_TOTAL puts from $WATCH_WRITERS writers, each delivered to every watcher ($WATCH_STREAMS streams)"
