@@ -58,7 +58,9 @@ use crate::disk::{DataFileError, FileState};
 use crate::mvcc::{MvccError, Store};
 use crate::pb::lcraftpb::raft_transport_server::RaftTransportServer;
 use crate::raft::node::{self, Msg, Node, NodeConfig};
-use crate::raft::transport::{Faults, PeerService, Peers, PeersOutbox};
+use crate::raft::transport::{
+    serve_peer_connections, Faults, Inbox, PeerService, Peers, PeersOutbox,
+};
 use crate::raft::{RaftError, RaftHandle, RaftStorage};
 use crate::wait::{IdGen, Waiters};
 
@@ -364,30 +366,40 @@ impl Member {
         for (i, l) in peer_listeners.into_iter().enumerate() {
             let server_tls = tls.peer_server_for(cfg.listen_peer_urls.get(i));
             let allowed_cn = tls.peer_allowed_cn.clone();
-            let svc = RaftTransportServer::new(PeerService {
+            let inbox = Arc::new(Inbox {
                 cluster_id: identity.cluster_id,
                 member_id: identity.member_id,
                 raft: raft.clone(),
                 faults: faults.clone(),
-                membership: membership_rx.clone(),
                 shutdown: shutdown.clone(),
                 received: Some(metrics.peer_received.clone()),
+            });
+            let svc = RaftTransportServer::new(PeerService {
+                inbox: inbox.clone(),
+                membership: membership_rx.clone(),
             })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
             let token = shutdown.clone();
             let addr = l.local_addr().ok();
             servers.push(runtime.spawn(async move {
-                // Raft traffic is many small messages: no Nagle delay on accepted
-                // connections, and HTTP/2 windows large enough that a burst of
-                // appends never waits for a window update.
+                // Raft streams are served beside tonic; the rest of the
+                // connections (gRPC) go on to it. Raft traffic is many small
+                // messages: no Nagle delay on accepted connections, and HTTP/2
+                // windows large enough that a burst never waits for a window
+                // update.
                 let incoming = peer_incoming(l, server_tls, allowed_cn);
-                let res = tonic::transport::Server::builder()
+                let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(16);
+                let sorter = serve_peer_connections(incoming, inbox, grpc_tx, token.clone());
+                let server = tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(PEER_WINDOW))
                     .initial_connection_window_size(Some(PEER_WINDOW))
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                    .await;
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
+                        token.cancelled_owned(),
+                    );
+                let (_, res) = tokio::join!(sorter, server);
                 if let Err(e) = res {
                     tracing::error!(?addr, error = %e, "peer listener failed");
                 }

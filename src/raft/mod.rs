@@ -9,8 +9,9 @@
 //! - [`reads`]: linearizable reads waiting for the node's next read-index round,
 //!   shared by the API and the node.
 //! - [`legacy`]: moves a log of the old format (`raft.redb`) into [`wal`].
-//! - [`transport`]: gRPC streams between members on their peer URLs, with the fault
-//!   hooks (drop messages to/from some peers) used by the embedded cluster.
+//! - [`transport`]: the streams between members on their peer URLs (framed as
+//!   [`wire`] says; gRPC for probes and membership), with the fault hooks (drop
+//!   messages to/from some peers) used by the embedded cluster.
 //! - [`logger`]: forwards raft-rs's `slog` records into `tracing`.
 //!
 //! Nothing outside [`node`] touches `RawNode`; everything else talks to it through
@@ -23,6 +24,7 @@ pub mod reads;
 pub mod storage;
 pub mod transport;
 pub mod wal;
+pub mod wire;
 
 pub use node::{NodeStatus, RaftHandle, StateMachine};
 pub use storage::{RaftStorage, SnapshotSource};

@@ -225,6 +225,19 @@ impl RaftHandle {
         self.tx.send(msg).map_err(|_| RaftError::Stopped)
     }
 
+    /// A handle to no node: what it is sent arrives on the receiver (tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> (RaftHandle, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel();
+        let (_, status) = watch::channel(NodeStatus::default());
+        let handle = RaftHandle {
+            tx,
+            status,
+            reads: Arc::new(ReadQueue::default()),
+        };
+        (handle, rx)
+    }
+
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()

@@ -1,21 +1,29 @@
-//! Peer transport: Raft messages between members over gRPC on the peer URLs.
+//! Peer transport: Raft messages between members on the peer URLs.
 //!
-//! Each member runs the `lcraftpb.RaftTransport` service on its `--listen-peer-urls`
-//! ([`PeerService`]) and, for every other member, one sender task ([`Peers`]) that
-//! keeps a client-streaming `Send` call open and pushes batches of messages into it
-//! in the order the Raft node produced them. When the stream breaks, the task
-//! reports the peer unreachable to Raft (and, if the stream had been up, that
-//! it broke: a follower that loses its leader this way campaigns sooner; see
-//! `node::leader_lost`), drops what is queued (Raft retransmits) and reconnects
-//! with a short backoff.
+//! For every other member, a member runs one sender task ([`Peers`]) that keeps
+//! a Raft stream open to the peer's URL and writes batches of messages into it
+//! in the order the Raft node produced them, each batch one frame (see
+//! [`super::wire`]: a preamble, then length-delimited `RaftBatch`es, over TCP
+//! or TLS). On its `--listen-peer-urls` a member sorts the connections
+//! ([`serve_peer_connections`]): Raft streams go to its [`Inbox`], which steps
+//! their messages into Raft; the rest is gRPC ([`PeerService`]: probes,
+//! membership, progress, and the `Send` stream older members used).
 //!
-//! Messages travel as protobuf bytes: a sender encodes them into shared blocks,
-//! and a receiver parses each as a slice of its frame, then copies its entries'
-//! data into one block per message (entries outlive the frame in the Raft
-//! log): one allocation per message where parsing used to make one per entry.
+//! When a stream breaks (the peer closed it, refused it, or the kernel gave up
+//! on it after [`PEER_TIMEOUT`] without acknowledgement or keepalive answer),
+//! the sender reports the peer unreachable to Raft (and, if the stream had been
+//! up, that it broke: a follower that loses its leader this way campaigns
+//! sooner; see `node::leader_lost`), drops what is queued (Raft retransmits)
+//! and reconnects with a short backoff.
 //!
-//! A receiver refuses batches stamped with another cluster ID, so two clusters
-//! with different tokens never mix even when their ports are confused.
+//! A sender encodes its messages straight into the frame; a receiver parses
+//! each as a slice of the frame, then copies its entries' data into one block
+//! per message (entries outlive the frame in the Raft log): one allocation per
+//! message where parsing used to make one per entry.
+//!
+//! A receiver refuses batches stamped with another cluster ID (and tells the
+//! sender why), so two clusters with different tokens never mix even when their
+//! ports are confused.
 //!
 //! Each sender records since when its stream to the peer has been up
 //! ([`Peers::active_since`], etcd's `transport.ActiveSince`): the Cluster
@@ -31,14 +39,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::{Msg, Outbox, RaftHandle};
+use super::wire;
 use crate::pb::lcraftpb::raft_transport_client::RaftTransportClient;
 use crate::pb::lcraftpb::raft_transport_server::RaftTransport;
 use crate::pb::lcraftpb::{
@@ -257,21 +269,39 @@ const MAX_BATCH: usize = 512;
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Sender {
-    /// Probes the peer every [`PROBE_INTERVAL`] on the stream's connection
-    /// and records the round trip; never returns.
-    async fn probe_loop(&self, mut client: RaftTransportClient<tonic::transport::Channel>) {
+    /// Probes the peer every [`PROBE_INTERVAL`] over gRPC and records the
+    /// round trip (etcd's prober); never returns. Connects on its first
+    /// probe, and again after a failed one.
+    async fn probe_loop(&self) {
+        let Some(rtt) = &self.rtt else {
+            return std::future::pending().await;
+        };
+        let mut client = None;
         loop {
-            match &self.rtt {
-                Some(h) if !self.faults.is_blocked(self.to) => {
-                    let start = std::time::Instant::now();
-                    if client.probe(ProbeRequest {}).await.is_ok() {
-                        h.observe(start.elapsed().as_secs_f64());
-                    }
-                }
-                Some(_) => {}
-                None => std::future::pending::<()>().await,
-            }
             tokio::time::sleep(PROBE_INTERVAL).await;
+            if self.faults.is_blocked(self.to) {
+                continue;
+            }
+            if client.is_none() {
+                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.url.clone()) else {
+                    return std::future::pending().await;
+                };
+                let endpoint = endpoint
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true);
+                client = crate::tls::connector::connect(&endpoint, self.tls.clone())
+                    .await
+                    .ok()
+                    .map(RaftTransportClient::new);
+            }
+            if let Some(c) = &mut client {
+                let start = std::time::Instant::now();
+                if c.probe(ProbeRequest {}).await.is_ok() {
+                    rtt.observe(start.elapsed().as_secs_f64());
+                } else {
+                    client = None;
+                }
+            }
         }
     }
 
@@ -320,78 +350,86 @@ impl Sender {
         queue: &mut mpsc::UnboundedReceiver<Message>,
         was_up: &mut bool,
     ) -> Result<(), String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(crate::member::PEER_WINDOW))
-            .initial_connection_window_size(Some(crate::member::PEER_WINDOW))
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(3));
-        let channel = tokio::select! {
-            c = crate::tls::connector::connect(&endpoint, self.tls.clone()) => c.map_err(|e| e.to_string())?,
+        let uri: tonic::transport::Uri = self.url.parse().map_err(|e| format!("{e}"))?;
+        let conn = tokio::select! {
+            c = tokio::time::timeout(CONNECT_TIMEOUT, crate::tls::connector::dial_uri(&uri, self.tls.clone())) => {
+                c.map_err(|_| "connect timed out".to_string())?.map_err(|e| e.to_string())?
+            }
             _ = self.shutdown.cancelled() => return Ok(()),
         };
-        let mut client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let (tx, rx) = mpsc::channel::<RaftBatch>(64);
-        let mut scratch = BytesMut::new();
-        let prober = self.probe_loop(client.clone());
-        let call = client.send(ReceiverStream::new(rx));
-        tokio::pin!(call);
+        // A peer that vanishes without closing (a cut network) must not hold
+        // unacknowledged batches for the kernel's 15 minutes, nor a quiet
+        // stream forever: the kernel drops the connection after
+        // [`PEER_TIMEOUT`] of either, as HTTP/2 keepalive pings did.
+        let sock = socket2::SockRef::from(crate::tls::connector::tcp_of(&conn));
+        let _ = sock.set_tcp_user_timeout(Some(PEER_TIMEOUT));
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(PEER_KEEPALIVE)
+                .with_interval(PEER_KEEPALIVE),
+        );
+        let (rd, mut wr) = tokio::io::split(conn);
+        let closed = async {
+            // The receiver writes only to refuse the stream.
+            match FramedRead::new(rd, wire::codec()).next().await {
+                Some(Ok(reason)) => format!(
+                    "peer refused the stream: {}",
+                    String::from_utf8_lossy(&reason)
+                ),
+                Some(Err(e)) => e.to_string(),
+                None => "peer closed the stream".to_string(),
+            }
+        };
+        tokio::pin!(closed);
+        let prober = self.probe_loop();
+        tokio::pin!(prober);
+        tokio::select! {
+            r = wr.write_all(wire::PREAMBLE) => r.map_err(|e| e.to_string())?,
+            reason = &mut closed => return Err(reason),
+        }
         self.active.up(self.to, self.generation);
         *was_up = true;
-        tokio::pin!(prober);
+        let mut frame = Vec::new();
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
                 _ = &mut prober => {}
-                res = &mut call => {
-                    return Err(match res {
-                        Ok(_) => "peer closed the stream".to_string(),
-                        Err(s) => s.message().to_string(),
-                    });
-                }
+                reason = &mut closed => return Err(reason),
                 m = queue.recv() => {
                     let Some(first) = m else { return Ok(()) };
-                    let mut batch = vec![first];
+                    batch.clear();
+                    batch.push(first);
                     while batch.len() < MAX_BATCH {
                         match queue.try_recv() {
                             Ok(m) => batch.push(m),
                             Err(_) => break,
                         }
                     }
+                    let snapshots = batch
+                        .iter()
+                        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                        .count();
                     if self.faults.is_blocked(self.to) {
                         // Dropped as by a partition. A dropped snapshot must be
                         // reported, or Raft waits for it forever and never
                         // replicates to this peer again after the heal.
-                        for m in &batch {
-                            if m.get_msg_type() == MessageType::MsgSnapshot {
-                                let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: false });
-                            }
+                        for _ in 0..snapshots {
+                            let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: false });
                         }
                         continue;
                     }
-                    let mut snapshots = 0;
-                    let mut messages = Vec::with_capacity(batch.len());
-                    for m in &batch {
-                        if m.get_msg_type() == MessageType::MsgSnapshot {
-                            snapshots += 1;
-                        }
-                        messages.push(encode(&mut scratch, m).map_err(|e| e.to_string())?);
+                    let sent = wire::encode_frame(&mut frame, self.cluster_id, self.from, &batch)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(counter) = &self.sent {
+                        counter.inc_by(sent);
                     }
-                    if let Some(sent) = &self.sent {
-                        sent.inc_by(messages.iter().map(|m| m.len() as u64).sum());
-                    }
-                    let out = RaftBatch { cluster_id: self.cluster_id, from: self.from, messages };
                     tokio::select! {
-                        r = tx.send(out) => r.map_err(|_| "stream closed".to_string())?,
-                        res = &mut call => {
-                            return Err(match res {
-                                Ok(_) => "peer closed the stream".to_string(),
-                                Err(s) => s.message().to_string(),
-                            });
-                        }
+                        r = wr.write_all(&frame) => r.map_err(|e| e.to_string())?,
+                        reason = &mut closed => return Err(reason),
+                    }
+                    if frame.capacity() > FRAME_KEEP {
+                        // A snapshot went out: do not keep its buffer.
+                        frame = Vec::new();
                     }
                     for _ in 0..snapshots {
                         let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: true });
@@ -403,22 +441,15 @@ impl Sender {
     }
 }
 
-/// How much buffer the sender's messages are encoded into at a time.
-const SCRATCH_BLOCK: usize = 64 * 1024;
-
-/// Encodes `m` into `scratch`, returning it as a slice of a block shared with
-/// the messages before it: one allocation for many small messages.
-fn encode(scratch: &mut BytesMut, m: &Message) -> protobuf::ProtobufResult<Bytes> {
-    let size = m.compute_size() as usize;
-    if scratch.capacity() < size {
-        scratch.reserve(size.max(SCRATCH_BLOCK));
-    }
-    scratch.resize(size, 0);
-    let mut os = protobuf::CodedOutputStream::bytes(&mut scratch[..]);
-    m.write_to_with_cached_sizes(&mut os)?;
-    os.check_eof();
-    Ok(scratch.split().freeze())
-}
+/// How long a sender waits for a peer to accept its connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a peer may leave written batches unacknowledged (TCP), and
+/// how long a silent stream lasts once its keepalive probes go unanswered.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before a keepalive probe, and between probes.
+const PEER_KEEPALIVE: Duration = Duration::from_secs(2);
+/// The largest frame buffer a sender keeps between batches.
+const FRAME_KEEP: usize = 1 << 20;
 
 /// Moves the data of `msg`'s entries out of the frame they arrived in, into
 /// one block of their own.
@@ -450,19 +481,171 @@ fn own_entries(msg: &mut Message) {
     }
 }
 
-/// The receiving side: the gRPC service on the peer URLs.
-pub struct PeerService {
+/// The receiving side of the Raft streams, shared by the peer listener's raw
+/// streams ([`Inbox::serve_stream`], see [`super::wire`]) and gRPC `Send`
+/// calls ([`PeerService`]).
+pub struct Inbox {
     pub cluster_id: u64,
     pub member_id: u64,
     pub raft: RaftHandle,
     pub faults: Arc<Faults>,
-    pub membership: tokio::sync::watch::Receiver<Membership>,
     /// Ends the open streams when the member stops: peers keep their streams
     /// open for good, so a graceful server shutdown would otherwise wait for
     /// them until it gives up.
     pub shutdown: CancellationToken,
     /// Counts received bytes per sender (`etcd_network_peer_received_bytes_total`).
     pub received: Option<prometheus::IntCounterVec>,
+}
+
+/// Why a receiver ends a stream.
+#[derive(Debug)]
+enum Refusal {
+    /// The sender belongs to another cluster.
+    OtherCluster(String),
+    /// A batch or message does not decode.
+    Garbled(String),
+    /// The Raft node is gone.
+    Stopping,
+}
+
+impl Refusal {
+    fn reason(&self) -> &str {
+        match self {
+            Refusal::OtherCluster(r) | Refusal::Garbled(r) => r,
+            Refusal::Stopping => "member is stopping",
+        }
+    }
+
+    fn status(&self) -> Status {
+        match self {
+            Refusal::OtherCluster(r) => Status::failed_precondition(r.clone()),
+            Refusal::Garbled(r) => Status::invalid_argument(r.clone()),
+            Refusal::Stopping => Status::unavailable(self.reason()),
+        }
+    }
+}
+
+/// The sender's byte counter, looked up once per sender rather than per batch
+/// (a stream comes from one peer).
+type Counter = Option<(u64, prometheus::IntCounter)>;
+
+impl Inbox {
+    /// Steps the messages of one batch into Raft, unless the sender is
+    /// blocked by a fault hook.
+    fn deliver(&self, batch: RaftBatch, counter: &mut Counter) -> Result<(), Refusal> {
+        if batch.cluster_id != self.cluster_id {
+            return Err(Refusal::OtherCluster(format!(
+                "cluster ID mismatch: this member belongs to cluster {:x}, the sender to {:x}",
+                self.cluster_id, batch.cluster_id
+            )));
+        }
+        if self.faults.is_blocked(batch.from) {
+            return Ok(());
+        }
+        if let Some(received) = &self.received {
+            let bytes = batch.messages.iter().map(|m| m.len() as u64).sum();
+            match counter {
+                Some((from, c)) if *from == batch.from => c.inc_by(bytes),
+                _ => {
+                    let c = received.with_label_values(&[&format!("{:x}", batch.from)]);
+                    c.inc_by(bytes);
+                    *counter = Some((batch.from, c));
+                }
+            }
+        }
+        for bytes in batch.messages {
+            // Zero-copy: the entries' data are slices of `bytes`, until
+            // `own_entries` gives them a block of their own.
+            let mut msg = Message::parse_from_carllerche_bytes(&bytes)
+                .map_err(|e| Refusal::Garbled(format!("bad raft message: {e}")))?;
+            if msg.to != self.member_id {
+                continue;
+            }
+            own_entries(&mut msg);
+            self.raft.step(msg).map_err(|_| Refusal::Stopping)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a Raft stream (its preamble already read) until it ends, the
+    /// member stops, or the stream is refused: then the reason goes back to
+    /// the sender in one frame.
+    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: S) {
+        let (rd, wr) = tokio::io::split(conn);
+        let mut frames = FramedRead::new(rd, wire::codec());
+        let mut counter = None;
+        let refusal = loop {
+            let frame = tokio::select! {
+                f = frames.next() => f,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let frame = match frame {
+                Some(Ok(frame)) => frame.freeze(),
+                Some(Err(e)) => break Refusal::Garbled(format!("bad frame: {e}")),
+                None => return,
+            };
+            let batch = match RaftBatch::decode(frame) {
+                Ok(batch) => batch,
+                Err(e) => break Refusal::Garbled(format!("bad raft batch: {e}")),
+            };
+            if let Err(refusal) = self.deliver(batch, &mut counter) {
+                break refusal;
+            }
+        };
+        tracing::debug!(reason = refusal.reason(), "refused a raft stream");
+        let mut out = FramedWrite::new(wr, wire::codec());
+        let reason = Bytes::copy_from_slice(refusal.reason().as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), out.send(reason)).await;
+    }
+}
+
+/// Serves the peer listener's connections until `shutdown`: Raft streams
+/// here (each on a task of its own, owned by this future), everything else
+/// (HTTP/2 gRPC) to `grpc`, where tonic serves it.
+pub async fn serve_peer_connections<S>(
+    mut incoming: futures::stream::BoxStream<'static, std::io::Result<S>>,
+    inbox: Arc<Inbox>,
+    grpc: mpsc::Sender<std::io::Result<wire::Rewound<S>>>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            conn = incoming.next() => match conn {
+                None => break,
+                Some(Err(e)) => {
+                    // Out of file descriptors, say: wait a little, keep serving.
+                    tracing::warn!(error = %e, "cannot accept a peer connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(Ok(conn)) => {
+                    let inbox = inbox.clone();
+                    let grpc = grpc.clone();
+                    conns.spawn(async move {
+                        match tokio::time::timeout(wire::SORT_TIMEOUT, wire::sort(conn)).await {
+                            Ok(Ok(wire::Sorted::Raft(conn))) => inbox.serve_stream(conn).await,
+                            Ok(Ok(wire::Sorted::Other(conn))) => {
+                                let _ = grpc.send(Ok(conn)).await;
+                            }
+                            Ok(Err(_)) | Err(_) => {}
+                        }
+                    });
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    conns.abort_all();
+}
+
+/// The gRPC service on the peer URLs: probes, membership, progress, and
+/// `Send`, the Raft stream of members before [`super::wire`].
+pub struct PeerService {
+    pub inbox: Arc<Inbox>,
+    pub membership: tokio::sync::watch::Receiver<Membership>,
 }
 
 #[tonic::async_trait]
@@ -472,52 +655,20 @@ impl RaftTransport for PeerService {
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
         let mut stream = request.into_inner();
-        // The sender's byte counter, looked up once per sender rather than
-        // per batch (a stream comes from one peer).
-        let mut counter: Option<(u64, prometheus::IntCounter)> = None;
+        let mut counter = None;
         loop {
             let batch = tokio::select! {
                 b = stream.message() => match b? {
                     Some(b) => b,
                     None => break,
                 },
-                _ = self.shutdown.cancelled() => {
-                    return Err(Status::unavailable("member is stopping"));
+                _ = self.inbox.shutdown.cancelled() => {
+                    return Err(Refusal::Stopping.status());
                 }
             };
-            if batch.cluster_id != self.cluster_id {
-                return Err(Status::failed_precondition(format!(
-                    "cluster ID mismatch: this member belongs to cluster {:x}, the sender to {:x}",
-                    self.cluster_id, batch.cluster_id
-                )));
-            }
-            if self.faults.is_blocked(batch.from) {
-                continue;
-            }
-            if let Some(received) = &self.received {
-                let bytes = batch.messages.iter().map(|m| m.len() as u64).sum();
-                match &counter {
-                    Some((from, c)) if *from == batch.from => c.inc_by(bytes),
-                    _ => {
-                        let c = received.with_label_values(&[&format!("{:x}", batch.from)]);
-                        c.inc_by(bytes);
-                        counter = Some((batch.from, c));
-                    }
-                }
-            }
-            for bytes in batch.messages {
-                // Zero-copy: the entries' data are slices of `bytes`, until
-                // `own_entries` gives them a block of their own.
-                let mut msg = Message::parse_from_carllerche_bytes(&bytes)
-                    .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-                if msg.to != self.member_id {
-                    continue;
-                }
-                own_entries(&mut msg);
-                self.raft
-                    .step(msg)
-                    .map_err(|_| Status::unavailable("member is stopping"))?;
-            }
+            self.inbox
+                .deliver(batch, &mut counter)
+                .map_err(|r| r.status())?;
         }
         Ok(Response::new(SendAck {}))
     }
@@ -527,8 +678,8 @@ impl RaftTransport for PeerService {
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
         Ok(Response::new(ProbeResponse {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
+            cluster_id: self.inbox.cluster_id,
+            member_id: self.inbox.member_id,
         }))
     }
 
@@ -544,6 +695,7 @@ impl RaftTransport for PeerService {
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProgressResponse>, Status> {
         let progress = self
+            .inbox
             .raft
             .progress()
             .await
@@ -585,27 +737,30 @@ mod tests {
         m
     }
 
+    /// One frame as a receiver reads it: the batch decoded from the frame's
+    /// bytes.
+    fn framed(messages: &[Message]) -> (Bytes, RaftBatch) {
+        let mut frame = Vec::new();
+        wire::encode_frame(&mut frame, 7, 1, messages).unwrap();
+        let body = Bytes::from(frame).slice(8..);
+        (body.clone(), RaftBatch::decode(body).unwrap())
+    }
+
     #[test]
-    fn messages_encoded_into_one_block_parse_back_with_entries_sliced_from_the_frame() {
-        let mut scratch = BytesMut::new();
+    fn received_messages_parse_back_with_entries_sliced_from_the_frame() {
         let sent: Vec<Message> = (1..=3)
             .map(|to| append(to, to as usize, b"payload"))
             .collect();
-        let frames: Vec<Bytes> = sent
-            .iter()
-            .map(|m| encode(&mut scratch, m).unwrap())
-            .collect();
-        // One block holds all three.
-        let block = frames[0].as_ptr() as usize;
-        assert!(frames.iter().all(|f| {
-            let at = f.as_ptr() as usize;
-            at >= block && at + f.len() <= block + SCRATCH_BLOCK
-        }));
-        for (m, frame) in sent.iter().zip(&frames) {
-            assert_eq!(frame.len(), m.compute_size() as usize);
-            let got = Message::parse_from_carllerche_bytes(frame).unwrap();
+        let (frame, batch) = framed(&sent);
+        let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+        assert_eq!(batch.messages.len(), 3);
+        for (m, bytes) in sent.iter().zip(&batch.messages) {
+            assert!(
+                range.contains(&(bytes.as_ptr() as usize)),
+                "a slice of the frame"
+            );
+            let got = Message::parse_from_carllerche_bytes(bytes).unwrap();
             assert_eq!(&got, m);
-            let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
             for e in got.get_entries() {
                 assert!(
                     range.contains(&(e.data.as_ptr() as usize)),
@@ -617,11 +772,10 @@ mod tests {
 
     #[test]
     fn received_entries_get_one_block_of_their_own_and_keep_their_contents() {
-        let mut scratch = BytesMut::new();
         let mut sent = append(2, 3, b"payload");
         sent.mut_entries()[1].context = Bytes::from_static(b"ctx");
-        let frame = encode(&mut scratch, &sent).unwrap();
-        let mut got = Message::parse_from_carllerche_bytes(&frame).unwrap();
+        let (frame, batch) = framed(std::slice::from_ref(&sent));
+        let mut got = Message::parse_from_carllerche_bytes(&batch.messages[0]).unwrap();
         own_entries(&mut got);
         assert_eq!(got, sent);
         let frame_range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
@@ -638,21 +792,66 @@ mod tests {
         assert!(empty.get_entries().is_empty());
     }
 
-    #[test]
-    fn a_message_larger_than_a_block_gets_a_block_of_its_own() {
-        let mut scratch = BytesMut::new();
-        let first = encode(&mut scratch, &append(3, 1, b"x")).unwrap();
-        let big = append(1, 2, &vec![7; SCRATCH_BLOCK]);
-        let frame = encode(&mut scratch, &big).unwrap();
-        assert!(frame.len() > SCRATCH_BLOCK);
-        let block = first.as_ptr() as usize..first.as_ptr() as usize + SCRATCH_BLOCK;
-        assert!(
-            !block.contains(&(frame.as_ptr() as usize)),
-            "not squeezed into the block of the message before"
+    fn inbox(cluster_id: u64, member_id: u64) -> (Arc<Inbox>, std::sync::mpsc::Receiver<Msg>) {
+        let (raft, rx) = RaftHandle::detached();
+        let inbox = Inbox {
+            cluster_id,
+            member_id,
+            raft,
+            faults: Arc::new(Faults::default()),
+            shutdown: CancellationToken::new(),
+            received: None,
+        };
+        (Arc::new(inbox), rx)
+    }
+
+    #[tokio::test]
+    async fn a_raft_stream_steps_the_messages_addressed_to_this_member_in_order() {
+        let (inbox, steps) = inbox(7, 2);
+        let (mut sender, receiver) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(async move { inbox.serve_stream(receiver).await });
+        let mut frame = Vec::new();
+        let first = vec![
+            append(2, 1, b"a"),
+            append(3, 1, b"not ours"),
+            append(2, 2, b"b"),
+        ];
+        wire::encode_frame(&mut frame, 7, 1, &first).unwrap();
+        sender.write_all(&frame).await.unwrap();
+        wire::encode_frame(&mut frame, 7, 1, &[append(2, 3, b"c")]).unwrap();
+        sender.write_all(&frame).await.unwrap();
+        drop(sender);
+        served.await.unwrap();
+        let got: Vec<Message> = steps
+            .try_iter()
+            .map(|m| match m {
+                Msg::Step(m) => *m,
+                _ => panic!("only steps expected"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [append(2, 1, b"a"), append(2, 2, b"b"), append(2, 3, b"c")]
         );
-        assert_eq!(Message::parse_from_carllerche_bytes(&frame).unwrap(), big);
-        let small = append(2, 1, b"x");
-        let frame = encode(&mut scratch, &small).unwrap();
-        assert_eq!(Message::parse_from_carllerche_bytes(&frame).unwrap(), small);
+    }
+
+    #[tokio::test]
+    async fn a_stream_from_another_cluster_is_refused_with_the_reason() {
+        let (inbox, steps) = inbox(7, 2);
+        let (sender, receiver) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(async move { inbox.serve_stream(receiver).await });
+        let (rd, mut wr) = tokio::io::split(sender);
+        let mut frame = Vec::new();
+        wire::encode_frame(&mut frame, 8, 1, &[append(2, 1, b"a")]).unwrap();
+        wr.write_all(&frame).await.unwrap();
+        let reason = FramedRead::new(rd, wire::codec())
+            .next()
+            .await
+            .expect("a refusal")
+            .unwrap();
+        let reason = String::from_utf8(reason.to_vec()).unwrap();
+        assert!(reason.starts_with("cluster ID mismatch"), "{reason}");
+        served.await.unwrap();
+        assert!(steps.try_recv().is_err(), "nothing was stepped");
     }
 }

@@ -42,20 +42,36 @@ pub async fn connect_coalescing(
     endpoint: &Endpoint,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let https = endpoint.uri().scheme_str() == Some("https");
     let connector = tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
         async move {
-            let stream = if https {
-                Either::Left(dial_tls(&uri, tls).await?)
-            } else {
-                let (host, port) = host_port(&uri, 80)?;
-                Either::Right(dial(&host, port).await?)
-            };
+            let stream = dial_uri(&uri, tls).await?;
             Ok::<_, io::Error>(TokioIo::new(CoalescingStream::new(stream)))
         }
     });
     endpoint.connect_with_connector(connector).await
+}
+
+/// A client connection, plain or TLS.
+pub type ClientStream = Either<TlsStream<TcpStream>, TcpStream>;
+
+/// Dials `uri`: TLS with `tls` for `https://` (refused without a config),
+/// plain TCP otherwise; no delay on small writes either way.
+pub async fn dial_uri(uri: &Uri, tls: Option<Arc<ClientConfig>>) -> io::Result<ClientStream> {
+    if uri.scheme_str() == Some("https") {
+        Ok(Either::Left(dial_tls(uri, tls).await?))
+    } else {
+        let (host, port) = host_port(uri, 80)?;
+        Ok(Either::Right(dial(&host, port).await?))
+    }
+}
+
+/// The TCP connection under `stream` (for socket options).
+pub fn tcp_of(stream: &ClientStream) -> &TcpStream {
+    match stream {
+        Either::Left(tls) => tls.get_ref().0,
+        Either::Right(tcp) => tcp,
+    }
 }
 
 /// The host (without IPv6 brackets) and port of `uri`.
