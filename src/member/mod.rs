@@ -64,9 +64,6 @@ use crate::raft::transport::{
 use crate::raft::{RaftError, RaftHandle, RaftStorage};
 use crate::wait::{IdGen, Waiters};
 
-/// HTTP/2 flow-control window of peer streams (both directions).
-pub(crate) const PEER_WINDOW: u32 = 8 * 1024 * 1024;
-
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
@@ -384,16 +381,11 @@ impl Member {
             let addr = l.local_addr().ok();
             servers.push(runtime.spawn(async move {
                 // Raft streams are served beside tonic; the rest of the
-                // connections (gRPC) go on to it. Raft traffic is many small
-                // messages: no Nagle delay on accepted connections, and HTTP/2
-                // windows large enough that a burst never waits for a window
-                // update.
+                // connections (gRPC) go on to it.
                 let incoming = peer_incoming(l, server_tls, allowed_cn);
                 let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(16);
                 let sorter = serve_peer_connections(incoming, inbox, grpc_tx, token.clone());
                 let server = tonic::transport::Server::builder()
-                    .initial_stream_window_size(Some(PEER_WINDOW))
-                    .initial_connection_window_size(Some(PEER_WINDOW))
                     .add_service(svc)
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::ReceiverStream::new(grpc_rx),

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use super::MemberError;
 use crate::config::{EtcdUrl, MemberConfig};
+use crate::raft::transport::give_up_on_silence;
 use crate::tls::incoming::TlsIncoming;
 use crate::tls::stream::MaybeTlsStream;
 use crate::tls::{self, TlsSettings};
@@ -116,6 +117,7 @@ pub(super) fn peer_incoming(
             .map(|s| {
                 s.map(|s| {
                     let _ = s.set_nodelay(true);
+                    give_up_on_silence(&s);
                     MaybeTlsStream::Plain(s)
                 })
             })
@@ -137,10 +139,11 @@ pub(super) fn peer_incoming(
                                 );
                             }
                             _ => {
+                                give_up_on_silence(a.stream.get_ref().0);
                                 return Some((
                                     Ok(MaybeTlsStream::Tls(Box::new(a.stream))),
                                     incoming,
-                                ))
+                                ));
                             }
                         }
                     }

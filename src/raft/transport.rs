@@ -7,7 +7,7 @@
 //! or TLS). On its `--listen-peer-urls` a member sorts the connections
 //! ([`serve_peer_connections`]): Raft streams go to its [`Inbox`], which steps
 //! their messages into Raft; the rest is gRPC ([`PeerService`]: probes,
-//! membership, progress, and the `Send` stream older members used).
+//! membership, progress).
 //!
 //! When a stream breaks (the peer closed it, refused it, or the kernel gave up
 //! on it after [`PEER_TIMEOUT`] without acknowledgement or keepalive answer),
@@ -38,14 +38,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures::StreamExt;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -278,29 +278,34 @@ impl Sender {
         };
         let mut client = None;
         loop {
+            if !self.faults.is_blocked(self.to) {
+                self.probe_once(&mut client, rtt).await;
+            }
             tokio::time::sleep(PROBE_INTERVAL).await;
-            if self.faults.is_blocked(self.to) {
-                continue;
-            }
-            if client.is_none() {
-                let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.url.clone()) else {
-                    return std::future::pending().await;
-                };
-                let endpoint = endpoint
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true);
-                client = crate::tls::connector::connect(&endpoint, self.tls.clone())
-                    .await
-                    .ok()
-                    .map(RaftTransportClient::new);
-            }
-            if let Some(c) = &mut client {
-                let start = std::time::Instant::now();
-                if c.probe(ProbeRequest {}).await.is_ok() {
-                    rtt.observe(start.elapsed().as_secs_f64());
-                } else {
-                    client = None;
-                }
+        }
+    }
+
+    /// One probe, connecting `client` first if it is not.
+    async fn probe_once(
+        &self,
+        client: &mut Option<RaftTransportClient<tonic::transport::Channel>>,
+        rtt: &prometheus::Histogram,
+    ) {
+        if client.is_none() {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.url.clone()) else {
+                return;
+            };
+            let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+            *client = crate::tls::connector::connect(&endpoint, self.tls.clone())
+                .await
+                .ok()
+                .map(RaftTransportClient::new);
+        }
+        if let Some(c) = client {
+            let start = std::time::Instant::now();
+            match tokio::time::timeout(PROBE_INTERVAL, c.probe(ProbeRequest {})).await {
+                Ok(Ok(_)) => rtt.observe(start.elapsed().as_secs_f64()),
+                _ => *client = None,
             }
         }
     }
@@ -357,25 +362,26 @@ impl Sender {
             }
             _ = self.shutdown.cancelled() => return Ok(()),
         };
-        // A peer that vanishes without closing (a cut network) must not hold
-        // unacknowledged batches for the kernel's 15 minutes, nor a quiet
-        // stream forever: the kernel drops the connection after
-        // [`PEER_TIMEOUT`] of either, as HTTP/2 keepalive pings did.
-        let sock = socket2::SockRef::from(crate::tls::connector::tcp_of(&conn));
-        let _ = sock.set_tcp_user_timeout(Some(PEER_TIMEOUT));
-        let _ = sock.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(PEER_KEEPALIVE)
-                .with_interval(PEER_KEEPALIVE),
-        );
+        give_up_on_silence(crate::tls::connector::tcp_of(&conn));
         let (rd, mut wr) = tokio::io::split(conn);
         let closed = async {
             // The receiver writes only to refuse the stream.
-            match FramedRead::new(rd, wire::codec()).next().await {
+            let mut answers = FramedRead::new(rd, wire::FrameReader::new(wire::MAX_REFUSAL_FRAME));
+            match answers.next().await {
                 Some(Ok(reason)) => format!(
                     "peer refused the stream: {}",
                     String::from_utf8_lossy(&reason)
                 ),
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(
+                        peer = %format!("{:x}", self.to),
+                        url = %self.url,
+                        "the peer does not speak this version's Raft stream \
+                         (an older localcluster, or not a member at all?); \
+                         upgrade all members together"
+                    );
+                    format!("not a Raft stream: {e}")
+                }
                 Some(Err(e)) => e.to_string(),
                 None => "peer closed the stream".to_string(),
             }
@@ -418,22 +424,32 @@ impl Sender {
                         }
                         continue;
                     }
-                    let sent = wire::encode_frame(&mut frame, self.cluster_id, self.from, &batch)
-                        .map_err(|e| e.to_string())?;
-                    if let Some(counter) = &self.sent {
-                        counter.inc_by(sent);
+                    let written = async {
+                        let sent = wire::encode_frame(&mut frame, self.cluster_id, self.from, &batch)
+                            .map_err(|e| e.to_string())?;
+                        if let Some(counter) = &self.sent {
+                            counter.inc_by(sent);
+                        }
+                        // Flushed, so a TLS record never waits for the next batch.
+                        tokio::select! {
+                            r = async {
+                                wr.write_all(&frame).await?;
+                                wr.flush().await
+                            } => r.map_err(|e| e.to_string()),
+                            reason = &mut closed => Err(reason),
+                        }
                     }
-                    tokio::select! {
-                        r = wr.write_all(&frame) => r.map_err(|e| e.to_string())?,
-                        reason = &mut closed => return Err(reason),
-                    }
+                    .await;
+                    batch.clear();
                     if frame.capacity() > FRAME_KEEP {
                         // A snapshot went out: do not keep its buffer.
                         frame = Vec::new();
                     }
+                    // A snapshot that did not go out must be reported too.
                     for _ in 0..snapshots {
-                        let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: true });
+                        let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: written.is_ok() });
                     }
+                    written?;
                 }
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
@@ -441,8 +457,24 @@ impl Sender {
     }
 }
 
-/// How long a sender waits for a peer to accept its connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Makes the kernel end a Raft stream whose peer vanished without closing
+/// it (a cut network): written batches left unacknowledged for
+/// [`PEER_TIMEOUT`] (Linux), or a quiet stream whose keepalive probes go
+/// unanswered, as HTTP/2's keepalive pings did. Used on both ends.
+pub fn give_up_on_silence(tcp: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(PEER_TIMEOUT));
+    let _ = sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(PEER_KEEPALIVE)
+            .with_interval(PEER_KEEPALIVE),
+    );
+}
+
+/// How long a sender waits for a peer to accept its connection (and, for
+/// `https://`, to finish the TLS handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a peer may leave written batches unacknowledged (TCP), and
 /// how long a silent stream lasts once its keepalive probes go unanswered.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -481,9 +513,8 @@ fn own_entries(msg: &mut Message) {
     }
 }
 
-/// The receiving side of the Raft streams, shared by the peer listener's raw
-/// streams ([`Inbox::serve_stream`], see [`super::wire`]) and gRPC `Send`
-/// calls ([`PeerService`]).
+/// The receiving side of the Raft streams ([`Inbox::serve_stream`], framed as
+/// [`super::wire`] says).
 pub struct Inbox {
     pub cluster_id: u64,
     pub member_id: u64,
@@ -513,14 +544,6 @@ impl Refusal {
         match self {
             Refusal::OtherCluster(r) | Refusal::Garbled(r) => r,
             Refusal::Stopping => "member is stopping",
-        }
-    }
-
-    fn status(&self) -> Status {
-        match self {
-            Refusal::OtherCluster(r) => Status::failed_precondition(r.clone()),
-            Refusal::Garbled(r) => Status::invalid_argument(r.clone()),
-            Refusal::Stopping => Status::unavailable(self.reason()),
         }
     }
 }
@@ -572,12 +595,12 @@ impl Inbox {
     /// the sender in one frame.
     pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: S) {
         let (rd, wr) = tokio::io::split(conn);
-        let mut frames = FramedRead::new(rd, wire::codec());
+        let mut frames = FramedRead::new(rd, wire::FrameReader::new(wire::MAX_BATCH_FRAME));
         let mut counter = None;
         let refusal = loop {
             let frame = tokio::select! {
                 f = frames.next() => f,
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => break Refusal::Stopping,
             };
             let frame = match frame {
                 Some(Ok(frame)) => frame.freeze(),
@@ -593,9 +616,13 @@ impl Inbox {
             }
         };
         tracing::debug!(reason = refusal.reason(), "refused a raft stream");
-        let mut out = FramedWrite::new(wr, wire::codec());
-        let reason = Bytes::copy_from_slice(refusal.reason().as_bytes());
-        let _ = tokio::time::timeout(Duration::from_secs(1), out.send(reason)).await;
+        let mut wr = wr;
+        let answer = wire::frame_of(refusal.reason().as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            wr.write_all(&answer).await?;
+            wr.shutdown().await
+        })
+        .await;
     }
 }
 
@@ -641,8 +668,8 @@ pub async fn serve_peer_connections<S>(
     conns.abort_all();
 }
 
-/// The gRPC service on the peer URLs: probes, membership, progress, and
-/// `Send`, the Raft stream of members before [`super::wire`].
+/// The gRPC service on the peer URLs: probes, membership and progress. `Send`,
+/// the Raft stream of members older than [`super::wire`], is refused.
 pub struct PeerService {
     pub inbox: Arc<Inbox>,
     pub membership: tokio::sync::watch::Receiver<Membership>,
@@ -652,25 +679,12 @@ pub struct PeerService {
 impl RaftTransport for PeerService {
     async fn send(
         &self,
-        request: Request<Streaming<RaftBatch>>,
+        _request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<SendAck>, Status> {
-        let mut stream = request.into_inner();
-        let mut counter = None;
-        loop {
-            let batch = tokio::select! {
-                b = stream.message() => match b? {
-                    Some(b) => b,
-                    None => break,
-                },
-                _ = self.inbox.shutdown.cancelled() => {
-                    return Err(Refusal::Stopping.status());
-                }
-            };
-            self.inbox
-                .deliver(batch, &mut counter)
-                .map_err(|r| r.status())?;
-        }
-        Ok(Response::new(SendAck {}))
+        Err(Status::unimplemented(
+            "this member takes Raft batches on its own framed stream, not on gRPC: \
+             upgrade all members together",
+        ))
     }
 
     async fn probe(
@@ -718,6 +732,7 @@ impl RaftTransport for PeerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use raft::prelude::Entry;
 
     fn append(to: u64, entries: usize, data: &[u8]) -> Message {
@@ -844,7 +859,7 @@ mod tests {
         let mut frame = Vec::new();
         wire::encode_frame(&mut frame, 8, 1, &[append(2, 1, b"a")]).unwrap();
         wr.write_all(&frame).await.unwrap();
-        let reason = FramedRead::new(rd, wire::codec())
+        let reason = FramedRead::new(rd, wire::FrameReader::new(wire::MAX_REFUSAL_FRAME))
             .next()
             .await
             .expect("a refusal")
@@ -853,5 +868,47 @@ mod tests {
         assert!(reason.starts_with("cluster ID mismatch"), "{reason}");
         served.await.unwrap();
         assert!(steps.try_recv().is_err(), "nothing was stepped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_that_does_not_go_out_is_reported_failed() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // The peer takes the preamble, then refuses the stream without
+        // reading the snapshot that is being written.
+        let peer = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut preamble = [0u8; 8];
+            conn.read_exact(&mut preamble).await.unwrap();
+            assert_eq!(&preamble, wire::PREAMBLE);
+            conn.write_all(&wire::frame_of(b"go away")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let (raft, steps) = RaftHandle::detached();
+        let faults = Arc::new(Faults::default());
+        let peers = Peers::new(7, 1, raft, faults, CancellationToken::new(), None, None);
+        peers.add(2, url);
+        let mut snapshot = Message::default();
+        snapshot.set_msg_type(MessageType::MsgSnapshot);
+        snapshot.to = 2;
+        // Larger than the socket buffers: its write cannot finish.
+        snapshot.mut_snapshot().data = Bytes::from(vec![0u8; 64 << 20]);
+        PeersOutbox(peers.clone()).send(vec![snapshot]);
+        // Reconnects report the peer unreachable meanwhile: those are skipped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let done = tokio::task::spawn_blocking(move || loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match steps.recv_timeout(left) {
+                Ok(Msg::SnapshotDone { to, ok }) => return (to, ok),
+                Ok(_) => continue,
+                Err(e) => panic!("no snapshot report: {e}"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(done, (2, false));
+        peers.abort();
+        peer.await.unwrap();
     }
 }

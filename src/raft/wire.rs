@@ -5,16 +5,22 @@
 //! big-endian length, then a `lcraftpb.RaftBatch` in its protobuf encoding
 //! (cluster ID, sender ID, each message in raft-rs's own encoding). The
 //! receiver writes nothing back unless it refuses the stream (another
-//! cluster, a bad frame): then one frame holding the reason in UTF-8, and it
-//! closes the connection. So a sender reads its connection only to learn that
-//! the peer went away (end of stream: a killed member's connections close at
-//! once) or why it was refused.
+//! cluster, a bad frame, the member stopping): then one frame holding the
+//! reason in UTF-8, and it closes the connection. So a sender reads its
+//! connection only to learn that the peer went away (end of stream: a killed
+//! member's connections close at once) or why it was refused. Frames are read
+//! with [`FrameReader`], which never trusts a length for more room than the
+//! bytes that came.
 //!
-//! The peer listener also serves gRPC (`Probe`, `Members`, `Progress`, and the
-//! older `Send` stream) over HTTP/2. [`sort`] reads the first bytes of each
+//! The peer listener also serves gRPC (`Probe`, `Members`, `Progress`) over
+//! HTTP/2. [`sort`] reads the first bytes of each
 //! connection and tells a Raft stream from anything else; HTTP/2 begins with
 //! its connection preface (`PRI * HTTP/2.0`), never with the preamble, and
 //! goes on to tonic with the bytes read so far put back ([`Rewound`]).
+//!
+//! Members of this version and older ones (which sent batches on a gRPC
+//! `Send` stream, now refused) do not talk Raft to each other: a sender that
+//! gets HTTP/2 back warns so, and a cluster is upgraded all members at once.
 //!
 //! Why not a gRPC stream for the batches themselves: a batch went through the
 //! sender's task, the request body's task and the HTTP/2 connection's task on
@@ -27,11 +33,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use protobuf::Message as _;
 use raft::prelude::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::Decoder;
 
 /// The first bytes a sender writes on a Raft stream.
 pub const PREAMBLE: &[u8; 8] = b"LCRAFT1\n";
@@ -42,14 +48,77 @@ const LENGTH_BYTES: usize = 8;
 /// How long a new peer connection may take to show its first bytes.
 pub const SORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The framing of both directions: 8-byte big-endian length, then the frame.
-/// A frame may be as large as a snapshot (the whole store), as gRPC's
-/// unlimited message size allowed before.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(LENGTH_BYTES)
-        .max_frame_length(usize::MAX)
-        .new_codec()
+/// The largest batch a receiver takes: a batch may carry a snapshot (the
+/// whole store, up to the largest `--quota-backend-bytes`).
+pub const MAX_BATCH_FRAME: u64 = 1 << 36;
+
+/// The largest refusal a sender reads back.
+pub const MAX_REFUSAL_FRAME: u64 = 64 * 1024;
+
+/// Reads frames: an 8-byte big-endian length, then that many bytes.
+///
+/// Unlike a codec that reserves a frame's whole length when its header
+/// arrives, the buffer grows with the bytes that do arrive, so a length that
+/// lies (garbage, or another protocol's bytes) costs nothing but an error
+/// when it exceeds `max`.
+#[derive(Debug)]
+pub struct FrameReader {
+    max: u64,
+    /// The length of the frame being read, once its header is in.
+    want: Option<usize>,
+}
+
+impl FrameReader {
+    pub fn new(max: u64) -> Self {
+        FrameReader { max, want: None }
+    }
+}
+
+/// How much more room a reader makes at a time for a large frame.
+const GROW: usize = 1 << 20;
+
+impl Decoder for FrameReader {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        let want = match self.want {
+            Some(n) => n,
+            None => {
+                let Some(head) = src.get(..LENGTH_BYTES) else {
+                    return Ok(None);
+                };
+                let mut len = [0u8; LENGTH_BYTES];
+                len.copy_from_slice(head);
+                let len = u64::from_be_bytes(len);
+                if len > self.max {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a frame of {len} bytes, more than {}", self.max),
+                    ));
+                }
+                src.advance(LENGTH_BYTES);
+                let n = usize::try_from(len)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                self.want = Some(n);
+                n
+            }
+        };
+        if src.len() < want {
+            src.reserve((want - src.len()).min(GROW));
+            return Ok(None);
+        }
+        self.want = None;
+        Ok(Some(src.split_to(want)))
+    }
+}
+
+/// One frame holding `body` (a refusal's reason).
+pub fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(LENGTH_BYTES + body.len());
+    frame.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
 }
 
 /// Encodes one frame (`RaftBatch` of `messages`) into `frame`, replacing what
@@ -227,7 +296,7 @@ mod tests {
         let mut wire = frame.clone();
         encode_frame(&mut frame, 0xabc, 1, &messages[..1]).unwrap();
         wire.extend_from_slice(&frame);
-        let frames: Vec<_> = FramedRead::new(&wire[..], codec())
+        let frames: Vec<_> = FramedRead::new(&wire[..], FrameReader::new(MAX_BATCH_FRAME))
             .map(|f| f.unwrap().freeze())
             .collect()
             .await;
@@ -244,6 +313,23 @@ mod tests {
             RaftBatch::decode(frames[1].clone()).unwrap().messages.len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_length_beyond_the_limit_is_an_error_not_an_allocation() {
+        // An HTTP/2 server's first bytes (a SETTINGS frame) read as a length.
+        let settings = [0u8, 0, 0x18, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut frames = FramedRead::new(&settings[..], FrameReader::new(MAX_REFUSAL_FRAME));
+        let err = frames.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Within the limit, a frame is read as its bytes arrive.
+        let mut reader = FrameReader::new(MAX_BATCH_FRAME);
+        let mut buf = BytesMut::from(&(3u64 << 30).to_be_bytes()[..]);
+        assert!(reader.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * GROW, "no room made for 3 GiB at once");
+        let mut buf = BytesMut::from(&frame_of(b"why")[..]);
+        let mut reader = FrameReader::new(MAX_REFUSAL_FRAME);
+        assert_eq!(&reader.decode(&mut buf).unwrap().unwrap()[..], b"why");
     }
 
     #[tokio::test]
