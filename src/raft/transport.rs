@@ -200,6 +200,7 @@ impl Peers {
                 .as_ref()
                 .map(|m| m.peer_sent.with_label_values(&[&format!("{peer:x}")])),
             tls: self.tls.clone(),
+            warned_version: std::sync::atomic::AtomicBool::new(false),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -261,6 +262,9 @@ struct Sender {
     /// Counts the bytes of Raft messages sent to this peer.
     sent: Option<prometheus::IntCounter>,
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Set once the peer was found not to speak this version's Raft stream
+    /// (warned once, not at every reconnect).
+    warned_version: std::sync::atomic::AtomicBool,
 }
 
 const MAX_BATCH: usize = 512;
@@ -373,13 +377,18 @@ impl Sender {
                     String::from_utf8_lossy(&reason)
                 ),
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::warn!(
+                    let warned = self
+                        .warned_version
+                        .swap(true, std::sync::atomic::Ordering::Relaxed);
+                    if !warned {
+                        tracing::warn!(
                         peer = %format!("{:x}", self.to),
                         url = %self.url,
                         "the peer does not speak this version's Raft stream \
                          (an older localcluster, or not a member at all?); \
                          upgrade all members together"
-                    );
+                        );
+                    }
                     format!("not a Raft stream: {e}")
                 }
                 Some(Err(e)) => e.to_string(),
@@ -910,5 +919,38 @@ mod tests {
         assert_eq!(done, (2, false));
         peers.abort();
         peer.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_answers_http2_is_reported_unreachable_without_a_huge_allocation() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // An older member: its HTTP/2 server writes its SETTINGS frame first,
+        // whose bytes read as a length of terabytes.
+        let peer = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(&[0, 0, 0x18, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest).await;
+        });
+        let (raft, steps) = RaftHandle::detached();
+        let faults = Arc::new(Faults::default());
+        let peers = Peers::new(7, 1, raft, faults, CancellationToken::new(), None, None);
+        peers.add(2, url);
+        let reported = tokio::task::spawn_blocking(move || loop {
+            match steps.recv_timeout(Duration::from_secs(10)) {
+                Ok(Msg::Unreachable(to)) => return to,
+                Ok(_) => continue,
+                Err(e) => panic!("the peer was never reported: {e}"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(reported, 2);
+        peers.abort();
+        peer.abort();
     }
 }
