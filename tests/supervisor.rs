@@ -391,19 +391,25 @@ fn stop_kill_restart_and_start_drive_single_processes() {
     assert_eq!(s["exit_signal"], "SIGTERM");
     assert!(s["pid"].is_null());
 
-    // stopping something stopped fails with one line.
-    let out = sup.run(&["stop", "sleeper"]);
+    // As goreman: stopping something stopped succeeds and changes nothing...
+    sup.run_ok(&["stop", "sleeper"]);
+    assert_eq!(sup.status_of("sleeper")["exit_signal"], "SIGTERM");
+    // ...but killing it fails with one line.
+    let out = sup.run(&["kill", "sleeper"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("sleeper is not running"), "{err}");
 
-    // start after stop.
-    sup.run_ok(&["start", "sleeper"]);
+    // start after stop; starting what runs (with what does not) starts only
+    // what does not, as goreman.
+    sup.run_ok(&["start", "stubborn", "sleeper"]);
     let again = sup.pid_of("sleeper");
     assert_ne!(again, sleeper);
     assert!(alive(again));
     assert_eq!(sup.status_of("sleeper")["restarts"], 1);
+    assert_eq!(sup.pid_of("stubborn"), stubborn);
+    assert_eq!(sup.status_of("stubborn")["restarts"], 0);
 
     // stop escalates to SIGKILL after --timeout (2s) when TERM is ignored.
     let t = Instant::now();

@@ -84,9 +84,10 @@ pub enum RunCommand {
     List,
     /// Print a status table (or JSON with `-w json`).
     Status,
-    /// Start stopped or exited processes.
+    /// Start stopped or exited processes (one that runs is left as it is).
     Start,
-    /// Stop processes: SIGTERM, then SIGKILL after the timeout.
+    /// Stop processes: SIGTERM, then SIGKILL after the timeout (one that is
+    /// stopped is left as it is).
     Stop,
     /// Stop, then start again with the same command.
     Restart,

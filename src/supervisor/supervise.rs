@@ -446,7 +446,15 @@ impl Supervisor {
                     .position(|p| &p.spec.name == name)
                     .ok_or_else(|| format!("unknown process {name:?}"))?;
                 self.check(op, i)?;
-                if !targets.contains(&i) {
+                // As goreman: starting what runs, or stopping what is
+                // stopped, succeeds and does nothing.
+                let state = self.procs[i].state;
+                let nothing_to_do = match op {
+                    C::Start => state.is_alive(),
+                    C::Stop => !state.is_alive(),
+                    _ => false,
+                };
+                if !nothing_to_do && !targets.contains(&i) {
                     targets.push(i);
                 }
             }
@@ -516,10 +524,7 @@ impl Supervisor {
         let name = &p.spec.name;
         let state = p.state;
         match op {
-            C::Start if state.is_alive() => Err(format!("{name} is already running")),
-            C::Stop | C::Kill | C::Pause if !state.is_alive() => {
-                Err(format!("{name} is not running"))
-            }
+            C::Kill | C::Pause if !state.is_alive() => Err(format!("{name} is not running")),
             C::Pause if state != ProcState::Running => Err(format!("{name} is {}", state.as_str())),
             C::Resume if state != ProcState::Paused => Err(format!("{name} is not paused")),
             _ => Ok(()),
