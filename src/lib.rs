@@ -21,7 +21,8 @@
 //! watches, leases). [`compactor`] is etcd's auto-compaction (`--auto-compaction-mode`), run on
 //! the leader.
 //! [`auth`] holds users, roles, permissions and tokens; [`tls`] the TLS of
-//! the client and peer URLs. [`disk`] opens the redb files (fsyncs timed, or skipped under
+//! the client and peer URLs; `io_wrap` the write half shared by connection
+//! wrappers. [`disk`] opens the redb files (fsyncs timed, or skipped under
 //! `--unsafe-no-fsync`); [`metrics`] is a member's Prometheus registry;
 //! [`logging`] and [`notify`] are the member process's log output and
 //! systemd readiness notification.
@@ -44,6 +45,7 @@ pub mod compactor;
 pub mod config;
 pub mod disk;
 pub mod identity;
+mod io_wrap;
 pub mod layout;
 pub mod lease;
 pub mod logging;

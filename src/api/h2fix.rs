@@ -64,7 +64,7 @@ use std::task::{ready, Context, Poll};
 use axum::http::uri::Authority;
 use loona_hpack::encoder::encode_integer_into;
 use loona_hpack::Decoder;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The HTTP/2 client connection preface.
@@ -577,35 +577,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for H2FixStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for H2FixStream<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+crate::io_wrap::forward_writes!(H2FixStream);
 
 /// A TCP listener for `axum::serve` whose connections go through [`H2FixStream`].
 #[derive(Debug)]

@@ -371,12 +371,11 @@ impl Member {
                 shutdown: shutdown.clone(),
                 received: Some(metrics.peer_received.clone()),
             });
+            // Only small unary calls remain on gRPC: tonic's default limits.
             let svc = RaftTransportServer::new(PeerService {
                 inbox: inbox.clone(),
                 membership: membership_rx.clone(),
-            })
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            });
             let token = shutdown.clone();
             let addr = l.local_addr().ok();
             servers.push(runtime.spawn(async move {

@@ -1047,14 +1047,19 @@ mod tests {
         };
         let logger = super::super::logger::logger("test");
         let mut raw = RawNode::new(&config, storage, &logger).unwrap();
+        raw.step(heartbeat_from_2(1)).unwrap();
+        assert_eq!(raw.raft.leader_id, 2);
+        raw
+    }
+
+    /// Leader 2's heartbeat to 1 in `term`.
+    fn heartbeat_from_2(term: u64) -> Message {
         let mut heartbeat = Message::default();
         heartbeat.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
         heartbeat.from = 2;
         heartbeat.to = 1;
-        heartbeat.term = 1;
-        raw.step(heartbeat).unwrap();
-        assert_eq!(raw.raft.leader_id, 2);
-        raw
+        heartbeat.term = term;
+        heartbeat
     }
 
     /// Whether `raw` answers a pre-vote from 3 for the next term with a grant.
@@ -1098,12 +1103,8 @@ mod tests {
     fn a_heartbeat_from_the_leader_puts_a_follower_back_in_its_lease() {
         let mut raw = follower_of_2();
         leader_lost(&mut raw, 2);
-        let mut heartbeat = Message::default();
-        heartbeat.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
-        heartbeat.from = 2;
-        heartbeat.to = 1;
-        heartbeat.term = raw.raft.term;
-        raw.step(heartbeat).unwrap();
+        let term = raw.raft.term;
+        raw.step(heartbeat_from_2(term)).unwrap();
         assert_eq!(raw.raft.election_elapsed, 0);
         assert!(!grants_pre_vote_to_3(&mut raw));
     }

@@ -338,10 +338,7 @@ impl Sender {
             // Drop what queued up while the peer was away: Raft will resend.
             while let Ok(m) = queue.try_recv() {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
-                    let _ = self.raft.send(Msg::SnapshotDone {
-                        to: self.to,
-                        ok: false,
-                    });
+                    self.snapshots_done(1, false);
                 }
             }
             tokio::select! {
@@ -349,6 +346,44 @@ impl Sender {
                 _ = self.shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    /// Tells Raft how `count` snapshots to the peer ended. Every snapshot
+    /// must be reported, sent or not, or Raft waits for it forever and never
+    /// replicates to this peer again.
+    fn snapshots_done(&self, count: usize, ok: bool) {
+        for _ in 0..count {
+            let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok });
+        }
+    }
+
+    /// Resolves when the receiver ends the stream, with why: the receiver
+    /// writes only to refuse it.
+    async fn closed<R: AsyncRead + Unpin>(&self, rd: R) -> String {
+        let mut answers = FramedRead::new(rd, wire::FrameReader::new(wire::MAX_REFUSAL_FRAME));
+        match answers.next().await {
+            Some(Ok(reason)) => format!(
+                "peer refused the stream: {}",
+                String::from_utf8_lossy(&reason)
+            ),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let warned = self
+                    .warned_version
+                    .swap(true, std::sync::atomic::Ordering::Relaxed);
+                if !warned {
+                    tracing::warn!(
+                        peer = %format!("{:x}", self.to),
+                        url = %self.url,
+                        "the peer does not speak this version's Raft stream \
+                         (an older localcluster, or not a member at all?); \
+                         upgrade all members together"
+                    );
+                }
+                format!("not a Raft stream: {e}")
+            }
+            Some(Err(e)) => e.to_string(),
+            None => "peer closed the stream".to_string(),
         }
     }
 
@@ -368,33 +403,7 @@ impl Sender {
         };
         give_up_on_silence(crate::tls::connector::tcp_of(&conn));
         let (rd, mut wr) = tokio::io::split(conn);
-        let closed = async {
-            // The receiver writes only to refuse the stream.
-            let mut answers = FramedRead::new(rd, wire::FrameReader::new(wire::MAX_REFUSAL_FRAME));
-            match answers.next().await {
-                Some(Ok(reason)) => format!(
-                    "peer refused the stream: {}",
-                    String::from_utf8_lossy(&reason)
-                ),
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    let warned = self
-                        .warned_version
-                        .swap(true, std::sync::atomic::Ordering::Relaxed);
-                    if !warned {
-                        tracing::warn!(
-                        peer = %format!("{:x}", self.to),
-                        url = %self.url,
-                        "the peer does not speak this version's Raft stream \
-                         (an older localcluster, or not a member at all?); \
-                         upgrade all members together"
-                        );
-                    }
-                    format!("not a Raft stream: {e}")
-                }
-                Some(Err(e)) => e.to_string(),
-                None => "peer closed the stream".to_string(),
-            }
-        };
+        let closed = self.closed(rd);
         tokio::pin!(closed);
         let prober = self.probe_loop();
         tokio::pin!(prober);
@@ -420,17 +429,10 @@ impl Sender {
                             Err(_) => break,
                         }
                     }
-                    let snapshots = batch
-                        .iter()
-                        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                        .count();
+                    let snapshots = snapshots_in(&batch);
                     if self.faults.is_blocked(self.to) {
-                        // Dropped as by a partition. A dropped snapshot must be
-                        // reported, or Raft waits for it forever and never
-                        // replicates to this peer again after the heal.
-                        for _ in 0..snapshots {
-                            let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: false });
-                        }
+                        // Dropped as by a partition.
+                        self.snapshots_done(snapshots, false);
                         continue;
                     }
                     let written = async {
@@ -454,16 +456,21 @@ impl Sender {
                         // A snapshot went out: do not keep its buffer.
                         frame = Vec::new();
                     }
-                    // A snapshot that did not go out must be reported too.
-                    for _ in 0..snapshots {
-                        let _ = self.raft.send(Msg::SnapshotDone { to: self.to, ok: written.is_ok() });
-                    }
+                    self.snapshots_done(snapshots, written.is_ok());
                     written?;
                 }
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
         }
     }
+}
+
+/// How many of `messages` are snapshots.
+fn snapshots_in(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+        .count()
 }
 
 /// Makes the kernel end a Raft stream whose peer vanished without closing
@@ -879,11 +886,48 @@ mod tests {
         assert!(steps.try_recv().is_err(), "nothing was stepped");
     }
 
+    /// A listener on a free loopback port, the URL to it, and this member's
+    /// sender to peer 2 there.
+    async fn sender_to_a_listener() -> (
+        tokio::net::TcpListener,
+        Arc<Peers>,
+        std::sync::mpsc::Receiver<Msg>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (raft, steps) = RaftHandle::detached();
+        let faults = Arc::new(Faults::default());
+        let peers = Peers::new(7, 1, raft, faults, CancellationToken::new(), None, None);
+        peers.add(2, url);
+        (listener, peers, steps)
+    }
+
+    /// The first message to the node that `pick` takes, within 10 s; the
+    /// others (the reconnects' reports, say) are skipped.
+    async fn first_report<T: Send + 'static>(
+        steps: std::sync::mpsc::Receiver<Msg>,
+        pick: fn(Msg) -> Option<T>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        tokio::task::spawn_blocking(move || loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match steps.recv_timeout(left) {
+                Ok(m) => {
+                    if let Some(t) = pick(m) {
+                        return t;
+                    }
+                }
+                Err(e) => panic!("no such report: {e}"),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_that_does_not_go_out_is_reported_failed() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, peers, steps) = sender_to_a_listener().await;
         // The peer takes the preamble, then refuses the stream without
         // reading the snapshot that is being written.
         let peer = tokio::spawn(async move {
@@ -894,28 +938,17 @@ mod tests {
             conn.write_all(&wire::frame_of(b"go away")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
         });
-        let (raft, steps) = RaftHandle::detached();
-        let faults = Arc::new(Faults::default());
-        let peers = Peers::new(7, 1, raft, faults, CancellationToken::new(), None, None);
-        peers.add(2, url);
         let mut snapshot = Message::default();
         snapshot.set_msg_type(MessageType::MsgSnapshot);
         snapshot.to = 2;
         // Larger than the socket buffers: its write cannot finish.
         snapshot.mut_snapshot().data = Bytes::from(vec![0u8; 64 << 20]);
         PeersOutbox(peers.clone()).send(vec![snapshot]);
-        // Reconnects report the peer unreachable meanwhile: those are skipped.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let done = tokio::task::spawn_blocking(move || loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match steps.recv_timeout(left) {
-                Ok(Msg::SnapshotDone { to, ok }) => return (to, ok),
-                Ok(_) => continue,
-                Err(e) => panic!("no snapshot report: {e}"),
-            }
+        let done = first_report(steps, |m| match m {
+            Msg::SnapshotDone { to, ok } => Some((to, ok)),
+            _ => None,
         })
-        .await
-        .unwrap();
+        .await;
         assert_eq!(done, (2, false));
         peers.abort();
         peer.await.unwrap();
@@ -924,8 +957,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_answers_http2_is_reported_unreachable_without_a_huge_allocation() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (listener, peers, steps) = sender_to_a_listener().await;
         // An older member: its HTTP/2 server writes its SETTINGS frame first,
         // whose bytes read as a length of terabytes.
         let peer = tokio::spawn(async move {
@@ -936,19 +968,11 @@ mod tests {
             let mut rest = Vec::new();
             let _ = conn.read_to_end(&mut rest).await;
         });
-        let (raft, steps) = RaftHandle::detached();
-        let faults = Arc::new(Faults::default());
-        let peers = Peers::new(7, 1, raft, faults, CancellationToken::new(), None, None);
-        peers.add(2, url);
-        let reported = tokio::task::spawn_blocking(move || loop {
-            match steps.recv_timeout(Duration::from_secs(10)) {
-                Ok(Msg::Unreachable(to)) => return to,
-                Ok(_) => continue,
-                Err(e) => panic!("the peer was never reported: {e}"),
-            }
+        let reported = first_report(steps, |m| match m {
+            Msg::Unreachable(to) => Some(to),
+            _ => None,
         })
-        .await
-        .unwrap();
+        .await;
         assert_eq!(reported, 2);
         peers.abort();
         peer.abort();
