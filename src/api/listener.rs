@@ -1,5 +1,5 @@
 //! The client listener: one `--listen-client-urls` address, plain (`http://`)
-//! or TLS (`https://`), feeding `axum::serve`.
+//! or TLS (`https://`), feeding [`super::server::serve`].
 //!
 //! Layering of a connection: TCP accept -> TLS handshake (for `https://`, see
 //! [`crate::tls::incoming`]) -> [`CoalescingStream`] (responses that end
@@ -8,14 +8,13 @@
 //! hyper (HTTP/2 gRPC, or HTTP/1 for `/health`).
 //! Each connection carries a [`ClientAddr`]: its remote address and, under TLS,
 //! the common name of a verified client certificate, which the auth layer
-//! reads (as etcd does with `--client-cert-auth`) through axum's `ConnectInfo`.
+//! reads (as etcd does with `--client-cert-auth`) through axum's `ConnectInfo`,
+//! which `serve` puts in every request.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
 
@@ -32,13 +31,7 @@ pub struct ClientAddr {
     pub cert_name: Option<String>,
 }
 
-impl Connected<IncomingStream<'_, ClientListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, ClientListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-/// One client listener for `axum::serve`.
+/// One client listener (accepts through axum's `Listener` trait).
 pub enum ClientListener {
     Plain(TcpListener),
     Tls(TlsIncoming),

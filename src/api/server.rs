@@ -16,18 +16,20 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use futures::future::{ready, Either, Ready};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
-use super::listener::{ClientAddr, ClientListener};
+use super::listener::ClientListener;
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
@@ -161,20 +163,123 @@ fn transport_status(mut response: Response) -> Response {
 }
 
 /// Serves `router` on `listener` (TLS-terminated with `tls` when given) until
-/// `shutdown` is cancelled. Call inside the member's runtime.
+/// `shutdown` is cancelled, then lets every connection finish its calls
+/// (HTTP/2 GOAWAY) and returns when they are gone. Call inside the member's
+/// runtime.
+///
+/// A connection may carry `max_streams` calls at once (etcd's
+/// `--max-concurrent-streams`, unlimited by default as in etcd; hyper alone
+/// would hold a connection to 200 and make the rest of its calls wait in the
+/// client).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     router: axum::Router,
     shutdown: CancellationToken,
+    max_streams: u32,
 ) {
-    let addr = listener.local_addr().ok();
-    let listener = ClientListener::new(listener, tls);
-    let service = router.into_make_service_with_connect_info::<ClientAddr>();
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(?addr, error = %e, "client listener failed");
+    use axum::serve::Listener as _;
+
+    let mut listener = ClientListener::new(listener, tls);
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http2().max_concurrent_streams(max_streams);
+    let connections = TaskTracker::new();
+    loop {
+        let (io, client) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Every call learns who is at the other end (`access` reads it).
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(client.clone()));
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let (http, shutdown) = (http.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let connection = http.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::trace!(error = %e, "client connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::serve;
+
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, in HTTP/2's numbering.
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+
+    /// Opens an HTTP/2 connection to a server started with `max_streams` and
+    /// returns the stream limit its first SETTINGS frame announces, if any;
+    /// then stops the server and checks that it returns.
+    async fn announced_stream_limit(max_streams: u32) -> Option<u32> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            axum::Router::new(),
+            shutdown.clone(),
+            max_streams,
+        ));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+        conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut head = [0u8; 9];
+        conn.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[3], 4, "the server's first frame is its SETTINGS");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await.unwrap();
+
+        shutdown.cancel();
+        drop(conn);
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns once its connections are gone")
+            .unwrap();
+        payload
+            .chunks_exact(6)
+            .find(|s| u16::from_be_bytes([s[0], s[1]]) == MAX_CONCURRENT_STREAMS)
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_as_many_calls_as_max_concurrent_streams_says() {
+        assert_eq!(announced_stream_limit(300).await, Some(300));
+    }
+
+    #[tokio::test]
+    async fn by_default_a_connection_is_not_held_to_hypers_200_calls() {
+        // etcd's default, math.MaxUint32: no limit worth announcing.
+        let limit = announced_stream_limit(u32::MAX).await;
+        assert!(matches!(limit, None | Some(u32::MAX)), "{limit:?}");
     }
 }

@@ -140,6 +140,8 @@ struct FileConfig {
     quota_backend_bytes: Option<i64>,
     #[serde(rename = "max-txn-ops")]
     max_txn_ops: Option<u64>,
+    #[serde(rename = "max-concurrent-streams")]
+    max_concurrent_streams: Option<u32>,
     #[serde(rename = "log-level")]
     log_level: Option<Text>,
     logger: Option<Text>,
@@ -300,6 +302,10 @@ impl FileConfig {
         if let Some(nanos) = self.backend_batch_interval {
             draft.backend_batch_interval = std::time::Duration::from_nanos(nanos);
             draft.mark_set(Setting::BackendBatchInterval);
+        }
+        if let Some(streams) = self.max_concurrent_streams {
+            draft.max_concurrent_streams = streams;
+            draft.mark_set(Setting::MaxConcurrentStreams);
         }
         if let Some(quota) = self.quota_backend_bytes {
             draft.quota_backend_bytes = quota;
@@ -734,7 +740,8 @@ mod tests {
             before in 0usize..5,
             key in proptest::sample::select(vec![
                 "heartbeat-interval", "election-timeout", "snapshot-count",
-                "max-request-bytes", "max-txn-ops", "bcrypt-cost", "auth-token-ttl",
+                "max-request-bytes", "max-txn-ops", "max-concurrent-streams", "bcrypt-cost",
+                "auth-token-ttl",
             ]),
             bad in prop_oneof!["x[a-z]{0,7}", "-[1-9][0-9]{0,5}", "[1-9][0-9]{24}", "'[0-9]{1,4}'", "\\[1\\]"],
         ) {

@@ -51,7 +51,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "max-snapshots",
     "max-wals",
     "backend-bbolt-freelist-type",
-    "max-concurrent-streams",
     "grpc-keepalive-min-time",
     "grpc-keepalive-interval",
     "grpc-keepalive-timeout",

@@ -40,8 +40,8 @@ pub use error::ConfigError;
 pub use flags::help_text;
 pub use settings::{
     UnknownClusterState, DEFAULT_CLIENT_URL, DEFAULT_CLUSTER_TOKEN, DEFAULT_ELECTION_MS,
-    DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, DEFAULT_NAME,
-    DEFAULT_PEER_URL, DEFAULT_SNAPSHOT_COUNT,
+    DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS, DEFAULT_NAME, DEFAULT_PEER_URL, DEFAULT_SNAPSHOT_COUNT,
 };
 pub use urls::{
     format_initial_cluster, format_url_list, parse_initial_cluster, parse_url_list, EtcdUrl,
@@ -168,6 +168,9 @@ pub struct MemberConfig {
     pub quota_backend_bytes: u64,
     /// `--max-txn-ops`, default 128.
     pub max_txn_ops: usize,
+    /// `--max-concurrent-streams`: calls one client connection may carry at
+    /// once; default no limit (`u32::MAX`), as etcd.
+    pub max_concurrent_streams: u32,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None`
@@ -218,6 +221,7 @@ impl Default for MemberConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES as usize,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS as usize,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             name: draft.name,
             listen_client_urls: draft.listen_client_urls,
             advertise_client_urls: draft.advertise_client_urls,
@@ -573,6 +577,7 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         max_request_bytes: to_usize("max-request-bytes", draft.max_request_bytes)?,
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
+        max_concurrent_streams: draft.max_concurrent_streams,
         log_level,
         auto_compaction: crate::compactor::AutoCompaction::parse(
             &draft.auto_compaction_mode,

@@ -35,6 +35,8 @@ pub const DEFAULT_SNAPSHOT_COUNT: u64 = 100_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1_572_864;
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: u64 = 128;
+/// etcd's default `--max-concurrent-streams` (Go's `math.MaxUint32`: no limit).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
 /// etcd's default `--log-level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// etcd 3.5's default (and only) `--logger`.
@@ -70,6 +72,7 @@ pub enum Setting {
     MaxRequestBytes,
     QuotaBackendBytes,
     MaxTxnOps,
+    MaxConcurrentStreams,
     LogLevel,
     Logger,
     AutoCompactionMode,
@@ -103,7 +106,7 @@ pub enum Setting {
 
 impl Setting {
     /// Every supported setting, in the order `--help` lists them.
-    pub const ALL: [Setting; 47] = [
+    pub const ALL: [Setting; 48] = [
         Setting::Name,
         Setting::DataDir,
         Setting::WalDir,
@@ -117,6 +120,7 @@ impl Setting {
         Setting::BackendBatchLimit,
         Setting::MaxTxnOps,
         Setting::MaxRequestBytes,
+        Setting::MaxConcurrentStreams,
         Setting::InitialAdvertisePeerUrls,
         Setting::InitialCluster,
         Setting::InitialClusterState,
@@ -174,6 +178,7 @@ impl Setting {
             Setting::MaxRequestBytes => "max-request-bytes",
             Setting::QuotaBackendBytes => "quota-backend-bytes",
             Setting::MaxTxnOps => "max-txn-ops",
+            Setting::MaxConcurrentStreams => "max-concurrent-streams",
             Setting::LogLevel => "log-level",
             Setting::Logger => "logger",
             Setting::AutoCompactionMode => "auto-compaction-mode",
@@ -291,6 +296,10 @@ impl Setting {
             Setting::MaxRequestBytes => (
                 "1572864",
                 "Maximum client request size in bytes the server will accept.",
+            ),
+            Setting::MaxConcurrentStreams => (
+                "4294967295",
+                "Maximum concurrent streams that each client can open at a time.",
             ),
             Setting::InitialAdvertisePeerUrls => (
                 DEFAULT_PEER_URL,
@@ -413,6 +422,7 @@ pub struct Draft {
     /// etcd semantics: 0 is the default quota, negative disables the quota.
     pub quota_backend_bytes: i64,
     pub max_txn_ops: u64,
+    pub max_concurrent_streams: u32,
     pub log_level: String,
     pub logger: String,
     /// `--auto-compaction-mode`, checked when the draft is finished.
@@ -466,6 +476,7 @@ impl Draft {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             quota_backend_bytes: 0,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             log_level: DEFAULT_LOG_LEVEL.to_owned(),
             logger: DEFAULT_LOGGER.to_owned(),
             auto_compaction_mode: DEFAULT_AUTO_COMPACTION_MODE.to_owned(),
@@ -581,6 +592,12 @@ impl Draft {
             Setting::SnapshotCount => self.snapshot_count = uint(raw)?,
             Setting::MaxRequestBytes => self.max_request_bytes = uint(raw)?,
             Setting::MaxTxnOps => self.max_txn_ops = uint(raw)?,
+            Setting::MaxConcurrentStreams => {
+                let streams = parse_uint(raw, 32)
+                    .map_err(|e| format!("{e} (expected an unsigned integer)"))?;
+                // parse_uint(_, 32) keeps to 32 bits.
+                self.max_concurrent_streams = u32::try_from(streams).unwrap_or(u32::MAX);
+            }
             Setting::QuotaBackendBytes => {
                 self.quota_backend_bytes =
                     parse_int(raw, 64).map_err(|e| format!("{e} (expected an integer)"))?;

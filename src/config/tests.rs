@@ -293,6 +293,7 @@ fn non_numeric_numbers_name_the_flag() {
         "--snapshot-count",
         "--max-request-bytes",
         "--max-txn-ops",
+        "--max-concurrent-streams",
     ] {
         assert_eq!(
             error(&[flag, "fast"]),
@@ -628,6 +629,30 @@ fn quota_follows_etcd_meaning_of_zero_and_negative() {
             .any(|w| w.starts_with("quota-backend-bytes 10737418240 exceeds")),
         "{:?}",
         big.warnings
+    );
+}
+
+#[test]
+fn max_concurrent_streams_is_unlimited_by_default_and_set_by_flag_env_or_file() {
+    let defaults = parse(&["--data-dir", "d"]).unwrap();
+    assert_eq!(defaults.max_concurrent_streams, u32::MAX);
+    let flag = parse(&["--max-concurrent-streams", "300", "--data-dir", "d"]).unwrap();
+    assert_eq!(flag.max_concurrent_streams, 300);
+    assert!(flag.warnings.is_empty(), "{:?}", flag.warnings);
+    let from_env = MemberConfig::from_args(
+        ["--data-dir", "d"],
+        &env(&[("ETCD_MAX_CONCURRENT_STREAMS", "7")]),
+    )
+    .unwrap();
+    assert_eq!(from_env.max_concurrent_streams, 7);
+    let file = yaml_file("max-concurrent-streams: 1000\n");
+    let path = file.path().to_str().unwrap().to_owned();
+    let from_file = MemberConfig::from_args(["--config-file", &path], &no_env()).unwrap();
+    assert_eq!(from_file.max_concurrent_streams, 1000);
+    // A uint32 flag, as in etcd.
+    assert_eq!(
+        error(&["--max-concurrent-streams", "4294967296"]),
+        "invalid value \"4294967296\" for flag --max-concurrent-streams: value out of range (expected an unsigned integer)"
     );
 }
 

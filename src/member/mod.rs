@@ -411,6 +411,7 @@ impl Member {
                 server_tls,
                 router.clone(),
                 shutdown.clone(),
+                cfg.max_concurrent_streams,
             )));
         }
         // --listen-metrics-urls: /metrics and /health only.
@@ -423,6 +424,7 @@ impl Member {
                 None,
                 metrics_router.clone(),
                 shutdown.clone(),
+                cfg.max_concurrent_streams,
             )));
         }
 
