@@ -246,13 +246,14 @@ impl Core {
             Ok(result) => Outcome::Applied(result),
             Err(_) => Outcome::Stopped,
         };
-        // A later leader has a later term. (The published status can lag
+        // A later leader has a later term. (The published leadership can lag
         // behind `term`, so "another leader or term" would fire on a stale
-        // status.)
-        let mut status = self.raft.watch_status();
+        // one.) Its own watch: the status changes with every entry, and
+        // would wake every waiting request each time.
+        let mut leadership = self.raft.watch_leadership();
         let new_leader = async {
-            status
-                .wait_for(|s| s.leader_id != 0 && s.term > term)
+            leadership
+                .wait_for(|l| l.leader_id != 0 && l.term > term)
                 .await
                 .map(|_| ())
         };
@@ -331,9 +332,9 @@ impl Core {
         if self.raft.leader_id() != 0 {
             return Ok(());
         }
-        let mut rx = self.raft.watch_status();
+        let mut rx = self.raft.watch_leadership();
         let waited =
-            tokio::time::timeout(self.limits.leader_wait, rx.wait_for(|s| s.leader_id != 0))
+            tokio::time::timeout(self.limits.leader_wait, rx.wait_for(|l| l.leader_id != 0))
                 .await
                 .map(|r| r.is_ok());
         match waited {

@@ -81,6 +81,16 @@ pub struct NodeStatus {
     pub paused: bool,
 }
 
+/// Who leads, in which term: published beside [`NodeStatus`] on a watch of
+/// its own that changes only with elections, so a request waiting for a new
+/// leader is not woken by every entry the node commits or applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub term: u64,
+}
+
 /// Where the node answers a request.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
@@ -159,6 +169,7 @@ pub struct NodeConfig {
 pub struct RaftHandle {
     tx: mpsc::Sender<Msg>,
     status: watch::Receiver<NodeStatus>,
+    leadership: watch::Receiver<Leadership>,
     reads: Arc<ReadQueue>,
 }
 
@@ -230,9 +241,11 @@ impl RaftHandle {
     pub(crate) fn detached() -> (RaftHandle, mpsc::Receiver<Msg>) {
         let (tx, rx) = mpsc::channel();
         let (_, status) = watch::channel(NodeStatus::default());
+        let (_, leadership) = watch::channel(Leadership::default());
         let handle = RaftHandle {
             tx,
             status,
+            leadership,
             reads: Arc::new(ReadQueue::default()),
         };
         (handle, rx)
@@ -256,6 +269,11 @@ impl RaftHandle {
     /// A receiver that sees every status change.
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
+    }
+
+    /// A receiver that sees every change of leader or term, and nothing else.
+    pub fn watch_leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
     }
 }
 
@@ -300,6 +318,7 @@ impl Node {
             outbox,
             rx: inbox.rx,
             status: inbox.status,
+            leadership: inbox.leadership,
             config,
             reads: inbox.reads,
             inflight_read: None,
@@ -346,6 +365,7 @@ impl Drop for Node {
 pub struct NodeInbox {
     rx: mpsc::Receiver<Msg>,
     status: watch::Sender<NodeStatus>,
+    leadership: watch::Sender<Leadership>,
     reads: Arc<ReadQueue>,
 }
 
@@ -356,16 +376,19 @@ pub fn channel(id: u64) -> (RaftHandle, NodeInbox) {
         id,
         ..Default::default()
     });
+    let (leadership_tx, leadership_rx) = watch::channel(Leadership::default());
     let reads = Arc::new(ReadQueue::default());
     (
         RaftHandle {
             tx,
             status: status_rx,
+            leadership: leadership_rx,
             reads: reads.clone(),
         },
         NodeInbox {
             rx,
             status: status_tx,
+            leadership: leadership_tx,
             reads,
         },
     )
@@ -377,6 +400,7 @@ struct Loop {
     outbox: Box<dyn Outbox>,
     rx: mpsc::Receiver<Msg>,
     status: watch::Sender<NodeStatus>,
+    leadership: watch::Sender<Leadership>,
     config: NodeConfig,
     /// Reads waiting for the next read-index round; closed when the loop ends.
     reads: Arc<ReadQueue>,
@@ -733,6 +757,15 @@ impl Loop {
             }
             self.last_leader = leader_id;
         }
+        let leadership = Leadership {
+            leader_id,
+            term: status.term,
+        };
+        self.leadership.send_if_modified(|l| {
+            let changed = *l != leadership;
+            *l = leadership;
+            changed
+        });
         self.status.send_if_modified(|s| {
             if *s != status {
                 *s = status;
@@ -983,6 +1016,29 @@ mod tests {
         handle.send(Msg::AdvanceTicks(20)).unwrap();
         let index = tokio::time::timeout(Duration::from_secs(5), read).await;
         assert!(index.expect("answered without a retry").unwrap().unwrap() >= 6);
+        node.stop();
+    }
+
+    #[tokio::test]
+    async fn leadership_changes_with_elections_not_with_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        let mut leadership = handle.watch_leadership();
+        let mut status = handle.watch_status();
+        let seen = *leadership.borrow_and_update();
+        assert_eq!(seen.leader_id, 1);
+        status.mark_unchanged();
+        for _ in 0..5 {
+            handle.propose(b"x".to_vec()).await.unwrap();
+        }
+        let last = handle.status().last_index;
+        handle.wait_applied(last).await.unwrap();
+        assert!(status.has_changed().unwrap(), "entries change the status");
+        assert!(
+            !leadership.has_changed().unwrap(),
+            "but not who leads: {:?}",
+            *leadership.borrow()
+        );
         node.stop();
     }
 
