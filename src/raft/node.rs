@@ -130,7 +130,9 @@ pub enum Msg {
     Progress {
         reply: Reply<Option<LeaderProgress>>,
     },
-    Step(Box<Message>),
+    /// Messages from one peer's frame, stepped in order (one hand-over,
+    /// however many the frame held).
+    Step(Vec<Message>),
     Unreachable(u64),
     /// An open stream to this peer broke (see [`leader_lost`]).
     StreamBroke(u64),
@@ -226,9 +228,9 @@ impl RaftHandle {
         Ok(())
     }
 
-    /// Hands a message from a peer to the node.
-    pub fn step(&self, msg: Message) -> Result<(), RaftError> {
-        self.send(Msg::Step(Box::new(msg)))
+    /// Hands messages from a peer to the node, to be stepped in order.
+    pub fn step(&self, messages: Vec<Message>) -> Result<(), RaftError> {
+        self.send(Msg::Step(messages))
     }
 
     /// Sends a control message.
@@ -536,10 +538,13 @@ impl Loop {
                 });
                 let _ = reply.send(Ok(progress));
             }
-            Msg::Step(m) => {
-                // Messages for a stale configuration are refused by raft-rs; that is normal.
-                if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!(target: "raft", error = %e, "step refused");
+            Msg::Step(messages) => {
+                for m in messages {
+                    // Messages for a stale configuration are refused by
+                    // raft-rs; that is normal.
+                    if let Err(e) = self.raw.step(m) {
+                        tracing::debug!(target: "raft", error = %e, "step refused");
+                    }
                 }
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),

@@ -592,6 +592,7 @@ impl Inbox {
                 }
             }
         }
+        let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in batch.messages {
             // Zero-copy: the entries' data are slices of `bytes`, until
             // `own_entries` gives them a block of their own.
@@ -601,9 +602,13 @@ impl Inbox {
                 continue;
             }
             own_entries(&mut msg);
-            self.raft.step(msg).map_err(|_| Refusal::Stopping)?;
+            messages.push(msg);
         }
-        Ok(())
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // The whole frame in one hand-over to the node's thread.
+        self.raft.step(messages).map_err(|_| Refusal::Stopping)
     }
 
     /// Reads a Raft stream (its preamble already read) until it ends, the
@@ -855,8 +860,8 @@ mod tests {
         served.await.unwrap();
         let got: Vec<Message> = steps
             .try_iter()
-            .map(|m| match m {
-                Msg::Step(m) => *m,
+            .flat_map(|m| match m {
+                Msg::Step(m) => m,
                 _ => panic!("only steps expected"),
             })
             .collect();
