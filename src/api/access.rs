@@ -4,8 +4,9 @@
 //! A caller is named by a simple token in the `token` gRPC metadata (what
 //! clientv3 and `etcdctl --user` send), or else, with `--client-cert-auth`, by
 //! the common name of its verified client certificate (the TLS listener
-//! records it in the connection's [`ClientAddr`], which axum's `ConnectInfo`
-//! puts into every request's extensions). While auth is
+//! records it in the connection's [`ClientAddr`], which
+//! [`super::server::serve`] puts into every request's extensions as axum's
+//! `ConnectInfo`). While auth is
 //! disabled every check passes and tokens are ignored, as in etcd.
 //!
 //! Checks run on the member that receives the request, against the auth state

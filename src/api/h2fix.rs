@@ -11,8 +11,9 @@
 //! `stream terminated by RST_STREAM with error code: PROTOCOL_ERROR`. We cannot
 //! configure h2 out of that, so we rewrite the request before h2 sees it.
 //!
-//! How: [`H2FixListener`] wraps the tokio listener given to `axum::serve`;
-//! every accepted socket becomes an [`H2FixStream`]. Writes pass through
+//! How: every accepted client socket becomes an [`H2FixStream`] (see
+//! [`super::listener`]; [`H2FixListener`] does the same for a plain tokio
+//! listener served by `axum::serve`, as tests do). Writes pass through
 //! untouched. Reads go through a [`Rewriter`], a pure byte-stream transducer:
 //!
 //! - A connection that does not start with the HTTP/2 client preface (HTTP/1:
@@ -579,7 +580,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for H2FixStream<S> {
 
 crate::io_wrap::forward_writes!(H2FixStream);
 
-/// A TCP listener for `axum::serve` whose connections go through [`H2FixStream`].
+/// A TCP listener for `axum::serve` whose connections go through [`H2FixStream`]
+/// (the members' own listeners do the same in [`super::listener`]).
 #[derive(Debug)]
 pub struct H2FixListener {
     inner: TcpListener,

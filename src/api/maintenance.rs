@@ -225,8 +225,8 @@ impl Maintenance for MaintenanceService {
             return Err(errors::member_not_found());
         }
         self.core.raft.send(Msg::TransferLeader(target))?;
-        let mut rx = self.core.raft.watch_status();
-        let wait = rx.wait_for(|s| s.leader_id == target);
+        let mut rx = self.core.raft.watch_leadership();
+        let wait = rx.wait_for(|l| l.leader_id == target);
         if tokio::time::timeout(self.core.limits.request_timeout, wait)
             .await
             .is_err()

@@ -272,6 +272,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_call_knows_the_address_of_its_caller() {
+        use axum::extract::ConnectInfo;
+
+        use crate::api::listener::ClientAddr;
+
+        let router = axum::Router::new().route(
+            "/who",
+            axum::routing::get(|ConnectInfo(who): ConnectInfo<ClientAddr>| async move {
+                who.remote.to_string()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, None, router, shutdown.clone(), 10));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let me = conn.local_addr().unwrap();
+        conn.write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.ends_with(&me.to_string()),
+            "{answer} does not end with {me}"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("serve returns once its connections are gone")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn a_connection_carries_as_many_calls_as_max_concurrent_streams_says() {
         assert_eq!(announced_stream_limit(300).await, Some(300));
     }

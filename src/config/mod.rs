@@ -169,7 +169,8 @@ pub struct MemberConfig {
     /// `--max-txn-ops`, default 128.
     pub max_txn_ops: usize,
     /// `--max-concurrent-streams`: calls one client connection may carry at
-    /// once; default no limit (`u32::MAX`), as etcd.
+    /// once; default no limit (`u32::MAX`), as etcd. 0 also means no limit,
+    /// as it does to etcd's gRPC server (grpc-go).
     pub max_concurrent_streams: u32,
     /// `--log-level`, lowercase, default `info`.
     pub log_level: String,
@@ -577,7 +578,10 @@ fn finish(draft: Draft, mut warnings: Vec<String>) -> Result<MemberConfig, Confi
         max_request_bytes: to_usize("max-request-bytes", draft.max_request_bytes)?,
         quota_backend_bytes,
         max_txn_ops: to_usize("max-txn-ops", draft.max_txn_ops)?,
-        max_concurrent_streams: draft.max_concurrent_streams,
+        max_concurrent_streams: match draft.max_concurrent_streams {
+            0 => DEFAULT_MAX_CONCURRENT_STREAMS,
+            n => n,
+        },
         log_level,
         auto_compaction: crate::compactor::AutoCompaction::parse(
             &draft.auto_compaction_mode,

@@ -595,8 +595,8 @@ impl Draft {
             Setting::MaxConcurrentStreams => {
                 let streams = parse_uint(raw, 32)
                     .map_err(|e| format!("{e} (expected an unsigned integer)"))?;
-                // parse_uint(_, 32) keeps to 32 bits.
-                self.max_concurrent_streams = u32::try_from(streams).unwrap_or(u32::MAX);
+                self.max_concurrent_streams = u32::try_from(streams)
+                    .map_err(|_| "value out of range (expected an unsigned integer)".to_owned())?;
             }
             Setting::QuotaBackendBytes => {
                 self.quota_backend_bytes =

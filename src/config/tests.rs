@@ -639,6 +639,9 @@ fn max_concurrent_streams_is_unlimited_by_default_and_set_by_flag_env_or_file() 
     let flag = parse(&["--max-concurrent-streams", "300", "--data-dir", "d"]).unwrap();
     assert_eq!(flag.max_concurrent_streams, 300);
     assert!(flag.warnings.is_empty(), "{:?}", flag.warnings);
+    // 0 is no limit to grpc-go, so to etcd; never a server that takes no call.
+    let zero = parse(&["--max-concurrent-streams", "0", "--data-dir", "d"]).unwrap();
+    assert_eq!(zero.max_concurrent_streams, u32::MAX);
     let from_env = MemberConfig::from_args(
         ["--data-dir", "d"],
         &env(&[("ETCD_MAX_CONCURRENT_STREAMS", "7")]),

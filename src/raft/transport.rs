@@ -592,6 +592,9 @@ impl Inbox {
                 }
             }
         }
+        // A frame with a garbled message is refused whole: none of its
+        // messages is stepped (Raft copes with lost messages; the sender is
+        // told why).
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in batch.messages {
             // Zero-copy: the entries' data are slices of `bytes`, until
