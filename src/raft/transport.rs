@@ -296,11 +296,7 @@ impl Sender {
         rtt: &prometheus::Histogram,
     ) {
         if client.is_none() {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.url.clone()) else {
-                return;
-            };
-            let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
-            *client = crate::tls::connector::connect(&endpoint, self.tls.clone())
+            *client = crate::client::connect_with(&self.url, PROBE_INTERVAL, self.tls.clone())
                 .await
                 .ok()
                 .map(RaftTransportClient::new);
