@@ -196,6 +196,66 @@ fn status_of(headers: &HeaderMap) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+impl GrpcMetricsLayer {
+    /// Starts counting a call to `path`, when the path names a gRPC method
+    /// (`/service/method`).
+    pub(super) fn start(&self, path: &str) -> Option<Call> {
+        self.shared.start(path)
+    }
+}
+
+impl Shared {
+    fn start(&self, path: &str) -> Option<Call> {
+        let method = self.method(path)?;
+        method.started.inc();
+        Some(Call {
+            method,
+            started: std::time::Instant::now(),
+            received: self.metrics.client_grpc_received.clone(),
+            sent: self.metrics.client_grpc_sent.clone(),
+        })
+    }
+}
+
+/// One call being counted: its request bytes as they arrive, then its
+/// response bytes and the status code it ends with.
+pub(super) struct Call {
+    method: Arc<Method>,
+    started: std::time::Instant,
+    received: IntCounter,
+    sent: IntCounter,
+}
+
+impl Call {
+    /// The request, its body bytes counted as the service reads them.
+    pub(super) fn request<B>(&self, request: Request<B>) -> Request<CountedBody<B>> {
+        let bytes = self.received.clone();
+        request.map(|inner| CountedBody { inner, bytes })
+    }
+
+    /// The response, counted as handled when its status is known: at once
+    /// for a trailers-only answer, else when its body yields the trailers
+    /// (or goes away without them).
+    pub(super) fn response<B>(self, response: Response<B>) -> Response<GrpcBody<B>> {
+        let mut tracker = Tracker {
+            method: self.method,
+            started: self.started,
+            done: false,
+        };
+        if let Some(code) = status_of(response.headers()) {
+            tracker.finish(code);
+        }
+        let bytes = self.sent;
+        response.map(|inner| CountedBody {
+            inner: TrackedBody { inner, tracker },
+            bytes,
+        })
+    }
+}
+
+/// A response body as [`Call::response`] hands it on.
+pub type GrpcBody<B> = CountedBody<TrackedBody<B>>;
+
 impl<S> tower::Service<Request<Body>> for GrpcMetricsService<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>>,
@@ -211,50 +271,11 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let method = self.shared.method(req.uri().path());
-        let metrics = &self.shared.metrics;
-        let req = if method.is_some() {
-            let received = metrics.client_grpc_received.clone();
-            req.map(|body| {
-                Body::new(CountedBody {
-                    inner: body,
-                    bytes: received,
-                })
-            })
-        } else {
-            req
+        let Some(call) = self.shared.start(req.uri().path()) else {
+            return Box::pin(self.inner.call(req));
         };
-        if let Some(m) = &method {
-            m.started.inc();
-        }
-        let sent = metrics.client_grpc_sent.clone();
-        let started = std::time::Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let response = fut.await?;
-            let Some(method) = method else {
-                return Ok(response);
-            };
-            let mut tracker = Tracker {
-                method,
-                started,
-                done: false,
-            };
-            if let Some(code) = status_of(response.headers()) {
-                tracker.finish(code);
-            }
-            let (parts, body) = response.into_parts();
-            Ok(Response::from_parts(
-                parts,
-                Body::new(CountedBody {
-                    inner: TrackedBody {
-                        inner: body,
-                        tracker,
-                    },
-                    bytes: sent,
-                }),
-            ))
-        })
+        let fut = self.inner.call(call.request(req).map(Body::new));
+        Box::pin(async move { Ok(call.response(fut.await?).map(Body::new)) })
     }
 }
 
@@ -286,19 +307,22 @@ impl Drop for Tracker {
 }
 
 /// The response body, watched for its trailers.
-struct TrackedBody {
-    inner: Body,
+pub struct TrackedBody<B> {
+    inner: B,
     tracker: Tracker,
 }
 
-impl http_body::Body for TrackedBody {
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -326,7 +350,7 @@ impl http_body::Body for TrackedBody {
 }
 
 /// A body whose data bytes are counted as they pass.
-struct CountedBody<B> {
+pub struct CountedBody<B> {
     inner: B,
     bytes: prometheus::IntCounter,
 }

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod dispatch;
 pub mod election;
 pub mod errors;
 pub mod gateway;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::Response;
 use futures::future::{ready, Either, Ready};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::AuthService;
 use super::cluster::ClusterService;
+use super::dispatch::Dispatch;
 use super::election::ElectionService;
 use super::kv::KvService;
 use super::lease::LeaseService;
@@ -47,39 +48,78 @@ use crate::pb::v3lockpb::lock_server::LockServer;
 /// itself refuses it (etcd allows the same overhead).
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
-/// The router with every client service and HTTP endpoint.
-pub fn router(core: Arc<Core>) -> axum::Router {
+/// The member's gRPC services, each configured once (message size limits);
+/// cheap to clone (each holds its handler in an `Arc`).
+#[derive(Clone)]
+pub(super) struct Services {
+    pub kv: KvServer<KvService>,
+    pub watch: WatchServer<WatchService>,
+    pub lease: LeaseServer<LeaseService>,
+    pub cluster: ClusterServer<ClusterService>,
+    pub maintenance: MaintenanceServer<MaintenanceService>,
+    pub auth: AuthServer<AuthService>,
+    pub lock: LockServer<LockService>,
+    pub election: ElectionServer<ElectionService>,
+}
+
+impl Services {
+    pub fn new(core: &Arc<Core>) -> Services {
+        let max = max_body(core);
+        Services {
+            kv: KvServer::new(KvService::new(core.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+            watch: WatchServer::new(WatchService::new(core.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+            lease: LeaseServer::new(LeaseService::new(core.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+            cluster: ClusterServer::new(ClusterService::new(core.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+            maintenance: MaintenanceServer::new(MaintenanceService::new(core.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+            auth: AuthServer::new(AuthService::new(core.clone())),
+            lock: LockServer::new(LockService::new(core.clone())),
+            election: ElectionServer::new(ElectionService::new(core.clone())),
+        }
+    }
+
+    /// The services as tonic routes.
+    fn routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.kv)
+            .add_service(self.cluster)
+            .add_service(self.maintenance)
+            .add_service(self.lease)
+            .add_service(self.auth)
+            .add_service(self.lock)
+            .add_service(self.election)
+            .add_service(self.watch)
+    }
+}
+
+/// The largest gRPC message a member reads: `--max-request-bytes` and the
+/// overhead etcd allows on top.
+fn max_body(core: &Core) -> usize {
     // Saturating: `--max-request-bytes` may be as large as a u64 (no limit).
-    let max = core.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD);
-    let routes = tonic::service::Routes::new(
-        KvServer::new(KvService::new(core.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        ClusterServer::new(ClusterService::new(core.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        MaintenanceServer::new(MaintenanceService::new(core.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        LeaseServer::new(LeaseService::new(core.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(AuthServer::new(AuthService::new(core.clone())))
-    .add_service(LockServer::new(LockService::new(core.clone())))
-    .add_service(ElectionServer::new(ElectionService::new(core.clone())))
-    .add_service(
-        WatchServer::new(WatchService::new(core.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX),
-    );
-    let grpc = routes
+    core.limits.max_request_bytes.saturating_add(GRPC_OVERHEAD)
+}
+
+/// What a client port serves: gRPC calls straight to their service, the
+/// rest through [`router`].
+pub fn dispatch(core: Arc<Core>) -> super::dispatch::Dispatch {
+    super::dispatch::Dispatch::new(core.clone(), router(core))
+}
+
+/// The router with every client service and HTTP endpoint. Client ports
+/// route gRPC calls around it ([`dispatch`]); the JSON gateway calls the
+/// services through it.
+pub fn router(core: Arc<Core>) -> axum::Router {
+    let max = max_body(&core);
+    let grpc = Services::new(&core)
+        .routes()
         .into_axum_router()
         .layer(tower::util::MapResponseLayer::new(
             transport_status as fn(Response) -> Response,
@@ -93,7 +133,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
 }
 
 /// The gRPC methods a learner serves (etcd's `isRPCSupportedForLearner`).
-const LEARNER_METHODS: &[&str] = &[
+pub(super) const LEARNER_METHODS: &[&str] = &[
     "/etcdserverpb.KV/Range",
     "/etcdserverpb.Maintenance/Status",
     "/etcdserverpb.Maintenance/Snapshot",
@@ -149,7 +189,7 @@ where
 /// trailers-only answer) as grpc-go raises it: see
 /// [`super::errors::from_transport`]. Streaming calls map theirs in the
 /// handler.
-fn transport_status(mut response: Response) -> Response {
+pub(super) fn transport_status<B>(mut response: http::Response<B>) -> http::Response<B> {
     if let Some(status) = tonic::Status::from_header_map(response.headers()) {
         if status.code() == tonic::Code::OutOfRange {
             let mapped = super::errors::from_transport(status);
@@ -174,7 +214,7 @@ fn transport_status(mut response: Response) -> Response {
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    router: axum::Router,
+    dispatch: Dispatch,
     shutdown: CancellationToken,
     max_streams: u32,
 ) {
@@ -190,14 +230,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         // Every call learns who is at the other end (`access` reads it).
-        let service = tower::ServiceExt::map_request(
-            router.clone(),
-            move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(client.clone()));
-                request
-            },
-        );
-        let service = hyper_util::service::TowerToHyperService::new(service);
+        let service = dispatch.for_connection(client);
         let (http, shutdown) = (http.clone(), shutdown.clone());
         connections.spawn(async move {
             let connection = http.serve_connection(TokioIo::new(io), service);
@@ -228,6 +261,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::serve;
+    use crate::api::dispatch::Dispatch;
 
     /// SETTINGS_MAX_CONCURRENT_STREAMS, in HTTP/2's numbering.
     const MAX_CONCURRENT_STREAMS: u16 = 3;
@@ -242,7 +276,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             None,
-            axum::Router::new(),
+            Dispatch::http_only(axum::Router::new()),
             shutdown.clone(),
             max_streams,
         ));
@@ -286,7 +320,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, None, router, shutdown.clone(), 10));
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Dispatch::http_only(router),
+            shutdown.clone(),
+            10,
+        ));
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let me = conn.local_addr().unwrap();
         conn.write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

@@ -397,7 +397,7 @@ impl Member {
             }));
         }
         // Client servers.
-        let router = api::server::router(core.clone());
+        let dispatch = api::server::dispatch(core.clone());
         for (i, l) in client_listeners.into_iter().enumerate() {
             let addr = l.local_addr().ok();
             let server_tls = tls.client_server_for(cfg.listen_client_urls.get(i));
@@ -409,20 +409,21 @@ impl Member {
             servers.push(runtime.spawn(api::server::serve(
                 l,
                 server_tls,
-                router.clone(),
+                dispatch.clone(),
                 shutdown.clone(),
                 cfg.max_concurrent_streams,
             )));
         }
         // --listen-metrics-urls: /metrics and /health only.
-        let metrics_router = api::http::metrics_router(core.clone());
+        let metrics_port =
+            api::dispatch::Dispatch::http_only(api::http::metrics_router(core.clone()));
         for l in metrics_listeners {
             let addr = l.local_addr().ok();
             tracing::info!(address = ?addr, "serving metrics");
             servers.push(runtime.spawn(api::server::serve(
                 l,
                 None,
-                metrics_router.clone(),
+                metrics_port.clone(),
                 shutdown.clone(),
                 cfg.max_concurrent_streams,
             )));
