@@ -31,7 +31,9 @@ pub async fn connect(
 }
 
 /// [`tools_tls`] for an `https://` endpoint; none for a plain one.
-fn tls_for(endpoint: &str) -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
+pub(crate) fn tls_for(
+    endpoint: &str,
+) -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
     if url_of(endpoint).starts_with("https://") {
         tools_tls()
     } else {
@@ -81,19 +83,6 @@ pub async fn connect_with(
     tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 ) -> Result<Channel, tonic::transport::Error> {
     crate::tls::connector::connect(&tonic_endpoint(endpoint, timeout)?, tls).await
-}
-
-/// Connects to one endpoint like [`connect`], with small writes coalesced
-/// (see [`crate::tls::connector::connect_coalescing`]); `bench` connects so.
-pub async fn connect_coalescing(
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
-    crate::tls::connector::connect_coalescing(
-        &tonic_endpoint(endpoint, timeout)?,
-        tls_for(endpoint),
-    )
-    .await
 }
 
 /// A KV client for one endpoint.

@@ -2,7 +2,7 @@
 //! together on a member's client connection leave in one system call (the
 //! members' listener, [`crate::api::listener`], wraps every connection).
 //! `localcluster bench` wraps its own connections too
-//! ([`crate::tls::connector::connect_coalescing`]), so that the requests its
+//! ([`crate::bench::conn`]), so that the requests its
 //! clients send together leave together, as grpc-go's clients batch theirs.
 //!
 //! Why: hyper runs every gRPC call in a task of its own, and a call that ends

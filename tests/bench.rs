@@ -170,3 +170,50 @@ fn bench_put_without_a_server_fails_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot connect"), "stderr: {stderr}");
 }
+
+#[test]
+fn bench_range_reads_answers_larger_than_a_connections_receive_window() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let one_key = ["--key-space-size", "1", "--sequential-keys"];
+    let put = bench_json(
+        &[
+            &["bench", "put", "--total", "2", "--val-size", "1000000"][..],
+            &one_key,
+            &["--endpoints", &endpoint, "-w", "json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(put["ok"], 2, "{put}");
+    // 12 answers of 1 MB each over one connection: more than its 5 MiB
+    // window, so the run only ends if read bytes are handed back to it.
+    let range = bench_json(
+        &[
+            &["bench", "range", "--total", "12", "--clients", "2"][..],
+            &one_key,
+            &["--timeout", "20s", "--endpoints", &endpoint, "-w", "json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(range["ok"], 12, "{range}");
+    assert_eq!(range["errors"], 0, "{range}");
+}
+
+#[test]
+fn bench_counts_refused_requests_as_errors_with_etcds_message() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let out = Command::new(BIN)
+        .args(["bench", "put", "--total", "3", "--val-size", "2000000"])
+        .args(["--endpoints", &endpoint])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 errors"), "stdout: {stdout}");
+    assert!(
+        stdout.contains("etcdserver: request is too large"),
+        "stdout: {stdout}"
+    );
+}

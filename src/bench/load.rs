@@ -1,7 +1,8 @@
 //! The closed-loop load behind `bench put`, `range`, `txn-put` and `mixed`.
 //!
 //! Each client is a tokio task with its own `KvClient` over one of the run's
-//! connections (see [`super::plan`]). Clients take request indexes from one
+//! connections (see [`super::plan`] for their layout, [`super::conn`] for
+//! what a connection is). Clients take request indexes from one
 //! shared counter until the run is over: `total` requests taken, or
 //! `duration` elapsed. With a `rate`, request `i` is not sent before
 //! `start + i / rate`, so the whole run (not each client) keeps to the rate and
@@ -14,8 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
-
+use super::conn::{self, H2Channel};
 use super::keys::{self, KeyGen};
 use super::plan::Plan;
 use super::summary::Summary;
@@ -117,16 +117,22 @@ pub async fn run(
     op: Op,
     spec: &LoadSpec,
 ) -> Result<Summary, BenchError> {
-    let mut channels: Vec<Channel> = Vec::with_capacity(plan.conn_endpoints.len());
+    let mut channels: Vec<H2Channel> = Vec::with_capacity(plan.conn_endpoints.len());
+    // Owned here: the connections close when the run returns.
+    let mut drivers = Vec::with_capacity(plan.conn_endpoints.len());
     for &e in &plan.conn_endpoints {
         let endpoint = &endpoints[e];
-        let channel = crate::client::connect_coalescing(endpoint, timeout)
-            .await
-            .map_err(|source| BenchError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+        let url = crate::client::url_of(endpoint);
+        let tls = crate::client::tls_for(endpoint);
+        let (channel, driver) =
+            conn::connect(&url, timeout, tls)
+                .await
+                .map_err(|source| BenchError::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
         channels.push(channel);
+        drivers.push(driver);
     }
 
     let shared = Arc::new(Shared {
@@ -199,7 +205,7 @@ fn progress_bar(spec: &LoadSpec) -> indicatif::ProgressBar {
     bar
 }
 
-async fn client(mut kv: KvClient<Channel>, shared: Arc<Shared>) -> ClientResult {
+async fn client(mut kv: KvClient<H2Channel>, shared: Arc<Shared>) -> ClientResult {
     let spec = &shared.spec;
     let mut keys = KeyGen::new(spec.key_size, spec.key_space, spec.sequential);
     let mut out = ClientResult::default();

@@ -19,6 +19,7 @@
 //! report is printed either way), 2 on bad arguments and when an endpoint cannot
 //! be reached.
 
+pub mod conn;
 pub mod keys;
 pub mod load;
 pub mod plan;
@@ -44,7 +45,7 @@ pub enum BenchError {
     Connect {
         endpoint: String,
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("a benchmark client failed: {0}")]
     Client(String),

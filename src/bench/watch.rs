@@ -68,7 +68,7 @@ pub async fn run(
                 .await
                 .map_err(|source| BenchError::Connect {
                     endpoint: e.clone(),
-                    source,
+                    source: source.into(),
                 })
         }
     };

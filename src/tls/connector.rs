@@ -16,8 +16,6 @@ use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::coalesce::CoalescingStream;
-
 /// Connects `endpoint`: over TLS with `tls` when its URL is `https://` (an
 /// `https://` URL without a config is refused), plainly otherwise.
 pub async fn connect(
@@ -30,24 +28,6 @@ pub async fn connect(
     let connector = tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
         async move { Ok::<_, io::Error>(TokioIo::new(dial_tls(&uri, tls).await?)) }
-    });
-    endpoint.connect_with_connector(connector).await
-}
-
-/// Connects `endpoint` like [`connect`], with the connection's small writes
-/// coalesced ([`CoalescingStream`]): the requests that many clients send
-/// together on one connection leave in one write. For load generators, whose
-/// clients all send their next request when one commit answers them.
-pub async fn connect_coalescing(
-    endpoint: &Endpoint,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<Channel, tonic::transport::Error> {
-    let connector = tower::service_fn(move |uri: Uri| {
-        let tls = tls.clone();
-        async move {
-            let stream = dial_uri(&uri, tls).await?;
-            Ok::<_, io::Error>(TokioIo::new(CoalescingStream::new(stream)))
-        }
     });
     endpoint.connect_with_connector(connector).await
 }

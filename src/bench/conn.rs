@@ -1,0 +1,208 @@
+//! The load generator's connections: gRPC calls written straight onto an
+//! HTTP/2 connection (the `h2` crate), under the generated `KvClient`.
+//!
+//! Why not tonic's `Channel`: a `Channel` hands every call to a buffer task,
+//! which hands it to hyper's client dispatcher, which spawns one more task to
+//! send the request body. Three hand-overs per request, in a process that
+//! shares the cores with the members it measures; at 100 clients the load
+//! generator took a fifth of the machine. Here the client's own task opens
+//! the stream, writes the request and reads the answer, and one task per
+//! connection drives the connection ([`Driver`]).
+//!
+//! What a `Channel` did that this keeps: the request's URI gets the
+//! endpoint's scheme and authority; the connection is plain TCP or TLS as the
+//! URL says, with small writes coalesced ([`crate::coalesce`]) and no Nagle
+//! delay; connecting and each call give up after the run's timeout; received
+//! bytes are given back to the flow-control window as they are read.
+//!
+//! Request bodies are read whole before they are sent: the benchmarks make
+//! unary calls only.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::Frame;
+use http_body_util::BodyExt as _;
+
+use crate::coalesce::CoalescingStream;
+
+/// Errors of a call, as tonic takes them.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The receive windows the connection announces: hyper's client defaults,
+/// which tonic's `Channel` used.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// One HTTP/2 connection to a member, as a tower service of gRPC requests;
+/// cheap to clone (every client of the connection holds one).
+#[derive(Clone)]
+pub struct H2Channel {
+    send: h2::client::SendRequest<Bytes>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+/// The task driving a connection's frames; stopping it (or dropping this)
+/// closes the connection.
+pub struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects to `url` (`http://` or `https://`, with `tls` for the latter)
+/// within `timeout`, which each call then also gets.
+pub async fn connect(
+    url: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> Result<(H2Channel, Driver), BoxError> {
+    let uri: Uri = url.parse()?;
+    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{url}: no host"))?;
+    let handshake = async {
+        let stream = crate::tls::connector::dial_uri(&uri, tls).await?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<_, Bytes>(CoalescingStream::new(stream))
+            .await?;
+        Ok::<_, BoxError>((send, connection))
+    };
+    let (send, connection) = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| format!("{url}: no connection within {timeout:?}"))??;
+    let driver = Driver(tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "bench connection ended");
+        }
+    }));
+    let channel = H2Channel {
+        send,
+        scheme,
+        authority,
+        timeout,
+    };
+    Ok((channel, driver))
+}
+
+impl tower::Service<Request<tonic::body::Body>> for H2Channel {
+    type Response = Response<RecvBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RecvBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.send.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        let (mut head, body) = request.into_parts();
+        // tonic gives the path; HTTP/2 also wants the scheme and authority.
+        let mut uri = std::mem::take(&mut head.uri).into_parts();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(self.authority.clone());
+        let sent = Uri::from_parts(uri)
+            .map_err(BoxError::from)
+            .and_then(|uri| {
+                head.uri = uri;
+                let request = Request::from_parts(head, ());
+                Ok(self.send.send_request(request, false)?)
+            });
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let (response, mut stream) = sent?;
+            let call = async move {
+                send_body(body, &mut stream).await?;
+                let response = response.await?;
+                Ok::<_, BoxError>(response.map(|recv| RecvBody {
+                    recv,
+                    data_done: false,
+                }))
+            };
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| BoxError::from(format!("no answer within {timeout:?}")))?
+        })
+    }
+}
+
+/// Writes `body` on `stream`, ending the stream with its last frame.
+async fn send_body(
+    body: tonic::body::Body,
+    stream: &mut h2::SendStream<Bytes>,
+) -> Result<(), BoxError> {
+    let mut body = std::pin::pin!(body);
+    // Held back one frame, so that the last one carries END_STREAM.
+    let mut held: Option<Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => {
+                if let Some(previous) = held.replace(data) {
+                    stream.send_data(previous, false)?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    if let Some(previous) = held.take() {
+                        stream.send_data(previous, false)?;
+                    }
+                    stream.send_trailers(trailers)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    stream.send_data(held.unwrap_or_default(), true)?;
+    Ok(())
+}
+
+/// A response body: the stream's data, then its trailers (where gRPC puts
+/// the call's status).
+pub struct RecvBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Read, so the peer may send as much again.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
