@@ -217,3 +217,25 @@ fn bench_counts_refused_requests_as_errors_with_etcds_message() {
         "stdout: {stdout}"
     );
 }
+
+#[test]
+fn bench_gives_up_on_a_member_that_never_answers_after_the_timeout() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    // Stopped, its kernel still accepts connections, but nothing answers.
+    let pid = Pid::from_raw(member.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let out = Command::new(BIN)
+        .args(["bench", "put", "--total", "2", "--timeout", "1s"])
+        .args(["--endpoints", &endpoint])
+        .output();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(0 ok, 2 errors)"), "stdout: {stdout}");
+    assert!(stdout.contains("Timeout expired"), "stdout: {stdout}");
+}

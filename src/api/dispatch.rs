@@ -3,9 +3,9 @@
 //! `/version`) through the axum router of [`super::server::router`].
 //!
 //! Why not the router for everything: axum matches the path and clones a
-//! boxed route at every level of nesting, and each layer on the gRPC routes
-//! boxes the call once more; at tens of thousands of calls a second that was
-//! a sixth of a member's CPU. Here a call costs one match on its service name.
+//! boxed route, and each layer on the gRPC routes boxes the call once more;
+//! at tens of thousands of calls a second that was a sixth of a leader's CPU.
+//! Here a call costs one match on its service name.
 //!
 //! A gRPC call goes through the same steps as on the router, in the same
 //! order: it is counted ([`super::grpc_metrics`]), refused if this member is
@@ -13,9 +13,11 @@
 //! tonic service, and a status the transport raised while reading the
 //! request is rewritten as grpc-go raises it ([`super::server`]).
 //!
-//! Invariant: a path is served here only if it names a method of one of the
-//! member's services (`/etcdserverpb.KV/Put`); every other path reaches the
-//! router, so the two never disagree on what they serve.
+//! Invariant: a path is served here only if it has the shape
+//! `/service/method` and names one of the member's services (the service
+//! answers a method it lacks with `Unimplemented`, as on the router); every
+//! other path reaches the router, so the two never disagree on what they
+//! serve.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,10 +32,28 @@ use http::{Request, Response};
 use http_body_util::Either as EitherBody;
 use tower::{Service, ServiceExt as _};
 
-use super::grpc_metrics::{Call, GrpcBody, GrpcMetricsLayer};
+use tonic::server::NamedService;
+
+use super::auth::AuthService;
+use super::cluster::ClusterService;
+use super::election::ElectionService;
+use super::grpc_metrics::{split_path, Call, GrpcBody, GrpcMetricsLayer};
+use super::kv::KvService;
+use super::lease::LeaseService;
 use super::listener::ClientAddr;
+use super::lock::LockService;
+use super::maintenance::MaintenanceService;
 use super::server::{Services, LEARNER_METHODS};
+use super::watch::WatchService;
 use super::Core;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 
 /// A response body: a gRPC call's, or the router's.
 pub type DispatchBody = EitherBody<GrpcBody<tonic::body::Body>, axum::body::Body>;
@@ -91,7 +111,6 @@ impl Dispatch {
 
 /// A [`Dispatch`] serving one connection: every call carries the caller's
 /// address as axum's `ConnectInfo` (what [`super::access`] reads).
-#[derive(Clone)]
 pub struct ConnectionService {
     dispatch: Dispatch,
     client: ClientAddr,
@@ -145,20 +164,26 @@ enum Target {
 impl Target {
     /// The service of `/service/method`, if it is one of the member's.
     fn of(path: &str) -> Option<Target> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        if method.is_empty() || method.contains('/') {
+        let (service, _) = split_path(path)?;
+        let target = |name| service == name;
+        Some(if target(KvServer::<KvService>::NAME) {
+            Target::Kv
+        } else if target(WatchServer::<WatchService>::NAME) {
+            Target::Watch
+        } else if target(LeaseServer::<LeaseService>::NAME) {
+            Target::Lease
+        } else if target(ClusterServer::<ClusterService>::NAME) {
+            Target::Cluster
+        } else if target(MaintenanceServer::<MaintenanceService>::NAME) {
+            Target::Maintenance
+        } else if target(AuthServer::<AuthService>::NAME) {
+            Target::Auth
+        } else if target(LockServer::<LockService>::NAME) {
+            Target::Lock
+        } else if target(ElectionServer::<ElectionService>::NAME) {
+            Target::Election
+        } else {
             return None;
-        }
-        Some(match service {
-            "etcdserverpb.KV" => Target::Kv,
-            "etcdserverpb.Watch" => Target::Watch,
-            "etcdserverpb.Lease" => Target::Lease,
-            "etcdserverpb.Cluster" => Target::Cluster,
-            "etcdserverpb.Maintenance" => Target::Maintenance,
-            "etcdserverpb.Auth" => Target::Auth,
-            "v3lockpb.Lock" => Target::Lock,
-            "v3electionpb.Election" => Target::Election,
-            _ => return None,
         })
     }
 }

@@ -11,6 +11,10 @@
 //! are counted too (`etcd_network_client_grpc_{received,sent}_bytes_total`),
 //! and with `--metrics extensive` each call's duration
 //! (`grpc_server_handling_seconds`).
+//!
+//! Two ways in, one count: client ports start a [`Call`] for each gRPC call
+//! they route themselves ([`super::dispatch`]); the layer does the same for
+//! the calls that go through the router (the JSON gateway's).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -93,7 +97,7 @@ impl Shared {
 }
 
 /// `/service/method` split in two, when the path has that shape.
-fn split_path(path: &str) -> Option<(&str, &str)> {
+pub(super) fn split_path(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     if service.is_empty() || method.is_empty() || method.contains('/') {
         return None;

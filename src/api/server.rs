@@ -49,8 +49,7 @@ use crate::pb::v3lockpb::lock_server::LockServer;
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// The member's gRPC services, each configured once (message size limits);
-/// cheap to clone (each holds its handler in an `Arc`).
-#[derive(Clone)]
+/// each is cheap to clone (it holds its handler in an `Arc`).
 pub(super) struct Services {
     pub kv: KvServer<KvService>,
     pub watch: WatchServer<WatchService>,
@@ -202,7 +201,7 @@ pub(super) fn transport_status<B>(mut response: http::Response<B>) -> http::Resp
     response
 }
 
-/// Serves `router` on `listener` (TLS-terminated with `tls` when given) until
+/// Serves `dispatch` on `listener` (TLS-terminated with `tls` when given) until
 /// `shutdown` is cancelled, then lets every connection finish its calls
 /// (HTTP/2 GOAWAY) and returns when they are gone. Call inside the member's
 /// runtime.

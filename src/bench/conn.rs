@@ -12,12 +12,18 @@
 //! What a `Channel` did that this keeps: the request's URI gets the
 //! endpoint's scheme and authority; the connection is plain TCP or TLS as the
 //! URL says, with small writes coalesced ([`crate::coalesce`]) and no Nagle
-//! delay; connecting and each call give up after the run's timeout; received
-//! bytes are given back to the flow-control window as they are read.
+//! delay, and hyper's HTTP/2 client settings; connecting gives up after the
+//! run's timeout, and so does each call, as tonic's `Timeout expired`
+//! (counting its whole answer, where a `Channel` counted only until the
+//! response headers); received bytes are given back to the flow-control
+//! window as they are read.
 //!
-//! Request bodies are read whole before they are sent: the benchmarks make
-//! unary calls only.
+//! What it does not do: reconnect. A connection that breaks (its member
+//! stopped) fails every later call on it at once, each counted as an error.
+//! And the answer is awaited only once the request body has ended, which
+//! suits unary calls, all the benchmarks make.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -34,10 +40,14 @@ use crate::coalesce::CoalescingStream;
 /// Errors of a call, as tonic takes them.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The receive windows the connection announces: hyper's client defaults,
-/// which tonic's `Channel` used.
+/// hyper's HTTP/2 client settings, which tonic's `Channel` used: the receive
+/// windows announced, streams opened before the server says how many it
+/// takes, bytes buffered for sending, the size of headers accepted.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const INITIAL_SEND_STREAMS: usize = 100;
+const SEND_BUFFER: usize = 1024 * 1024;
+const HEADER_LIST: u32 = 16 * 1024;
 
 /// One HTTP/2 connection to a member, as a tower service of gRPC requests;
 /// cheap to clone (every client of the connection holds one).
@@ -77,13 +87,17 @@ pub async fn connect(
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_max_send_streams(INITIAL_SEND_STREAMS)
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_header_list_size(HEADER_LIST)
+            .enable_push(false)
             .handshake::<_, Bytes>(CoalescingStream::new(stream))
             .await?;
         Ok::<_, BoxError>((send, connection))
     };
     let (send, connection) = tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| format!("{url}: no connection within {timeout:?}"))??;
+        .map_err(|_| format!("no connection within {timeout:?}"))??;
     let driver = Driver(tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "bench connection ended");
@@ -120,20 +134,24 @@ impl tower::Service<Request<tonic::body::Body>> for H2Channel {
                 let request = Request::from_parts(head, ());
                 Ok(self.send.send_request(request, false)?)
             });
-        let timeout = self.timeout;
+        let deadline = Box::pin(tokio::time::sleep(self.timeout));
         Box::pin(async move {
             let (response, mut stream) = sent?;
+            let mut deadline = deadline;
             let call = async move {
                 send_body(body, &mut stream).await?;
-                let response = response.await?;
-                Ok::<_, BoxError>(response.map(|recv| RecvBody {
-                    recv,
-                    data_done: false,
-                }))
+                Ok::<_, BoxError>(response.await?)
             };
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| BoxError::from(format!("no answer within {timeout:?}")))?
+            let response = tokio::select! {
+                response = call => response?,
+                () = &mut deadline => return Err(tonic::TimeoutExpired(()).into()),
+            };
+            // The same deadline holds for the rest of the answer.
+            Ok(response.map(|recv| RecvBody {
+                recv,
+                data_done: false,
+                deadline,
+            }))
         })
     }
 }
@@ -169,21 +187,39 @@ async fn send_body(
 }
 
 /// A response body: the stream's data, then its trailers (where gRPC puts
-/// the call's status).
+/// the call's status), unless the call's deadline comes first.
 pub struct RecvBody {
     recv: h2::RecvStream,
     data_done: bool,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl http_body::Body for RecvBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        match this.poll_recv(cx) {
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(tonic::TimeoutExpired(()).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+impl RecvBody {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self;
         if !this.data_done {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -200,9 +236,5 @@ impl http_body::Body for RecvBody {
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
     }
 }
