@@ -4,8 +4,10 @@
 //! Raft messages from peers, fault hooks. Linearizable reads wait in a shared
 //! [`ReadQueue`] and are confirmed by one read-index round at a time. The loop:
 //!
-//! 1. wait for a message or the next tick, then drain the channel (so proposals
-//!    that arrive together are batched into one Ready);
+//! 1. wait for a message or the next tick, then drain the channel, so that what
+//!    arrives together goes into one Ready; proposals that arrive together go
+//!    to raft-rs as one proposal of many entries, which reaches each follower
+//!    in one append (and one answer back), not one per proposal;
 //! 2. tick when due;
 //! 3. when raft-rs has a Ready: send the leader's messages at once (they may go out
 //!    before the leader's own fsync), restore a snapshot if one arrived, apply
@@ -299,18 +301,7 @@ impl Node {
         let (handle, inbox) = channel;
         let applied = state_machine.applied_index();
         reconcile_log(&mut storage, state_machine.as_ref())?;
-        let raft_config = Config {
-            id: config.id,
-            election_tick: config.election_ticks,
-            heartbeat_tick: 1,
-            applied,
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            read_only_option: ReadOnlyOption::Safe,
-            ..Default::default()
-        };
+        let raft_config = raft_config(&config, applied);
         raft_config.validate()?;
         let logger = super::logger::logger(&config.name);
         let raw = RawNode::new(&raft_config, storage, &logger)?;
@@ -327,6 +318,7 @@ impl Node {
             read_ids: IdGen::new(raft_config.id),
             paused: false,
             held: VecDeque::new(),
+            taken: Vec::new(),
             last_leader: 0,
         };
         let name = format!("raft-{}", looper.config.name);
@@ -415,6 +407,9 @@ struct Loop {
     paused: bool,
     /// Messages received while paused, handled on resume.
     held: VecDeque<Msg>,
+    /// Proposals taken since the last hand-over to raft-rs
+    /// ([`Loop::propose_taken`]).
+    taken: Vec<(Vec<u8>, Reply<u64>)>,
     last_leader: u64,
 }
 
@@ -439,6 +434,22 @@ impl Drop for Loop {
     /// However the loop ends, reads still waiting are told the node stopped.
     fn drop(&mut self) {
         self.reads.close();
+    }
+}
+
+/// raft-rs's settings for a node of `config` that has applied `applied`.
+fn raft_config(config: &NodeConfig, applied: u64) -> Config {
+    Config {
+        id: config.id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: ReadOnlyOption::Safe,
+        ..Default::default()
     }
 }
 
@@ -473,6 +484,7 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            self.propose_taken();
             if self.paused {
                 next_tick = Instant::now() + self.config.tick;
                 continue;
@@ -515,12 +527,16 @@ impl Loop {
             self.publish_status();
             return Ok(Flow::Continue);
         }
+        // Proposals wait for the next message of another kind, or the end of
+        // the queue, and then go to raft-rs together, in the order taken.
+        if let Msg::Propose { data, reply } = msg {
+            self.taken.push((data, reply));
+            return Ok(Flow::Continue);
+        }
+        self.propose_taken();
         match msg {
-            Msg::Propose { data, reply } => {
-                let term = self.raw.raft.term;
-                let r = self.raw.propose(Vec::new(), data).map_err(RaftError::from);
-                let _ = reply.send(r.map(|()| term));
-            }
+            // Taken above; kept for the next hand-over all the same.
+            Msg::Propose { data, reply } => self.taken.push((data, reply)),
             Msg::ProposeConfChange { cc, context, reply } => {
                 let r = self
                     .raw
@@ -648,6 +664,45 @@ impl Loop {
                 self.raw.read_index(read.ctx.to_be_bytes().to_vec());
                 read.sent = Instant::now();
             }
+        }
+    }
+
+    /// Hands the proposals taken since the last call to raft-rs as one
+    /// proposal of many entries: they are appended together and go to each
+    /// follower in one append, not one append (and one answer back) each. A
+    /// follower forwards them to its leader in one message. Each is told the
+    /// term that took it, or why it was refused (all of them alike: raft-rs
+    /// takes or drops a proposal whole).
+    fn propose_taken(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let term = self.raw.raft.term;
+        let (entries, replies): (Vec<Entry>, Vec<Reply<u64>>) = self
+            .taken
+            .drain(..)
+            .map(|(data, reply)| {
+                let entry = Entry {
+                    data: data.into(),
+                    ..Default::default()
+                };
+                (entry, reply)
+            })
+            .unzip();
+        let mut proposal = Message::default();
+        proposal.set_msg_type(raft::prelude::MessageType::MsgPropose);
+        proposal.from = self.raw.raft.id;
+        proposal.set_entries(entries.into());
+        let refused = self.raw.raft.step(proposal).err();
+        for reply in replies {
+            let outcome = match &refused {
+                None => Ok(term),
+                Some(raft::Error::ProposalDropped) => {
+                    Err(RaftError::Raft(raft::Error::ProposalDropped))
+                }
+                Some(other) => Err(RaftError::Apply(format!("proposal refused: {other}"))),
+            };
+            let _ = reply.send(outcome);
         }
     }
 
@@ -1045,6 +1100,81 @@ mod tests {
             *leadership.borrow()
         );
         node.stop();
+    }
+
+    #[tokio::test]
+    async fn proposals_sent_together_are_all_taken_in_one_term_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        let before = handle.status();
+        // Held while paused, then handed to raft-rs together on resume.
+        handle.send(Msg::Pause).unwrap();
+        let proposals: Vec<_> = (0..20u8)
+            .map(|i| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.propose(vec![i]).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.send(Msg::Resume).unwrap();
+        for p in proposals {
+            assert_eq!(p.await.unwrap().unwrap(), before.term);
+        }
+        let last = before.last_index + 20;
+        handle.wait_applied(last).await.unwrap();
+        assert_eq!(handle.status().last_index, last);
+        node.stop();
+    }
+
+    #[test]
+    fn a_proposal_of_many_entries_reaches_each_follower_in_one_append() {
+        let node = NodeConfig {
+            id: 1,
+            name: "t".into(),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            snapshot_count: 1000,
+            catchup_entries: 10,
+            leader_changes: None,
+        };
+        let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+        let logger = super::super::logger::logger("test");
+        let mut raw = RawNode::new(&raft_config(&node, 0), storage, &logger).unwrap();
+        raw.raft.become_candidate();
+        raw.raft.become_leader();
+        // Both followers acknowledge the leader's first entry, so the leader
+        // streams appends to them (Replicate) rather than probing.
+        let last = raw.raft.raft_log.last_index();
+        for from in [2, 3] {
+            let mut ack = Message::default();
+            ack.set_msg_type(raft::prelude::MessageType::MsgAppendResponse);
+            ack.from = from;
+            ack.to = 1;
+            ack.term = raw.raft.term;
+            ack.index = last;
+            raw.step(ack).unwrap();
+        }
+        raw.raft.msgs.clear();
+        // What `Loop::propose_taken` hands over for five proposals.
+        let mut proposal = Message::default();
+        proposal.set_msg_type(raft::prelude::MessageType::MsgPropose);
+        proposal.from = 1;
+        let entries: Vec<Entry> = (0..5u8)
+            .map(|i| Entry {
+                data: vec![i].into(),
+                ..Default::default()
+            })
+            .collect();
+        proposal.set_entries(entries.into());
+        raw.raft.step(proposal).unwrap();
+        let appends: Vec<(u64, usize)> = raw
+            .raft
+            .msgs
+            .iter()
+            .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgAppend)
+            .map(|m| (m.to, m.entries.len()))
+            .collect();
+        assert_eq!(appends, vec![(2, 5), (3, 5)]);
     }
 
     #[tokio::test]
