@@ -53,6 +53,9 @@ pub enum RaftError {
     Stopped,
     #[error("leader changed")]
     LeaderChanged,
+    /// raft-rs refused a proposal for a reason other than a missing leader.
+    #[error("raft refused the proposal: {0}")]
+    Refused(String),
 }
 
 impl RaftError {

@@ -5,9 +5,10 @@
 //! [`ReadQueue`] and are confirmed by one read-index round at a time. The loop:
 //!
 //! 1. wait for a message or the next tick, then drain the channel, so that what
-//!    arrives together goes into one Ready; proposals that arrive together go
-//!    to raft-rs as one proposal of many entries, which reaches each follower
-//!    in one append (and one answer back), not one per proposal;
+//!    arrives together goes into one Ready; consecutive proposals go to
+//!    raft-rs as one proposal of many entries, which a leader streaming
+//!    appends to a follower sends in one append (one answer back), not one
+//!    per proposal;
 //! 2. tick when due;
 //! 3. when raft-rs has a Ready: send the leader's messages at once (they may go out
 //!    before the leader's own fsync), restore a snapshot if one arrived, apply
@@ -700,7 +701,8 @@ impl Loop {
                 Some(raft::Error::ProposalDropped) => {
                     Err(RaftError::Raft(raft::Error::ProposalDropped))
                 }
-                Some(other) => Err(RaftError::Apply(format!("proposal refused: {other}"))),
+                // raft-rs 0.7 refuses a proposal with ProposalDropped only.
+                Some(other) => Err(RaftError::Refused(other.to_string())),
             };
             let _ = reply.send(outcome);
         }
@@ -1126,6 +1128,70 @@ mod tests {
         node.stop();
     }
 
+    /// An outbox that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<Message>>>);
+
+    impl Outbox for Recorder {
+        fn send(&self, messages: Vec<Message>) {
+            self.0.lock().unwrap().extend(messages);
+        }
+    }
+
+    #[tokio::test]
+    async fn proposals_taken_together_leave_a_follower_in_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = RaftStorage::open(&dir.path().join("raftlog")).unwrap();
+        storage
+            .bootstrap(b"id", ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        let outbox = Recorder::default();
+        let (handle, inbox) = channel(1);
+        let config = NodeConfig {
+            id: 1,
+            name: "t".into(),
+            tick: Duration::from_secs(3600),
+            election_ticks: 10,
+            snapshot_count: 1000,
+            catchup_entries: 10,
+            leader_changes: None,
+        };
+        let mut node = Node::start(
+            config,
+            storage,
+            Box::new(Counter(1, 1)),
+            Box::new(outbox.clone()),
+            (handle.clone(), inbox),
+        )
+        .unwrap();
+        // Leader 2's heartbeat makes this node its follower.
+        handle.step(vec![heartbeat_from_2(1)]).unwrap();
+        wait_status(&handle, |s| s.leader_id == 2);
+        handle.send(Msg::Pause).unwrap();
+        let proposals: Vec<_> = (0..20u8)
+            .map(|i| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.propose(vec![i]).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        outbox.0.lock().unwrap().clear();
+        handle.send(Msg::Resume).unwrap();
+        for p in proposals {
+            assert_eq!(p.await.unwrap().unwrap(), 1);
+        }
+        let forwarded: Vec<(u64, usize)> = outbox
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose)
+            .map(|m| (m.to, m.entries.len()))
+            .collect();
+        assert_eq!(forwarded, vec![(2, 20)]);
+        node.stop();
+    }
+
     #[test]
     fn a_proposal_of_many_entries_reaches_each_follower_in_one_append() {
         let node = NodeConfig {
@@ -1167,13 +1233,14 @@ mod tests {
             .collect();
         proposal.set_entries(entries.into());
         raw.raft.step(proposal).unwrap();
-        let appends: Vec<(u64, usize)> = raw
+        let mut appends: Vec<(u64, usize)> = raw
             .raft
             .msgs
             .iter()
             .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgAppend)
             .map(|m| (m.to, m.entries.len()))
             .collect();
+        appends.sort_unstable();
         assert_eq!(appends, vec![(2, 5), (3, 5)]);
     }
 
