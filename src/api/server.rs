@@ -64,22 +64,21 @@ pub(super) struct Services {
 impl Services {
     pub fn new(core: &Arc<Core>) -> Services {
         let max = max_body(core);
+        // The services that take large requests: read up to `max`, answer
+        // without a limit (a range may return the whole store).
+        macro_rules! sized {
+            ($server:ident, $service:ident) => {
+                $server::new($service::new(core.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(usize::MAX)
+            };
+        }
         Services {
-            kv: KvServer::new(KvService::new(core.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-            watch: WatchServer::new(WatchService::new(core.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-            lease: LeaseServer::new(LeaseService::new(core.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-            cluster: ClusterServer::new(ClusterService::new(core.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-            maintenance: MaintenanceServer::new(MaintenanceService::new(core.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
+            kv: sized!(KvServer, KvService),
+            watch: sized!(WatchServer, WatchService),
+            lease: sized!(LeaseServer, LeaseService),
+            cluster: sized!(ClusterServer, ClusterService),
+            maintenance: sized!(MaintenanceServer, MaintenanceService),
             auth: AuthServer::new(AuthService::new(core.clone())),
             lock: LockServer::new(LockService::new(core.clone())),
             election: ElectionServer::new(ElectionService::new(core.clone())),

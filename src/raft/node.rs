@@ -992,10 +992,9 @@ mod tests {
         storage
     }
 
-    /// Starts a single-voter node (10 ticks to an election) over `storage` and `sm`.
-    fn start_node(storage: RaftStorage, sm: Counter, tick: Duration) -> (Node, RaftHandle) {
-        let (handle, inbox) = channel(1);
-        let config = NodeConfig {
+    /// Node 1's settings in the tests (10 ticks to an election).
+    fn test_config(tick: Duration) -> NodeConfig {
+        NodeConfig {
             id: 1,
             name: "t".into(),
             tick,
@@ -1003,12 +1002,27 @@ mod tests {
             snapshot_count: 1000,
             catchup_entries: 10,
             leader_changes: None,
-        };
+        }
+    }
+
+    /// Starts a single-voter node (10 ticks to an election) over `storage` and `sm`.
+    fn start_node(storage: RaftStorage, sm: Counter, tick: Duration) -> (Node, RaftHandle) {
+        start_node_with(storage, sm, tick, Box::new(Nowhere))
+    }
+
+    /// Starts node 1 over `storage` and `sm`, sending its messages to `outbox`.
+    fn start_node_with(
+        storage: RaftStorage,
+        sm: Counter,
+        tick: Duration,
+        outbox: Box<dyn Outbox>,
+    ) -> (Node, RaftHandle) {
+        let (handle, inbox) = channel(1);
         let node = Node::start(
-            config,
+            test_config(tick),
             storage,
             Box::new(sm),
-            Box::new(Nowhere),
+            outbox,
             (handle.clone(), inbox),
         )
         .unwrap();
@@ -1146,24 +1160,12 @@ mod tests {
             .bootstrap(b"id", ConfState::from((vec![1, 2, 3], vec![])))
             .unwrap();
         let outbox = Recorder::default();
-        let (handle, inbox) = channel(1);
-        let config = NodeConfig {
-            id: 1,
-            name: "t".into(),
-            tick: Duration::from_secs(3600),
-            election_ticks: 10,
-            snapshot_count: 1000,
-            catchup_entries: 10,
-            leader_changes: None,
-        };
-        let mut node = Node::start(
-            config,
+        let (mut node, handle) = start_node_with(
             storage,
-            Box::new(Counter(1, 1)),
+            Counter(1, 1),
+            Duration::from_secs(3600),
             Box::new(outbox.clone()),
-            (handle.clone(), inbox),
-        )
-        .unwrap();
+        );
         // Leader 2's heartbeat makes this node its follower.
         handle.step(vec![heartbeat_from_2(1)]).unwrap();
         wait_status(&handle, |s| s.leader_id == 2);
@@ -1194,15 +1196,7 @@ mod tests {
 
     #[test]
     fn a_proposal_of_many_entries_reaches_each_follower_in_one_append() {
-        let node = NodeConfig {
-            id: 1,
-            name: "t".into(),
-            tick: Duration::from_millis(100),
-            election_ticks: 10,
-            snapshot_count: 1000,
-            catchup_entries: 10,
-            leader_changes: None,
-        };
+        let node = test_config(Duration::from_millis(100));
         let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
         let logger = super::super::logger::logger("test");
         let mut raw = RawNode::new(&raft_config(&node, 0), storage, &logger).unwrap();
