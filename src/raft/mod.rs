@@ -12,6 +12,8 @@
 //! - [`transport`]: the streams between members on their peer URLs (framed as
 //!   [`wire`] says; gRPC for probes and membership), with the fault hooks (drop
 //!   messages to/from some peers) used by the embedded cluster.
+//! - [`merge`]: folds the appends a peer's sender finds queued, when each
+//!   continues the one before, into one.
 //! - [`logger`]: forwards raft-rs's `slog` records into `tracing`.
 //!
 //! Nothing outside [`node`] touches `RawNode`; everything else talks to it through
@@ -19,6 +21,7 @@
 
 pub mod legacy;
 pub mod logger;
+pub mod merge;
 pub mod node;
 pub mod reads;
 pub mod storage;

@@ -16,7 +16,10 @@
 //! sooner; see `node::leader_lost`), drops what is queued (Raft retransmits)
 //! and reconnects with a short backoff.
 //!
-//! A sender encodes its messages straight into the frame; a receiver parses
+//! A sender takes every message queued for its peer at once (up to
+//! `MAX_BATCH`), folds the appends that continue one another into one (see
+//! [`super::merge`]: the follower steps and answers one, not one per Raft
+//! cycle), and encodes them straight into the frame; a receiver parses
 //! each as a slice of the frame, then copies its entries' data into one block
 //! per message (entries outlive the frame in the Raft log): one allocation per
 //! message where parsing used to make one per entry.
@@ -49,6 +52,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::merge::merge_appends;
 use super::node::{Msg, Outbox, RaftHandle};
 use super::wire;
 use crate::pb::lcraftpb::raft_transport_client::RaftTransportClient;
@@ -425,6 +429,7 @@ impl Sender {
                             Err(_) => break,
                         }
                     }
+                    merge_appends(&mut batch);
                     let snapshots = snapshots_in(&batch);
                     if self.faults.is_blocked(self.to) {
                         // Dropped as by a partition.
