@@ -255,18 +255,26 @@ mod tests {
         assert_eq!(ms.len(), 2);
     }
 
-    /// A raft-rs follower (id 2 of voters 1 and 2) with `log` already in its
-    /// Raft log, `committed` of it committed, as of `TERM`.
-    fn follower(log: &[Entry], committed: u64) -> RawNode<MemStorage> {
+    /// A raft-rs node (`id` of voters 1 and 2) with `log` already in its Raft
+    /// log, `committed` of it committed, and at most 4 appends in flight to a
+    /// peer.
+    fn node_with(id: u64, log: &[Entry], committed: u64) -> RawNode<MemStorage> {
         let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2], vec![])));
         storage.wl().append(log).unwrap();
         storage.wl().mut_hard_state().commit = committed;
         let config = Config {
-            id: 2,
+            id,
+            max_inflight_msgs: 4,
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let mut node = RawNode::new(&config, storage, &logger).unwrap();
+        RawNode::new(&config, storage, &logger).unwrap()
+    }
+
+    /// Node 2 over `log` (`committed` of it committed), a follower of node 1
+    /// in `TERM`.
+    fn follower(log: &[Entry], committed: u64) -> RawNode<MemStorage> {
+        let mut node = node_with(2, log, committed);
         node.raft.become_follower(TERM, 1);
         node
     }
@@ -310,19 +318,6 @@ mod tests {
             .collect()
     }
 
-    /// A raft-rs node (`id` of voters 1 and 2) over an empty log, with at
-    /// most 4 appends in flight to a peer.
-    fn node(id: u64) -> RawNode<MemStorage> {
-        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2], vec![])));
-        let config = Config {
-            id,
-            max_inflight_msgs: 4,
-            ..Default::default()
-        };
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        RawNode::new(&config, storage, &logger).unwrap()
-    }
-
     /// One Ready cycle of the leader (its entries persisted in its storage at
     /// once): what it sends to node 2.
     fn to_follower(leader: &mut RawNode<MemStorage>) -> Vec<Message> {
@@ -346,10 +341,10 @@ mod tests {
 
     #[test]
     fn a_leader_whose_appends_go_merged_ends_with_its_follower_matched_and_nothing_in_flight() {
-        let mut leader = node(1);
+        let mut leader = node_with(1, &[], 0);
         leader.raft.become_candidate();
         leader.raft.become_leader();
-        let mut follower = node(2);
+        let mut follower = node_with(2, &[], 0);
         follower.raft.become_follower(leader.raft.term, 1);
         let mut merged_away = 0;
         let mut held = Vec::new();
