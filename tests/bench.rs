@@ -15,36 +15,28 @@ const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
 struct MemberProc {
     child: Child,
     client_port: u16,
-    _dir: tempfile::TempDir,
+    peer_port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl MemberProc {
     fn start() -> MemberProc {
         let dir = tempfile::tempdir().unwrap();
         let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(BIN)
-            .arg("member")
-            .args(["--name", "b1"])
-            .arg("--data-dir")
-            .arg(dir.path().join("b1"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("b1={peer}")])
-            .args(["--log-level", "error"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_member(&dir, client_port, peer_port);
         MemberProc {
             child,
             client_port,
-            _dir: dir,
+            peer_port,
+            dir,
         }
+    }
+
+    /// Kills the member and starts it again on the same ports and data.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_member(&self.dir, self.client_port, self.peer_port);
     }
 
     /// Waits until `GET /health` answers 200 (a leader is known).
@@ -68,6 +60,28 @@ impl Drop for MemberProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A one-member cluster's member `b1` on these ports, its data in `dir`.
+fn spawn_member(dir: &tempfile::TempDir, client_port: u16, peer_port: u16) -> Child {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    Command::new(BIN)
+        .arg("member")
+        .args(["--name", "b1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("b1"))
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("b1={peer}")])
+        .args(["--log-level", "error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn http_get_ok(port: u16, path: &str) -> bool {
@@ -238,4 +252,51 @@ fn bench_gives_up_on_a_member_that_never_answers_after_the_timeout() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("(0 ok, 2 errors)"), "stdout: {stdout}");
     assert!(stdout.contains("Timeout expired"), "stdout: {stdout}");
+}
+
+#[test]
+fn bench_goes_on_on_a_new_connection_after_its_member_restarts() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let bench = Command::new(BIN)
+        .args(["bench", "put", "--duration", "8s", "--rate", "200"])
+        .args([
+            "--clients",
+            "4",
+            "--conns",
+            "2",
+            "--timeout",
+            "1s",
+            "-w",
+            "json",
+        ])
+        .args(["--endpoints", &endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    member.restart();
+    member.wait_healthy();
+    let out = bench.wait_with_output().unwrap();
+    // It exits non-zero, as any run with errors does, and reports.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "stdout: {stdout}");
+    // The restarted member counts only the puts it took itself: some of
+    // the run's went to it, on the connections dialled again.
+    let (_, metrics) = common::http_get(&format!("127.0.0.1:{}", member.client_port), "/metrics");
+    let taken: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total") && l.contains("grpc_method=\"Put\""))
+        .filter(|l| l.contains("grpc_code=\"OK\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        taken > 0.0,
+        "the restarted member took no put; bench said: {stdout}"
+    );
+    // And calls failed while it was down: the restart came mid-run.
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(report["errors"].as_u64().unwrap() > 0, "report: {report}");
 }

@@ -18,10 +18,15 @@
 //! response headers); received bytes are given back to the flow-control
 //! window as they are read.
 //!
-//! What it does not do: reconnect. A connection that breaks (its member
-//! stopped) fails every later call on it at once, each counted as an error.
-//! And the answer is awaited only once the request body has ended, which
-//! suits unary calls, all the benchmarks make.
+//! A [`Link`] is one of the run's connections as its clients share it: when
+//! the connection ends (its member stopped or restarted), the first client
+//! whose call fails dials again and the others take the new connection, as a
+//! `Channel` reconnects. While the member cannot be reached, calls fail at
+//! once (each counted as an error, as grpc-go's fail-fast calls are), and
+//! the link dials at most once per [`REDIAL_PAUSE`].
+//!
+//! What it does not do: the answer is awaited only once the request body has
+//! ended, which suits unary calls, all the benchmarks make.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -69,12 +74,92 @@ impl Drop for Driver {
     }
 }
 
+/// How long a link that failed to dial waits before it dials again; the
+/// calls in between fail at once.
+pub const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+
+type Tls = Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>;
+
+/// One of a run's connections, shared by its clients, dialled again when it
+/// ends. Dropping the link (the run holds it) closes its connection.
+pub struct Link {
+    url: String,
+    timeout: Duration,
+    tls: Tls,
+    current: tokio::sync::Mutex<Current>,
+}
+
+/// A link's connection: the channel its clients clone, the task driving it,
+/// and its number (each dial counts one).
+struct Current {
+    channel: H2Channel,
+    driver: Driver,
+    epoch: u64,
+    /// Set when a dial failed: no new dial before then.
+    pause_until: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    /// Connects to `url` (see [`connect`]); an error here ends the run.
+    pub async fn connect(url: &str, timeout: Duration, tls: Tls) -> Result<Link, BoxError> {
+        let (channel, driver) = connect(url, timeout, tls.clone()).await?;
+        Ok(Link {
+            url: url.to_string(),
+            timeout,
+            tls,
+            current: tokio::sync::Mutex::new(Current {
+                channel,
+                driver,
+                epoch: 0,
+                pause_until: None,
+            }),
+        })
+    }
+
+    /// The connection's channel and its number.
+    pub async fn channel(&self) -> (H2Channel, u64) {
+        let current = self.current.lock().await;
+        (current.channel.clone(), current.epoch)
+    }
+
+    /// After a failed call on connection `epoch`: a newer connection if there
+    /// is one or one can be dialled now, `None` if the connection is still up
+    /// (the call failed for another reason) or cannot be replaced yet.
+    pub async fn replace(&self, epoch: u64) -> Option<(H2Channel, u64)> {
+        let mut current = self.current.lock().await;
+        if current.epoch != epoch {
+            return Some((current.channel.clone(), current.epoch));
+        }
+        if !current.driver.0.is_finished() {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        if current.pause_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        match connect(&self.url, self.timeout, self.tls.clone()).await {
+            Ok((channel, driver)) => {
+                current.channel = channel;
+                current.driver = driver;
+                current.epoch += 1;
+                current.pause_until = None;
+                Some((current.channel.clone(), current.epoch))
+            }
+            Err(e) => {
+                tracing::debug!(url = %self.url, error = %e, "bench could not reconnect");
+                current.pause_until = Some(tokio::time::Instant::now() + REDIAL_PAUSE);
+                None
+            }
+        }
+    }
+}
+
 /// Connects to `url` (`http://` or `https://`, with `tls` for the latter)
 /// within `timeout`, which each call then also gets.
 pub async fn connect(
     url: &str,
     timeout: Duration,
-    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    tls: Tls,
 ) -> Result<(H2Channel, Driver), BoxError> {
     let uri: Uri = url.parse()?;
     let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);

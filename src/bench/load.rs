@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{self, H2Channel};
+use super::conn::Link;
 use super::keys::{self, KeyGen};
 use super::plan::Plan;
 use super::summary::Summary;
@@ -117,22 +117,20 @@ pub async fn run(
     op: Op,
     spec: &LoadSpec,
 ) -> Result<Summary, BenchError> {
-    let mut channels: Vec<H2Channel> = Vec::with_capacity(plan.conn_endpoints.len());
     // Owned here: the connections close when the run returns.
-    let mut drivers = Vec::with_capacity(plan.conn_endpoints.len());
+    let mut links = Vec::with_capacity(plan.conn_endpoints.len());
     for &e in &plan.conn_endpoints {
         let endpoint = &endpoints[e];
         let url = crate::client::url_of(endpoint);
         let tls = crate::client::tls_for(endpoint);
-        let (channel, driver) =
-            conn::connect(&url, timeout, tls)
+        let link =
+            Link::connect(&url, timeout, tls)
                 .await
                 .map_err(|source| BenchError::Connect {
                     endpoint: endpoint.clone(),
                     source,
                 })?;
-        channels.push(channel);
-        drivers.push(driver);
+        links.push(Arc::new(link));
     }
 
     let shared = Arc::new(Shared {
@@ -156,10 +154,7 @@ pub async fn run(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for &c in &plan.client_conns {
-        tasks.spawn(client(
-            KvClient::new(channels[c].clone()),
-            Arc::clone(&shared),
-        ));
+        tasks.spawn(client(Arc::clone(&links[c]), Arc::clone(&shared)));
     }
 
     let mut latencies = Vec::with_capacity(spec.total.unwrap_or(0) as usize);
@@ -205,7 +200,9 @@ fn progress_bar(spec: &LoadSpec) -> indicatif::ProgressBar {
     bar
 }
 
-async fn client(mut kv: KvClient<H2Channel>, shared: Arc<Shared>) -> ClientResult {
+async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
+    let (channel, mut epoch) = link.channel().await;
+    let mut kv = KvClient::new(channel);
     let spec = &shared.spec;
     let mut keys = KeyGen::new(spec.key_size, spec.key_space, spec.sequential);
     let mut out = ClientResult::default();
@@ -247,6 +244,11 @@ async fn client(mut kv: KvClient<H2Channel>, shared: Arc<Shared>) -> ClientResul
                 out.errors += 1;
                 if out.first_error.is_none() {
                     out.first_error = Some(format!("{:?}: {}", status.code(), status.message()));
+                }
+                // The connection may have ended: go on on a new one.
+                if let Some((channel, newer)) = link.replace(epoch).await {
+                    kv = KvClient::new(channel);
+                    epoch = newer;
                 }
             }
         }
