@@ -77,6 +77,7 @@ fn spawn_member(dir: &tempfile::TempDir, client_port: u16, peer_port: u16) -> Ch
         .args(["--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("b1={peer}")])
         .args(["--log-level", "error"])
+        .args(common::FAST)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -254,49 +255,78 @@ fn bench_gives_up_on_a_member_that_never_answers_after_the_timeout() {
     assert!(stdout.contains("Timeout expired"), "stdout: {stdout}");
 }
 
+/// A child process killed when dropped (a failed test leaves no run behind).
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The puts a member answered with OK since it started, from its metrics.
+fn puts_answered(client_port: u16) -> f64 {
+    let (_, metrics) = common::http_get(&format!("127.0.0.1:{client_port}"), "/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total"))
+        .filter(|l| l.contains("grpc_method=\"Put\"") && l.contains("grpc_code=\"OK\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[test]
 fn bench_goes_on_on_a_new_connection_after_its_member_restarts() {
     let mut member = MemberProc::start();
     member.wait_healthy();
     let endpoint = format!("127.0.0.1:{}", member.client_port);
-    let bench = Command::new(BIN)
-        .args(["bench", "put", "--duration", "8s", "--rate", "200"])
-        .args([
-            "--clients",
-            "4",
-            "--conns",
-            "2",
-            "--timeout",
-            "1s",
-            "-w",
-            "json",
-        ])
-        .args(["--endpoints", &endpoint])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut bench = Reaped(Some(
+        Command::new(BIN)
+            .args(["bench", "put", "--duration", "20s", "--rate", "100"])
+            .args([
+                "--clients",
+                "4",
+                "--conns",
+                "2",
+                "--timeout",
+                "1s",
+                "-w",
+                "json",
+            ])
+            .args(["--endpoints", &endpoint])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     std::thread::sleep(Duration::from_secs(1));
+    let before = puts_answered(member.client_port);
     member.restart();
     member.wait_healthy();
-    let out = bench.wait_with_output().unwrap();
+    let running = bench.0.as_mut().unwrap().try_wait().unwrap().is_none();
+    assert!(running, "the member took longer than the run to come back");
+    let out = bench.0.take().unwrap().wait_with_output().unwrap();
     // It exits non-zero, as any run with errors does, and reports.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "stdout: {stdout}");
-    // The restarted member counts only the puts it took itself: some of
-    // the run's went to it, on the connections dialled again.
-    let (_, metrics) = common::http_get(&format!("127.0.0.1:{}", member.client_port), "/metrics");
-    let taken: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total") && l.contains("grpc_method=\"Put\""))
-        .filter(|l| l.contains("grpc_code=\"OK\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Calls failed while the member was down: the restart came mid-run.
+    assert!(report["errors"].as_u64().unwrap() > 0, "report: {report}");
+    // The restarted member counts only the puts it answered itself: the
+    // run went on to it, on connections dialled again, and took its
+    // answers (all but those of calls in flight at the kill, one per
+    // client at most, which the old member may have counted unsent).
+    let taken = puts_answered(member.client_port);
     assert!(
         taken > 0.0,
         "the restarted member took no put; bench said: {stdout}"
     );
-    // And calls failed while it was down: the restart came mid-run.
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(report["errors"].as_u64().unwrap() > 0, "report: {report}");
+    let ok = report["ok"].as_f64().unwrap();
+    assert!(
+        before + taken <= ok + 4.0,
+        "{before} + {taken} answered, {ok} ok"
+    );
 }

@@ -18,12 +18,19 @@
 //! response headers); received bytes are given back to the flow-control
 //! window as they are read.
 //!
-//! A [`Link`] is one of the run's connections as its clients share it: when
-//! the connection ends (its member stopped or restarted), the first client
-//! whose call fails dials again and the others take the new connection, as a
-//! `Channel` reconnects. While the member cannot be reached, calls fail at
-//! once (each counted as an error, as grpc-go's fail-fast calls are), and
-//! the link dials at most once per [`REDIAL_PAUSE`].
+//! A [`Link`] is one of the run's connections as its clients share it. When
+//! the connection takes no new call any more (it ended because its member
+//! stopped or restarted, or the member sent GOAWAY), the first client whose
+//! call fails after that dials again, and the link's other clients take the
+//! new connection, as a `Channel` reconnects. A connection left after GOAWAY
+//! keeps running until its calls in flight are answered. While the member
+//! cannot be reached, calls fail at once (each counted as an error, as
+//! grpc-go's fail-fast calls are); the link dials at most once per
+//! [`REDIAL_PAUSE`], and a client that finds it paused waits out the pause
+//! rather than spin through its requests. A dial can take up to the run's
+//! timeout (a TLS handshake with a stopped member, SYNs dropped); the link's
+//! failing clients wait for it. A member that is stopped but keeps its
+//! connections (SIGSTOP) is not dialled again: its calls time out.
 //!
 //! What it does not do: the answer is awaited only once the request body has
 //! ended, which suits unary calls, all the benchmarks make.
@@ -74,14 +81,15 @@ impl Drop for Driver {
     }
 }
 
-/// How long a link that failed to dial waits before it dials again; the
-/// calls in between fail at once.
+/// The least time between two dials of a link, whatever the first gave (a
+/// dial can succeed and its connection die at once).
 pub const REDIAL_PAUSE: Duration = Duration::from_millis(100);
 
 type Tls = Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>;
 
 /// One of a run's connections, shared by its clients, dialled again when it
-/// ends. Dropping the link (the run holds it) closes its connection.
+/// takes no new call. Its connections close when the last holder (the run
+/// and its clients) drops it.
 pub struct Link {
     url: String,
     timeout: Duration,
@@ -90,13 +98,28 @@ pub struct Link {
 }
 
 /// A link's connection: the channel its clients clone, the task driving it,
-/// and its number (each dial counts one).
+/// its number (each dial counts one), and the connections it replaced that
+/// still answer calls in flight.
 struct Current {
     channel: H2Channel,
     driver: Driver,
     epoch: u64,
-    /// Set when a dial failed: no new dial before then.
-    pause_until: Option<tokio::time::Instant>,
+    dialled_at: tokio::time::Instant,
+    draining: Vec<Driver>,
+}
+
+impl Current {
+    /// Whether the connection takes no new call: its task ended, or h2 holds
+    /// an error for it (GOAWAY, reset, stream ids used up). A clone of the
+    /// channel has no stream waiting to open, so asking registers nothing.
+    fn closed(&self) -> bool {
+        if self.driver.0.is_finished() {
+            return true;
+        }
+        let mut send = self.channel.send.clone();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        matches!(send.poll_ready(&mut cx), Poll::Ready(Err(_)))
+    }
 }
 
 impl Link {
@@ -111,7 +134,8 @@ impl Link {
                 channel,
                 driver,
                 epoch: 0,
-                pause_until: None,
+                dialled_at: tokio::time::Instant::now(),
+                draining: Vec::new(),
             }),
         })
     }
@@ -123,31 +147,38 @@ impl Link {
     }
 
     /// After a failed call on connection `epoch`: a newer connection if there
-    /// is one or one can be dialled now, `None` if the connection is still up
-    /// (the call failed for another reason) or cannot be replaced yet.
+    /// is one or one can be dialled now; `None` if the connection still takes
+    /// calls (the call failed for another reason), or the dial failed, or the
+    /// link dialled less than [`REDIAL_PAUSE`] ago (then after waiting out
+    /// the pause, so that the caller does not spin).
     pub async fn replace(&self, epoch: u64) -> Option<(H2Channel, u64)> {
         let mut current = self.current.lock().await;
         if current.epoch != epoch {
             return Some((current.channel.clone(), current.epoch));
         }
-        if !current.driver.0.is_finished() {
+        if !current.closed() {
             return None;
         }
-        let now = tokio::time::Instant::now();
-        if current.pause_until.is_some_and(|until| now < until) {
+        let pause_over = current.dialled_at + REDIAL_PAUSE;
+        if tokio::time::Instant::now() < pause_over {
+            drop(current);
+            tokio::time::sleep_until(pause_over).await;
             return None;
         }
+        current.dialled_at = tokio::time::Instant::now();
         match connect(&self.url, self.timeout, self.tls.clone()).await {
             Ok((channel, driver)) => {
+                let old = std::mem::replace(&mut current.driver, driver);
+                current.draining.retain(|d| !d.0.is_finished());
+                if !old.0.is_finished() {
+                    current.draining.push(old);
+                }
                 current.channel = channel;
-                current.driver = driver;
                 current.epoch += 1;
-                current.pause_until = None;
                 Some((current.channel.clone(), current.epoch))
             }
             Err(e) => {
                 tracing::debug!(url = %self.url, error = %e, "bench could not reconnect");
-                current.pause_until = Some(tokio::time::Instant::now() + REDIAL_PAUSE);
                 None
             }
         }
