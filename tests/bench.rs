@@ -2,7 +2,7 @@
 //! cluster (the debug binary's `member` subcommand on free ports).
 
 mod common;
-use common::free_port;
+use common::{free_port, Cluster};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,28 +15,36 @@ const BIN: &str = env!("CARGO_BIN_EXE_localcluster");
 struct MemberProc {
     child: Child,
     client_port: u16,
-    peer_port: u16,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl MemberProc {
     fn start() -> MemberProc {
         let dir = tempfile::tempdir().unwrap();
         let (client_port, peer_port) = (free_port(), free_port());
-        let child = spawn_member(&dir, client_port, peer_port);
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(BIN)
+            .arg("member")
+            .args(["--name", "b1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("b1"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("b1={peer}")])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         MemberProc {
             child,
             client_port,
-            peer_port,
-            dir,
+            _dir: dir,
         }
-    }
-
-    /// Kills the member and starts it again on the same ports and data.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn_member(&self.dir, self.client_port, self.peer_port);
     }
 
     /// Waits until `GET /health` answers 200 (a leader is known).
@@ -60,29 +68,6 @@ impl Drop for MemberProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A one-member cluster's member `b1` on these ports, its data in `dir`.
-fn spawn_member(dir: &tempfile::TempDir, client_port: u16, peer_port: u16) -> Child {
-    let client = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    Command::new(BIN)
-        .arg("member")
-        .args(["--name", "b1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("b1"))
-        .args(["--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("b1={peer}")])
-        .args(["--log-level", "error"])
-        .args(common::FAST)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 fn http_get_ok(port: u16, path: &str) -> bool {
@@ -268,21 +253,17 @@ impl Drop for Reaped {
 }
 
 /// The puts a member answered with OK since it started, from its metrics.
-fn puts_answered(client_port: u16) -> f64 {
-    let (_, metrics) = common::http_get(&format!("127.0.0.1:{client_port}"), "/metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total"))
-        .filter(|l| l.contains("grpc_method=\"Put\"") && l.contains("grpc_code=\"OK\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn puts_answered(cluster: &Cluster) -> f64 {
+    let (_, metrics) = common::http_get(&cluster.members[0].endpoint(), "/metrics");
+    common::metric_value(&metrics, PUTS_ANSWERED).unwrap_or(0.0)
 }
+
+const PUTS_ANSWERED: &str = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
 
 #[test]
 fn bench_goes_on_on_a_new_connection_after_its_member_restarts() {
-    let mut member = MemberProc::start();
-    member.wait_healthy();
-    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    let mut cluster = Cluster::start(1, &[]);
+    let endpoint = cluster.endpoints();
     let mut bench = Reaped(Some(
         Command::new(BIN)
             .args(["bench", "put", "--duration", "20s", "--rate", "100"])
@@ -303,9 +284,10 @@ fn bench_goes_on_on_a_new_connection_after_its_member_restarts() {
             .unwrap(),
     ));
     std::thread::sleep(Duration::from_secs(1));
-    let before = puts_answered(member.client_port);
-    member.restart();
-    member.wait_healthy();
+    let before = puts_answered(&cluster);
+    cluster.kill9(0);
+    cluster.restart(0);
+    cluster.wait_leader();
     let running = bench.0.as_mut().unwrap().try_wait().unwrap().is_none();
     assert!(running, "the member took longer than the run to come back");
     let out = bench.0.take().unwrap().wait_with_output().unwrap();
@@ -319,7 +301,7 @@ fn bench_goes_on_on_a_new_connection_after_its_member_restarts() {
     // run went on to it, on connections dialled again, and took its
     // answers (all but those of calls in flight at the kill, one per
     // client at most, which the old member may have counted unsent).
-    let taken = puts_answered(member.client_port);
+    let taken = puts_answered(&cluster);
     assert!(
         taken > 0.0,
         "the restarted member took no put; bench said: {stdout}"

@@ -10,17 +10,9 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::{curl, eventually, free_port, skip_without_curl, skip_without_etcdctl, Cluster};
-
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
+use common::{
+    curl, eventually, free_port, metric_value, skip_without_curl, skip_without_etcdctl, Cluster,
+};
 
 #[test]
 fn metrics_use_etcds_names_on_client_and_metrics_urls() {

@@ -73,7 +73,7 @@ pub struct H2Channel {
 
 /// The task driving a connection's frames; stopping it (or dropping this)
 /// closes the connection.
-pub struct Driver(tokio::task::JoinHandle<()>);
+struct Driver(tokio::task::JoinHandle<()>);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -187,11 +187,7 @@ impl Link {
 
 /// Connects to `url` (`http://` or `https://`, with `tls` for the latter)
 /// within `timeout`, which each call then also gets.
-pub async fn connect(
-    url: &str,
-    timeout: Duration,
-    tls: Tls,
-) -> Result<(H2Channel, Driver), BoxError> {
+async fn connect(url: &str, timeout: Duration, tls: Tls) -> Result<(H2Channel, Driver), BoxError> {
     let uri: Uri = url.parse()?;
     let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
     let authority = uri

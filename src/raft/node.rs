@@ -1118,20 +1118,28 @@ mod tests {
         node.stop();
     }
 
-    #[tokio::test]
-    async fn proposals_sent_together_are_all_taken_in_one_term_and_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut node, handle) = lone_leader(dir.path());
-        let before = handle.status();
-        // Held while paused, then handed to raft-rs together on resume.
+    /// Pauses the node and sends it 20 proposals, which it holds until it
+    /// resumes and then hands to raft-rs together; their answers.
+    async fn propose_twenty_while_paused(
+        handle: &RaftHandle,
+    ) -> Vec<tokio::task::JoinHandle<Result<u64, RaftError>>> {
         handle.send(Msg::Pause).unwrap();
-        let proposals: Vec<_> = (0..20u8)
+        let proposals = (0..20u8)
             .map(|i| {
                 let h = handle.clone();
                 tokio::spawn(async move { h.propose(vec![i]).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
+        proposals
+    }
+
+    #[tokio::test]
+    async fn proposals_sent_together_are_all_taken_in_one_term_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut node, handle) = lone_leader(dir.path());
+        let before = handle.status();
+        let proposals = propose_twenty_while_paused(&handle).await;
         handle.send(Msg::Resume).unwrap();
         for p in proposals {
             assert_eq!(p.await.unwrap().unwrap(), before.term);
@@ -1169,14 +1177,7 @@ mod tests {
         // Leader 2's heartbeat makes this node its follower.
         handle.step(vec![heartbeat_from_2(1)]).unwrap();
         wait_status(&handle, |s| s.leader_id == 2);
-        handle.send(Msg::Pause).unwrap();
-        let proposals: Vec<_> = (0..20u8)
-            .map(|i| {
-                let h = handle.clone();
-                tokio::spawn(async move { h.propose(vec![i]).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let proposals = propose_twenty_while_paused(&handle).await;
         outbox.0.lock().unwrap().clear();
         handle.send(Msg::Resume).unwrap();
         for p in proposals {

@@ -731,6 +731,18 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// Decodes standard base64 (etcdctl's `-w json` prints keys and values so).
+/// The value of `series` (its name and labels, as the exposition prints
+/// them) in Prometheus text `text`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 pub fn base64(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
