@@ -724,6 +724,81 @@ async fn a_watcher_that_stops_reading_is_caught_up_not_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_opened_while_puts_flow_misses_no_revision() {
+    // A member collects no events while no one listens; a watch stream that
+    // opens in the middle of such a batch must still get every revision
+    // after the one its watcher was created at.
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+    let (stop, stopped) = watch::channel(false);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let (url, stopped) = (url.clone(), stopped.clone());
+        writers.spawn(async move {
+            let mut n = 0;
+            while !*stopped.borrow() {
+                let key = format!("flow/{w}/{n}");
+                retry("put", || put_once(&url, &key, b"v", 0)).await;
+                n += 1;
+            }
+        });
+    }
+    let mut kv = localcluster::client::kv(&url, RPC).await.unwrap();
+    for _ in 0..60 {
+        let from = kv
+            .range(RangeRequest {
+                key: b"flow/".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision
+            + 1;
+        // Each stream is the member's only listener while it lives.
+        let (tx, mut stream) = open_watch(
+            &url,
+            WatchCreateRequest {
+                key: b"flow/".to_vec(),
+                range_end: prefix_end("flow/"),
+                start_revision: from,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut revs = Vec::new();
+        while revs.len() < 20 {
+            let resp = tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("events keep coming")
+                .unwrap()
+                .unwrap();
+            assert!(!resp.canceled, "{resp:?}");
+            revs.extend(
+                resp.events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision),
+            );
+        }
+        assert_eq!(revs[0], from, "from the revision asked for");
+        assert!(
+            revs.windows(2).all(|p| p[1] == p[0] + 1),
+            "every revision, in order: {revs:?}"
+        );
+        drop((tx, stream));
+    }
+    stop.send(true).unwrap();
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_can_be_granted_with_its_own_id_once() {
     let cluster = LocalCluster::builder().members(1).start().await.unwrap();
     let url = cluster.client_urls()[0].clone();

@@ -180,9 +180,11 @@ pub async fn wait_predecessors(core: &Core, prefix: &[u8], rev: i64) -> Result<(
             r.kvs.into_iter().next()
         };
         let Some(last) = last else { return Ok(()) };
-        // Wait for that key's deletion (or for the stream to lag: then re-check).
+        // Wait for that key's deletion (or for the stream to lag, or to
+        // leave a batch's events out: then re-check).
         loop {
             match events.recv().await {
+                Ok(batch) if batch.omitted => break,
                 Ok(batch) => {
                     if batch
                         .events
@@ -214,6 +216,8 @@ pub async fn wait_change(
     }
     loop {
         match events.recv().await {
+            // Its events were left out: it may have changed (as on a lag).
+            Ok(batch) if batch.omitted => return Ok(()),
             Ok(batch) => {
                 if batch.events.iter().any(|e| e.kv.key.starts_with(prefix)) {
                     return Ok(());

@@ -150,6 +150,7 @@ impl Session {
                     }
                 },
                 batch = self.events.recv() => match batch {
+                    Ok(batch) if batch.omitted => self.catch_up_all().await,
                     Ok(batch) => self.deliver(&batch.events, batch.revision).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up_all().await,
                     Err(broadcast::error::RecvError::Closed) => Err(Gone),

@@ -108,11 +108,19 @@ pub enum ApplyError {
 pub type ApplyResult = Result<(Applied, i64), ApplyError>;
 
 /// Changes applied in one batch, for watchers.
+///
+/// A batch collects its events only if someone subscribed to them when it
+/// began: with no watch stream, lock or election waiting, puts copy no
+/// key-value for events no one reads. Whoever subscribes while such a batch
+/// is applied gets it with `omitted` set and no events, and reads its
+/// changes from the store, as after lagging behind the broadcast.
 #[derive(Debug, Clone)]
 pub struct AppliedEvents {
     /// The store revision after the batch.
     pub revision: i64,
     pub events: Vec<mvcc::Event>,
+    /// The batch changed the store but did not collect its events.
+    pub omitted: bool,
 }
 
 /// The state machine of one member.
@@ -595,6 +603,10 @@ impl StateMachine for Applier {
     ) -> Result<(), RaftError> {
         let store = self.store.clone();
         let mut owner = store.batch().map_err(apply_err)?;
+        // Read before the batch changes anything; see `AppliedEvents`.
+        let listened = self.events.receiver_count() > 0;
+        owner.set_events(listened);
+        let revision_before = owner.current_revision();
         // One writer for the whole run: the tables are opened once per batch.
         let mut batch = owner.writer().map_err(apply_err)?;
         let mut results: Vec<(u64, ApplyResult)> = Vec::new();
@@ -675,10 +687,20 @@ impl StateMachine for Applier {
         if membership_changed {
             self.membership_tx.send_replace(self.membership.clone());
         }
+        // After the commit: the store now shows the batch, so whoever
+        // subscribes from here on finds its changes there.
         if !events.is_empty() {
-            let _ = self
-                .events
-                .send(Arc::new(AppliedEvents { revision, events }));
+            let _ = self.events.send(Arc::new(AppliedEvents {
+                revision,
+                events,
+                omitted: false,
+            }));
+        } else if !listened && revision != revision_before && self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(AppliedEvents {
+                revision,
+                events,
+                omitted: true,
+            }));
         }
         for (id, res) in results {
             self.waiters.trigger(id, res);
@@ -1054,5 +1076,57 @@ mod tests {
         apply(&mut a, puts(3..=3));
         a.flush(false).unwrap();
         assert_eq!(a.durable_index(), 3);
+    }
+
+    #[test]
+    fn batches_applied_while_no_one_listens_send_no_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path(), BackendBatch::default());
+        let sender = a.events();
+        apply(&mut a, puts(1..=2));
+        let mut rx = sender.subscribe();
+        assert!(rx.try_recv().is_err(), "nothing was sent before");
+        apply(&mut a, puts(3..=4));
+        let batch = rx.try_recv().unwrap();
+        assert!(!batch.omitted);
+        assert_eq!(batch.revision, 5);
+        let keys: Vec<_> = batch.events.iter().map(|e| e.kv.key.clone()).collect();
+        assert_eq!(keys, vec![b"k3".to_vec(), b"k4".to_vec()]);
+    }
+
+    #[test]
+    fn one_who_subscribes_while_a_silent_batch_applies_is_told_its_events_were_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applier(dir.path(), BackendBatch::default());
+        let sender = a.events();
+        // A configuration change runs its closure in the middle of the
+        // batch: the subscriber arrives there, after the batch chose not to
+        // collect events.
+        let mut entries = puts(1..=2);
+        let mut cc = ConfChangeV2::default();
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::AddLearnerNode);
+        single.node_id = 9;
+        cc.mut_changes().push(single);
+        let mut e = Entry {
+            index: 3,
+            term: 1,
+            data: cc.write_to_bytes().unwrap().into(),
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        entries.push(e);
+        entries.extend(puts(4..=4));
+        let mut rx = None;
+        let mut conf = |_: &ConfChangeV2| -> Result<ConfState, RaftError> {
+            rx = Some(sender.subscribe());
+            Ok(ConfState::default())
+        };
+        a.apply(entries, &mut conf).unwrap();
+        let batch = rx.unwrap().try_recv().unwrap();
+        assert!(batch.omitted);
+        assert!(batch.events.is_empty());
+        assert_eq!(batch.revision, a.store.current_revision());
+        assert_eq!(batch.revision, 4);
     }
 }

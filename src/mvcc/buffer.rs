@@ -23,15 +23,70 @@
 //! and a current revision such that every stored revision up to that current
 //! one is in the snapshot or, past the buffer's base, in the buffer.
 
+//! Allocation: a batch encodes its records one after another into one
+//! [`Records`] (one growing buffer, not one allocation per record), and the
+//! read buffer keeps the batches' [`Records`] as they came. A put costs no
+//! allocation here, and a generation is freed a batch at a time.
+
 use std::sync::{RwLock, RwLockReadGuard};
 
 use super::revision::Revision;
 
-/// Records of revisions past [`ReadBuffer::base`], in revision order.
+/// Encoded records of ascending revisions, back to back in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    bytes: Vec<u8>,
+    /// Each record's revision and where it ends in `bytes` (it starts where
+    /// the one before ends).
+    ends: Vec<(Revision, usize)>,
+}
+
+impl Records {
+    /// Appends the record of `rev` (past every one held), which `encode`
+    /// writes at the end of the vector it is given; returns its bytes.
+    pub fn push(&mut self, rev: Revision, encode: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        debug_assert!(self.ends.last().is_none_or(|(last, _)| *last < rev));
+        let start = self.bytes.len();
+        encode(&mut self.bytes);
+        self.ends.push((rev, self.bytes.len()));
+        &self.bytes[start..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn first(&self) -> Option<Revision> {
+        self.ends.first().map(|(rev, _)| *rev)
+    }
+
+    fn last(&self) -> Option<Revision> {
+        self.ends.last().map(|(rev, _)| *rev)
+    }
+
+    /// The `i`-th record and its revision.
+    fn get(&self, i: usize) -> (Revision, &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
+        let (rev, end) = self.ends[i];
+        (rev, &self.bytes[start..end])
+    }
+
+    /// Index of the first record at or past `rev`.
+    fn position(&self, rev: Revision) -> usize {
+        self.ends.partition_point(|(r, _)| *r < rev)
+    }
+}
+
+/// Records of revisions past [`ReadBuffer::base`], in revision order: the
+/// [`Records`] of each batch that waited, in the order they were applied.
 #[derive(Debug)]
 pub(crate) struct ReadBuffer {
     base: i64,
-    records: RwLock<Vec<(Revision, Box<[u8]>)>>,
+    batches: RwLock<Vec<Records>>,
 }
 
 impl ReadBuffer {
@@ -39,7 +94,7 @@ impl ReadBuffer {
     pub fn new(base: i64) -> ReadBuffer {
         ReadBuffer {
             base,
-            records: RwLock::new(Vec::new()),
+            batches: RwLock::new(Vec::new()),
         }
     }
 
@@ -53,33 +108,44 @@ impl ReadBuffer {
         rev.main > self.base
     }
 
-    fn records(&self) -> RwLockReadGuard<'_, Vec<(Revision, Box<[u8]>)>> {
+    fn batches(&self) -> RwLockReadGuard<'_, Vec<Records>> {
         // Appends are the only writes and leave the vector whole.
-        self.records.read().unwrap_or_else(|e| e.into_inner())
+        self.batches.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds the records of one batch (revisions past every earlier one).
-    pub fn extend(&self, batch: Vec<(Revision, Vec<u8>)>) {
-        let mut records = self.records.write().unwrap_or_else(|e| e.into_inner());
-        records.reserve(batch.len());
-        for (rev, bytes) in batch {
-            debug_assert!(
-                rev.main > self.base,
-                "{rev:?} is not past base {}",
-                self.base
-            );
-            debug_assert!(records.last().is_none_or(|(last, _)| *last < rev));
-            records.push((rev, bytes.into_boxed_slice()));
+    pub fn extend(&self, batch: Records) {
+        if batch.is_empty() {
+            return;
         }
+        let mut batches = self.batches.write().unwrap_or_else(|e| e.into_inner());
+        debug_assert!(
+            batch.first().is_some_and(|rev| rev.main > self.base),
+            "{:?} is not past base {}",
+            batch.first(),
+            self.base
+        );
+        debug_assert!(batches
+            .last()
+            .and_then(Records::last)
+            .is_none_or(|last| batch.first().is_some_and(|first| last < first)));
+        batches.push(batch);
     }
 
     /// Calls `f` with the record at `rev`, if the buffer has it.
     pub fn with<T>(&self, rev: Revision, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let records = self.records();
-        records
-            .binary_search_by_key(&rev, |(r, _)| *r)
-            .ok()
-            .map(|i| f(&records[i].1))
+        let batches = self.batches();
+        // The first batch whose last record is at or past `rev`.
+        let b = batches.partition_point(|r| r.last().is_some_and(|last| last < rev));
+        let records = batches.get(b)?;
+        let i = records.position(rev);
+        if i < records.len() {
+            let (found, bytes) = records.get(i);
+            if found == rev {
+                return Some(f(bytes));
+            }
+        }
+        None
     }
 
     /// Calls `f` with every record in `lo..=hi`, in revision order, until it
@@ -90,13 +156,16 @@ impl ReadBuffer {
         hi: Revision,
         mut f: impl FnMut(Revision, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let records = self.records();
-        let start = records.partition_point(|(r, _)| *r < lo);
-        for (rev, bytes) in &records[start..] {
-            if *rev > hi {
-                break;
+        let batches = self.batches();
+        let first = batches.partition_point(|r| r.last().is_some_and(|last| last < lo));
+        for records in &batches[first..] {
+            for i in records.position(lo)..records.len() {
+                let (rev, bytes) = records.get(i);
+                if rev > hi {
+                    return Ok(());
+                }
+                f(rev, bytes)?;
             }
-            f(*rev, bytes)?;
         }
         Ok(())
     }
@@ -104,16 +173,28 @@ impl ReadBuffer {
     /// Number of records held.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.records().len()
+        self.batches().iter().map(Records::len).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn rec(main: i64, sub: i64) -> (Revision, Vec<u8>) {
         (Revision::new(main, sub), vec![main as u8, sub as u8])
+    }
+
+    fn records(list: &[(Revision, Vec<u8>)]) -> Records {
+        let mut records = Records::default();
+        for (rev, bytes) in list {
+            records.push(*rev, |out| out.extend_from_slice(bytes));
+        }
+        records
     }
 
     #[test]
@@ -121,8 +202,9 @@ mod tests {
         let buffer = ReadBuffer::new(4);
         assert!(!buffer.covers(Revision::new(4, 9)));
         assert!(buffer.covers(Revision::new(5, 0)));
-        buffer.extend(vec![rec(5, 0), rec(5, 1)]);
-        buffer.extend(vec![rec(7, 0)]);
+        buffer.extend(records(&[rec(5, 0), rec(5, 1)]));
+        buffer.extend(records(&[]));
+        buffer.extend(records(&[rec(7, 0)]));
         assert_eq!(
             buffer.with(Revision::new(5, 1), <[u8]>::to_vec),
             Some(vec![5, 1])
@@ -138,5 +220,76 @@ mod tests {
             .unwrap();
         assert_eq!(seen, vec![rec(5, 1), rec(7, 0)]);
         assert_eq!(buffer.len(), 3);
+    }
+
+    #[test]
+    fn a_record_pushed_is_returned_as_written_after_the_ones_before() {
+        let mut records = Records::default();
+        assert_eq!(
+            records.push(Revision::new(2, 0), |out| out.extend_from_slice(b"ab")),
+            b"ab"
+        );
+        assert_eq!(records.push(Revision::new(2, 1), |_| {}), b"");
+        assert_eq!(
+            records.push(Revision::new(3, 0), |out| out.extend_from_slice(b"cde")),
+            b"cde"
+        );
+        assert_eq!(records.get(0), (Revision::new(2, 0), &b"ab"[..]));
+        assert_eq!(records.get(1), (Revision::new(2, 1), &b""[..]));
+        assert_eq!(records.get(2), (Revision::new(3, 0), &b"cde"[..]));
+    }
+
+    /// Batches of records with ascending revisions past base 10, some empty.
+    fn batches() -> impl Strategy<Value = Vec<Vec<(Revision, Vec<u8>)>>> {
+        let steps = prop::collection::vec(
+            (0..3usize, 1..3i64, prop::collection::vec(any::<u8>(), 0..4)),
+            0..40,
+        );
+        steps.prop_map(|steps| {
+            let (mut batches, mut batch, mut main) = (Vec::new(), Vec::new(), 10);
+            for (cut, step, bytes) in steps {
+                if cut == 0 {
+                    batches.push(std::mem::take(&mut batch));
+                }
+                main += step;
+                batch.push((Revision::new(main, step), bytes));
+            }
+            batches.push(batch);
+            batches
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn a_buffer_reads_like_a_map_of_its_records(
+            batches in batches(),
+            probes in prop::collection::vec((8..80i64, 0..3i64, 8..80i64), 1..20),
+        ) {
+            let buffer = ReadBuffer::new(10);
+            let mut model = BTreeMap::new();
+            for batch in &batches {
+                buffer.extend(records(batch));
+                model.extend(batch.iter().cloned());
+            }
+            prop_assert_eq!(buffer.len(), model.len());
+            for (main, sub, to) in probes {
+                let rev = Revision::new(main, sub);
+                prop_assert_eq!(buffer.with(rev, <[u8]>::to_vec), model.get(&rev).cloned());
+                let hi = Revision::last_of(to);
+                let mut seen = Vec::new();
+                buffer
+                    .for_each_in(rev, hi, |r, bytes| {
+                        seen.push((r, bytes.to_vec()));
+                        Ok::<_, ()>(())
+                    })
+                    .unwrap();
+                let want: Vec<_> = if rev <= hi {
+                    model.range(rev..=hi).map(|(r, b)| (*r, b.clone())).collect()
+                } else {
+                    Vec::new()
+                };
+                prop_assert_eq!(seen, want);
+            }
+        }
     }
 }

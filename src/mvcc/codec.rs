@@ -36,15 +36,57 @@ pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
 /// buffer).
 pub fn encode_record_into(out: &mut Vec<u8>, tombstone: bool, kv: &KeyValue) {
     out.clear();
-    out.reserve(HEADER_LEN + kv.key.len() + kv.value.len());
+    append_record(out, tombstone, &RecordRef::of(kv));
+}
+
+/// The parts of a record, borrowed: what a write encodes without building a
+/// [`KeyValue`] first.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn of(kv: &'a KeyValue) -> Self {
+        RecordRef {
+            key: &kv.key,
+            value: &kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_kv(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value.to_vec(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// Appends the encoding of a record to `out`.
+pub fn append_record(out: &mut Vec<u8>, tombstone: bool, r: &RecordRef<'_>) {
+    out.reserve(HEADER_LEN + r.key.len() + r.value.len());
     out.push(if tombstone { TAG_TOMBSTONE } else { TAG_PUT });
-    for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+    for n in [r.create_revision, r.mod_revision, r.version, r.lease] {
         out.extend_from_slice(&n.to_be_bytes());
     }
     // Keys are bounded far below 4 GiB by the API layer (etcd: 1.5 MiB requests).
-    out.extend_from_slice(&(kv.key.len() as u32).to_be_bytes());
-    out.extend_from_slice(&kv.key);
-    out.extend_from_slice(&kv.value);
+    out.extend_from_slice(&(r.key.len() as u32).to_be_bytes());
+    out.extend_from_slice(r.key);
+    out.extend_from_slice(r.value);
 }
 
 /// Decodes a record.

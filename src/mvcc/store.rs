@@ -56,8 +56,8 @@ use redb::{
     WriteTransaction,
 };
 
-use super::buffer::ReadBuffer;
-use super::codec::encode_record_into;
+use super::buffer::{ReadBuffer, Records};
+use super::codec::{append_record, RecordRef};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
 use super::index::{Change, KeyIndex, PutMeta};
@@ -141,7 +141,10 @@ struct BatchState {
     /// Whether the batch wrote anything (a revision, a compaction, meta).
     dirty: bool,
     /// The records written, for the read buffer should the batch wait.
-    written: Vec<(Revision, Vec<u8>)>,
+    written: Records,
+    /// Whether revision transactions collect the events of their changes
+    /// (see [`Batch::set_events`]).
+    events: bool,
 }
 
 fn read_index(index: &RwLock<KeyIndex>) -> RwLockReadGuard<'_, KeyIndex> {
@@ -602,7 +605,8 @@ impl Store {
                 index: Arc::clone(&self.index),
                 pending_compact: None,
                 dirty: false,
-                written: Vec::new(),
+                written: Records::default(),
+                events: true,
             },
             claim,
         })
@@ -841,6 +845,14 @@ impl Batch<'_> {
     /// applied index.
     pub fn set_durable(&mut self, durable: bool) {
         self.durable = durable;
+    }
+
+    /// Whether the batch's revision transactions collect the events of their
+    /// changes (they do unless told otherwise). Without, [`RevTxn::end`]
+    /// returns none, and a put or delete builds no [`KeyValue`] copy: the
+    /// apply layer leaves them out when no one listens for events.
+    pub fn set_events(&mut self, events: bool) {
+        self.state.events = events;
     }
 
     fn write_txn(&self) -> Result<&WriteTransaction> {
@@ -1104,44 +1116,52 @@ impl<'w, 't> RevTxn<'w, 't> {
             let rev = t.next_revision();
             let lease = (!ignore_lease).then_some(lease);
             let meta = write_index(&t.state.index).record_put(key, rev, lease);
-            let value = match (&prev, ignore_value) {
-                (Some(p), true) => p.value.clone(),
-                _ => value.to_vec(),
+            // (`ignore_value` found the key, so `prev` holds its value.)
+            let kept = match (&prev, ignore_value) {
+                (Some(p), true) => Some(p.value.clone()),
+                _ => None,
             };
+            let value = kept.as_deref().unwrap_or(value);
             let returned = if return_prev { prev.clone() } else { None };
             t.write_put(key, value, rev, meta, prev)?;
             Ok(returned)
         })
     }
 
-    /// Writes the record of a put already in the index, and its event.
+    /// Writes the record of a put already in the index, and its event if
+    /// the batch collects them.
+    ///
+    /// The record is encoded once, into the batch's [`Records`], and inserted
+    /// into redb from there. (Should the insert fail, the record stays in
+    /// `written`, but the batch is poisoned and never hands it to readers.)
     fn write_put(
         &mut self,
         key: &[u8],
-        value: Vec<u8>,
+        value: &[u8],
         rev: Revision,
         meta: PutMeta,
         prev_kv: Option<KeyValue>,
     ) -> Result<()> {
-        let kv = KeyValue {
-            key: key.to_vec(),
+        let record = RecordRef {
+            key,
+            value,
             create_revision: meta.create_revision,
             mod_revision: rev.main,
             version: meta.version,
-            value,
             lease: meta.lease,
         };
-        let mut buf = Vec::new();
-        encode_record_into(&mut buf, false, &kv);
-        self.tables
-            .kv
-            .insert(rev.to_bytes().as_slice(), buf.as_slice())?;
-        self.state.written.push((rev, buf));
-        self.events.push(Event {
-            kind: EventKind::Put,
-            kv,
-            prev_kv,
-        });
+        let bytes = self
+            .state
+            .written
+            .push(rev, |out| append_record(out, false, &record));
+        self.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
+        if self.state.events {
+            self.events.push(Event {
+                kind: EventKind::Put,
+                kv: record.to_kv(),
+                prev_kv,
+            });
+        }
         Ok(())
     }
 
@@ -1188,36 +1208,45 @@ impl<'w, 't> RevTxn<'w, 't> {
             if let Some(out) = deleted.as_deref_mut() {
                 out.reserve(count);
             }
-            t.events.reserve(count);
-            let mut record = Vec::new();
+            if t.state.events {
+                t.events.reserve(count);
+            }
             let mut tombstones = Vec::with_capacity(count);
-            for (key, prev) in keys.into_iter().zip(prevs) {
-                if prev.tombstone || prev.kv.key != key {
+            for (key, prev) in keys.iter().zip(prevs) {
+                if prev.tombstone || prev.kv.key != *key {
                     return Err(MvccError::corrupt(
                         "key index points at another key's record",
                     ));
                 }
                 let rev = t.next_revision();
-                let tomb = KeyValue::tombstone(key, rev.main);
-                encode_record_into(&mut record, true, &tomb);
-                t.tables
-                    .kv
-                    .insert(rev.to_bytes().as_slice(), record.as_slice())?;
-                t.state.written.push((rev, record.clone()));
+                let tomb = RecordRef {
+                    key,
+                    value: &[],
+                    create_revision: 0,
+                    mod_revision: rev.main,
+                    version: 0,
+                    lease: 0,
+                };
+                let bytes = t
+                    .state
+                    .written
+                    .push(rev, |out| append_record(out, true, &tomb));
+                t.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
                 tombstones.push(rev);
                 if let Some(out) = deleted.as_deref_mut() {
                     out.push(prev.kv.clone());
                 }
-                t.events.push(Event {
-                    kind: EventKind::Delete,
-                    kv: tomb,
-                    prev_kv: Some(prev.kv),
-                });
+                if t.state.events {
+                    t.events.push(Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue::tombstone(key.clone(), rev.main),
+                        prev_kv: Some(prev.kv),
+                    });
+                }
             }
             let mut index = write_index(&t.state.index);
-            let first = t.events.len() - count;
-            for (event, rev) in t.events[first..].iter().zip(tombstones) {
-                index.record(&event.kv.key, Change::delete(rev));
+            for (key, rev) in keys.iter().zip(tombstones) {
+                index.record(key, Change::delete(rev));
             }
             Ok(count)
         })

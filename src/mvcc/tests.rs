@@ -1384,11 +1384,17 @@ fn golden_txn(txn: &mut RevTxn<'_, '_>, ops: &[Golden], lean: bool, deleted: &mu
 /// (`lean`) through a [`Writer`] with `put_without_prev`/`delete_range_count`.
 /// Returns the events and the number of keys each delete removed.
 fn golden_history(store: &Store, lean: bool) -> (Vec<Event>, Vec<usize>) {
+    golden_history_with(store, lean, true)
+}
+
+/// [`golden_history`] with batches that collect events or not.
+fn golden_history_with(store: &Store, lean: bool, collect: bool) -> (Vec<Event>, Vec<usize>) {
     let mut events = Vec::new();
     let mut deleted = Vec::new();
     for steps in golden_plan() {
         let first = events.len();
         let mut batch = store.batch().unwrap();
+        batch.set_events(collect);
         if lean {
             let mut w = batch.writer().unwrap();
             for ops in steps {
@@ -1625,6 +1631,41 @@ fn writer_and_no_copy_variants_give_the_same_store_and_events() {
         lean.read().unwrap().meta("applied").unwrap(),
         Some(b"x".to_vec())
     );
+}
+
+#[test]
+fn batches_without_events_store_the_same_and_return_none() {
+    let (_d1, plain) = open_temp();
+    let (_d2, silent) = open_temp();
+    let (events, deleted) = golden_history(&plain, true);
+    let (silent_events, silent_deleted) = golden_history_with(&silent, true, false);
+    assert!(!events.is_empty());
+    assert_eq!(silent_events, Vec::new());
+    assert_eq!(silent_deleted, deleted);
+    assert_eq!(golden_hashes(&silent), golden_hashes(&plain));
+    // What readers see of batches that wait, through the read buffer.
+    for (store, collect) in [(&plain, true), (&silent, false)] {
+        put_waiting(store, b"w", b"1");
+        let mut batch = store.batch().unwrap();
+        batch.set_events(collect);
+        let mut txn = batch.txn().unwrap();
+        txn.put(b"w", b"2", 0, false, false).unwrap();
+        txn.delete_range(b"a", b"").unwrap();
+        txn.end();
+        batch.set_durable(false);
+        batch.commit().unwrap();
+    }
+    let all = |s: &Store| range(s, b"\0", b"\0", &RangeOptions::default()).unwrap();
+    assert_eq!(all(&silent).kvs, all(&plain).kvs);
+    let from = plain.current_revision() - 2;
+    let history = |s: &Store| {
+        s.read()
+            .unwrap()
+            .events(from, s.current_revision())
+            .unwrap()
+    };
+    assert_eq!(history(&silent), history(&plain));
+    assert!(history(&plain).len() >= 2);
 }
 
 #[test]
