@@ -43,6 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Raft messages stay slices of the frame they came in, and are parsed
         // without copying each entry's data (see raft/transport.rs).
         .bytes(".lcraftpb.RaftBatch.messages")
+        // A put's key and value, decoded from a log entry as it is applied
+        // (on every member), stay slices of the entry instead of two copies.
+        .bytes(".etcdserverpb.PutRequest.key")
+        .bytes(".etcdserverpb.PutRequest.value")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

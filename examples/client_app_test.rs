@@ -89,8 +89,8 @@ impl Inventory {
         let key = format!("stock/{item}").into_bytes();
         self.with_retry(|mut kv| {
             let req = PutRequest {
-                key: key.clone(),
-                value: count.to_string().into_bytes(),
+                key: key.clone().into(),
+                value: count.to_string().into_bytes().into(),
                 ..Default::default()
             };
             async move { kv.put(req).await.map(|_| ()) }
@@ -146,8 +146,8 @@ impl Inventory {
                 }],
                 success: vec![RequestOp {
                     request: Some(Op::RequestPut(PutRequest {
-                        key: key.clone(),
-                        value: (count - 1).to_string().into_bytes(),
+                        key: key.clone().into(),
+                        value: ((count - 1).to_string().into_bytes()).into(),
                         ..Default::default()
                     })),
                 }],

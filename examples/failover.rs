@@ -233,8 +233,8 @@ async fn write_loop(
     while !stop.is_cancelled() {
         let mut kv = KvClient::new(channels[member].clone());
         let put = kv.put(PutRequest {
-            key: format!("w/{seq:08}").into_bytes(),
-            value: seq.to_string().into_bytes(),
+            key: format!("w/{seq:08}").into_bytes().into(),
+            value: seq.to_string().into_bytes().into(),
             ..Default::default()
         });
         let result = tokio::select! {

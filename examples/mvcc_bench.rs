@@ -142,8 +142,8 @@ fn bench_applier(keys: u64, batch: u64, value: &[u8]) -> anyhow::Result<()> {
         for _ in 0..batch.min(keys - n) {
             index += 1;
             let put = PutRequest {
-                key: key(n),
-                value: value.to_vec(),
+                key: key(n).into(),
+                value: value.to_vec().into(),
                 ..Default::default()
             };
             entries.push(entry(index, Op::Put(put)));
@@ -164,8 +164,8 @@ fn bench_applier(keys: u64, batch: u64, value: &[u8]) -> anyhow::Result<()> {
                 for _ in 0..batch.min(keys - n) {
                     index += 1;
                     let put = PutRequest {
-                        key: key(n),
-                        value: value.to_vec(),
+                        key: key(n).into(),
+                        value: value.to_vec().into(),
                         ..Default::default()
                     };
                     entries.push(entry(index, Op::Put(put)));

@@ -724,8 +724,8 @@ impl Writer {
         while acked < self.target && Instant::now() < deadline {
             seq += 1;
             let request = PutRequest {
-                key: key_of(seq).into_bytes(),
-                value: value_of(seq).into_bytes(),
+                key: key_of(seq).into_bytes().into(),
+                value: value_of(seq).into_bytes().into(),
                 ..PutRequest::default()
             };
             let mut client = self.clients[at].clone();

@@ -421,8 +421,8 @@ fn a_follower_restored_from_a_snapshot_enforces_the_same_users_and_roles() {
         });
         for n in 0..200 {
             kv.put(PutRequest {
-                key: format!("app/{n:03}").into_bytes(),
-                value: b"v".to_vec(),
+                key: format!("app/{n:03}").into_bytes().into(),
+                value: b"v".to_vec().into(),
                 ..Default::default()
             })
             .await

@@ -28,8 +28,8 @@ async fn put_once(url: &str, key: &str, value: &str) -> Result<i64, tonic::Statu
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let resp = kv
         .put(PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
             ..Default::default()
         })
         .await?
@@ -236,8 +236,8 @@ async fn a_write_handed_to_a_leader_that_is_replaced_fails_when_the_new_leader_i
     cluster.pause(old).unwrap();
     let err = kv
         .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"lost".to_vec(),
+            key: b"k".to_vec().into(),
+            value: b"lost".to_vec().into(),
             ..Default::default()
         })
         .await

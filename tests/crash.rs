@@ -71,8 +71,8 @@ async fn write(
         seq += 1;
         let key = format!("crash/w{id}/k{}", seq % KEYS_PER_WRITER);
         let put = kv.put(PutRequest {
-            key: key.clone().into_bytes(),
-            value: format!("{id}:{seq}").into_bytes(),
+            key: key.clone().into_bytes().into(),
+            value: format!("{id}:{seq}").into_bytes().into(),
             ..Default::default()
         });
         match tokio::time::timeout(RPC_TIMEOUT, put).await {
@@ -326,8 +326,8 @@ fn stopped_member_with_data(rt: &tokio::runtime::Runtime, stop: Stop) -> Cluster
         for (key, value) in sample_data() {
             for v in ["first", value.as_str()] {
                 kv.put(PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: v.as_bytes().to_vec(),
+                    key: key.clone().into_bytes().into(),
+                    value: v.as_bytes().to_vec().into(),
                     ..Default::default()
                 })
                 .await

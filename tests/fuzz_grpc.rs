@@ -134,8 +134,8 @@ async fn write_sentinels(ch: &Channel) {
         let (key, value) = sentinel(i);
         kv(ch)
             .put(pb::PutRequest {
-                key,
-                value,
+                key: key.into(),
+                value: value.into(),
                 ..Default::default()
             })
             .await
@@ -160,8 +160,8 @@ async fn check_member(ch: &Channel, what: &str) {
     assert_eq!(got, want, "{what}: sentinel keys changed");
     let put = kv(ch)
         .put(pb::PutRequest {
-            key: b"p/probe".to_vec(),
-            value: what.as_bytes().to_vec(),
+            key: b"p/probe".to_vec().into(),
+            value: what.as_bytes().to_vec().into(),
             ..Default::default()
         })
         .await;
@@ -267,8 +267,8 @@ impl Report {
 fn put_op(key: &[u8]) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-            key: key.to_vec(),
-            value: b"v".to_vec(),
+            key: key.to_vec().into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })),
     }
@@ -306,8 +306,8 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     let mut r = Report::default();
     let mut kv = kv(ch);
     let put = |key: &[u8], value: Vec<u8>| pb::PutRequest {
-        key: key.to_vec(),
-        value,
+        key: key.to_vec().into(),
+        value: value.into(),
         ..Default::default()
     };
 
@@ -353,8 +353,8 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "put ignore_value with a value",
         kv.put(pb::PutRequest {
-            key: b"t/a".to_vec(),
-            value: b"v".to_vec(),
+            key: b"t/a".to_vec().into(),
+            value: b"v".to_vec().into(),
             ignore_value: true,
             ..Default::default()
         })
@@ -364,7 +364,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "put ignore_lease with a lease",
         kv.put(pb::PutRequest {
-            key: b"t/a".to_vec(),
+            key: b"t/a".to_vec().into(),
             lease: 7,
             ignore_lease: true,
             ..Default::default()
@@ -375,7 +375,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "put ignore_value on a missing key",
         kv.put(pb::PutRequest {
-            key: b"t/missing".to_vec(),
+            key: b"t/missing".to_vec().into(),
             ignore_value: true,
             ..Default::default()
         })
@@ -424,8 +424,8 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
             success: (0..16)
                 .map(|i| pb::RequestOp {
                     request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                        key: format!("t/big{i}").into_bytes(),
-                        value: vec![b'x'; 110 * 1024],
+                        key: format!("t/big{i}").into_bytes().into(),
+                        value: vec![b'x'; 110 * 1024].into(),
                         ..Default::default()
                     })),
                 })
@@ -779,7 +779,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "put with a lease that does not exist",
         kv.put(pb::PutRequest {
-            key: b"t/l".to_vec(),
+            key: b"t/l".to_vec().into(),
             lease: 0x1234_5678,
             ..Default::default()
         })
@@ -1513,8 +1513,8 @@ fn range_request() -> impl Strategy<Value = pb::RangeRequest> {
 fn put_request() -> impl Strategy<Value = pb::PutRequest> {
     (write_key(), bytes(64), int(), any::<[bool; 3]>()).prop_map(|(key, value, lease, f)| {
         pb::PutRequest {
-            key,
-            value,
+            key: key.into(),
+            value: value.into(),
             lease: if f[0] { lease } else { 0 },
             prev_kv: f[1],
             ignore_value: f[2] && lease % 3 == 0,
@@ -1617,7 +1617,7 @@ async fn run_kv(ch: &Channel, call: KvCall) -> Result<(), TestCaseError> {
                 let rev = resp.get_ref().header.as_ref().map_or(0, |h| h.revision);
                 let back = kv
                     .range(pb::RangeRequest {
-                        key: key.clone(),
+                        key: key.to_vec(),
                         revision: rev,
                         ..Default::default()
                     })
@@ -2462,8 +2462,8 @@ fn a_three_member_cluster_shrugs_off_bad_requests() {
             let mut kv = kv(&ch);
             let e = kv
                 .put(pb::PutRequest {
-                    key: b"f/big".to_vec(),
-                    value: vec![b'x'; MAX_REQUEST + 1],
+                    key: b"f/big".to_vec().into(),
+                    value: vec![b'x'; MAX_REQUEST + 1].into(),
                     ..Default::default()
                 })
                 .await
@@ -2528,8 +2528,8 @@ fn the_largest_max_request_bytes_is_no_limit() {
         write_sentinels(&ch).await;
         kv(&ch)
             .put(pb::PutRequest {
-                key: b"f/big".to_vec(),
-                value: vec![b'x'; 3 * 1024 * 1024],
+                key: b"f/big".to_vec().into(),
+                value: vec![b'x'; 3 * 1024 * 1024].into(),
                 ..Default::default()
             })
             .await

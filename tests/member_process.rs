@@ -127,8 +127,8 @@ fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
                     let n = clients.len();
                     let client = &mut clients[attempt % n];
                     let put = client.put(PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: b"v".to_vec(),
+                        key: key.clone().into_bytes().into(),
+                        value: b"v".to_vec().into(),
                         ..Default::default()
                     });
                     match tokio::time::timeout(Duration::from_secs(3), put).await {
@@ -200,8 +200,8 @@ fn a_follower_far_behind_catches_up_from_a_snapshot() {
             .unwrap();
         for n in 0..200 {
             kv.put(PutRequest {
-                key: format!("s/{n:03}").into_bytes(),
-                value: format!("value {n}").into_bytes(),
+                key: format!("s/{n:03}").into_bytes().into(),
+                value: format!("value {n}").into_bytes().into(),
                 ..Default::default()
             })
             .await
@@ -270,8 +270,8 @@ fn repeated_sigkills_under_writes_lose_nothing_and_members_converge() {
                         let key = format!("x/{seq:06}");
                         seq += 1;
                         let put = kv.put(PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: vec![b'v'; 100],
+                            key: key.clone().into_bytes().into(),
+                            value: vec![b'v'; 100].into(),
                             ..Default::default()
                         });
                         match tokio::time::timeout(Duration::from_secs(3), put).await {

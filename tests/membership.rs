@@ -78,8 +78,8 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
     let kv = localcluster::client::kv(&url, RPC).await.unwrap();
     for i in 0..20 {
         let req = PutRequest {
-            key: format!("before/{i}").into_bytes(),
-            value: b"v".to_vec(),
+            key: format!("before/{i}").into_bytes().into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         };
         retry("put", || {
@@ -241,8 +241,8 @@ async fn the_embedded_cluster_grows_with_a_promoted_learner_and_shrinks_with_its
         let mut kv = kv.clone();
         async move {
             kv.put(PutRequest {
-                key: b"grown".to_vec(),
-                value: b"yes".to_vec(),
+                key: b"grown".to_vec().into(),
+                value: b"yes".to_vec().into(),
                 ..Default::default()
             })
             .await
@@ -335,8 +335,8 @@ async fn a_learner_neither_counts_for_quorum_nor_serves_linearizable_requests() 
         .await
         .unwrap();
     let put = PutRequest {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
+        key: b"k".to_vec().into(),
+        value: b"v".to_vec().into(),
         ..Default::default()
     };
     let err = lkv.put(put.clone()).await.unwrap_err();

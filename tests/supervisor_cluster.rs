@@ -392,8 +392,8 @@ fn client_put(endpoint: &str, key: &str, value: &str) -> i64 {
             .unwrap();
         let resp = kv
             .put(PutRequest {
-                key: key.into(),
-                value: value.into(),
+                key: key.as_bytes().to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
                 ..PutRequest::default()
             })
             .await

@@ -44,8 +44,8 @@ async fn put_once(url: &str, key: &str, value: &[u8], lease: i64) -> Result<i64,
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let resp = kv
         .put(PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.to_vec(),
+            key: key.as_bytes().to_vec().into(),
+            value: value.to_vec().into(),
             lease,
             ..Default::default()
         })

@@ -503,8 +503,8 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let put = pb::PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         };
         let mut buf = BytesMut::from(frame(&put).as_ref());

@@ -229,7 +229,7 @@ fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyRange>), Sta
     let mut dels: Vec<KeyRange> = Vec::new();
     for op in ops {
         match &op.request {
-            Some(Op::RequestPut(p)) if !puts.insert(p.key.clone()) => {
+            Some(Op::RequestPut(p)) if !puts.insert(p.key.to_vec()) => {
                 return Err(errors::duplicate_key());
             }
             Some(Op::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
@@ -265,7 +265,7 @@ mod tests {
     fn put_op(k: &str) -> RequestOp {
         RequestOp {
             request: Some(Op::RequestPut(PutRequest {
-                key: k.into(),
+                key: k.as_bytes().to_vec().into(),
                 ..Default::default()
             })),
         }

@@ -70,8 +70,8 @@ pub fn create_rev_is(key: &[u8], rev: i64) -> Compare {
 pub fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
     RequestOp {
         request: Some(OpReq::RequestPut(PutRequest {
-            key: key.to_vec(),
-            value: value.to_vec(),
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
             lease,
             ..Default::default()
         })),

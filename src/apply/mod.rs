@@ -619,7 +619,9 @@ impl StateMachine for Applier {
             }
             match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => {
-                    let req = Request::decode(&e.data[..]).map_err(RaftError::decode)?;
+                    // From the entry's own buffer: a put's key and value
+                    // are slices of it, not copies.
+                    let req = Request::decode(e.data.clone()).map_err(RaftError::decode)?;
                     let id = req.id;
                     let is_member_op =
                         matches!(req.op, Some(Op::Publish(_)) | Some(Op::ClusterVersion(_)));
@@ -864,8 +866,8 @@ mod tests {
         indexes
             .map(|index| {
                 let put = PutRequest {
-                    key: format!("k{index}").into_bytes(),
-                    value: b"v".to_vec(),
+                    key: format!("k{index}").into_bytes().into(),
+                    value: b"v".to_vec().into(),
                     ..Default::default()
                 };
                 entry(index, Op::Put(put))
@@ -902,8 +904,8 @@ mod tests {
             entry(
                 grant + 1,
                 Op::Put(PutRequest {
-                    key: b"leased".to_vec(),
-                    value: b"v".to_vec(),
+                    key: b"leased".to_vec().into(),
+                    value: b"v".to_vec().into(),
                     lease: 7,
                     ..Default::default()
                 }),

@@ -247,8 +247,8 @@ mod tests {
             for k in b'a'..=b'e' {
                 let mut rt = w.txn().unwrap();
                 let req = PutRequest {
-                    key: vec![k],
-                    value: vec![round],
+                    key: vec![k].into(),
+                    value: vec![round].into(),
                     prev_kv,
                     ..Default::default()
                 };

@@ -225,7 +225,7 @@ mod tests {
         }))
         .unwrap();
         let put = Proposal::Put(PutRequest {
-            key: b"app/x".to_vec(),
+            key: b"app/x".to_vec().into(),
             ..Default::default()
         });
         let checked_at = AuthInfo {

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::conn::Link;
 use super::keys::{self, KeyGen};
 use super::plan::Plan;
@@ -205,6 +207,9 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
     let mut kv = KvClient::new(channel);
     let spec = &shared.spec;
     let mut keys = KeyGen::new(spec.key_size, spec.key_space, spec.sequential);
+    // The client's own copy of the value: each put shares it (a reference
+    // count of this client's, not one all clients contend for).
+    let value = Bytes::copy_from_slice(&shared.value);
     let mut out = ClientResult::default();
     while let Some(i) = shared.take() {
         if let Some(at) = shared.send_time(i) {
@@ -216,12 +221,12 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
         let key = keys.key(i);
         let t = Instant::now();
         let result = match shared.op {
-            Op::Put => kv.put(put(key, &shared.value)).await.map(drop),
+            Op::Put => kv.put(put(key, &value)).await.map(drop),
             Op::Range { serializable } => kv.range(range(key, serializable)).await.map(drop),
             Op::TxnPut => kv
                 .txn(TxnRequest {
                     success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(put(key, &shared.value))),
+                        request: Some(request_op::Request::RequestPut(put(key, &value))),
                     }],
                     ..Default::default()
                 })
@@ -234,7 +239,7 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
                 if rand::random::<f64>() < read_ratio {
                     kv.range(range(key, serializable)).await.map(drop)
                 } else {
-                    kv.put(put(key, &shared.value)).await.map(drop)
+                    kv.put(put(key, &value)).await.map(drop)
                 }
             }
         };
@@ -257,10 +262,10 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
     out
 }
 
-fn put(key: Vec<u8>, value: &[u8]) -> PutRequest {
+fn put(key: Vec<u8>, value: &Bytes) -> PutRequest {
     PutRequest {
-        key,
-        value: value.to_vec(),
+        key: key.into(),
+        value: value.clone(),
         ..Default::default()
     }
 }

@@ -163,8 +163,8 @@ pub async fn run(
                 let sent = start.elapsed().as_nanos() as u64;
                 value[..8].copy_from_slice(&sent.to_be_bytes());
                 let req = PutRequest {
-                    key,
-                    value,
+                    key: key.into(),
+                    value: value.into(),
                     ..Default::default()
                 };
                 if kv.put(req).await.is_err() {

@@ -363,8 +363,8 @@ async fn cas_list(
             }],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
-                    key: k.clone(),
-                    value,
+                    key: k.clone().into(),
+                    value: value.into(),
                     ..Default::default()
                 })),
             }],
@@ -430,8 +430,8 @@ pub async fn execute(channel: Channel, key: String, op: Op) -> Result<Outcome, t
         Op::Write(v) => {
             let resp = kv
                 .put(PutRequest {
-                    key: k,
-                    value: v.to_string().into_bytes(),
+                    key: k.into(),
+                    value: v.to_string().into_bytes().into(),
                     ..Default::default()
                 })
                 .await?
@@ -452,8 +452,8 @@ pub async fn execute(channel: Channel, key: String, op: Op) -> Result<Outcome, t
                     }],
                     success: vec![RequestOp {
                         request: Some(request_op::Request::RequestPut(PutRequest {
-                            key: k,
-                            value: to.to_string().into_bytes(),
+                            key: k.into(),
+                            value: to.to_string().into_bytes().into(),
                             ..Default::default()
                         })),
                     }],
@@ -530,8 +530,8 @@ pub async fn lease_client(run: Run, seed: u64) -> LeaseRecord {
                 async move {
                     KvClient::new(ch)
                         .put(PutRequest {
-                            key: key.into_bytes(),
-                            value: b"leased".to_vec(),
+                            key: key.into_bytes().into(),
+                            value: b"leased".to_vec().into(),
                             lease: granted.id,
                             ..Default::default()
                         })

@@ -135,8 +135,8 @@ async fn attempt(endpoints: &[String], keys: &Keys, mine: &str) -> Result<String
     let (size, registered) = check(&mut kv, keys).await?;
     if !registered.iter().any(|r| r.key == keys.mine) {
         kv.put(PutRequest {
-            key: keys.mine.clone().into_bytes(),
-            value: mine.as_bytes().to_vec(),
+            key: keys.mine.clone().into_bytes().into(),
+            value: mine.as_bytes().to_vec().into(),
             ..Default::default()
         })
         .await
