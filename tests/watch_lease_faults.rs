@@ -758,7 +758,8 @@ async fn a_watch_opened_while_puts_flow_misses_no_revision() {
             .unwrap()
             .revision
             + 1;
-        // Each stream is the member's only listener while it lives.
+        // Each stream is mostly the member's only listener (the server may
+        // still be closing the one before), so batches often begin unheard.
         let (tx, mut stream) = open_watch(
             &url,
             WatchCreateRequest {

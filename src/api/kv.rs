@@ -224,12 +224,12 @@ fn check_ops(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
 
 /// The keys put and the ranges deleted by one branch; errors when a key would be
 /// written twice in one revision.
-fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyRange>), Status> {
-    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<KeyRange>), Status> {
+    let mut puts: HashSet<&[u8]> = HashSet::new();
     let mut dels: Vec<KeyRange> = Vec::new();
     for op in ops {
         match &op.request {
-            Some(Op::RequestPut(p)) if !puts.insert(p.key.to_vec()) => {
+            Some(Op::RequestPut(p)) if !puts.insert(&p.key) => {
                 return Err(errors::duplicate_key());
             }
             Some(Op::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),

@@ -5,8 +5,11 @@
 //! it handles any request, so no change can fall between history and live
 //! events: a new watcher first replays history `(start_revision - 1, current]`
 //! from the MVCC store, then takes live batches, skipping revisions it has
-//! already sent. A session that falls behind the broadcast (it lagged) replays
-//! history from where each watcher stopped. A start revision below the compacted
+//! already sent. A session that falls behind the broadcast (it lagged), or is
+//! told that a batch's events were left out (`AppliedEvents::omitted`: the
+//! batch began before the session subscribed, or a snapshot replaced the
+//! store), replays history from where each watcher stopped. A start revision
+//! below the compacted
 //! revision cancels the watcher with `compact_revision` set, as etcd does.
 //! History is replayed at most [`MAX_REVS_PER_RESPONSE`] revisions per response
 //! (etcd's `watchBatchMaxRevs`), so a far-behind watcher is caught up in steps
@@ -323,8 +326,9 @@ impl Session {
         .await
     }
 
-    /// After the session lagged behind the broadcast: replays every
-    /// watcher's missed history from the store.
+    /// After the session lagged behind the broadcast, or was told a batch's
+    /// events were left out: replays every watcher's missed history from the
+    /// store.
     async fn catch_up_all(&mut self) -> Result<(), Gone> {
         // Every batch up to here is in the store (batches are broadcast after
         // they commit), so once each watcher caught up to the store's current

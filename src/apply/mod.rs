@@ -352,7 +352,9 @@ impl Applier {
         Ok(())
     }
 
-    /// Watchers subscribe here to every applied change.
+    /// Watchers subscribe here to every applied change (batches applied
+    /// while no one listened, or a snapshot restored meanwhile, come as an
+    /// `omitted` marker: see [`AppliedEvents`]).
     pub fn events(&self) -> broadcast::Sender<Arc<AppliedEvents>> {
         self.events.clone()
     }
@@ -727,6 +729,15 @@ impl StateMachine for Applier {
         self.dirty_since = None;
         self.membership = stored.membership.clone();
         self.membership_tx.send_replace(stored.membership);
+        // The store jumped to the snapshot's revision: listeners read what
+        // they missed from it, as after a batch whose events were left out.
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(AppliedEvents {
+                revision: self.store.current_revision(),
+                events: Vec::new(),
+                omitted: true,
+            }));
+        }
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -999,6 +1010,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_snapshot_tells_listeners_to_read_what_it_brought_from_the_store() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = applier(from.path(), BackendBatch::default());
+        apply(&mut leader, puts(1..=3));
+        leader.flush(true).unwrap();
+        let snapshot = leader.snapshot_source().snapshot().unwrap();
+        let mut follower = applier(to.path(), BackendBatch::default());
+        let mut listener = follower.events().subscribe();
+        follower.restore(&snapshot).unwrap();
+        let told = listener.try_recv().unwrap();
+        assert!(told.omitted);
+        assert_eq!(told.revision, 4);
+        assert_eq!(follower.store.current_revision(), 4);
+    }
+
+    #[test]
     fn a_new_leaders_empty_entry_counts_as_applied_for_expiries() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path(), BackendBatch::default());
@@ -1081,13 +1108,12 @@ mod tests {
     }
 
     #[test]
-    fn batches_applied_while_no_one_listens_send_no_events() {
+    fn a_batch_sends_its_events_only_to_those_who_listened_when_it_began() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = applier(dir.path(), BackendBatch::default());
         let sender = a.events();
-        apply(&mut a, puts(1..=2));
+        apply(&mut a, puts(1..=2)); // unheard (see the next test)
         let mut rx = sender.subscribe();
-        assert!(rx.try_recv().is_err(), "nothing was sent before");
         apply(&mut a, puts(3..=4));
         let batch = rx.try_recv().unwrap();
         assert!(!batch.omitted);

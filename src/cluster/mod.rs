@@ -36,7 +36,7 @@
 //!
 //! // Any etcd client works; here the generated gRPC stubs.
 //! let mut kv = KvClient::connect(cluster.client_urls()[0].clone()).await?;
-//! kv.put(PutRequest { key: b"k".to_vec(), value: b"v1".to_vec(), ..Default::default() })
+//! kv.put(PutRequest { key: "k".into(), value: "v1".into(), ..Default::default() })
 //!     .await?;
 //!
 //! // Kill the leader: the others elect a new one and writes go on.
@@ -44,7 +44,7 @@
 //! let new = cluster.wait_leader(Duration::from_secs(5)).await?;
 //! assert_ne!(old, new);
 //! let mut kv = KvClient::connect(cluster.member(new).client_url.clone()).await?;
-//! kv.put(PutRequest { key: b"k".to_vec(), value: b"v2".to_vec(), ..Default::default() })
+//! kv.put(PutRequest { key: "k".into(), value: "v2".into(), ..Default::default() })
 //!     .await?;
 //!
 //! // Bring it back: it catches up from the new leader.

@@ -26,10 +26,12 @@
 //! Allocation: a batch encodes its records one after another into one
 //! [`Records`] (one growing buffer, not one allocation per record), and the
 //! read buffer keeps the batches' [`Records`] as they came. A put costs no
-//! allocation here, and a generation is freed a batch at a time.
+//! allocation of its own here (only the buffer's occasional growth), and a
+//! generation is freed a batch at a time.
 
 use std::sync::{RwLock, RwLockReadGuard};
 
+use super::codec::{append_record, RecordRef};
 use super::revision::Revision;
 
 /// Encoded records of ascending revisions, back to back in one buffer.
@@ -42,12 +44,12 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    /// Appends the record of `rev` (past every one held), which `encode`
-    /// writes at the end of the vector it is given; returns its bytes.
-    pub fn push(&mut self, rev: Revision, encode: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+    /// Appends the encoded record of `rev` (past every one held); returns
+    /// its bytes.
+    pub fn push(&mut self, rev: Revision, tombstone: bool, record: &RecordRef<'_>) -> &[u8] {
         debug_assert!(self.ends.last().is_none_or(|(last, _)| *last < rev));
         let start = self.bytes.len();
-        encode(&mut self.bytes);
+        append_record(&mut self.bytes, tombstone, record);
         self.ends.push((rev, self.bytes.len()));
         &self.bytes[start..]
     }
@@ -184,75 +186,81 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::mvcc::codec::encode_record;
+    use crate::mvcc::types::KeyValue;
 
-    fn rec(main: i64, sub: i64) -> (Revision, Vec<u8>) {
-        (Revision::new(main, sub), vec![main as u8, sub as u8])
+    /// A record of `rev` carrying `key`, and its encoding.
+    fn rec(rev: Revision, key: &[u8]) -> (Revision, KeyValue, Vec<u8>) {
+        let kv = KeyValue {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            mod_revision: rev.main,
+            ..KeyValue::default()
+        };
+        let bytes = encode_record(false, &kv);
+        (rev, kv, bytes)
     }
 
-    fn records(list: &[(Revision, Vec<u8>)]) -> Records {
+    fn records(list: &[(Revision, KeyValue, Vec<u8>)]) -> Records {
         let mut records = Records::default();
-        for (rev, bytes) in list {
-            records.push(*rev, |out| out.extend_from_slice(bytes));
+        for (rev, kv, bytes) in list {
+            assert_eq!(records.push(*rev, false, &RecordRef::of(kv)), &bytes[..]);
         }
         records
+    }
+
+    fn r(main: i64, sub: i64) -> Revision {
+        Revision::new(main, sub)
     }
 
     #[test]
     fn a_buffer_serves_the_revisions_past_its_base_it_was_given() {
         let buffer = ReadBuffer::new(4);
-        assert!(!buffer.covers(Revision::new(4, 9)));
-        assert!(buffer.covers(Revision::new(5, 0)));
-        buffer.extend(records(&[rec(5, 0), rec(5, 1)]));
+        assert!(!buffer.covers(r(4, 9)));
+        assert!(buffer.covers(r(5, 0)));
+        let (a, b, c) = (rec(r(5, 0), b"a"), rec(r(5, 1), b"b"), rec(r(7, 0), b"c"));
+        buffer.extend(records(&[a.clone(), b.clone()]));
         buffer.extend(records(&[]));
-        buffer.extend(records(&[rec(7, 0)]));
-        assert_eq!(
-            buffer.with(Revision::new(5, 1), <[u8]>::to_vec),
-            Some(vec![5, 1])
-        );
-        assert_eq!(buffer.with(Revision::new(6, 0), <[u8]>::to_vec), None);
+        buffer.extend(records(std::slice::from_ref(&c)));
+        assert_eq!(buffer.with(r(5, 1), <[u8]>::to_vec), Some(b.2.clone()));
+        assert_eq!(buffer.with(r(6, 0), <[u8]>::to_vec), None);
 
         let mut seen = Vec::new();
         buffer
-            .for_each_in(Revision::new(5, 1), Revision::last_of(7), |rev, bytes| {
+            .for_each_in(r(5, 1), Revision::last_of(7), |rev, bytes| {
                 seen.push((rev, bytes.to_vec()));
                 Ok::<_, ()>(())
             })
             .unwrap();
-        assert_eq!(seen, vec![rec(5, 1), rec(7, 0)]);
+        assert_eq!(seen, vec![(b.0, b.2), (c.0, c.2)]);
         assert_eq!(buffer.len(), 3);
     }
 
     #[test]
-    fn a_record_pushed_is_returned_as_written_after_the_ones_before() {
-        let mut records = Records::default();
-        assert_eq!(
-            records.push(Revision::new(2, 0), |out| out.extend_from_slice(b"ab")),
-            b"ab"
-        );
-        assert_eq!(records.push(Revision::new(2, 1), |_| {}), b"");
-        assert_eq!(
-            records.push(Revision::new(3, 0), |out| out.extend_from_slice(b"cde")),
-            b"cde"
-        );
-        assert_eq!(records.get(0), (Revision::new(2, 0), &b"ab"[..]));
-        assert_eq!(records.get(1), (Revision::new(2, 1), &b""[..]));
-        assert_eq!(records.get(2), (Revision::new(3, 0), &b"cde"[..]));
+    fn records_pushed_are_returned_in_order_each_as_encoded() {
+        let list = [rec(r(2, 0), b"ab"), rec(r(2, 1), b""), rec(r(3, 0), b"cde")];
+        let records = records(&list);
+        for (i, (rev, _, bytes)) in list.iter().enumerate() {
+            assert_eq!(records.get(i), (*rev, &bytes[..]));
+        }
     }
 
-    /// Batches of records with ascending revisions past base 10, some empty.
-    fn batches() -> impl Strategy<Value = Vec<Vec<(Revision, Vec<u8>)>>> {
-        let steps = prop::collection::vec(
-            (0..3usize, 1..3i64, prop::collection::vec(any::<u8>(), 0..4)),
-            0..40,
-        );
+    /// Batches of records with ascending revisions past base 10, some
+    /// empty; a main revision may have several sub-revisions.
+    fn batches() -> impl Strategy<Value = Vec<Vec<(Revision, KeyValue, Vec<u8>)>>> {
+        let steps = prop::collection::vec((0..3usize, 0..3i64, any::<u8>()), 0..40);
         steps.prop_map(|steps| {
-            let (mut batches, mut batch, mut main) = (Vec::new(), Vec::new(), 10);
-            for (cut, step, bytes) in steps {
+            let (mut batches, mut batch, mut main, mut sub) = (Vec::new(), Vec::new(), 11, 0);
+            for (cut, step, key) in steps {
                 if cut == 0 {
                     batches.push(std::mem::take(&mut batch));
                 }
-                main += step;
-                batch.push((Revision::new(main, step), bytes));
+                if step == 0 {
+                    sub += 1;
+                } else {
+                    (main, sub) = (main + step, 0);
+                }
+                batch.push(rec(r(main, sub), &[key]));
             }
             batches.push(batch);
             batches
@@ -263,28 +271,28 @@ mod tests {
         #[test]
         fn a_buffer_reads_like_a_map_of_its_records(
             batches in batches(),
-            probes in prop::collection::vec((8..80i64, 0..3i64, 8..80i64), 1..20),
+            probes in prop::collection::vec((8..80i64, 0..4i64, 8..80i64), 1..20),
         ) {
             let buffer = ReadBuffer::new(10);
             let mut model = BTreeMap::new();
             for batch in &batches {
                 buffer.extend(records(batch));
-                model.extend(batch.iter().cloned());
+                model.extend(batch.iter().map(|(rev, _, bytes)| (*rev, bytes.clone())));
             }
             prop_assert_eq!(buffer.len(), model.len());
             for (main, sub, to) in probes {
-                let rev = Revision::new(main, sub);
+                let rev = r(main, sub);
                 prop_assert_eq!(buffer.with(rev, <[u8]>::to_vec), model.get(&rev).cloned());
                 let hi = Revision::last_of(to);
                 let mut seen = Vec::new();
                 buffer
-                    .for_each_in(rev, hi, |r, bytes| {
-                        seen.push((r, bytes.to_vec()));
+                    .for_each_in(rev, hi, |at, bytes| {
+                        seen.push((at, bytes.to_vec()));
                         Ok::<_, ()>(())
                     })
                     .unwrap();
                 let want: Vec<_> = if rev <= hi {
-                    model.range(rev..=hi).map(|(r, b)| (*r, b.clone())).collect()
+                    model.range(rev..=hi).map(|(at, b)| (*at, b.clone())).collect()
                 } else {
                     Vec::new()
                 };

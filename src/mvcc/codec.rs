@@ -32,8 +32,8 @@ pub fn encode_record(tombstone: bool, kv: &KeyValue) -> Vec<u8> {
     out
 }
 
-/// Encodes a record into `out`, replacing its contents (lets a loop reuse one
-/// buffer).
+/// Encodes a record into `out`, replacing its contents. (Batches append
+/// their records to one buffer with [`append_record`].)
 pub fn encode_record_into(out: &mut Vec<u8>, tombstone: bool, kv: &KeyValue) {
     out.clear();
     append_record(out, tombstone, &RecordRef::of(kv));

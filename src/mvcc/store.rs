@@ -57,7 +57,7 @@ use redb::{
 };
 
 use super::buffer::{ReadBuffer, Records};
-use super::codec::{append_record, RecordRef};
+use super::codec::RecordRef;
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
 use super::index::{Change, KeyIndex, PutMeta};
@@ -1150,10 +1150,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             version: meta.version,
             lease: meta.lease,
         };
-        let bytes = self
-            .state
-            .written
-            .push(rev, |out| append_record(out, false, &record));
+        let bytes = self.state.written.push(rev, false, &record);
         self.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
         if self.state.events {
             self.events.push(Event {
@@ -1174,7 +1171,8 @@ impl<'w, 't> RevTxn<'w, 't> {
     }
 
     /// [`RevTxn::delete_range`] returning only how many keys it deleted,
-    /// without copying out their key-values (their events still carry them).
+    /// without copying out their key-values (their events still carry them,
+    /// if the batch collects events).
     pub fn delete_range_count(&mut self, key: &[u8], range_end: &[u8]) -> Result<usize> {
         self.delete_range_with(key, range_end, None)
     }
@@ -1208,9 +1206,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             if let Some(out) = deleted.as_deref_mut() {
                 out.reserve(count);
             }
-            if t.state.events {
-                t.events.reserve(count);
-            }
+            // Each tombstone's revision and the key-value it deleted.
             let mut tombstones = Vec::with_capacity(count);
             for (key, prev) in keys.iter().zip(prevs) {
                 if prev.tombstone || prev.kv.key != *key {
@@ -1227,26 +1223,28 @@ impl<'w, 't> RevTxn<'w, 't> {
                     version: 0,
                     lease: 0,
                 };
-                let bytes = t
-                    .state
-                    .written
-                    .push(rev, |out| append_record(out, true, &tomb));
+                let bytes = t.state.written.push(rev, true, &tomb);
                 t.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
-                tombstones.push(rev);
                 if let Some(out) = deleted.as_deref_mut() {
                     out.push(prev.kv.clone());
                 }
-                if t.state.events {
-                    t.events.push(Event {
-                        kind: EventKind::Delete,
-                        kv: KeyValue::tombstone(key.clone(), rev.main),
-                        prev_kv: Some(prev.kv),
-                    });
-                }
+                tombstones.push((rev, prev.kv));
             }
             let mut index = write_index(&t.state.index);
-            for (key, rev) in keys.iter().zip(tombstones) {
-                index.record(key, Change::delete(rev));
+            for (key, (rev, _)) in keys.iter().zip(&tombstones) {
+                index.record(key, Change::delete(*rev));
+            }
+            drop(index);
+            if t.state.events {
+                let events = keys
+                    .into_iter()
+                    .zip(tombstones)
+                    .map(|(key, (rev, prev))| Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue::tombstone(key, rev.main),
+                        prev_kv: Some(prev),
+                    });
+                t.events.extend(events);
             }
             Ok(count)
         })
@@ -1276,7 +1274,8 @@ impl<'w, 't> RevTxn<'w, 't> {
     }
 
     /// Ends the transaction: its revision (unchanged if it changed nothing) and
-    /// the events of its changes, in order.
+    /// the events of its changes, in order (none if the batch does not
+    /// collect events, see [`Batch::set_events`]).
     pub fn end(self) -> (i64, Vec<Event>) {
         (self.revision(), self.events)
     }
