@@ -352,6 +352,18 @@ impl Applier {
         Ok(())
     }
 
+    /// Tells whoever listens that the store reached `revision` with changes
+    /// whose events were not collected (see [`AppliedEvents`]).
+    fn tell_omitted(&self, revision: i64) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(AppliedEvents {
+                revision,
+                events: Vec::new(),
+                omitted: true,
+            }));
+        }
+    }
+
     /// Watchers subscribe here to every applied change (batches applied
     /// while no one listened, or a snapshot restored meanwhile, come as an
     /// `omitted` marker: see [`AppliedEvents`]).
@@ -699,12 +711,8 @@ impl StateMachine for Applier {
                 events,
                 omitted: false,
             }));
-        } else if !listened && revision != revision_before && self.events.receiver_count() > 0 {
-            let _ = self.events.send(Arc::new(AppliedEvents {
-                revision,
-                events,
-                omitted: true,
-            }));
+        } else if !listened && revision != revision_before {
+            self.tell_omitted(revision);
         }
         for (id, res) in results {
             self.waiters.trigger(id, res);
@@ -731,13 +739,7 @@ impl StateMachine for Applier {
         self.membership_tx.send_replace(stored.membership);
         // The store jumped to the snapshot's revision: listeners read what
         // they missed from it, as after a batch whose events were left out.
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Arc::new(AppliedEvents {
-                revision: self.store.current_revision(),
-                events: Vec::new(),
-                omitted: true,
-            }));
-        }
+        self.tell_omitted(self.store.current_revision());
         tracing::info!(
             index = meta.index,
             term = meta.term,

@@ -63,6 +63,18 @@ impl<'a> RecordRef<'a> {
         }
     }
 
+    /// A tombstone's parts (as [`KeyValue::tombstone`]).
+    pub fn tombstone(key: &'a [u8], mod_revision: i64) -> Self {
+        RecordRef {
+            key,
+            value: &[],
+            create_revision: 0,
+            mod_revision,
+            version: 0,
+            lease: 0,
+        }
+    }
+
     /// An owned copy.
     pub fn to_kv(&self) -> KeyValue {
         KeyValue {

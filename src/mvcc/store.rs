@@ -1215,14 +1215,7 @@ impl<'w, 't> RevTxn<'w, 't> {
                     ));
                 }
                 let rev = t.next_revision();
-                let tomb = RecordRef {
-                    key,
-                    value: &[],
-                    create_revision: 0,
-                    mod_revision: rev.main,
-                    version: 0,
-                    lease: 0,
-                };
+                let tomb = RecordRef::tombstone(key, rev.main);
                 let bytes = t.state.written.push(rev, true, &tomb);
                 t.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
                 if let Some(out) = deleted.as_deref_mut() {
