@@ -671,6 +671,27 @@ async fn a_fragment_watcher_gets_large_responses_in_pieces_below_the_request_lim
     cluster.shutdown().await.unwrap();
 }
 
+/// The mod revisions of the events `stream` delivers, in order of arrival,
+/// once there are at least `count` (each response within [`WAIT`], none
+/// canceled).
+async fn revisions(stream: &mut tonic::Streaming<WatchResponse>, count: usize) -> Vec<i64> {
+    let mut revs = Vec::new();
+    while revs.len() < count {
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        assert!(!resp.canceled, "{resp:?}");
+        revs.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision),
+        );
+    }
+    revs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_stops_reading_is_caught_up_not_dropped() {
     let cluster = LocalCluster::builder().members(1).start().await.unwrap();
@@ -701,20 +722,7 @@ async fn a_watcher_that_stops_reading_is_caught_up_not_dropped() {
     while let Some(r) = writers.join_next().await {
         r.unwrap();
     }
-    let mut revs = Vec::new();
-    while revs.len() < total {
-        let resp = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("events keep coming")
-            .unwrap()
-            .unwrap();
-        assert!(!resp.canceled, "{resp:?}");
-        revs.extend(
-            resp.events
-                .iter()
-                .map(|e| e.kv.as_ref().unwrap().mod_revision),
-        );
-    }
+    let revs = revisions(&mut stream, total).await;
     assert_eq!(revs.len(), total);
     assert!(
         revs.windows(2).all(|p| p[1] == p[0] + 1),
@@ -771,20 +779,7 @@ async fn a_watch_opened_while_puts_flow_misses_no_revision() {
         )
         .await
         .unwrap();
-        let mut revs = Vec::new();
-        while revs.len() < 20 {
-            let resp = tokio::time::timeout(WAIT, stream.message())
-                .await
-                .expect("events keep coming")
-                .unwrap()
-                .unwrap();
-            assert!(!resp.canceled, "{resp:?}");
-            revs.extend(
-                resp.events
-                    .iter()
-                    .map(|e| e.kv.as_ref().unwrap().mod_revision),
-            );
-        }
+        let revs = revisions(&mut stream, 20).await;
         assert_eq!(revs[0], from, "from the revision asked for");
         assert!(
             revs.windows(2).all(|p| p[1] == p[0] + 1),
