@@ -111,14 +111,31 @@ impl Sup {
 
     /// The pid the supervisor reported for `name`'s latest start.
     fn pid_of(&self, name: &str) -> i32 {
-        self.wait_line(|l| l.starts_with(&format!("{name} ")) && l.contains("started with pid"));
-        let line = self
-            .lines()
-            .into_iter()
-            .rev()
-            .find(|l| l.starts_with(&format!("{name} ")) && l.contains("started with pid"))
-            .unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        self.pid_after(name, None)
+    }
+
+    /// The pid of `name`'s latest start, once that is another start than
+    /// the one with pid `old`: a control command's answer can arrive before
+    /// the log line of the start it made.
+    fn pid_after(&self, name: &str, old: Option<i32>) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let latest = self
+                .lines()
+                .into_iter()
+                .rev()
+                .find(|l| l.starts_with(&format!("{name} ")) && l.contains("started with pid"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap());
+            if let Some(pid) = latest.filter(|&pid| Some(pid) != old) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new start of {name} in:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -404,7 +421,7 @@ fn stop_kill_restart_and_start_drive_single_processes() {
     // start after stop; starting what runs (with what does not) starts only
     // what does not, as goreman.
     sup.run_ok(&["start", "stubborn", "sleeper"]);
-    let again = sup.pid_of("sleeper");
+    let again = sup.pid_after("sleeper", Some(sleeper));
     assert_ne!(again, sleeper);
     assert!(alive(again));
     assert_eq!(sup.status_of("sleeper")["restarts"], 1);
@@ -425,7 +442,7 @@ fn stop_kill_restart_and_start_drive_single_processes() {
 
     // restart: a new pid, restarts counted.
     sup.run_ok(&["restart", "sleeper"]);
-    let third = sup.pid_of("sleeper");
+    let third = sup.pid_after("sleeper", Some(again));
     assert!(third != again && alive(third) && wait_dead(again, 5));
     let s = sup.status_of("sleeper");
     assert_eq!(
@@ -490,10 +507,10 @@ fn stop_all_keeps_the_supervisor_up_for_start_all_and_restart_all() {
         .collect();
     assert_eq!(states, ["stopped", "stopped"]);
     sup.run_ok(&["start-all"]);
-    let (a2, b2) = (sup.pid_of("a"), sup.pid_of("b"));
+    let (a2, b2) = (sup.pid_after("a", Some(a)), sup.pid_after("b", Some(b)));
     assert!(a2 != a && b2 != b && alive(a2) && alive(b2));
     sup.run_ok(&["restart-all"]);
-    let (a3, b3) = (sup.pid_of("a"), sup.pid_of("b"));
+    let (a3, b3) = (sup.pid_after("a", Some(a2)), sup.pid_after("b", Some(b2)));
     assert!(a3 != a2 && b3 != b2 && alive(a3) && alive(b3));
     assert!(wait_dead(a2, 5) && wait_dead(b2, 5));
     let out = sup.run(&["stop-all", "a"]);
