@@ -70,11 +70,22 @@ impl Records {
         self.ends.last().map(|(rev, _)| *rev)
     }
 
+    /// The records and their revisions, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (Revision, &[u8])> + Clone + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
     /// The `i`-th record and its revision.
     fn get(&self, i: usize) -> (Revision, &[u8]) {
         let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
         let (rev, end) = self.ends[i];
         (rev, &self.bytes[start..end])
+    }
+
+    /// The record at `rev`, if held.
+    pub fn find(&self, rev: Revision) -> Option<&[u8]> {
+        let i = self.position(rev);
+        (i < self.len() && self.ends[i].0 == rev).then(|| self.get(i).1)
     }
 
     /// Index of the first record at or past `rev`.

@@ -114,10 +114,8 @@ impl KeyIndex {
         compacted: i64,
     ) -> Result<Self> {
         let mut index = KeyIndex::new(compacted);
-        for entry in kv.iter()? {
-            let (k, v) = entry?;
-            let rev = Revision::from_bytes(k.value())?;
-            let head = decode_record_head(v.value())?;
+        super::entry::for_each_stored(kv, |rev, bytes| {
+            let head = decode_record_head(bytes)?;
             let change = if head.tombstone {
                 Change::delete(rev)
             } else {
@@ -131,7 +129,8 @@ impl KeyIndex {
                 )
             };
             index.record(head.key, change);
-        }
+            Ok(())
+        })?;
         Ok(index)
     }
 

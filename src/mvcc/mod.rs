@@ -18,7 +18,8 @@
 //!   redb read snapshot plus the records of the batches not committed yet.
 //!
 //! Layout of the files: [`revision`] (revision numbers and their byte form),
-//! [`codec`] (byte encoding of stored records), [`key_range`] (etcd's
+//! [`codec`] (byte encoding of stored records), [`entry`] (entries of the
+//! `kv` table: a record, or a group of one batch's records), [`key_range`] (etcd's
 //! key/range_end forms), [`types`] (the public data types), [`hash`]
 //! (CRC-32C), [`index`] (the in-memory key index), [`buffer`] (the records of
 //! batches not committed to redb yet), [`view`] (read logic shared
@@ -28,7 +29,8 @@
 //!
 //! Invariants (kept by `store`, `index` and `view`):
 //! * every stored revision of every key is a record in the `kv` table
-//!   (revision -> record; the record names its key and whether it is a
+//!   (keyed by revision, each entry one record or a group of one batch's
+//!   records; the record names its key and whether it is a
 //!   tombstone), and a change in that key's history in the key index, which
 //!   is rebuilt from the `kv` table when the store opens;
 //! * on disk, only the `kv` table grows with writes, and only at its end: it
@@ -39,6 +41,7 @@
 
 pub mod buffer;
 pub mod codec;
+pub mod entry;
 pub mod error;
 pub mod hash;
 pub mod index;

@@ -4,7 +4,8 @@
 //! Format: the magic `LCMVCC02`, then for each table of
 //! [`ALL_TABLES`] in order: its name (u32-length
 //! prefixed), its entry count (u64), and its entries (u32-length-prefixed key,
-//! then value); finally the CRC-32C of everything before it (u32). All integers
+//! then value; `mvcc_kv` one record per entry, as stores wrote it before
+//! batches grouped their records, see [`super::entry`]); finally the CRC-32C of everything before it (u32). All integers
 //! are big-endian. [`decode`] checks the magic, the checksum, the table names and
 //! that nothing trails, so a restore never starts from damaged bytes.
 //!
@@ -18,7 +19,7 @@ use redb::{ReadableTable, TableHandle};
 use super::codec::{put_chunk, Reader};
 use super::error::{MvccError, Result};
 use super::hash::crc32c;
-use super::store::{ALL_TABLES, LEGACY_TABLES};
+use super::store::{ALL_TABLES, KV, LEGACY_TABLES};
 
 const MAGIC: &[u8; 8] = b"LCMVCC02";
 /// The magic of version 1 snapshots.
@@ -38,11 +39,23 @@ pub(crate) fn encode<T: ReadableTable<&'static [u8], &'static [u8]>>(
         let count_at = out.len();
         out.extend_from_slice(&0u64.to_be_bytes());
         let mut count: u64 = 0;
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            put_chunk(&mut out, k.value());
-            put_chunk(&mut out, v.value());
-            count += 1;
+        if def.name() == KV.name() {
+            // Record by record, whatever groups hold them (see
+            // `super::entry`), so that a snapshot depends on the records
+            // alone, not on how this member's batches grouped them.
+            super::entry::for_each_stored(*table, |rev, record| {
+                put_chunk(&mut out, &rev.to_bytes());
+                put_chunk(&mut out, record);
+                count += 1;
+                Ok(())
+            })?;
+        } else {
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                put_chunk(&mut out, k.value());
+                put_chunk(&mut out, v.value());
+                count += 1;
+            }
         }
         out[count_at..count_at + 8].copy_from_slice(&count.to_be_bytes());
     }

@@ -859,6 +859,20 @@ impl Batch<'_> {
         live(&self.txn)
     }
 
+    /// Inserts the records the batch wrote since the last such insert into
+    /// `kv`, as one entry (see [`super::entry`]).
+    fn write_records(&self) -> Result<()> {
+        if self.state.written.is_empty() {
+            return Ok(());
+        }
+        let mut kv = self.write_txn()?.open_table(KV)?;
+        let parts: Vec<_> = self.state.written.iter().collect();
+        super::entry::write_grouped(&parts, |key, value| {
+            kv.insert(key, value)?;
+            Ok(())
+        })
+    }
+
     /// Writes the current and compacted revision if the batch changed them.
     fn write_state(&self) -> Result<()> {
         let (current, compact) = self.state.stored;
@@ -882,7 +896,7 @@ impl Batch<'_> {
     pub fn commit(mut self) -> Result<()> {
         self.state.check_usable()?;
         live(&self.txn)?;
-        let result = self.write_state();
+        let result = self.write_records().and_then(|()| self.write_state());
         self.state.poison_on_err(result)?;
         let store = self.store;
         let (current, compact) = (self.state.current, self.state.compact);
@@ -967,10 +981,19 @@ impl<'b> Writer<'b> {
     /// commits (an earlier compaction of the same batch may have removed some
     /// of them already, which is harmless).
     fn compact_tables(&mut self, rev: i64) -> Result<()> {
-        let doomed = read_index(&self.state.index).compactable(rev);
-        for r in doomed {
-            self.tables.kv.remove(r.to_bytes().as_slice())?;
-        }
+        // The batch's own records go in first, so that the compaction finds
+        // them. (A batch that compacts is committed, never handed to the read
+        // buffer, so `written` is not needed afterwards.)
+        let written = std::mem::take(&mut self.state.written);
+        let parts: Vec<_> = written.iter().collect();
+        let kv = &mut self.tables.kv;
+        super::entry::write_grouped(&parts, |key, value| {
+            kv.insert(key, value)?;
+            Ok(())
+        })?;
+        let mut doomed = read_index(&self.state.index).compactable(rev);
+        doomed.sort_unstable();
+        super::entry::remove_revisions(&mut self.tables.kv, &doomed)?;
         self.state.compact = rev;
         self.state.pending_compact = Some(rev);
         self.state.dirty = true;
@@ -1030,6 +1053,7 @@ impl<'w, 't> RevTxn<'w, 't> {
         Ok(View {
             kv: &self.tables.kv,
             buffer: None,
+            own: Some(&self.state.written),
             index: &self.state.index,
             epoch: None,
             current: self.revision(),
@@ -1150,8 +1174,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             version: meta.version,
             lease: meta.lease,
         };
-        let bytes = self.state.written.push(rev, false, &record);
-        self.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
+        self.state.written.push(rev, false, &record);
         if self.state.events {
             self.events.push(Event {
                 kind: EventKind::Put,
@@ -1216,8 +1239,7 @@ impl<'w, 't> RevTxn<'w, 't> {
                 }
                 let rev = t.next_revision();
                 let tomb = RecordRef::tombstone(key, rev.main);
-                let bytes = t.state.written.push(rev, true, &tomb);
-                t.tables.kv.insert(rev.to_bytes().as_slice(), bytes)?;
+                t.state.written.push(rev, true, &tomb);
                 if let Some(out) = deleted.as_deref_mut() {
                     out.push(prev.kv.clone());
                 }
@@ -1279,6 +1301,7 @@ impl ReadView {
         View {
             kv: &self.kv,
             buffer: Some(&self.buffer),
+            own: None,
             index: &self.index,
             epoch: Some(self.epoch),
             current: self.current,
@@ -1330,13 +1353,20 @@ impl ReadView {
     pub fn hash(&self) -> Result<(u32, i64)> {
         let mut h = Crc32c::new();
         let state = self.txn.open_table(STATE)?;
-        for (name, table) in [("mvcc_kv", &self.kv), ("mvcc_state", &state)] {
-            h.update(name.as_bytes());
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                h.update(k.value());
-                h.update(v.value());
-            }
+        // Record by record, as if each were an entry of its own: members
+        // group the same records differently (each groups what one of its
+        // batches wrote), and the hash is of the records.
+        h.update(b"mvcc_kv");
+        super::entry::for_each_stored(&self.kv, |rev, record| {
+            h.update(&rev.to_bytes());
+            h.update(record);
+            Ok(())
+        })?;
+        h.update(b"mvcc_state");
+        for entry in state.iter()? {
+            let (k, v) = entry?;
+            h.update(k.value());
+            h.update(v.value());
         }
         Ok((h.sum(), read_state(&state)?.0))
     }
@@ -1360,9 +1390,15 @@ impl ReadView {
     /// (tests use it to check that compaction really removes history).
     #[cfg(test)]
     pub(crate) fn stored_revisions(&self) -> Result<(u64, u64)> {
-        use redb::ReadableTableMetadata as _;
         let changes = read_index(&self.index).changes() as u64;
-        Ok((self.kv.len()?, changes))
+        Ok((super::entry::count(&self.kv)?, changes))
+    }
+
+    /// Number of entries in the `kv` table (a batch's records share one).
+    #[cfg(test)]
+    pub(crate) fn stored_entries(&self) -> Result<u64> {
+        use redb::ReadableTableMetadata as _;
+        Ok(self.kv.len()?)
     }
 
     /// The entire store (every table, `meta` included) as bytes for a Raft

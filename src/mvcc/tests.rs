@@ -582,6 +582,72 @@ fn compact_keeps_the_newest_live_revision_per_key_and_drops_the_rest() {
 }
 
 #[test]
+fn a_batch_stores_its_records_as_one_entry_that_compaction_takes_records_out_of() {
+    let (dir, store) = open_temp();
+    // One batch of five revisions: a@2, b@3, a@4, c@5, b deleted @6.
+    let mut batch = store.batch().unwrap();
+    {
+        let mut writer = batch.writer().unwrap();
+        for (key, value) in [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"c", b"1")] {
+            let mut txn = writer.txn().unwrap();
+            txn.put(key, value, 0, false, false).unwrap();
+            txn.end();
+        }
+        let mut txn = writer.txn().unwrap();
+        txn.delete_range(b"b", b"").unwrap();
+        txn.end();
+    }
+    batch.commit().unwrap();
+    let view = store.read().unwrap();
+    assert_eq!(view.stored_entries().unwrap(), 1);
+    assert_eq!(view.stored_revisions().unwrap(), (5, 5));
+    assert_eq!(get(&store, b"a").unwrap().value, b"2");
+    assert_eq!(
+        range(&store, b"b", b"", &at(5)).unwrap().kvs[0].mod_revision,
+        3
+    );
+    drop(view);
+
+    // A batch that writes, then compacts in the middle of the group above:
+    // a@2 and b@3 with its tombstone go; the group keeps a@4 and c@5.
+    let mut batch = store.batch().unwrap();
+    {
+        let mut writer = batch.writer().unwrap();
+        let mut txn = writer.txn().unwrap();
+        txn.put(b"d", b"1", 0, false, false).unwrap(); // 7
+        txn.end();
+        let mut txn = writer.txn().unwrap();
+        txn.put(b"d", b"2", 0, false, false).unwrap(); // 8
+        txn.end();
+        writer.compact(8).unwrap();
+    }
+    batch.commit().unwrap();
+    let view = store.read().unwrap();
+    // Kept: a@4, c@5, d@8; d@7 went from the batch's own records.
+    assert_eq!(view.stored_revisions().unwrap(), (3, 3));
+    assert_eq!(view.stored_entries().unwrap(), 2);
+    let expect = |store: &Store| {
+        let r = range(store, b"\0", b"\0", &at(8)).unwrap();
+        let got: Vec<_> = r
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.mod_revision))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(b"a".to_vec(), 4), (b"c".to_vec(), 5), (b"d".to_vec(), 8)]
+        );
+    };
+    expect(&store);
+    drop(view);
+    drop(store);
+    // Reopened, the index is rebuilt from the groups.
+    let store = Store::open(dir.path().join("db")).unwrap();
+    expect(&store);
+    assert_eq!(store.indexed_keys(), 3);
+}
+
+#[test]
 fn events_from_history_match_txn_events_and_respect_compaction() {
     let (_d, store) = open_temp();
     let mut all = Vec::new();

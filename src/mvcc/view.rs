@@ -23,8 +23,9 @@ use redb::ReadableTable;
 
 use std::sync::{RwLock, RwLockReadGuard};
 
-use super::buffer::ReadBuffer;
+use super::buffer::{ReadBuffer, Records};
 use super::codec::{decode_record, Record};
+use super::entry::{self, Entry};
 use super::error::{MvccError, Result};
 use super::hash::Crc32c;
 use super::index::{Change, KeyIndex, PutMeta};
@@ -37,10 +38,6 @@ use super::types::{
 /// Label fed to the KV hash before any revision, like etcd feeds its bucket name.
 const HASH_KV_LABEL: &[u8] = b"mvcc_kv";
 
-/// How many unwanted records [`View::records_at`] steps over before it seeks
-/// again: a step of a redb range costs about a third of a point lookup.
-const MAX_SCAN_SKIP: usize = 2;
-
 /// An inclusive span of revisions.
 type Span = (Revision, Revision);
 
@@ -49,8 +46,11 @@ pub(crate) struct View<'a, T> {
     /// The `kv` table (revision -> record) of the transaction.
     pub kv: &'a T,
     /// For a read view, the records past its redb snapshot; `None` for a
-    /// batch (its write transaction holds everything).
+    /// batch (its write transaction holds everything else).
     pub buffer: Option<&'a ReadBuffer>,
+    /// For a batch, the records it wrote that are not in `kv` yet (a batch
+    /// inserts them as one entry when it ends); `None` for a read view.
+    pub own: Option<&'a Records>,
     /// The shared key index.
     pub index: &'a RwLock<KeyIndex>,
     /// For a read view, the index epoch its snapshot belongs to; `None` for a
@@ -65,16 +65,15 @@ pub(crate) struct View<'a, T> {
 impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     /// The stored record at `rev`; its absence means the tables disagree.
     pub fn record_at(&self, rev: Revision) -> Result<Record> {
+        if let Some(bytes) = self.own.and_then(|own| own.find(rev)) {
+            return decode_record(bytes);
+        }
         if let Some(buffer) = self.buffered(rev) {
             return buffer
                 .with(rev, decode_record)
                 .unwrap_or_else(|| Err(missing_record(rev)));
         }
-        let guard = self
-            .kv
-            .get(rev.to_bytes().as_slice())?
-            .ok_or_else(|| missing_record(rev))?;
-        decode_record(guard.value())
+        entry::with_record(self.kv, rev, decode_record)?.ok_or_else(|| missing_record(rev))
     }
 
     /// The buffer to read `rev` from, if it is not in `kv`.
@@ -105,71 +104,69 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     ) -> Result<()> {
         let (stored, buffered) = self.split(lo, hi);
         if let Some((lo, hi)) = stored {
-            let (lo, hi) = (lo.to_bytes(), hi.to_bytes());
-            for entry in self.kv.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
-                let (k, v) = entry?;
-                f(Revision::from_bytes(k.value())?, v.value())?;
-            }
+            entry::for_each_record(self.kv, lo, hi, &mut f)?;
         }
         if let (Some((lo, hi)), Some(buffer)) = (buffered, self.buffer) {
-            buffer.for_each_in(lo, hi, f)?;
+            buffer.for_each_in(lo, hi, &mut f)?;
+        }
+        // A batch's own records come after everything in `kv`.
+        if let Some(own) = self.own {
+            for (rev, bytes) in own.iter() {
+                if rev > hi {
+                    break;
+                }
+                if rev >= lo {
+                    f(rev, bytes)?;
+                }
+            }
         }
         Ok(())
     }
 
     /// The stored records at `revs` (distinct or not, in any order), returned
-    /// in the order asked. Sorted by revision, they are read with range scans
-    /// of the `kv` table: a scan steps over at most [`MAX_SCAN_SKIP`] unwanted
-    /// records before it seeks again, so dense revisions (a delete of many keys
-    /// written together) cost a step each instead of a B-tree descent, and
-    /// sparse ones cost about what point lookups would.
+    /// in the order asked. Sorted by revision, they are read entry by entry:
+    /// revisions that one entry of `kv` holds (a group, written by one batch)
+    /// cost one lookup between them.
     pub fn records_at(&self, revs: &[Revision]) -> Result<Vec<Record>> {
         let mut order: Vec<usize> = (0..revs.len()).collect();
         order.sort_unstable_by_key(|&i| revs[i]);
         let mut found: Vec<Option<Record>> = (0..revs.len()).map(|_| None).collect();
-        let missing = missing_record;
-        // The buffered revisions sort last: read them one by one (in memory).
-        let stored = order.partition_point(|&i| self.buffered(revs[i]).is_none());
-        for &i in &order[stored..] {
-            found[i] = Some(self.record_at(revs[i])?);
-        }
-        let order = &order[..stored];
-        let mut pos = 0;
-        while pos < order.len() {
-            let seek = revs[order[pos]].to_bytes();
-            let mut iter = self.kv.range::<&[u8]>(seek.as_slice()..)?;
-            let mut skipped = 0;
-            while pos < order.len() {
-                let want = revs[order[pos]];
-                if pos > 0 && revs[order[pos - 1]] == want {
-                    found[order[pos]] = found[order[pos - 1]].clone();
-                    pos += 1;
-                    continue;
-                }
-                let Some(entry) = iter.next() else {
-                    return Err(missing(want));
-                };
-                let (k, v) = entry?;
-                match k.value().cmp(want.to_bytes().as_slice()) {
-                    Ordering::Less => {
-                        skipped += 1;
-                        if skipped > MAX_SCAN_SKIP {
-                            break;
-                        }
-                    }
-                    Ordering::Equal => {
-                        found[order[pos]] = Some(decode_record(v.value())?);
-                        pos += 1;
-                        skipped = 0;
-                    }
-                    Ordering::Greater => return Err(missing(want)),
+        // The entry of `kv` read last: its key and value.
+        let mut last: Option<(Vec<u8>, redb::AccessGuard<'_, &'static [u8]>)> = None;
+        for (pos, &i) in order.iter().enumerate() {
+            let want = revs[i];
+            if pos > 0 && revs[order[pos - 1]] == want {
+                found[i] = found[order[pos - 1]].clone();
+                continue;
+            }
+            let in_kv = self.own.is_none_or(|own| own.find(want).is_none())
+                && self.buffered(want).is_none();
+            if !in_kv {
+                found[i] = Some(self.record_at(want)?);
+                continue;
+            }
+            let mut record = None;
+            if let Some((key, value)) = &last {
+                if let Some(bytes) = Entry::parse(key, value.value())?.find(want)? {
+                    record = Some(decode_record(bytes)?);
                 }
             }
+            if record.is_none() {
+                let at = want.to_bytes();
+                let entry = self.kv.range::<&[u8]>(..=at.as_slice())?.next_back();
+                let (k, v) = entry.ok_or_else(|| missing_record(want))??;
+                let (key, value) = &*last.insert((k.value().to_vec(), v));
+                let bytes = Entry::parse(key, value.value())?
+                    .find(want)?
+                    .ok_or_else(|| missing_record(want))?;
+                record = Some(decode_record(bytes)?);
+            }
+            found[i] = record;
         }
         found
             .into_iter()
             .zip(revs)
-            .map(|(r, &rev)| r.ok_or_else(|| missing(rev)))
+            .map(|(r, &rev)| r.ok_or_else(|| missing_record(rev)))
             .collect()
     }
 
@@ -537,7 +534,7 @@ mod tests {
             let read = db.begin_read().unwrap();
             let kv = read.open_table(KV).unwrap();
             let index = RwLock::new(KeyIndex::new(-1));
-            let view = View { kv: &kv, buffer: None, index: &index, epoch: None, current: 70, compact: -1 };
+            let view = View { kv: &kv, buffer: None, own: None, index: &index, epoch: None, current: 70, compact: -1 };
 
             let asked: Vec<Revision> = if stored.is_empty() {
                 Vec::new()

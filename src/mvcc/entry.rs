@@ -1,0 +1,531 @@
+//! Entries of the `kv` table: one record, or a *group* of the records one
+//! batch wrote.
+//!
+//! Why groups: a batch used to insert each of its records into redb on its
+//! own, and each insert walked redb's B-tree, looked its pages up in redb's
+//! page cache and dirtied them: under a put load that was two fifths of a
+//! follower's Raft thread. A batch now inserts its records in groups of up
+//! to [`MAX_GROUP_BYTES`], so a batch of hundreds of small puts costs a
+//! handful of inserts. The cap bounds what reading one record costs: redb
+//! reads an entry whole.
+//!
+//! Layout: an entry's key is the revision of its first record. Its value is a
+//! record as [`super::codec`] encodes it (tag `p` or `t`), or a group: the tag
+//! `g`, the record count (u32), for each record its revision (16 bytes, as
+//! [`Revision::to_bytes`]) and where it ends in the data (u32), then the
+//! records back to back. All integers are big-endian. Stores written before
+//! groups hold single records only, and read as before.
+//!
+//! Invariants: entries never overlap: every record of an entry lies at or past
+//! the entry's key and before the next entry's key, so the entry that may hold
+//! a revision is the last one whose key is at or below it. A group holds at
+//! least one record, in ascending revision order. Compaction keeps this
+//! ([`remove_revisions`]): a group that loses records is written again under
+//! the revision of its first remaining record, or removed if none remains.
+//!
+//! Decoding never panics: malformed bytes give [`MvccError::Corrupt`].
+
+use redb::{ReadableTable, Table};
+
+use super::error::{MvccError, Result};
+use super::revision::{Revision, REVISION_LEN};
+
+const TAG_GROUP: u8 = b'g';
+/// Tag and count.
+const GROUP_HEADER: usize = 1 + 4;
+/// A record's revision and end, in a group's directory.
+const SLOT: usize = REVISION_LEN + 4;
+
+type Bytes = &'static [u8];
+
+/// The most record bytes a group holds (a record larger than this is an
+/// entry of its own). Reading one record reads its whole entry into redb's
+/// cache, so a group stays a few pages long; a batch of small records still
+/// costs one insert per some fifty of them instead of one each.
+pub(crate) const MAX_GROUP_BYTES: usize = 16 * 1024;
+
+/// Writes the records `(revision, encoded record)` of `parts`, in ascending
+/// revision order, as entries of at most [`MAX_GROUP_BYTES`] of records each
+/// (or one record): calls `insert` with each entry's key and value.
+pub(crate) fn write_grouped(
+    parts: &[(Revision, &[u8])],
+    mut insert: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut start = 0;
+    while start < parts.len() {
+        let mut end = start + 1;
+        let mut bytes = parts[start].1.len();
+        while end < parts.len() && bytes + parts[end].1.len() <= MAX_GROUP_BYTES {
+            bytes += parts[end].1.len();
+            end += 1;
+        }
+        if let Some((key, value)) = encode(parts[start..end].iter().copied()) {
+            insert(&key, &value)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// Encodes the records `(revision, encoded record)` of `parts`, in ascending
+/// revision order, as one entry: the record itself if there is one, a group
+/// otherwise. Returns the entry's key and value.
+pub(crate) fn encode<'a>(
+    parts: impl ExactSizeIterator<Item = (Revision, &'a [u8])> + Clone,
+) -> Option<([u8; REVISION_LEN], Vec<u8>)> {
+    let count = parts.len();
+    let mut iter = parts.clone();
+    let (first, first_bytes) = iter.next()?;
+    if count == 1 {
+        return Some((first.to_bytes(), first_bytes.to_vec()));
+    }
+    let data: usize = parts.clone().map(|(_, bytes)| bytes.len()).sum();
+    let mut out = Vec::with_capacity(GROUP_HEADER + count * SLOT + data);
+    out.push(TAG_GROUP);
+    // A batch's records are bounded far below 4 GiB by the request size limit
+    // times the entries of one Ready.
+    out.extend_from_slice(&(count as u32).to_be_bytes());
+    let mut end = 0usize;
+    for (rev, bytes) in parts.clone() {
+        end += bytes.len();
+        out.extend_from_slice(&rev.to_bytes());
+        out.extend_from_slice(&(end as u32).to_be_bytes());
+    }
+    for (_, bytes) in parts {
+        out.extend_from_slice(bytes);
+    }
+    Some((first.to_bytes(), out))
+}
+
+/// One entry of the `kv` table, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Entry<'a> {
+    /// A single record and its revision (the entry's key).
+    One(Revision, &'a [u8]),
+    /// A group of records.
+    Group { dir: &'a [u8], data: &'a [u8] },
+}
+
+impl<'a> Entry<'a> {
+    /// Reads the entry stored under `key`.
+    pub fn parse(key: &[u8], value: &'a [u8]) -> Result<Entry<'a>> {
+        if value.first() != Some(&TAG_GROUP) {
+            return Ok(Entry::One(Revision::from_bytes(key)?, value));
+        }
+        let count = value
+            .get(1..GROUP_HEADER)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| MvccError::corrupt("group without a record count"))?;
+        let dir_end = count
+            .checked_mul(SLOT)
+            .and_then(|n| n.checked_add(GROUP_HEADER))
+            .filter(|&end| end <= value.len() && count > 0)
+            .ok_or_else(|| MvccError::corrupt("group directory out of bounds"))?;
+        Ok(Entry::Group {
+            dir: &value[GROUP_HEADER..dir_end],
+            data: &value[dir_end..],
+        })
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        match self {
+            Entry::One(..) => 1,
+            Entry::Group { dir, .. } => dir.len() / SLOT,
+        }
+    }
+
+    fn revision(&self, i: usize) -> Result<Revision> {
+        match self {
+            Entry::One(rev, _) => Ok(*rev),
+            Entry::Group { dir, .. } => {
+                Revision::from_bytes(&dir[i * SLOT..i * SLOT + REVISION_LEN])
+            }
+        }
+    }
+
+    fn end(dir: &[u8], i: usize) -> usize {
+        let at = i * SLOT + REVISION_LEN;
+        u32::from_be_bytes([dir[at], dir[at + 1], dir[at + 2], dir[at + 3]]) as usize
+    }
+
+    /// The `i`-th record (`i < len()`) and its revision.
+    pub fn get(&self, i: usize) -> Result<(Revision, &'a [u8])> {
+        match *self {
+            Entry::One(rev, bytes) => Ok((rev, bytes)),
+            Entry::Group { dir, data } => {
+                let start = if i == 0 { 0 } else { Self::end(dir, i - 1) };
+                let end = Self::end(dir, i);
+                let bytes = data
+                    .get(start..end)
+                    .ok_or_else(|| MvccError::corrupt("group record out of bounds"))?;
+                Ok((self.revision(i)?, bytes))
+            }
+        }
+    }
+
+    /// Index of the first record at or past `rev` (`len()` if none).
+    pub fn position(&self, rev: Revision) -> Result<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.revision(mid)? < rev {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The record at `rev`, if the entry holds it.
+    pub fn find(&self, rev: Revision) -> Result<Option<&'a [u8]>> {
+        let i = self.position(rev)?;
+        if i < self.len() {
+            let (at, bytes) = self.get(i)?;
+            if at == rev {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Calls `f` with each record in `lo..=hi`, in revision order; stops
+    /// early (returning `Ok(false)`) at the first record past `hi`.
+    pub fn for_each_in(
+        &self,
+        lo: Revision,
+        hi: Revision,
+        f: &mut impl FnMut(Revision, &'a [u8]) -> Result<()>,
+    ) -> Result<bool> {
+        for i in self.position(lo)?..self.len() {
+            let (rev, bytes) = self.get(i)?;
+            if rev > hi {
+                return Ok(false);
+            }
+            f(rev, bytes)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The key of the entry that may hold `rev`: the last one at or below it.
+fn key_at_or_below<T: ReadableTable<Bytes, Bytes>>(
+    kv: &T,
+    rev: Revision,
+) -> Result<Option<[u8; REVISION_LEN]>> {
+    let bytes = rev.to_bytes();
+    let Some(entry) = kv.range::<&[u8]>(..=bytes.as_slice())?.next_back() else {
+        return Ok(None);
+    };
+    let (k, _) = entry?;
+    let key = k.value();
+    let mut out = [0u8; REVISION_LEN];
+    if key.len() != REVISION_LEN {
+        return Err(MvccError::corrupt("kv entry key of the wrong length"));
+    }
+    out.copy_from_slice(key);
+    Ok(Some(out))
+}
+
+/// Calls `f` with the record at `rev` in `kv`, if it holds one.
+pub(crate) fn with_record<T: ReadableTable<Bytes, Bytes>, R>(
+    kv: &T,
+    rev: Revision,
+    f: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<Option<R>> {
+    let bytes = rev.to_bytes();
+    let Some(entry) = kv.range::<&[u8]>(..=bytes.as_slice())?.next_back() else {
+        return Ok(None);
+    };
+    let (k, v) = entry?;
+    match Entry::parse(k.value(), v.value())?.find(rev)? {
+        Some(record) => f(record).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Calls `f` with every record of `kv` in `lo..=hi`, in revision order.
+pub(crate) fn for_each_record<T: ReadableTable<Bytes, Bytes>>(
+    kv: &T,
+    lo: Revision,
+    hi: Revision,
+    mut f: impl FnMut(Revision, &[u8]) -> Result<()>,
+) -> Result<()> {
+    if lo > hi {
+        return Ok(());
+    }
+    // A group that begins before `lo` may hold records from `lo` on.
+    let start = key_at_or_below(kv, lo)?.unwrap_or_else(|| lo.to_bytes());
+    let end = hi.to_bytes();
+    for entry in kv.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+        let (k, v) = entry?;
+        if !Entry::parse(k.value(), v.value())?.for_each_in(lo, hi, &mut f)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with every record of `kv`, in revision order.
+pub(crate) fn for_each_stored<T: ReadableTable<Bytes, Bytes>>(
+    kv: &T,
+    f: impl FnMut(Revision, &[u8]) -> Result<()>,
+) -> Result<()> {
+    for_each_record(
+        kv,
+        Revision::new(0, 0),
+        Revision::new(i64::MAX, i64::MAX),
+        f,
+    )
+}
+
+/// Number of records in `kv`.
+#[cfg(test)]
+pub(crate) fn count<T: ReadableTable<Bytes, Bytes>>(kv: &T) -> Result<u64> {
+    let mut n = 0;
+    for entry in kv.iter()? {
+        let (k, v) = entry?;
+        n += Entry::parse(k.value(), v.value())?.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Removes the records at `revs` (ascending; revisions `kv` does not hold
+/// are skipped). A group that keeps some of its records is written again
+/// under the revision of the first one kept.
+pub(crate) fn remove_revisions(kv: &mut Table<'_, Bytes, Bytes>, revs: &[Revision]) -> Result<()> {
+    debug_assert!(revs.windows(2).all(|w| w[0] <= w[1]));
+    let mut pos = 0;
+    while pos < revs.len() {
+        let Some(key) = key_at_or_below(kv, revs[pos])? else {
+            pos += 1;
+            continue;
+        };
+        let value = match kv.get(key.as_slice())? {
+            Some(v) => v.value().to_vec(),
+            None => return Err(MvccError::corrupt("kv entry vanished while compacting")),
+        };
+        let entry = Entry::parse(&key, &value)?;
+        // The revisions to remove that this entry may hold: those before the
+        // next entry's key, which is past its last record.
+        let (last, _) = entry.get(entry.len() - 1)?;
+        let mine = revs[pos..].partition_point(|r| *r <= last);
+        let doomed = &revs[pos..pos + mine];
+        pos += mine.max(1);
+        let mut kept = Vec::with_capacity(entry.len());
+        for i in 0..entry.len() {
+            let (rev, bytes) = entry.get(i)?;
+            if doomed.binary_search(&rev).is_err() {
+                kept.push((rev, bytes));
+            }
+        }
+        if kept.len() == entry.len() {
+            continue;
+        }
+        kv.remove(key.as_slice())?;
+        write_grouped(&kept, |k, v| {
+            kv.insert(k, v)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use redb::{Database, TableDefinition};
+
+    use super::*;
+
+    const KV: TableDefinition<Bytes, Bytes> = TableDefinition::new("kv");
+
+    fn r(main: i64, sub: i64) -> Revision {
+        Revision::new(main, sub)
+    }
+
+    /// Records as a batch would write them: runs of ascending revisions,
+    /// each run one entry; the value says which revision it is.
+    fn runs() -> impl Strategy<Value = Vec<Vec<Revision>>> {
+        prop::collection::vec((1..4usize, 0..3i64), 1..60).prop_map(|steps| {
+            let (mut runs, mut run, mut main, mut sub) = (Vec::new(), Vec::new(), 2, 0);
+            for (cut, step) in steps {
+                if cut == 1 && !run.is_empty() {
+                    runs.push(std::mem::take(&mut run));
+                }
+                if step == 0 {
+                    sub += 1;
+                } else {
+                    (main, sub) = (main + step, 0);
+                }
+                run.push(r(main, sub));
+            }
+            runs.push(run);
+            runs
+        })
+    }
+
+    fn value_of(rev: Revision) -> Vec<u8> {
+        let mut v = b"p".to_vec();
+        v.extend_from_slice(format!("{}.{}", rev.main, rev.sub).as_bytes());
+        v
+    }
+
+    fn write(db: &Database, runs: &[Vec<Revision>]) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            for run in runs {
+                let values: Vec<_> = run.iter().map(|&rev| (rev, value_of(rev))).collect();
+                let parts: Vec<_> = values.iter().map(|(rev, v)| (*rev, v.as_slice())).collect();
+                write_grouped(&parts, |k, v| {
+                    kv.insert(k, v)?;
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn check(
+        kv: &impl ReadableTable<Bytes, Bytes>,
+        model: &BTreeMap<Revision, Vec<u8>>,
+        probes: &[(i64, i64, i64)],
+    ) -> std::result::Result<(), TestCaseError> {
+        prop_assert_eq!(count(kv).unwrap(), model.len() as u64);
+        let mut all = Vec::new();
+        for_each_stored(kv, |rev, bytes| {
+            all.push((rev, bytes.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<_> = model.iter().map(|(r, v)| (*r, v.clone())).collect();
+        prop_assert_eq!(all, want);
+        for &(main, sub, to) in probes {
+            let rev = r(main, sub);
+            let got = with_record(kv, rev, |b| Ok(b.to_vec())).unwrap();
+            prop_assert_eq!(got, model.get(&rev).cloned());
+            let hi = Revision::last_of(to);
+            let mut seen = Vec::new();
+            for_each_record(kv, rev, hi, |at, bytes| {
+                seen.push((at, bytes.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<_> = if rev <= hi {
+                model
+                    .range(rev..=hi)
+                    .map(|(at, b)| (*at, b.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            prop_assert_eq!(seen, want);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn entries_read_and_compact_like_a_map_of_their_records(
+            runs in runs(),
+            probes in prop::collection::vec((0..130i64, 0..4i64, 0..130i64), 1..20),
+            removals in prop::collection::vec(any::<bool>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::create(dir.path().join("db")).unwrap();
+            write(&db, &runs);
+            let mut model: BTreeMap<Revision, Vec<u8>> =
+                runs.iter().flatten().map(|&rev| (rev, value_of(rev))).collect();
+            {
+                let txn = db.begin_read().unwrap();
+                check(&txn.open_table(KV).unwrap(), &model, &probes)?;
+            }
+            // Remove some records, and revisions no entry holds.
+            let mut doomed: Vec<Revision> = model
+                .keys()
+                .zip(&removals)
+                .filter(|(_, &gone)| gone)
+                .map(|(rev, _)| *rev)
+                .collect();
+            doomed.extend([r(1, 0), r(500, 0)]);
+            doomed.sort();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut kv = txn.open_table(KV).unwrap();
+                remove_revisions(&mut kv, &doomed).unwrap();
+            }
+            txn.commit().unwrap();
+            for rev in &doomed {
+                model.remove(rev);
+            }
+            let txn = db.begin_read().unwrap();
+            check(&txn.open_table(KV).unwrap(), &model, &probes)?;
+        }
+    }
+
+    #[test]
+    fn groups_stay_under_the_size_limit_and_large_records_stand_alone() {
+        let small = vec![b'p'; 1000];
+        let large = vec![b'p'; MAX_GROUP_BYTES + 1];
+        let mut parts: Vec<(Revision, &[u8])> =
+            (0..40).map(|i| (r(2 + i, 0), small.as_slice())).collect();
+        parts.insert(20, (r(100, 0), large.as_slice()));
+        parts.sort_by_key(|(rev, _)| *rev);
+        let mut entries = Vec::new();
+        write_grouped(&parts, |k, v| {
+            entries.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        // 16 records of 1000 bytes fit a group; the 40 small ones take three
+        // groups (16, 16, 8), the large one an entry of its own, last.
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|(k, v)| Entry::parse(k, v).unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![16, 16, 8, 1]);
+        assert_eq!(entries[3].1, large);
+        let mut seen = Vec::new();
+        for (k, v) in &entries {
+            let entry = Entry::parse(k, v).unwrap();
+            for i in 0..entry.len() {
+                seen.push(entry.get(i).unwrap().0);
+            }
+        }
+        let want: Vec<Revision> = parts.iter().map(|(rev, _)| *rev).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn a_single_record_is_stored_as_itself() {
+        let rec = value_of(r(5, 0));
+        let (k, v) = encode([(r(5, 0), rec.as_slice())].into_iter()).unwrap();
+        assert_eq!((k, v), (r(5, 0).to_bytes(), rec));
+        assert!(encode(std::iter::empty::<(Revision, &[u8])>()).is_none());
+    }
+
+    #[test]
+    fn malformed_groups_are_corrupt_not_a_panic() {
+        let key = r(2, 0).to_bytes();
+        for value in [
+            b"g".to_vec(),
+            b"g\0\0\0\x01".to_vec(),
+            b"g\0\0\0\0".to_vec(),
+            b"g\xff\xff\xff\xff".to_vec(),
+        ] {
+            assert!(Entry::parse(&key, &value).is_err(), "{value:?}");
+        }
+        // A directory that points past the data.
+        let mut value = b"g\0\0\0\x01".to_vec();
+        value.extend_from_slice(&r(2, 0).to_bytes());
+        value.extend_from_slice(&100u32.to_be_bytes());
+        let entry = Entry::parse(&key, &value).unwrap();
+        assert!(entry.get(0).is_err());
+        assert!(entry.find(r(2, 0)).is_err());
+    }
+}
