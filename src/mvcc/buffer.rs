@@ -82,6 +82,24 @@ impl Records {
         (rev, &self.bytes[start..end])
     }
 
+    /// Calls `f` with every record in `lo..=hi`, in revision order, until it
+    /// fails; `Ok(false)` if it stopped at a record past `hi`.
+    pub fn for_each_in<E>(
+        &self,
+        lo: Revision,
+        hi: Revision,
+        mut f: impl FnMut(Revision, &[u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        for i in self.position(lo)..self.len() {
+            let (rev, bytes) = self.get(i);
+            if rev > hi {
+                return Ok(false);
+            }
+            f(rev, bytes)?;
+        }
+        Ok(true)
+    }
+
     /// The record at `rev`, if held.
     pub fn find(&self, rev: Revision) -> Option<&[u8]> {
         let i = self.position(rev);
@@ -172,12 +190,8 @@ impl ReadBuffer {
         let batches = self.batches();
         let first = batches.partition_point(|r| r.last().is_some_and(|last| last < lo));
         for records in &batches[first..] {
-            for i in records.position(lo)..records.len() {
-                let (rev, bytes) = records.get(i);
-                if rev > hi {
-                    return Ok(());
-                }
-                f(rev, bytes)?;
+            if !records.for_each_in(lo, hi, &mut f)? {
+                break;
             }
         }
         Ok(())

@@ -25,8 +25,9 @@
 //!
 //! Decoding never panics: malformed bytes give [`MvccError::Corrupt`].
 
-use redb::{ReadableTable, Table};
+use redb::{AccessGuard, ReadableTable, Table};
 
+use super::buffer::Records;
 use super::error::{MvccError, Result};
 use super::revision::{Revision, REVISION_LEN};
 
@@ -38,29 +39,52 @@ const SLOT: usize = REVISION_LEN + 4;
 
 type Bytes = &'static [u8];
 
-/// The most record bytes a group holds (a record larger than this is an
-/// entry of its own). Reading one record reads its whole entry into redb's
-/// cache, so a group stays a few pages long; a batch of small records still
-/// costs one insert per some fifty of them instead of one each.
+/// The most bytes a group's records and directory take (a record larger
+/// than this is an entry of its own). Reading one record reads its whole
+/// entry into redb's cache, so a group stays a few pages long; a batch of
+/// small records still costs one insert per dozens of them (some fifty of
+/// 256-byte puts) instead of one each.
 pub(crate) const MAX_GROUP_BYTES: usize = 16 * 1024;
 
-/// Writes the records `(revision, encoded record)` of `parts`, in ascending
-/// revision order, as entries of at most [`MAX_GROUP_BYTES`] of records each
-/// (or one record): calls `insert` with each entry's key and value.
-pub(crate) fn write_grouped(
+/// Inserts the records a batch wrote into `kv` (see [`insert_grouped`]).
+pub(crate) fn insert_records(kv: &mut Table<'_, Bytes, Bytes>, records: &Records) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<_> = records.iter().collect();
+    insert_grouped(kv, &parts)
+}
+
+/// Inserts the records `(revision, encoded record)` of `parts`, in ascending
+/// revision order, into `kv` as entries of at most [`MAX_GROUP_BYTES`] each
+/// (or of one record).
+pub(crate) fn insert_grouped(
+    kv: &mut Table<'_, Bytes, Bytes>,
     parts: &[(Revision, &[u8])],
-    mut insert: impl FnMut(&[u8], &[u8]) -> Result<()>,
 ) -> Result<()> {
+    write_grouped(parts, |key, value| {
+        kv.insert(key, value)?;
+        Ok(())
+    })
+}
+
+/// Splits `parts` (ascending) into entries as [`insert_grouped`] says and
+/// calls `write` with each one's key and value.
+fn write_grouped(
+    parts: &[(Revision, &[u8])],
+    mut write: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    debug_assert!(parts.windows(2).all(|w| w[0].0 < w[1].0));
     let mut start = 0;
     while start < parts.len() {
         let mut end = start + 1;
-        let mut bytes = parts[start].1.len();
-        while end < parts.len() && bytes + parts[end].1.len() <= MAX_GROUP_BYTES {
-            bytes += parts[end].1.len();
+        let mut bytes = SLOT + parts[start].1.len();
+        while end < parts.len() && bytes + SLOT + parts[end].1.len() <= MAX_GROUP_BYTES {
+            bytes += SLOT + parts[end].1.len();
             end += 1;
         }
         if let Some((key, value)) = encode(parts[start..end].iter().copied()) {
-            insert(&key, &value)?;
+            write(&key, &value)?;
         }
         start = end;
     }
@@ -82,8 +106,7 @@ pub(crate) fn encode<'a>(
     let data: usize = parts.clone().map(|(_, bytes)| bytes.len()).sum();
     let mut out = Vec::with_capacity(GROUP_HEADER + count * SLOT + data);
     out.push(TAG_GROUP);
-    // A batch's records are bounded far below 4 GiB by the request size limit
-    // times the entries of one Ready.
+    // Groups hold at most `MAX_GROUP_BYTES`, far below 4 GiB.
     out.extend_from_slice(&(count as u32).to_be_bytes());
     let mut end = 0usize;
     for (rev, bytes) in parts.clone() {
@@ -121,10 +144,13 @@ impl<'a> Entry<'a> {
             .and_then(|n| n.checked_add(GROUP_HEADER))
             .filter(|&end| end <= value.len() && count > 0)
             .ok_or_else(|| MvccError::corrupt("group directory out of bounds"))?;
-        Ok(Entry::Group {
-            dir: &value[GROUP_HEADER..dir_end],
-            data: &value[dir_end..],
-        })
+        let (dir, data) = (&value[GROUP_HEADER..dir_end], &value[dir_end..]);
+        // Cheap checks that catch a group under the wrong key (which would
+        // break the rule that finds entries) or cut short.
+        if dir[..REVISION_LEN] != *key || Self::end(dir, count - 1) != data.len() {
+            return Err(MvccError::corrupt("group does not match its key or length"));
+        }
+        Ok(Entry::Group { dir, data })
     }
 
     /// Number of records.
@@ -209,23 +235,19 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// The key of the entry that may hold `rev`: the last one at or below it.
-fn key_at_or_below<T: ReadableTable<Bytes, Bytes>>(
+/// A `kv` entry as read: its key and value.
+pub(crate) type Stored<'t> = (AccessGuard<'t, Bytes>, AccessGuard<'t, Bytes>);
+
+/// The entry that may hold `rev`: the last one at or below it.
+pub(crate) fn at_or_below<T: ReadableTable<Bytes, Bytes>>(
     kv: &T,
     rev: Revision,
-) -> Result<Option<[u8; REVISION_LEN]>> {
+) -> Result<Option<Stored<'_>>> {
     let bytes = rev.to_bytes();
-    let Some(entry) = kv.range::<&[u8]>(..=bytes.as_slice())?.next_back() else {
-        return Ok(None);
-    };
-    let (k, _) = entry?;
-    let key = k.value();
-    let mut out = [0u8; REVISION_LEN];
-    if key.len() != REVISION_LEN {
-        return Err(MvccError::corrupt("kv entry key of the wrong length"));
+    match kv.range::<&[u8]>(..=bytes.as_slice())?.next_back() {
+        Some(entry) => Ok(Some(entry?)),
+        None => Ok(None),
     }
-    out.copy_from_slice(key);
-    Ok(Some(out))
 }
 
 /// Calls `f` with the record at `rev` in `kv`, if it holds one.
@@ -234,11 +256,9 @@ pub(crate) fn with_record<T: ReadableTable<Bytes, Bytes>, R>(
     rev: Revision,
     f: impl FnOnce(&[u8]) -> Result<R>,
 ) -> Result<Option<R>> {
-    let bytes = rev.to_bytes();
-    let Some(entry) = kv.range::<&[u8]>(..=bytes.as_slice())?.next_back() else {
+    let Some((k, v)) = at_or_below(kv, rev)? else {
         return Ok(None);
     };
-    let (k, v) = entry?;
     match Entry::parse(k.value(), v.value())?.find(rev)? {
         Some(record) => f(record).map(Some),
         None => Ok(None),
@@ -256,7 +276,10 @@ pub(crate) fn for_each_record<T: ReadableTable<Bytes, Bytes>>(
         return Ok(());
     }
     // A group that begins before `lo` may hold records from `lo` on.
-    let start = key_at_or_below(kv, lo)?.unwrap_or_else(|| lo.to_bytes());
+    let start = match at_or_below(kv, lo)? {
+        Some((k, _)) => Revision::from_bytes(k.value())?.to_bytes(),
+        None => lo.to_bytes(),
+    };
     let end = hi.to_bytes();
     for entry in kv.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
         let (k, v) = entry?;
@@ -298,14 +321,12 @@ pub(crate) fn remove_revisions(kv: &mut Table<'_, Bytes, Bytes>, revs: &[Revisio
     debug_assert!(revs.windows(2).all(|w| w[0] <= w[1]));
     let mut pos = 0;
     while pos < revs.len() {
-        let Some(key) = key_at_or_below(kv, revs[pos])? else {
+        let Some((k, v)) = at_or_below(kv, revs[pos])? else {
             pos += 1;
             continue;
         };
-        let value = match kv.get(key.as_slice())? {
-            Some(v) => v.value().to_vec(),
-            None => return Err(MvccError::corrupt("kv entry vanished while compacting")),
-        };
+        let (key, value) = (k.value().to_vec(), v.value().to_vec());
+        drop((k, v));
         let entry = Entry::parse(&key, &value)?;
         // The revisions to remove that this entry may hold: those before the
         // next entry's key, which is past its last record.
@@ -324,10 +345,7 @@ pub(crate) fn remove_revisions(kv: &mut Table<'_, Bytes, Bytes>, revs: &[Revisio
             continue;
         }
         kv.remove(key.as_slice())?;
-        write_grouped(&kept, |k, v| {
-            kv.insert(k, v)?;
-            Ok(())
-        })?;
+        insert_grouped(kv, &kept)?;
     }
     Ok(())
 }
@@ -347,12 +365,18 @@ mod tests {
         Revision::new(main, sub)
     }
 
-    /// Records as a batch would write them: runs of ascending revisions,
-    /// each run one entry; the value says which revision it is.
-    fn runs() -> impl Strategy<Value = Vec<Vec<Revision>>> {
-        prop::collection::vec((1..4usize, 0..3i64), 1..60).prop_map(|steps| {
+    /// Records as batches would write them: runs of ascending revisions,
+    /// each run inserted as one batch inserts its records; each with the
+    /// size of its record (small, a few KiB, or past the group limit).
+    fn runs() -> impl Strategy<Value = Vec<Vec<(Revision, usize)>>> {
+        let size = prop_oneof![
+            6 => 0..64usize,
+            2 => 3000..6000usize,
+            1 => MAX_GROUP_BYTES..MAX_GROUP_BYTES + 100,
+        ];
+        prop::collection::vec((1..4usize, 0..3i64, size), 1..60).prop_map(|steps| {
             let (mut runs, mut run, mut main, mut sub) = (Vec::new(), Vec::new(), 2, 0);
-            for (cut, step) in steps {
+            for (cut, step, size) in steps {
                 if cut == 1 && !run.is_empty() {
                     runs.push(std::mem::take(&mut run));
                 }
@@ -361,34 +385,64 @@ mod tests {
                 } else {
                     (main, sub) = (main + step, 0);
                 }
-                run.push(r(main, sub));
+                run.push((r(main, sub), size));
             }
             runs.push(run);
             runs
         })
     }
 
-    fn value_of(rev: Revision) -> Vec<u8> {
-        let mut v = b"p".to_vec();
-        v.extend_from_slice(format!("{}.{}", rev.main, rev.sub).as_bytes());
+    /// A record of `size` bytes or more that says which revision it is.
+    fn value_of(rev: Revision, size: usize) -> Vec<u8> {
+        let mut v = format!("p{}.{}.", rev.main, rev.sub).into_bytes();
+        v.resize(v.len().max(size), b'.');
         v
     }
 
-    fn write(db: &Database, runs: &[Vec<Revision>]) {
+    fn write(db: &Database, runs: &[Vec<(Revision, usize)>]) {
         let txn = db.begin_write().unwrap();
         {
             let mut kv = txn.open_table(KV).unwrap();
             for run in runs {
-                let values: Vec<_> = run.iter().map(|&rev| (rev, value_of(rev))).collect();
+                let values: Vec<_> = run
+                    .iter()
+                    .map(|&(rev, n)| (rev, value_of(rev, n)))
+                    .collect();
                 let parts: Vec<_> = values.iter().map(|(rev, v)| (*rev, v.as_slice())).collect();
-                write_grouped(&parts, |k, v| {
-                    kv.insert(k, v)?;
-                    Ok(())
-                })
-                .unwrap();
+                insert_grouped(&mut kv, &parts).unwrap();
             }
         }
         txn.commit().unwrap();
+    }
+
+    /// The layout's invariants: each entry's key is its first record's
+    /// revision, its records ascend and end before the next entry's key, and
+    /// a group holds at least two records and at most `MAX_GROUP_BYTES`.
+    fn check_layout(
+        kv: &impl ReadableTable<Bytes, Bytes>,
+    ) -> std::result::Result<(), TestCaseError> {
+        let mut previous: Option<Revision> = None;
+        for item in kv.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let entry = Entry::parse(k.value(), v.value()).unwrap();
+            let key = Revision::from_bytes(k.value()).unwrap();
+            prop_assert_eq!(entry.get(0).unwrap().0, key);
+            if let Entry::Group { .. } = entry {
+                prop_assert!(entry.len() >= 2);
+                prop_assert!(v.value().len() <= GROUP_HEADER + MAX_GROUP_BYTES);
+            }
+            for i in 0..entry.len() {
+                let (rev, _) = entry.get(i).unwrap();
+                prop_assert!(
+                    previous.is_none_or(|p| p < rev),
+                    "{:?} after {:?}",
+                    rev,
+                    previous
+                );
+                previous = Some(rev);
+            }
+        }
+        Ok(())
     }
 
     fn check(
@@ -396,6 +450,7 @@ mod tests {
         model: &BTreeMap<Revision, Vec<u8>>,
         probes: &[(i64, i64, i64)],
     ) -> std::result::Result<(), TestCaseError> {
+        check_layout(kv)?;
         prop_assert_eq!(count(kv).unwrap(), model.len() as u64);
         let mut all = Vec::new();
         for_each_stored(kv, |rev, bytes| {
@@ -429,39 +484,51 @@ mod tests {
         Ok(())
     }
 
+    /// Removes the records `removals` picks, twice each (as two compactions
+    /// of one batch pass them), with revisions no entry holds: before, after
+    /// and inside the entries' spans.
+    fn remove(db: &Database, model: &mut BTreeMap<Revision, Vec<u8>>, removals: &[bool]) {
+        let mut doomed: Vec<Revision> = model
+            .keys()
+            .zip(removals)
+            .filter(|(_, &gone)| gone)
+            .flat_map(|(rev, _)| [*rev, *rev, r(rev.main, rev.sub + 7)])
+            .collect();
+        doomed.extend([r(1, 0), r(500, 0)]);
+        doomed.sort();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            remove_revisions(&mut kv, &doomed).unwrap();
+        }
+        txn.commit().unwrap();
+        for rev in &doomed {
+            model.remove(rev);
+        }
+    }
+
     proptest! {
         #[test]
         fn entries_read_and_compact_like_a_map_of_their_records(
             runs in runs(),
-            probes in prop::collection::vec((0..130i64, 0..4i64, 0..130i64), 1..20),
-            removals in prop::collection::vec(any::<bool>(), 0..200),
+            probes in prop::collection::vec((0..130i64, 0..9i64, 0..130i64), 1..20),
+            first in prop::collection::vec(any::<bool>(), 0..200),
+            second in prop::collection::vec(any::<bool>(), 0..200),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let db = Database::create(dir.path().join("db")).unwrap();
             write(&db, &runs);
-            let mut model: BTreeMap<Revision, Vec<u8>> =
-                runs.iter().flatten().map(|&rev| (rev, value_of(rev))).collect();
-            {
-                let txn = db.begin_read().unwrap();
-                check(&txn.open_table(KV).unwrap(), &model, &probes)?;
-            }
-            // Remove some records, and revisions no entry holds.
-            let mut doomed: Vec<Revision> = model
-                .keys()
-                .zip(&removals)
-                .filter(|(_, &gone)| gone)
-                .map(|(rev, _)| *rev)
+            let mut model: BTreeMap<Revision, Vec<u8>> = runs
+                .iter()
+                .flatten()
+                .map(|&(rev, n)| (rev, value_of(rev, n)))
                 .collect();
-            doomed.extend([r(1, 0), r(500, 0)]);
-            doomed.sort();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut kv = txn.open_table(KV).unwrap();
-                remove_revisions(&mut kv, &doomed).unwrap();
-            }
-            txn.commit().unwrap();
-            for rev in &doomed {
-                model.remove(rev);
+            for removals in [&first, &second] {
+                {
+                    let txn = db.begin_read().unwrap();
+                    check(&txn.open_table(KV).unwrap(), &model, &probes)?;
+                }
+                remove(&db, &mut model, removals);
             }
             let txn = db.begin_read().unwrap();
             check(&txn.open_table(KV).unwrap(), &model, &probes)?;
@@ -503,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_single_record_is_stored_as_itself() {
-        let rec = value_of(r(5, 0));
+        let rec = value_of(r(5, 0), 0);
         let (k, v) = encode([(r(5, 0), rec.as_slice())].into_iter()).unwrap();
         assert_eq!((k, v), (r(5, 0).to_bytes(), rec));
         assert!(encode(std::iter::empty::<(Revision, &[u8])>()).is_none());
@@ -520,12 +587,28 @@ mod tests {
         ] {
             assert!(Entry::parse(&key, &value).is_err(), "{value:?}");
         }
-        // A directory that points past the data.
-        let mut value = b"g\0\0\0\x01".to_vec();
-        value.extend_from_slice(&r(2, 0).to_bytes());
-        value.extend_from_slice(&100u32.to_be_bytes());
-        let entry = Entry::parse(&key, &value).unwrap();
-        assert!(entry.get(0).is_err());
-        assert!(entry.find(r(2, 0)).is_err());
+        // A group of two records: (revision, end) pairs, then the data.
+        let group = |slots: [(Revision, u32); 2], data: &[u8]| {
+            let mut value = b"g\0\0\0\x02".to_vec();
+            for (rev, end) in slots {
+                value.extend_from_slice(&rev.to_bytes());
+                value.extend_from_slice(&end.to_be_bytes());
+            }
+            value.extend_from_slice(data);
+            value
+        };
+        let good = group([(r(2, 0), 1), (r(3, 0), 2)], b"pp");
+        assert_eq!(
+            Entry::parse(&key, &good).unwrap().get(1).unwrap(),
+            (r(3, 0), &b"p"[..])
+        );
+        // Under another key than its first revision; ending past its data.
+        assert!(Entry::parse(&r(1, 0).to_bytes(), &good).is_err());
+        assert!(Entry::parse(&key, &group([(r(2, 0), 1), (r(3, 0), 100)], b"pp")).is_err());
+        // Ends out of order: the record between them is refused when read.
+        let entry_bytes = group([(r(2, 0), 3), (r(3, 0), 2)], b"ppp");
+        let entry = Entry::parse(&key, &entry_bytes[..entry_bytes.len() - 1]).unwrap();
+        assert!(entry.get(1).is_err());
+        assert!(entry.find(r(3, 0)).is_err());
     }
 }

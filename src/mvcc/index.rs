@@ -107,8 +107,8 @@ impl KeyIndex {
         }
     }
 
-    /// The index of the records in `kv` (revision -> record), read in revision
-    /// order.
+    /// The index of the records in `kv` (see [`super::entry`]), read in
+    /// revision order.
     pub fn rebuild<T: ReadableTable<&'static [u8], &'static [u8]>>(
         kv: &T,
         compacted: i64,

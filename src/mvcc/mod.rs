@@ -28,14 +28,15 @@
 //! for Raft).
 //!
 //! Invariants (kept by `store`, `index` and `view`):
-//! * every stored revision of every key is a record in the `kv` table
-//!   (keyed by revision, each entry one record or a group of one batch's
-//!   records; the record names its key and whether it is a
-//!   tombstone), and a change in that key's history in the key index, which
-//!   is rebuilt from the `kv` table when the store opens;
+//! * every stored revision of every key is a record in the `kv` table (once
+//!   the batch that wrote it ends; each entry is one record or a group of one
+//!   batch's records, keyed by revision; the record names its key and whether
+//!   it is a tombstone), and a change in that key's history in the key index,
+//!   which is rebuilt from the `kv` table when the store opens;
 //! * on disk, only the `kv` table grows with writes, and only at its end: it
 //!   is keyed by revision, like etcd's backend, so a batch dirties the same few
-//!   pages however scattered its keys;
+//!   pages however scattered its keys (a compaction rewrites the groups it
+//!   takes records out of where they lie);
 //! * the `state` table holds the current and the compacted revision; below the
 //!   compacted revision only the newest non-tombstone revision of each key is kept.
 

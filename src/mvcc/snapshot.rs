@@ -1,12 +1,12 @@
 //! Whole-store snapshot bytes, for Raft snapshots (and, framed by
 //! `crate::backup`, for backup files).
 //!
-//! Format: the magic `LCMVCC02`, then for each table of
-//! [`ALL_TABLES`] in order: its name (u32-length
-//! prefixed), its entry count (u64), and its entries (u32-length-prefixed key,
-//! then value; `mvcc_kv` one record per entry, as stores wrote it before
-//! batches grouped their records, see [`super::entry`]); finally the CRC-32C of everything before it (u32). All integers
-//! are big-endian. [`decode`] checks the magic, the checksum, the table names and
+//! Format: the magic `LCMVCC02`, then for each table of [`ALL_TABLES`] in
+//! order: its name (u32-length prefixed), its entry count (u64), and its
+//! entries (u32-length-prefixed key, then value; `mvcc_kv` one record per
+//! entry, as stores wrote it before batches grouped their records, see
+//! [`super::entry`]); finally the CRC-32C of everything before it (u32). All
+//! integers are big-endian. [`decode`] checks the magic, the checksum, the table names and
 //! that nothing trails, so a restore never starts from damaged bytes.
 //!
 //! Version 1 (`LCMVCC01`, written before the key index moved to memory) holds

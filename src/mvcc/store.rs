@@ -26,7 +26,9 @@
 //! store's writer slot for as long as it runs (the pending transaction is
 //! redb's one write transaction, so nothing else may begin one).
 //!
-//! Tables (all `&[u8] -> &[u8]`): `mvcc_kv` (revision -> record), `mvcc_state`
+//! Tables (all `&[u8] -> &[u8]`): `mvcc_kv` (revision -> record, or a group
+//! of one batch's records keyed by the first one's revision: see
+//! [`super::entry`]), `mvcc_state`
 //! (current and compacted revision) and `meta` (free-form entries of the apply
 //! layer, written atomically with the data). Which revisions each key has is
 //! the in-memory [`KeyIndex`], shared by the store, its batches and its read
@@ -140,7 +142,10 @@ struct BatchState {
     pending_compact: Option<i64>,
     /// Whether the batch wrote anything (a revision, a compaction, meta).
     dirty: bool,
-    /// The records written, for the read buffer should the batch wait.
+    /// The records written and not yet in `kv`: [`Batch::commit`] inserts
+    /// them (a compaction first, see `compact_tables`), and hands them to
+    /// the read buffer should the batch wait. The batch's own reads find
+    /// them here meanwhile.
     written: Records,
     /// Whether revision transactions collect the events of their changes
     /// (see [`Batch::set_events`]).
@@ -859,18 +864,14 @@ impl Batch<'_> {
         live(&self.txn)
     }
 
-    /// Inserts the records the batch wrote since the last such insert into
-    /// `kv`, as one entry (see [`super::entry`]).
+    /// Inserts the records in `written` into `kv`, grouped (see
+    /// [`super::entry`]); `written` keeps them for the read buffer.
     fn write_records(&self) -> Result<()> {
         if self.state.written.is_empty() {
             return Ok(());
         }
         let mut kv = self.write_txn()?.open_table(KV)?;
-        let parts: Vec<_> = self.state.written.iter().collect();
-        super::entry::write_grouped(&parts, |key, value| {
-            kv.insert(key, value)?;
-            Ok(())
-        })
+        super::entry::insert_records(&mut kv, &self.state.written)
     }
 
     /// Writes the current and compacted revision if the batch changed them.
@@ -914,6 +915,8 @@ impl Batch<'_> {
         // A compaction is always committed: the buffer would still hold the
         // records it removed (and it is rare).
         if !self.durable && self.state.pending_compact.is_none() {
+            // (Never a batch that compacted: `compact_tables` took the records
+            // it wrote before the compaction out of `written`.)
             // Records first, then the revision that lets readers ask for them.
             store
                 .buffer()
@@ -985,12 +988,7 @@ impl<'b> Writer<'b> {
         // them. (A batch that compacts is committed, never handed to the read
         // buffer, so `written` is not needed afterwards.)
         let written = std::mem::take(&mut self.state.written);
-        let parts: Vec<_> = written.iter().collect();
-        let kv = &mut self.tables.kv;
-        super::entry::write_grouped(&parts, |key, value| {
-            kv.insert(key, value)?;
-            Ok(())
-        })?;
+        super::entry::insert_records(&mut self.tables.kv, &written)?;
         let mut doomed = read_index(&self.state.index).compactable(rev);
         doomed.sort_unstable();
         super::entry::remove_revisions(&mut self.tables.kv, &doomed)?;
@@ -1147,7 +1145,7 @@ impl<'w, 't> RevTxn<'w, 't> {
             };
             let value = kept.as_deref().unwrap_or(value);
             let returned = if return_prev { prev.clone() } else { None };
-            t.write_put(key, value, rev, meta, prev)?;
+            t.write_put(key, value, rev, meta, prev);
             Ok(returned)
         })
     }
@@ -1155,9 +1153,8 @@ impl<'w, 't> RevTxn<'w, 't> {
     /// Writes the record of a put already in the index, and its event if
     /// the batch collects them.
     ///
-    /// The record is encoded once, into the batch's [`Records`], and inserted
-    /// into redb from there. (Should the insert fail, the record stays in
-    /// `written`, but the batch is poisoned and never hands it to readers.)
+    /// The record is encoded once, into the batch's [`Records`]; the batch
+    /// inserts it into redb with the others when it ends.
     fn write_put(
         &mut self,
         key: &[u8],
@@ -1165,7 +1162,7 @@ impl<'w, 't> RevTxn<'w, 't> {
         rev: Revision,
         meta: PutMeta,
         prev_kv: Option<KeyValue>,
-    ) -> Result<()> {
+    ) {
         let record = RecordRef {
             key,
             value,
@@ -1182,7 +1179,6 @@ impl<'w, 't> RevTxn<'w, 't> {
                 prev_kv,
             });
         }
-        Ok(())
     }
 
     /// Deletes every existing key in the range, returning their key-values

@@ -582,10 +582,12 @@ fn compact_keeps_the_newest_live_revision_per_key_and_drops_the_rest() {
 }
 
 #[test]
-fn a_batch_stores_its_records_as_one_entry_that_compaction_takes_records_out_of() {
+fn batches_store_their_records_in_groups_that_compaction_takes_records_out_of() {
     let (dir, store) = open_temp();
-    // One batch of five revisions: a@2, b@3, a@4, c@5, b deleted @6.
+    // One batch of five revisions: a@2, b@3, a@4, c@5, b deleted @6. It
+    // waits (its transaction stays pending for the next batch).
     let mut batch = store.batch().unwrap();
+    batch.set_durable(false);
     {
         let mut writer = batch.writer().unwrap();
         for (key, value) in [(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"c", b"1")] {
@@ -598,45 +600,61 @@ fn a_batch_stores_its_records_as_one_entry_that_compaction_takes_records_out_of(
         txn.end();
     }
     batch.commit().unwrap();
-    let view = store.read().unwrap();
+    assert_eq!(get(&store, b"a").unwrap().value, b"2");
+    let view = store.read_durable().unwrap();
     assert_eq!(view.stored_entries().unwrap(), 1);
     assert_eq!(view.stored_revisions().unwrap(), (5, 5));
-    assert_eq!(get(&store, b"a").unwrap().value, b"2");
-    assert_eq!(
-        range(&store, b"b", b"", &at(5)).unwrap().kvs[0].mod_revision,
-        3
-    );
+    let b = range(&store, b"b", b"", &at(5)).unwrap();
+    assert_eq!(b.kvs[0].mod_revision, 3);
     drop(view);
 
-    // A batch that writes, then compacts in the middle of the group above:
-    // a@2 and b@3 with its tombstone go; the group keeps a@4 and c@5.
+    // A waiting batch, then one in the same pending transaction that
+    // writes, compacts in the middle of the first group (a@2 and b@3 with
+    // its tombstone go; the group keeps a@4 and c@5), writes, reads what it
+    // wrote and compacts again.
+    let mut batch = store.batch().unwrap();
+    batch.set_durable(false);
+    let mut txn = batch.txn().unwrap();
+    txn.put(b"d", b"1", 0, false, false).unwrap(); // 7
+    txn.end();
+    batch.commit().unwrap();
     let mut batch = store.batch().unwrap();
     {
         let mut writer = batch.writer().unwrap();
         let mut txn = writer.txn().unwrap();
-        txn.put(b"d", b"1", 0, false, false).unwrap(); // 7
-        txn.end();
-        let mut txn = writer.txn().unwrap();
         txn.put(b"d", b"2", 0, false, false).unwrap(); // 8
+        txn.end();
+        writer.compact(6).unwrap();
+        let mut txn = writer.txn().unwrap();
+        let prev = txn.put(b"e", b"1", 0, false, false).unwrap(); // 9
+        assert_eq!(prev, None);
+        let prev = txn.put(b"d", b"3", 0, false, false).unwrap(); // 9.1
+        assert_eq!(prev.map(|kv| kv.mod_revision), Some(8));
+        let all = txn.range(b"\0", b"\0", &RangeOptions::default()).unwrap();
+        let revs: Vec<_> = all.kvs.iter().map(|kv| kv.mod_revision).collect();
+        assert_eq!(revs, vec![4, 5, 9, 9]);
         txn.end();
         writer.compact(8).unwrap();
     }
     batch.commit().unwrap();
     let view = store.read().unwrap();
-    // Kept: a@4, c@5, d@8; d@7 went from the batch's own records.
-    assert_eq!(view.stored_revisions().unwrap(), (3, 3));
-    assert_eq!(view.stored_entries().unwrap(), 2);
+    // Kept: a@4 and c@5 (their group), d@8 (written before the first
+    // compaction, an entry of its own), e@9 and d@9.1 (a group written by
+    // the second); d@7 went.
+    assert_eq!(view.stored_revisions().unwrap(), (5, 5));
+    assert_eq!(view.stored_entries().unwrap(), 3);
     let expect = |store: &Store| {
-        let r = range(store, b"\0", b"\0", &at(8)).unwrap();
+        let r = range(store, b"\0", b"\0", &at(9)).unwrap();
         let got: Vec<_> = r
             .kvs
             .iter()
-            .map(|kv| (kv.key.clone(), kv.mod_revision))
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
-        assert_eq!(
-            got,
-            vec![(b"a".to_vec(), 4), (b"c".to_vec(), 5), (b"d".to_vec(), 8)]
-        );
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [("a", "2"), ("c", "1"), ("d", "3"), ("e", "1")]
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
     };
     expect(&store);
     drop(view);
@@ -644,7 +662,7 @@ fn a_batch_stores_its_records_as_one_entry_that_compaction_takes_records_out_of(
     // Reopened, the index is rebuilt from the groups.
     let store = Store::open(dir.path().join("db")).unwrap();
     expect(&store);
-    assert_eq!(store.indexed_keys(), 3);
+    assert_eq!(store.indexed_keys(), 4);
 }
 
 #[test]

@@ -8,14 +8,17 @@
 //!
 //! Cost: a range walks the index over the keys of the range (in memory, under
 //! a read lock held only for that walk), then reads one record per returned key
-//! with [`View::records_at`], which reads many records by range scans of the
-//! `kv` table instead of one lookup each. Revisions in the index past the
+//! with [`View::records_at`], which reads the records one `kv` entry holds (a
+//! group of one batch's records, see [`super::entry`]) with one lookup.
+//! Revisions in the index past the
 //! view's current revision belong to a batch not committed yet and are never
 //! looked at.
 //!
 //! A read view's records past the last redb commit are in its
 //! [`ReadBuffer`] (see [`super::buffer`]): record reads and scans take a
-//! revision from the buffer when it covers it and from `kv` otherwise.
+//! revision from the buffer when it covers it and from `kv` otherwise. A
+//! batch's records are in `kv` only once it ends: until then its own reads
+//! find them in its [`Records`].
 
 use std::cmp::Ordering;
 
@@ -43,13 +46,14 @@ type Span = (Revision, Revision);
 
 /// Read access to the store as one transaction sees it.
 pub(crate) struct View<'a, T> {
-    /// The `kv` table (revision -> record) of the transaction.
+    /// The `kv` table (revision -> record, or group of records) of the
+    /// transaction.
     pub kv: &'a T,
     /// For a read view, the records past its redb snapshot; `None` for a
     /// batch (its write transaction holds everything else).
     pub buffer: Option<&'a ReadBuffer>,
     /// For a batch, the records it wrote that are not in `kv` yet (a batch
-    /// inserts them as one entry when it ends); `None` for a read view.
+    /// inserts them, grouped, when it ends); `None` for a read view.
     pub own: Option<&'a Records>,
     /// The shared key index.
     pub index: &'a RwLock<KeyIndex>,
@@ -111,14 +115,7 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
         }
         // A batch's own records come after everything in `kv`.
         if let Some(own) = self.own {
-            for (rev, bytes) in own.iter() {
-                if rev > hi {
-                    break;
-                }
-                if rev >= lo {
-                    f(rev, bytes)?;
-                }
-            }
+            own.for_each_in(lo, hi, &mut f)?;
         }
         Ok(())
     }
@@ -139,9 +136,11 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
                 found[i] = found[order[pos - 1]].clone();
                 continue;
             }
-            let in_kv = self.own.is_none_or(|own| own.find(want).is_none())
-                && self.buffered(want).is_none();
-            if !in_kv {
+            if let Some(bytes) = self.own.and_then(|own| own.find(want)) {
+                found[i] = Some(decode_record(bytes)?);
+                continue;
+            }
+            if self.buffered(want).is_some() {
                 found[i] = Some(self.record_at(want)?);
                 continue;
             }
@@ -152,9 +151,8 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
                 }
             }
             if record.is_none() {
-                let at = want.to_bytes();
-                let entry = self.kv.range::<&[u8]>(..=at.as_slice())?.next_back();
-                let (k, v) = entry.ok_or_else(|| missing_record(want))??;
+                let (k, v) =
+                    entry::at_or_below(self.kv, want)?.ok_or_else(|| missing_record(want))?;
                 let (key, value) = &*last.insert((k.value().to_vec(), v));
                 let bytes = Entry::parse(key, value.value())?
                     .find(want)?
