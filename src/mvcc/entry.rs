@@ -55,6 +55,25 @@ pub(crate) fn insert_records(kv: &mut Table<'_, Bytes, Bytes>, records: &Records
     insert_grouped(kv, &parts)
 }
 
+/// Inserts the records of `entries` (a snapshot's, in key order: single
+/// records, or groups) into an empty `kv`, grouped.
+pub(crate) fn insert_entries(
+    kv: &mut Table<'_, Bytes, Bytes>,
+    entries: &[(&[u8], &[u8])],
+) -> Result<()> {
+    let mut parts = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        let entry = Entry::parse(key, value)?;
+        for i in 0..entry.len() {
+            parts.push(entry.get(i)?);
+        }
+    }
+    if !parts.windows(2).all(|w| w[0].0 < w[1].0) {
+        return Err(MvccError::corrupt("snapshot records out of revision order"));
+    }
+    insert_grouped(kv, &parts)
+}
+
 /// Inserts the records `(revision, encoded record)` of `parts`, in ascending
 /// revision order, into `kv` as entries of at most [`MAX_GROUP_BYTES`] each
 /// (or of one record).

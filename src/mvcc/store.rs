@@ -770,6 +770,11 @@ impl Store {
         for (def, entries) in ALL_TABLES.iter().zip(&tables) {
             txn.delete_table(*def)?;
             let mut table = txn.open_table(*def)?;
+            if redb::TableHandle::name(def) == redb::TableHandle::name(&KV) {
+                // Records go in grouped, as batches write them.
+                super::entry::insert_entries(&mut table, entries)?;
+                continue;
+            }
             for (k, v) in entries {
                 table.insert(*k, *v)?;
             }

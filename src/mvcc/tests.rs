@@ -810,6 +810,14 @@ fn snapshot_restore_replaces_contents_with_an_identical_store() {
     assert_eq!(dv.meta("other").unwrap(), None);
     assert_eq!(get(&dst, b"zzz"), None);
     assert_eq!(dv.snapshot_bytes().unwrap(), bytes);
+    // The source wrote its three remaining records in three batches; the
+    // restore writes them as one group.
+    assert_eq!(sv.stored_entries().unwrap(), 3);
+    assert_eq!(dv.stored_entries().unwrap(), 1);
+    assert_eq!(
+        dv.stored_revisions().unwrap(),
+        sv.stored_revisions().unwrap()
+    );
 
     let mut bad = bytes.clone();
     bad[20] ^= 1;
