@@ -94,10 +94,16 @@ impl Sup {
 
     /// Waits until some output line satisfies `pred`; returns it.
     fn wait_line(&self, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_lines(|lines| lines.iter().find(|l| pred(l)).cloned())
+    }
+
+    /// Waits (at most 10 s) until `found` finds something in the output
+    /// lines so far; returns it.
+    fn wait_lines<T>(&self, found: impl Fn(&[String]) -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
-                return l;
+            if let Some(v) = found(&self.lines()) {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
@@ -118,24 +124,14 @@ impl Sup {
     /// the one with pid `old`: a control command's answer can arrive before
     /// the log line of the start it made.
     fn pid_after(&self, name: &str, old: Option<i32>) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let latest = self
-                .lines()
-                .into_iter()
+        self.wait_lines(|lines| {
+            lines
+                .iter()
                 .rev()
                 .find(|l| l.starts_with(&format!("{name} ")) && l.contains("started with pid"))
-                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap());
-            if let Some(pid) = latest.filter(|&pid| Some(pid) != old) {
-                return pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new start of {name} in:\n{}",
-                self.lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .filter(|&pid| Some(pid) != old)
+        })
     }
 
     fn run(&self, args: &[&str]) -> Output {

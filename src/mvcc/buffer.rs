@@ -168,15 +168,7 @@ impl ReadBuffer {
         let batches = self.batches();
         // The first batch whose last record is at or past `rev`.
         let b = batches.partition_point(|r| r.last().is_some_and(|last| last < rev));
-        let records = batches.get(b)?;
-        let i = records.position(rev);
-        if i < records.len() {
-            let (found, bytes) = records.get(i);
-            if found == rev {
-                return Some(f(bytes));
-            }
-        }
-        None
+        batches.get(b)?.find(rev).map(f)
     }
 
     /// Calls `f` with every record in `lo..=hi`, in revision order, until it

@@ -113,7 +113,7 @@ fn write_grouped(
 /// Encodes the records `(revision, encoded record)` of `parts`, in ascending
 /// revision order, as one entry: the record itself if there is one, a group
 /// otherwise. Returns the entry's key and value.
-pub(crate) fn encode<'a>(
+fn encode<'a>(
     parts: impl ExactSizeIterator<Item = (Revision, &'a [u8])> + Clone,
 ) -> Option<([u8; REVISION_LEN], Vec<u8>)> {
     let count = parts.len();
