@@ -9,7 +9,9 @@
 # etcd_disk_wal_fsync_duration_seconds counters of their /metrics), waits
 # WINDOW seconds, reads them again, stops everything and prints one line:
 #
-#   check-perf puts/s 3921 ctxsw/put 3.70 syscw/put 6.19 fsync/put 0.533 cpu_ms/put 0.345
+#   check-perf puts/s 3921 ctxsw/put 3.70 syscw/put 6.19 fsync/put 0.533 cpu_ms/put 0.345 load_cpu_ms/put 0.141
+#
+# (load_cpu_ms/put is the load generator's own CPU: etcdctl's, or bench's.)
 #
 # Loads:
 #   scripts/load-shape.sh check-perf          etcdctl check perf --load=$CHECK_LOAD (l)
@@ -65,9 +67,11 @@ else
     "$BENCH" bench put --endpoints "$endpoints" --total 100000000 "$@" \
         >"$WORK/load.out" 2>&1 &
 fi
-PIDS+=($!)
+LOAD_PID=$!
+PIDS+=("$LOAD_PID")
 
-# context switches, write syscalls, CPU ticks of the members
+# context switches, write syscalls, CPU ticks of the members; CPU ticks of the
+# load generator
 counters() {
     local cs=0 w=0 cpu=0 pid t
     for pid in "${MEMBERS[@]}"; do
@@ -77,7 +81,7 @@ counters() {
         w=$((w + $(awk '/^syscw/ {print $2}' "/proc/$pid/io")))
         cpu=$((cpu + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
     done
-    echo "$cs $w $cpu"
+    echo "$cs $w $cpu $(awk '{print $14 + $15}' "/proc/$LOAD_PID/stat")"
 }
 # sum of the metric lines matching $2 over the members, into variable $1
 metric() {
@@ -103,8 +107,8 @@ sleep "$WINDOW"
 counters >"$WORK/c1"
 metric p1 "$PUTS"
 metric f1 "$FSYNCS"
-read -r cs0 w0 cpu0 <"$WORK/c0"
-read -r cs1 w1 cpu1 <"$WORK/c1"
+read -r cs0 w0 cpu0 load0 <"$WORK/c0"
+read -r cs1 w1 cpu1 load1 <"$WORK/c1"
 
 n=$((p1 - p0))
 if [ "$n" -le 0 ]; then
@@ -118,4 +122,5 @@ echo "$LOAD puts/s $((n / WINDOW))" \
     "ctxsw/put $(per "$((cs1 - cs0))" 2)" \
     "syscw/put $(per "$((w1 - w0))" 2)" \
     "fsync/put $(per "$((f1 - f0))" 3)" \
-    "cpu_ms/put $(per "$(((cpu1 - cpu0) * 1000))/$hz" 3)"
+    "cpu_ms/put $(per "$(((cpu1 - cpu0) * 1000))/$hz" 3)" \
+    "load_cpu_ms/put $(per "$(((load1 - load0) * 1000))/$hz" 3)"

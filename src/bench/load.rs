@@ -1,7 +1,7 @@
 //! The closed-loop load behind `bench put`, `range`, `txn-put` and `mixed`.
 //!
-//! Each client is a tokio task with its own `KvClient` over one of the run's
-//! connections (see [`super::plan`] for their layout, [`super::conn`] for
+//! Each client is a tokio task making unary calls of the KV service on one
+//! of the run's connections (see [`super::plan`] for their layout, [`super::conn`] for
 //! what a connection is). Clients take request indexes from one
 //! shared counter until the run is over: `total` requests taken, or
 //! `duration` elapsed. With a `rate`, request `i` is not sent before
@@ -16,14 +16,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 
-use super::conn::Link;
+use super::conn::{H2Channel, Link};
 use super::keys::{self, KeyGen};
 use super::plan::Plan;
 use super::summary::Summary;
 use super::BenchError;
-use crate::pb::etcdserverpb::kv_client::KvClient;
-use crate::pb::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::pb::etcdserverpb::{
+    request_op, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    TxnResponse,
+};
+
+/// The methods the benchmarks call.
+const PUT: PathAndQuery = PathAndQuery::from_static("/etcdserverpb.KV/Put");
+const RANGE: PathAndQuery = PathAndQuery::from_static("/etcdserverpb.KV/Range");
+const TXN: PathAndQuery = PathAndQuery::from_static("/etcdserverpb.KV/Txn");
 
 /// The request each benchmark sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -203,8 +211,7 @@ fn progress_bar(spec: &LoadSpec) -> indicatif::ProgressBar {
 }
 
 async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
-    let (channel, mut epoch) = link.channel().await;
-    let mut kv = KvClient::new(channel);
+    let (mut channel, mut epoch) = link.channel().await;
     let spec = &shared.spec;
     let mut keys = KeyGen::new(spec.key_size, spec.key_space, spec.sequential);
     // The client's own copy of the value: each put shares it (a reference
@@ -221,25 +228,17 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
         let key = keys.key(i);
         let t = Instant::now();
         let result = match shared.op {
-            Op::Put => kv.put(put(key, &value)).await.map(drop),
-            Op::Range { serializable } => kv.range(range(key, serializable)).await.map(drop),
-            Op::TxnPut => kv
-                .txn(TxnRequest {
-                    success: vec![RequestOp {
-                        request: Some(request_op::Request::RequestPut(put(key, &value))),
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
+            Op::Put => put(&mut channel, key, &value).await,
+            Op::Range { serializable } => range(&mut channel, key, serializable).await,
+            Op::TxnPut => txn_put(&mut channel, key, &value).await,
             Op::Mixed {
                 read_ratio,
                 serializable,
             } => {
                 if rand::random::<f64>() < read_ratio {
-                    kv.range(range(key, serializable)).await.map(drop)
+                    range(&mut channel, key, serializable).await
                 } else {
-                    kv.put(put(key, &value)).await.map(drop)
+                    put(&mut channel, key, &value).await
                 }
             }
         };
@@ -251,8 +250,8 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
                     out.first_error = Some(format!("{:?}: {}", status.code(), status.message()));
                 }
                 // The connection may have ended: go on on a new one.
-                if let Some((channel, newer)) = link.replace(epoch).await {
-                    kv = KvClient::new(channel);
+                if let Some((newer_channel, newer)) = link.replace(epoch).await {
+                    channel = newer_channel;
                     epoch = newer;
                 }
             }
@@ -262,18 +261,51 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
     out
 }
 
-fn put(key: Vec<u8>, value: &Bytes) -> PutRequest {
+async fn put(channel: &mut H2Channel, key: Vec<u8>, value: &Bytes) -> Result<(), tonic::Status> {
+    let request = put_request(key, value);
+    channel
+        .unary::<_, PutResponse>(&PUT, &request)
+        .await
+        .map(drop)
+}
+
+async fn range(
+    channel: &mut H2Channel,
+    key: Vec<u8>,
+    serializable: bool,
+) -> Result<(), tonic::Status> {
+    let request = RangeRequest {
+        key,
+        serializable,
+        ..Default::default()
+    };
+    channel
+        .unary::<_, RangeResponse>(&RANGE, &request)
+        .await
+        .map(drop)
+}
+
+async fn txn_put(
+    channel: &mut H2Channel,
+    key: Vec<u8>,
+    value: &Bytes,
+) -> Result<(), tonic::Status> {
+    let request = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put_request(key, value))),
+        }],
+        ..Default::default()
+    };
+    channel
+        .unary::<_, TxnResponse>(&TXN, &request)
+        .await
+        .map(drop)
+}
+
+fn put_request(key: Vec<u8>, value: &Bytes) -> PutRequest {
     PutRequest {
         key: key.into(),
         value: value.clone(),
-        ..Default::default()
-    }
-}
-
-fn range(key: Vec<u8>, serializable: bool) -> RangeRequest {
-    RangeRequest {
-        key,
-        serializable,
         ..Default::default()
     }
 }
