@@ -2039,3 +2039,31 @@ fn the_database_size_follows_the_file_as_batches_that_wait_grow_it() {
     store.flush().unwrap();
     assert_eq!(store.db_size(), file_len());
 }
+
+#[test]
+fn size_in_use_shows_a_defragmentation_at_once() {
+    let (_d, store) = open_temp();
+    let value = vec![7u8; 1024];
+    for i in 0..2000u32 {
+        put(&store, &i.to_be_bytes(), &value);
+    }
+    store.flush().unwrap();
+    let full = store.db_size_in_use().unwrap();
+    // A compaction frees pages for reuse; redb counts them allocated until
+    // a defragmentation gives them back.
+    delete(&store, b"\0", b"\0");
+    compact(&store, store.current_revision()).unwrap();
+    store.flush().unwrap();
+    let compacted = store.db_size_in_use().unwrap();
+    assert!(
+        compacted >= full / 2,
+        "{compacted} after compaction, {full} before"
+    );
+    // Asked again at once, after the defragmentation: not the figure above.
+    store.defragment().unwrap();
+    let defragmented = store.db_size_in_use().unwrap();
+    assert!(
+        defragmented < full / 10,
+        "{defragmented} after defragmentation, {full} before"
+    );
+}
