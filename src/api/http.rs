@@ -112,8 +112,7 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     let size = core.db_size();
     m.db_total_size.set(size);
     m.db_total_size_debugging.set(size);
-    let in_use = core.store.db_size_in_use().unwrap_or(0) as i64;
-    m.db_total_size_in_use.set(in_use.min(size));
+    m.db_total_size_in_use.set(core.db_size_in_use().await);
     ([("content-type", crate::metrics::CONTENT_TYPE)], m.encode())
 }
 

@@ -90,7 +90,7 @@ impl Maintenance for MaintenanceService {
         let st = self.core.raft.status();
         let rev = self.core.store.current_revision();
         let db_size = self.core.db_size();
-        let in_use = self.core.store.db_size_in_use().unwrap_or(0) as i64;
+        let in_use = self.core.db_size_in_use().await;
         let mut errors = Vec::new();
         if st.leader_id == 0 {
             errors.push(errors::NO_LEADER.to_string());
@@ -116,7 +116,7 @@ impl Maintenance for MaintenanceService {
             raft_term: st.term,
             raft_applied_index: st.applied_index,
             errors,
-            db_size_in_use: in_use.min(db_size),
+            db_size_in_use: in_use,
             is_learner: st.learners.contains(&self.core.member_id),
             storage_version: String::new(),
             db_size_quota: self.core.limits.quota_bytes.min(i64::MAX as u64) as i64,

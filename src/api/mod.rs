@@ -350,6 +350,19 @@ impl Core {
     pub fn db_size(&self) -> i64 {
         self.store.db_size() as i64
     }
+
+    /// Bytes of the database in use, at most its size (0 if the store
+    /// cannot tell). Off the async workers: computing it may walk the whole
+    /// file (see [`Store::db_size_in_use`]).
+    pub async fn db_size_in_use(&self) -> i64 {
+        let store = Arc::clone(&self.store);
+        let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        (in_use as i64).min(self.db_size())
+    }
 }
 
 /// One proposal in `etcd_server_proposals_pending` while it lives (a guard,
