@@ -103,9 +103,10 @@ sleep "$WARMUP"
 # The scrapes stay out of the CPU window. A member's first /metrics computes
 # the size its database uses, which walks the whole file: one scrape first,
 # so that the counted ones are cheap.
+# The put counts are read next to the CPU window's edges.
 metric warm "$PUTS"
-metric p0 "$PUTS"
 metric f0 "$FSYNCS"
+metric p0 "$PUTS"
 counters >"$WORK/c0"
 sleep "$WINDOW"
 counters >"$WORK/c1"

@@ -112,7 +112,8 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     let size = core.db_size();
     m.db_total_size.set(size);
     m.db_total_size_debugging.set(size);
-    m.db_total_size_in_use.set(core.db_size_in_use().await);
+    let in_use = core.db_size_in_use().await;
+    m.db_total_size_in_use.set(in_use.min(size));
     ([("content-type", crate::metrics::CONTENT_TYPE)], m.encode())
 }
 

@@ -116,7 +116,7 @@ impl Maintenance for MaintenanceService {
             raft_term: st.term,
             raft_applied_index: st.applied_index,
             errors,
-            db_size_in_use: in_use,
+            db_size_in_use: in_use.min(db_size),
             is_learner: st.learners.contains(&self.core.member_id),
             storage_version: String::new(),
             db_size_quota: self.core.limits.quota_bytes.min(i64::MAX as u64) as i64,

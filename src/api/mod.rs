@@ -351,9 +351,9 @@ impl Core {
         self.store.db_size() as i64
     }
 
-    /// Bytes of the database in use, at most its size (0 if the store
-    /// cannot tell). Off the async workers: computing it may walk the whole
-    /// file (see [`Store::db_size_in_use`]).
+    /// Bytes of the database in use (0 if the store cannot tell). Off the
+    /// async workers: computing it may walk the whole file (see
+    /// [`Store::db_size_in_use`]).
     pub async fn db_size_in_use(&self) -> i64 {
         let store = Arc::clone(&self.store);
         let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use())
@@ -361,7 +361,7 @@ impl Core {
             .ok()
             .and_then(Result::ok)
             .unwrap_or(0);
-        (in_use as i64).min(self.db_size())
+        in_use as i64
     }
 }
 

@@ -6,11 +6,12 @@
 //! spawns one more task to send the request body; and a generated client
 //! builds each call out of tonic's codec, body and streaming decoder, large
 //! futures moved from one to the next. All of it in a process that shares
-//! the cores with the members it measures: at 1000 clients the load generator
-//! took a fifth of the machine. Here the client's own task frames the
-//! request (prost, behind gRPC's 5-byte prefix), opens the stream, writes it
-//! in one frame and reads the answer ([`H2Channel::unary`]); one task per
-//! connection drives the connection ([`Driver`]).
+//! the cores with the members it measures (with a `Channel`, the load
+//! generator took a fifth of the machine at 100 clients). Here the client's
+//! own task frames the request (prost, behind gRPC's 5-byte prefix), opens
+//! the stream, hands it to h2 in one `send_data` and reads the answer
+//! ([`H2Channel::unary`]); one task per connection drives the connection
+//! ([`Driver`]).
 //!
 //! What a `Channel` did that this keeps: the request's URI gets the
 //! endpoint's scheme and authority; the connection is plain TCP or TLS as the
@@ -263,36 +264,92 @@ impl H2Channel {
         let (response, mut stream) = self.send.send_request(head, false).map_err(h2_status)?;
         stream.send_data(body, true).map_err(h2_status)?;
         let (head, mut recv) = response.await.map_err(h2_status)?.into_parts();
+        // An error comes as headers alone ("trailers-only"), whatever the
+        // HTTP status.
+        if let Some(status) = grpc_status(&head.headers) {
+            return Err(match status.code() {
+                Code::Ok => Status::internal("the answer holds no message"),
+                _ => status,
+            });
+        }
         if head.status != StatusCode::OK {
-            return Err(Status::unknown(format!(
-                "the member answered with HTTP status {}",
-                head.status
-            )));
+            return Err(http_status(head.status));
         }
-        // An error comes as headers alone ("trailers-only").
-        if let Some(status) = Status::from_header_map(&head.headers) {
-            return Err(status);
-        }
-        let mut message = Bytes::new();
-        while let Some(data) = recv.data().await {
-            let data = data.map_err(h2_status)?;
-            // Read, so the peer may send as much again.
-            let _ = recv.flow_control().release_capacity(data.len());
-            message = if message.is_empty() {
-                data
-            } else {
-                let mut joined = BytesMut::from(&message[..]);
-                joined.extend_from_slice(&data);
-                joined.freeze()
-            };
-        }
+        let message = read_message(&mut recv).await?;
         let trailers = recv.trailers().await.map_err(h2_status)?;
-        match trailers.as_ref().and_then(Status::from_header_map) {
+        match trailers.as_ref().and_then(grpc_status) {
             Some(status) if status.code() == Code::Ok => unframe(&message),
             Some(status) => Err(status),
             None => Err(Status::internal("the answer has no grpc-status")),
         }
     }
+}
+
+/// The largest answer taken (tonic's default limit).
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// An answer's data, its framed message whole. Each chunk is given back to
+/// the flow-control window as it is read, so the peer may send as much
+/// again. An answer in one chunk (most are) is not copied; a longer one is
+/// gathered into a buffer of the size its prefix gives.
+async fn read_message(recv: &mut h2::RecvStream) -> Result<Bytes, Status> {
+    let mut only: Option<Bytes> = None;
+    let mut gathered = BytesMut::new();
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(h2_status)?;
+        let _ = recv.flow_control().release_capacity(data.len());
+        if only.is_none() && gathered.is_empty() {
+            only = Some(data);
+            continue;
+        }
+        if let Some(first) = only.take() {
+            let announced = first
+                .first_chunk::<PREFIX>()
+                .map_or(0, |p| u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize);
+            gathered.reserve((PREFIX + announced.min(MAX_ANSWER)).max(first.len() + data.len()));
+            gathered.extend_from_slice(&first);
+        }
+        gathered.extend_from_slice(&data);
+        if gathered.len() > PREFIX + MAX_ANSWER {
+            return Err(Status::out_of_range(format!(
+                "the answer is larger than {MAX_ANSWER} bytes"
+            )));
+        }
+    }
+    Ok(only.unwrap_or_else(|| gathered.freeze()))
+}
+
+/// The call's status in `headers` (`grpc-status`, `grpc-message`), if they
+/// carry one. Rich error details are left out: tonic panics on a malformed
+/// `grpc-status-details-bin`, and no benchmark reads them.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Status> {
+    const DETAILS: &str = "grpc-status-details-bin";
+    if headers.contains_key(DETAILS) {
+        let mut headers = headers.clone();
+        headers.remove(DETAILS);
+        return Status::from_header_map(&headers);
+    }
+    Status::from_header_map(headers)
+}
+
+/// The status of an answer with no `grpc-status` and an HTTP status other
+/// than 200, as gRPC maps it (and tonic).
+fn http_status(status: StatusCode) -> Status {
+    let code = match status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(
+        code,
+        format!("the member answered with HTTP status {status}"),
+    )
 }
 
 /// gRPC's message prefix: a compression flag (0: none), then the message's
@@ -330,9 +387,13 @@ fn unframe<A: prost::Message + Default>(framed: &[u8]) -> Result<A, Status> {
     A::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// A call's h2 error as tonic reports it (a reset stream, a connection that
-/// ended).
+/// A call's h2 error: a connection that ended or is going away (the member
+/// stopped or restarts) is `Unavailable`, as grpc-go reports it; a reset
+/// stream takes the code tonic gives its reason.
 fn h2_status(e: h2::Error) -> Status {
+    if e.is_io() || e.is_go_away() {
+        return Status::unavailable(e.to_string());
+    }
     Status::from_error(Box::new(e))
 }
 
@@ -375,10 +436,43 @@ mod tests {
             unframe::<PutResponse>(&short).unwrap_err().code(),
             Code::Internal
         );
+        let long = [0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            unframe::<PutResponse>(&long).unwrap_err().code(),
+            Code::Internal
+        );
         let empty = [0, 0, 0, 0, 0];
         assert_eq!(
             unframe::<PutResponse>(&empty).unwrap(),
             PutResponse::default()
         );
+    }
+
+    #[test]
+    fn a_status_in_headers_is_read_and_malformed_details_do_not_panic() {
+        let mut headers = http::HeaderMap::new();
+        assert!(grpc_status(&headers).is_none());
+        headers.insert("grpc-status", "3".parse().unwrap());
+        headers.insert(
+            "grpc-message",
+            "etcdserver:%20request%20is%20too%20large".parse().unwrap(),
+        );
+        headers.insert("grpc-status-details-bin", "not base64!".parse().unwrap());
+        let status = grpc_status(&headers).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "etcdserver: request is too large");
+    }
+
+    #[test]
+    fn http_errors_map_to_grpc_codes_as_grpc_does() {
+        let code = |s: u16| http_status(StatusCode::from_u16(s).unwrap()).code();
+        assert_eq!(code(400), Code::Internal);
+        assert_eq!(code(401), Code::Unauthenticated);
+        assert_eq!(code(403), Code::PermissionDenied);
+        assert_eq!(code(404), Code::Unimplemented);
+        for unavailable in [429, 502, 503, 504] {
+            assert_eq!(code(unavailable), Code::Unavailable);
+        }
+        assert_eq!(code(500), Code::Unknown);
     }
 }

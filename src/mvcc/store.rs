@@ -24,7 +24,9 @@
 //!
 //! One writer at a time: a batch, flush, restore or defragment claims the
 //! store's writer slot for as long as it runs (the pending transaction is
-//! redb's one write transaction, so nothing else may begin one).
+//! redb's one write transaction, so nothing else may begin one); so does
+//! [`Store::db_size_in_use`] when it computes its figure, but only if the
+//! slot is free.
 //!
 //! Tables (all `&[u8] -> &[u8]`): `mvcc_kv` (revision -> record, or a group
 //! of one batch's records keyed by the first one's revision: see
@@ -782,7 +784,7 @@ impl Store {
     }
 
     fn size_in_use(&self) -> MutexGuard<'_, Option<SizeInUse>> {
-        // Every change under the lock is a single assignment.
+        // The figure is replaced whole, or not at all.
         self.size_in_use.lock().unwrap_or_else(|e| e.into_inner())
     }
 
