@@ -510,6 +510,35 @@ fn unknown_flags_are_accepted_with_a_warning() {
 }
 
 #[test]
+fn a_leader_stopped_with_its_whole_cluster_does_not_wait_for_a_handover() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    // As Ctrl-C under a supervisor: every member gets SIGTERM at once, so
+    // no follower stays to take leadership over.
+    for m in &c.members {
+        m.sigterm();
+    }
+    for m in &mut c.members {
+        m.wait_exit(Duration::from_secs(20));
+    }
+    let log = c.members[leader].current_log();
+    assert!(
+        !log.contains("still leader after an election timeout"),
+        "the leader waited out its handover:\n{log}"
+    );
+    assert!(
+        [
+            "skipped leadership transfer",
+            "the transferee went away",
+            "leadership transfer finished",
+        ]
+        .iter()
+        .any(|m| log.contains(m)),
+        "the leader said nothing of its handover:\n{log}"
+    );
+}
+
+#[test]
 fn a_member_logs_the_leader_it_elects_as_etcd_does() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = single(dir.path(), "x");

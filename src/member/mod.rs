@@ -611,15 +611,7 @@ impl Member {
     /// Stops the member gracefully: a leader first hands leadership to a
     /// follower, then servers finish in-flight requests and the node stops.
     pub async fn stop(mut self) {
-        let st = self.raft.status();
-        if st.is_leader && st.voters.len() > 1 {
-            if let Some(&to) = st.voters.iter().find(|&&v| v != self.id) {
-                let _ = self.raft.send(Msg::TransferLeader(to));
-                let mut rx = self.raft.watch_status();
-                let _ = tokio::time::timeout(self.election_timeout, rx.wait_for(|s| !s.is_leader))
-                    .await;
-            }
-        }
+        self.transfer_leadership().await;
         self.shutdown.cancel();
         let deadline = Instant::now() + Duration::from_secs(2);
         for s in &self.servers {
@@ -629,6 +621,65 @@ impl Member {
         }
         self.kill_now();
     }
+}
+
+impl Member {
+    /// A stopping leader's handover (etcd's `TransferLeadership`): leadership
+    /// goes to the voter this member has been connected to longest, and the
+    /// member waits until it is no longer leader, at most an election
+    /// timeout. Skipped when no other voter is connected, and given up when
+    /// the transferee goes away: when a whole cluster stops at once, no
+    /// follower is left to take over, and the leader need not wait.
+    async fn transfer_leadership(&self) {
+        let st = self.raft.status();
+        if !st.is_leader || st.voters.len() < 2 {
+            return;
+        }
+        let active = |v: u64| self.peers.active_since(v);
+        let Some(to) = longest_connected(&st.voters, self.id, active) else {
+            tracing::info!("skipped leadership transfer; no other voting member is connected");
+            return;
+        };
+        let transferee = format!("{to:x}");
+        tracing::info!(%transferee, "leadership transfer starting");
+        let _ = self.raft.send(Msg::TransferLeader(to));
+        let mut status = self.raft.watch_status();
+        let handed_over =
+            tokio::time::timeout(self.election_timeout, status.wait_for(|s| !s.is_leader));
+        let transferee_gone = async {
+            while active(to).is_some() {
+                tokio::time::sleep(TRANSFEREE_POLL).await;
+            }
+        };
+        tokio::select! {
+            done = handed_over => match done {
+                Ok(Ok(_)) => tracing::info!(%transferee, "leadership transfer finished"),
+                _ => tracing::warn!(%transferee, "leadership transfer failed: still leader after an election timeout"),
+            },
+            () = transferee_gone => {
+                tracing::warn!(%transferee, "leadership transfer failed: the transferee went away");
+            }
+        }
+    }
+}
+
+/// How often a stopping leader checks that its transferee is still there.
+const TRANSFEREE_POLL: Duration = Duration::from_millis(10);
+
+/// Of `voters` other than `me`, the one whose stream has been up the longest
+/// according to `active_since` (etcd's `longestConnected`); `None` if no
+/// other voter is connected.
+fn longest_connected(
+    voters: &[u64],
+    me: u64,
+    active_since: impl Fn(u64) -> Option<Instant>,
+) -> Option<u64> {
+    voters
+        .iter()
+        .filter(|&&v| v != me)
+        .filter_map(|&v| active_since(v).map(|since| (since, v)))
+        .min()
+        .map(|(_, v)| v)
 }
 
 impl Drop for Member {
@@ -771,6 +822,24 @@ mod tests {
 
     fn files<'p>(raft: (&'p Path, FileState), kv: (&'p Path, FileState)) -> DataFiles<'p> {
         DataFiles { raft, kv }
+    }
+
+    #[test]
+    fn leadership_goes_to_the_voter_connected_longest_and_never_to_a_disconnected_one() {
+        let t0 = Instant::now();
+        let since = |v: u64| match v {
+            2 => Some(t0 + Duration::from_secs(5)),
+            3 => Some(t0),
+            _ => None,
+        };
+        assert_eq!(longest_connected(&[1, 2, 3, 4], 1, since), Some(3));
+        assert_eq!(longest_connected(&[1, 2, 4], 1, since), Some(2));
+        assert_eq!(
+            longest_connected(&[3, 4], 3, since),
+            None,
+            "only itself is up"
+        );
+        assert_eq!(longest_connected(&[1, 4], 1, since), None);
     }
 
     #[test]

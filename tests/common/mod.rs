@@ -447,11 +447,17 @@ impl Member {
         }
     }
 
-    /// SIGTERM, then wait for the exit (SIGKILL after 20 s).
-    pub fn terminate(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("member not running");
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        let c = self.child.as_ref().expect("member not running");
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after 20 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.sigterm();
+        let mut c = self.child.take().expect("member not running");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
