@@ -179,9 +179,9 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
-    /// Proposes an entry; resolves once the node took it (not when committed).
-    /// Proposes `data`; returns the term in which the node took the proposal
-    /// (handing it to that term's leader, or appending it as that leader).
+    /// Proposes `data`; resolves once the node took it (not when committed),
+    /// with the term in which it did (handing it to that term's leader, or
+    /// appending it as that leader).
     pub async fn propose(&self, data: Vec<u8>) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Propose { data, reply })?;
