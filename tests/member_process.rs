@@ -523,17 +523,13 @@ fn a_leader_stopped_with_its_whole_cluster_does_not_wait_for_a_handover() {
     }
     let log = c.members[leader].current_log();
     assert!(
-        !log.contains("still leader after an election timeout"),
+        !log.contains("leader transfer took too long"),
         "the leader waited out its handover:\n{log}"
     );
+    // Whichever way it went (no transferee connected, the transferee gone,
+    // or handed over before it left), the leader says so, as etcd does.
     assert!(
-        [
-            "skipped leadership transfer",
-            "the transferee went away",
-            "leadership transfer finished",
-        ]
-        .iter()
-        .any(|m| log.contains(m)),
+        log.contains("leadership transfer"),
         "the leader said nothing of its handover:\n{log}"
     );
 }

@@ -291,13 +291,18 @@ const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// An answer's data, its framed message whole. Each chunk is given back to
 /// the flow-control window as it is read, so the peer may send as much
 /// again. An answer in one chunk (most are) is not copied; a longer one is
-/// gathered into a buffer of the size its prefix gives.
+/// gathered into a buffer of the size its prefix gives, and refused as soon
+/// as its prefix announces more than [`MAX_ANSWER`].
 async fn read_message(recv: &mut h2::RecvStream) -> Result<Bytes, Status> {
     let mut only: Option<Bytes> = None;
     let mut gathered = BytesMut::new();
     while let Some(data) = recv.data().await {
         let data = data.map_err(h2_status)?;
         let _ = recv.flow_control().release_capacity(data.len());
+        // h2 passes on the empty frame that may end a stream.
+        if data.is_empty() {
+            continue;
+        }
         if only.is_none() && gathered.is_empty() {
             only = Some(data);
             continue;
@@ -306,17 +311,22 @@ async fn read_message(recv: &mut h2::RecvStream) -> Result<Bytes, Status> {
             let announced = first
                 .first_chunk::<PREFIX>()
                 .map_or(0, |p| u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize);
-            gathered.reserve((PREFIX + announced.min(MAX_ANSWER)).max(first.len() + data.len()));
+            if announced > MAX_ANSWER {
+                return Err(too_large());
+            }
+            gathered.reserve((PREFIX + announced).max(first.len() + data.len()));
             gathered.extend_from_slice(&first);
         }
         gathered.extend_from_slice(&data);
         if gathered.len() > PREFIX + MAX_ANSWER {
-            return Err(Status::out_of_range(format!(
-                "the answer is larger than {MAX_ANSWER} bytes"
-            )));
+            return Err(too_large());
         }
     }
     Ok(only.unwrap_or_else(|| gathered.freeze()))
+}
+
+fn too_large() -> Status {
+    Status::out_of_range(format!("the answer is larger than {MAX_ANSWER} bytes"))
 }
 
 /// The call's status in `headers` (`grpc-status`, `grpc-message`), if they
@@ -387,8 +397,9 @@ fn unframe<A: prost::Message + Default>(framed: &[u8]) -> Result<A, Status> {
     A::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// A call's h2 error: a connection that ended or is going away (the member
-/// stopped or restarts) is `Unavailable`, as grpc-go reports it; a reset
+/// A call's h2 error: a connection that ended or is going away (GOAWAY from
+/// the member that stops or restarts, or from h2 itself after a protocol
+/// error) is `Unavailable`, as grpc-go reports a lost connection; a reset
 /// stream takes the code tonic gives its reason.
 fn h2_status(e: h2::Error) -> Status {
     if e.is_io() || e.is_go_away() {

@@ -627,21 +627,32 @@ impl Member {
     /// A stopping leader's handover (etcd's `TransferLeadership`): leadership
     /// goes to the voter this member has been connected to longest, and the
     /// member waits until it is no longer leader, at most an election
-    /// timeout. Skipped when no other voter is connected, and given up when
-    /// the transferee goes away: when a whole cluster stops at once, no
-    /// follower is left to take over, and the leader need not wait.
+    /// timeout. It fails at once when no other voter is connected, and is
+    /// given up when the transferee goes away: when a whole cluster stops at
+    /// once, no follower is left to take over, and the leader need not wait.
+    /// Logged with etcd's messages.
     async fn transfer_leadership(&self) {
         let st = self.raft.status();
-        if !st.is_leader || st.voters.len() < 2 {
+        let local_member_id = format!("{:x}", self.id);
+        if !st.is_leader {
+            tracing::info!(%local_member_id, "skipped leadership transfer; local server is not leader");
+            return;
+        }
+        if st.voters.len() < 2 {
+            tracing::info!(%local_member_id, "skipped leadership transfer for single voting member cluster");
             return;
         }
         let active = |v: u64| self.peers.active_since(v);
         let Some(to) = longest_connected(&st.voters, self.id, active) else {
-            tracing::info!("skipped leadership transfer; no other voting member is connected");
+            tracing::warn!(%local_member_id, error = UNHEALTHY, "leadership transfer failed");
             return;
         };
-        let transferee = format!("{to:x}");
-        tracing::info!(%transferee, "leadership transfer starting");
+        let transferee_member_id = format!("{to:x}");
+        tracing::info!(
+            %local_member_id,
+            %transferee_member_id,
+            "leadership transfer starting"
+        );
         let _ = self.raft.send(Msg::TransferLeader(to));
         let mut status = self.raft.watch_status();
         let handed_over =
@@ -651,17 +662,35 @@ impl Member {
                 tokio::time::sleep(TRANSFEREE_POLL).await;
             }
         };
-        tokio::select! {
+        let error = tokio::select! {
             done = handed_over => match done {
-                Ok(Ok(_)) => tracing::info!(%transferee, "leadership transfer finished"),
-                _ => tracing::warn!(%transferee, "leadership transfer failed: still leader after an election timeout"),
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) => Some(crate::api::errors::STOPPED),
+                Err(_) => Some(TRANSFER_TIMEOUT),
             },
-            () = transferee_gone => {
-                tracing::warn!(%transferee, "leadership transfer failed: the transferee went away");
-            }
+            () = transferee_gone => Some(TRANSFEREE_GONE),
+        };
+        match error {
+            None => tracing::info!(
+                %local_member_id,
+                %transferee_member_id,
+                "leadership transfer finished"
+            ),
+            Some(error) => tracing::warn!(
+                %local_member_id,
+                %transferee_member_id,
+                error,
+                "leadership transfer failed"
+            ),
         }
     }
 }
+
+/// etcd's errors of a failed handover, and ours for a transferee that went
+/// away (etcd waits out its request timeout instead).
+const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
+const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+const TRANSFEREE_GONE: &str = "the transferee went away";
 
 /// How often a stopping leader checks that its transferee is still there.
 const TRANSFEREE_POLL: Duration = Duration::from_millis(10);
