@@ -24,6 +24,9 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
 pub const TIMEOUT_DUE_TO_LEADER_FAIL: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
+pub const TIMEOUT_LEADER_TRANSFER: &str =
+    "etcdserver: request timed out, leader transfer took too long";
+pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const STOPPED: &str = "etcdserver: server stopped";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
@@ -61,6 +64,9 @@ pub fn no_leader() -> Status {
 }
 pub fn timeout() -> Status {
     Status::new(Code::Unavailable, TIMEOUT)
+}
+pub fn timeout_leader_transfer() -> Status {
+    Status::new(Code::Unavailable, TIMEOUT_LEADER_TRANSFER)
 }
 pub fn timeout_due_to_leader_fail() -> Status {
     Status::new(Code::Unavailable, TIMEOUT_DUE_TO_LEADER_FAIL)

@@ -231,7 +231,7 @@ impl Maintenance for MaintenanceService {
             .await
             .is_err()
         {
-            return Err(errors::timeout());
+            return Err(errors::timeout_leader_transfer());
         }
         let rev = self.core.store.current_revision();
         Ok(Response::new(MoveLeaderResponse {

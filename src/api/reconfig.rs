@@ -29,7 +29,7 @@ use crate::raft::node::LeaderProgress;
 pub enum Refusal {
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStarted,
-    #[error("etcdserver: unhealthy cluster")]
+    #[error("{}", super::errors::UNHEALTHY)]
     Unhealthy,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,

@@ -51,7 +51,7 @@ use listen::{bind_std, to_tokio};
 pub use restore::restore_data_dir;
 use tls::{peer_incoming, MemberTls};
 
-use crate::api::{self, Core, Limits};
+use crate::api::{self, errors, Core, Limits};
 use crate::apply::Applier;
 use crate::config::MemberConfig;
 use crate::disk::{DataFileError, FileState};
@@ -621,9 +621,7 @@ impl Member {
         }
         self.kill_now();
     }
-}
 
-impl Member {
     /// A stopping leader's handover (etcd's `TransferLeadership`): leadership
     /// goes to the voter this member has been connected to longest, and the
     /// member waits until it is no longer leader, at most an election
@@ -644,7 +642,7 @@ impl Member {
         }
         let active = |v: u64| self.peers.active_since(v);
         let Some(to) = longest_connected(&st.voters, self.id, active) else {
-            tracing::warn!(%local_member_id, error = UNHEALTHY, "leadership transfer failed");
+            tracing::warn!(%local_member_id, error = errors::UNHEALTHY, "leadership transfer failed");
             return;
         };
         let transferee_member_id = format!("{to:x}");
@@ -665,8 +663,8 @@ impl Member {
         let error = tokio::select! {
             done = handed_over => match done {
                 Ok(Ok(_)) => None,
-                Ok(Err(_)) => Some(crate::api::errors::STOPPED),
-                Err(_) => Some(TRANSFER_TIMEOUT),
+                Ok(Err(_)) => Some(errors::STOPPED),
+                Err(_) => Some(errors::TIMEOUT_LEADER_TRANSFER),
             },
             () = transferee_gone => Some(TRANSFEREE_GONE),
         };
@@ -686,10 +684,8 @@ impl Member {
     }
 }
 
-/// etcd's errors of a failed handover, and ours for a transferee that went
-/// away (etcd waits out its request timeout instead).
-const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
-const TRANSFER_TIMEOUT: &str = "etcdserver: request timed out, leader transfer took too long";
+/// Why a handover failed when its transferee went away (etcd has no such
+/// case: it waits out its request timeout).
 const TRANSFEREE_GONE: &str = "the transferee went away";
 
 /// How often a stopping leader checks that its transferee is still there.
