@@ -228,17 +228,19 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
         let key = keys.key(i);
         let t = Instant::now();
         let result = match shared.op {
-            Op::Put => put(&mut channel, key, &value).await,
-            Op::Range { serializable } => range(&mut channel, key, serializable).await,
-            Op::TxnPut => txn_put(&mut channel, key, &value).await,
+            Op::Put => call::<PutResponse>(&mut channel, &PUT, &put(key, &value)).await,
+            Op::Range { serializable } => {
+                call::<RangeResponse>(&mut channel, &RANGE, &range(key, serializable)).await
+            }
+            Op::TxnPut => call::<TxnResponse>(&mut channel, &TXN, &txn_put(key, &value)).await,
             Op::Mixed {
                 read_ratio,
                 serializable,
             } => {
                 if rand::random::<f64>() < read_ratio {
-                    range(&mut channel, key, serializable).await
+                    call::<RangeResponse>(&mut channel, &RANGE, &range(key, serializable)).await
                 } else {
-                    put(&mut channel, key, &value).await
+                    call::<PutResponse>(&mut channel, &PUT, &put(key, &value)).await
                 }
             }
         };
@@ -261,51 +263,37 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
     out
 }
 
-async fn put(channel: &mut H2Channel, key: Vec<u8>, value: &Bytes) -> Result<(), tonic::Status> {
-    let request = put_request(key, value);
-    channel
-        .unary::<_, PutResponse>(&PUT, &request)
-        .await
-        .map(drop)
-}
-
-async fn range(
+/// One call of the method at `path`, its answer of type `A` decoded and
+/// dropped.
+async fn call<A: prost::Message + Default>(
     channel: &mut H2Channel,
-    key: Vec<u8>,
-    serializable: bool,
+    path: &PathAndQuery,
+    request: &impl prost::Message,
 ) -> Result<(), tonic::Status> {
-    let request = RangeRequest {
-        key,
-        serializable,
-        ..Default::default()
-    };
-    channel
-        .unary::<_, RangeResponse>(&RANGE, &request)
-        .await
-        .map(drop)
+    channel.unary::<_, A>(path, request).await.map(drop)
 }
 
-async fn txn_put(
-    channel: &mut H2Channel,
-    key: Vec<u8>,
-    value: &Bytes,
-) -> Result<(), tonic::Status> {
-    let request = TxnRequest {
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(put_request(key, value))),
-        }],
-        ..Default::default()
-    };
-    channel
-        .unary::<_, TxnResponse>(&TXN, &request)
-        .await
-        .map(drop)
-}
-
-fn put_request(key: Vec<u8>, value: &Bytes) -> PutRequest {
+fn put(key: Vec<u8>, value: &Bytes) -> PutRequest {
     PutRequest {
         key: key.into(),
         value: value.clone(),
+        ..Default::default()
+    }
+}
+
+fn range(key: Vec<u8>, serializable: bool) -> RangeRequest {
+    RangeRequest {
+        key,
+        serializable,
+        ..Default::default()
+    }
+}
+
+fn txn_put(key: Vec<u8>, value: &Bytes) -> TxnRequest {
+    TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put(key, value))),
+        }],
         ..Default::default()
     }
 }

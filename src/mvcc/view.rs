@@ -69,15 +69,24 @@ pub(crate) struct View<'a, T> {
 impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
     /// The stored record at `rev`; its absence means the tables disagree.
     pub fn record_at(&self, rev: Revision) -> Result<Record> {
-        if let Some(bytes) = self.own.and_then(|own| own.find(rev)) {
-            return decode_record(bytes);
-        }
-        if let Some(buffer) = self.buffered(rev) {
-            return buffer
-                .with(rev, decode_record)
-                .unwrap_or_else(|| Err(missing_record(rev)));
+        if let Some(record) = self.record_in_memory(rev) {
+            return record;
         }
         entry::with_record(self.kv, rev, decode_record)?.ok_or_else(|| missing_record(rev))
+    }
+
+    /// The record at `rev` if it is not in `kv` but in memory: among the
+    /// batch's own records, or in the read view's buffer.
+    fn record_in_memory(&self, rev: Revision) -> Option<Result<Record>> {
+        if let Some(bytes) = self.own.and_then(|own| own.find(rev)) {
+            return Some(decode_record(bytes));
+        }
+        let buffer = self.buffered(rev)?;
+        Some(
+            buffer
+                .with(rev, decode_record)
+                .unwrap_or_else(|| Err(missing_record(rev))),
+        )
     }
 
     /// The buffer to read `rev` from, if it is not in `kv`.
@@ -136,12 +145,8 @@ impl<'a, T: ReadableTable<&'static [u8], &'static [u8]>> View<'a, T> {
                 found[i] = found[order[pos - 1]].clone();
                 continue;
             }
-            if let Some(bytes) = self.own.and_then(|own| own.find(want)) {
-                found[i] = Some(decode_record(bytes)?);
-                continue;
-            }
-            if self.buffered(want).is_some() {
-                found[i] = Some(self.record_at(want)?);
+            if let Some(record) = self.record_in_memory(want) {
+                found[i] = Some(record?);
                 continue;
             }
             let mut record = None;
