@@ -9,6 +9,9 @@
 //! length (u64, big-endian) in its last 8 bytes. Every command validates the
 //! whole file first (SHA-256, padding, CRC, structure), so a truncated or
 //! damaged file is refused with one clear error and nothing is written.
+//! Only the frame is etcd's: the body is not a bbolt database, so
+//! `etcdctl snapshot status|restore` and `etcdutl` refuse our files, and we
+//! refuse theirs (the README says so).
 //!
 //! - [`save`]: stream a member's snapshot into a file (written to `FILE.part`,
 //!   synced, then renamed, so a failed save never leaves a partial `FILE`);
