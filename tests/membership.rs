@@ -112,6 +112,23 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
     assert!(new.name.is_empty(), "unstarted until it publishes");
     assert_eq!(added.members.len(), 4);
 
+    // etcd allows one learner at a time.
+    let (_, second_peer) = bind();
+    let err = cc
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![second_peer],
+            is_learner: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster"
+        )
+    );
+
     // 2. The new member starts with --initial-cluster-state existing.
     let dir = tempfile::tempdir().unwrap();
     let cfg = joining_config(&cluster, "joiner", dir.path(), &client_url, &peer_url);
@@ -187,6 +204,18 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
         .into_inner();
     assert_eq!(list.members.len(), 3);
     joiner.kill();
+
+    // A removed ID is not found any more, as etcd answers.
+    let again = cc
+        .member_remove(MemberRemoveRequest { id: new.id })
+        .await
+        .unwrap_err();
+    assert_eq!(again.message(), "etcdserver: member not found");
+    let promote = cc
+        .member_promote(MemberPromoteRequest { id: new.id })
+        .await
+        .unwrap_err();
+    assert_eq!(promote.message(), "etcdserver: member not found");
 
     // Adding the same peer URL twice is refused with etcd's error.
     let dup = cluster.member(1).peer_url.clone();

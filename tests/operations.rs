@@ -221,6 +221,12 @@ fn member_update_and_move_leader_work_through_etcdctl() {
         "{out}"
     );
     assert_eq!(cluster.wait_leader(), target);
+    // To an ID that is no voter: etcd's error.
+    let out = cluster.etcdctl(&["move-leader", "1234"]);
+    assert!(
+        out.err().contains("etcdserver: bad leader transferee"),
+        "{out:?}"
+    );
 
     // member update changes the recorded peer URLs.
     let victim = (target + 1) % 3;

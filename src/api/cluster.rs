@@ -35,6 +35,9 @@ use crate::pb::etcdserverpb::{
 };
 use crate::pb::lcraftpb::{ConfChangeContext, MemberInfo};
 
+/// How many learners a cluster may hold at once (etcd's `maxLearners`).
+const MAX_LEARNERS: usize = 1;
+
 /// The Cluster service of one member.
 pub struct ClusterService {
     core: Arc<Core>,
@@ -177,18 +180,30 @@ impl ClusterService {
         })
     }
 
+    /// The member `id`; a removed ID is not found either, as in etcd.
     fn existing(&self, id: u64) -> Result<MemberInfo, Status> {
-        let membership = self.core.membership.borrow();
-        if membership.removed.contains(&id) {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                errors::MEMBER_REMOVED,
-            ));
-        }
-        membership
+        self.core
+            .membership
+            .borrow()
             .member(id)
             .cloned()
             .ok_or_else(errors::member_not_found)
+    }
+
+    /// etcd allows one learner at a time.
+    fn check_learner_slot(&self) -> Result<(), Status> {
+        let learners = self
+            .core
+            .membership
+            .borrow()
+            .members
+            .iter()
+            .filter(|m| m.is_learner)
+            .count();
+        if learners >= MAX_LEARNERS {
+            return Err(errors::too_many_learners());
+        }
+        Ok(())
     }
 }
 
@@ -221,8 +236,12 @@ impl Cluster for ClusterService {
         self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
-        self.check_urls_free(&urls, 0)?;
+        // In etcd's order: the strict check, then what its apply validates.
         self.check(|m, p| reconfig::check_add(m, req.is_learner, p))?;
+        self.check_urls_free(&urls, 0)?;
+        if req.is_learner {
+            self.check_learner_slot()?;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -317,11 +336,14 @@ impl Cluster for ClusterService {
         self.core.authorize_admin(&request)?;
         let id = request.into_inner().id;
         let info = self.existing(id)?;
+        // In etcd's order: a member the leader finds behind is "not in sync"
+        // (even a voter that never started), then the strict check, then
+        // what its apply validates.
+        self.check_learner_ready(id).await?;
+        self.check(|m, _| reconfig::check_promote_quorum(m))?;
         if !info.is_learner {
             return Err(Status::new(Code::FailedPrecondition, errors::NOT_LEARNER));
         }
-        self.check(|m, _| reconfig::check_promote_quorum(m))?;
-        self.check_learner_ready(id).await?;
         let members = self.change(ConfChangeType::AddNode, id, info).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),

@@ -32,7 +32,8 @@ pub const STOPPED: &str = "etcdserver: server stopped";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
-pub const MEMBER_REMOVED: &str = "etcdserver: member was removed";
+pub const TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
+pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const LEARNER_NOT_SUPPORTED: &str = "etcdserver: rpc not supported for learner";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
@@ -85,6 +86,12 @@ pub fn no_space() -> Status {
 }
 pub fn member_not_found() -> Status {
     Status::new(Code::NotFound, MEMBER_NOT_FOUND)
+}
+pub fn too_many_learners() -> Status {
+    Status::new(Code::FailedPrecondition, TOO_MANY_LEARNERS)
+}
+pub fn bad_leader_transferee() -> Status {
+    Status::new(Code::FailedPrecondition, BAD_LEADER_TRANSFEREE)
 }
 
 /// The start of tonic's message for a request message over the decoding limit.

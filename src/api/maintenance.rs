@@ -221,8 +221,9 @@ impl Maintenance for MaintenanceService {
         if !st.is_leader {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
+        // etcd's check: the transferee is a voting member.
         if !st.voters.contains(&target) {
-            return Err(errors::member_not_found());
+            return Err(errors::bad_leader_transferee());
         }
         self.core.raft.send(Msg::TransferLeader(target))?;
         let mut rx = self.core.raft.watch_leadership();
