@@ -42,10 +42,11 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whole seconds left (rounded up), or -1 once expired.
+    /// Whole seconds left, rounded down as etcd rounds them (299 just after
+    /// a grant of 300), or -1 once expired.
     pub fn remaining_secs(&self, now: Instant) -> i64 {
         match self.deadline.checked_duration_since(now) {
-            Some(d) if !d.is_zero() => d.as_millis().div_ceil(1000) as i64,
+            Some(d) if !d.is_zero() => d.as_secs() as i64,
             _ => -1,
         }
     }
@@ -113,8 +114,11 @@ impl LeaseTable {
         self.leases.get(&id)
     }
 
-    pub fn ids(&self) -> Vec<i64> {
-        self.leases.keys().copied().collect()
+    /// The IDs of all leases, soonest to expire first (as etcd lists them).
+    pub fn ids_by_expiry(&self) -> Vec<i64> {
+        let mut leases: Vec<&Lease> = self.leases.values().collect();
+        leases.sort_by_key(|l| (l.deadline, l.id));
+        leases.into_iter().map(|l| l.id).collect()
     }
 
     /// Adds a lease expiring `ttl` seconds from `now`, granted at log index `index`.
@@ -241,13 +245,26 @@ mod tests {
     }
 
     #[test]
-    fn remaining_time_rounds_up_and_is_minus_one_when_expired() {
+    fn remaining_time_rounds_down_and_is_minus_one_when_expired() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
         t.grant(7, 10, t0, 1);
         let l = t.get(7).unwrap();
-        assert_eq!(l.remaining_secs(t0 + Duration::from_millis(500)), 10);
+        assert_eq!(l.remaining_secs(t0), 10);
+        assert_eq!(l.remaining_secs(t0 + Duration::from_millis(500)), 9);
+        assert_eq!(l.remaining_secs(t0 + Duration::from_millis(9_999)), 0);
+        assert_eq!(l.remaining_secs(t0 + Duration::from_secs(10)), -1);
         assert_eq!(l.remaining_secs(t0 + Duration::from_secs(11)), -1);
+    }
+
+    #[test]
+    fn leases_are_listed_soonest_to_expire_first() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::default();
+        for (id, ttl) in [(1, 300), (2, 200), (3, 400), (4, 100), (5, 100)] {
+            t.grant(id, ttl, t0, 1);
+        }
+        assert_eq!(t.ids_by_expiry(), vec![4, 5, 2, 1, 3]);
     }
 
     #[test]
@@ -259,7 +276,7 @@ mod tests {
         let renewed = |id: i64| Ok::<_, ()>(if id == 2 { 9 } else { 0 });
         let back = LeaseTable::from_records(&t.records(), renewed, 11, t0).unwrap();
         assert_eq!(back.checked_index(), 11);
-        assert_eq!(back.ids(), vec![1, 2]);
+        assert_eq!(back.ids_by_expiry(), vec![1, 2]);
         assert_eq!(back.get(2).unwrap().ttl, 60);
         assert_eq!(back.get(2).unwrap().renewed, 9);
         assert_eq!(back.get(1).unwrap().renewed, 0);

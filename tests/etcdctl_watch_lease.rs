@@ -140,6 +140,9 @@ fn leases_grant_attach_list_keep_alive_and_revoke_as_etcdctl_prints_them() {
     let c = cluster();
     let ep = endpoints(&c);
 
+    // A long lease granted first is listed last: etcd lists leases soonest
+    // to expire first.
+    let long = granted(etcdctl(&ep, &["lease", "grant", "600"]).ok());
     // A short TTL: etcdctl renews every third of it, and notices a revoke
     // at the next renewal.
     let id = granted(etcdctl(&ep, &["lease", "grant", "6"]).ok());
@@ -156,7 +159,7 @@ fn leases_grant_attach_list_keep_alive_and_revoke_as_etcdctl_prints_them() {
     );
     assert!(ttl.ends_with("attached keys([l/a l/b])"), "{ttl}");
     let list = etcdctl(&ep, &["lease", "list"]);
-    assert_eq!(list.lines(), ["found 1 leases", id.as_str()]);
+    assert_eq!(list.lines(), ["found 2 leases", id.as_str(), long.as_str()]);
 
     // keep-alive prints each renewal; it stops once the lease is revoked.
     let mut ka = Background::etcdctl(&ep, &["lease", "keep-alive", &id]);
@@ -180,6 +183,7 @@ fn leases_grant_attach_list_keep_alive_and_revoke_as_etcdctl_prints_them() {
         etcdctl(&ep, &["lease", "timetolive", &id]).ok(),
         format!("lease {id} already expired\n")
     );
+    etcdctl(&ep, &["lease", "revoke", &long]).ok();
     assert_eq!(etcdctl(&ep, &["lease", "list"]).ok(), "found 0 leases\n");
     // An unknown lease is refused with etcd's message.
     let err = etcdctl(&ep, &["put", "--lease", "1234abcd", "l/c", "3"]);

@@ -215,7 +215,12 @@ impl Lease for LeaseService {
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.core.read_barrier().await?;
-        let ids = self.core.leases.lock().map(|t| t.ids()).unwrap_or_default();
+        let ids = self
+            .core
+            .leases
+            .lock()
+            .map(|t| t.ids_by_expiry())
+            .unwrap_or_default();
         let rev = self.core.store.current_revision();
         Ok(Response::new(LeaseLeasesResponse {
             header: self.core.header(rev),
