@@ -279,6 +279,24 @@ fn lines_are_prefixed_padded_and_kept_in_order_per_process() {
 }
 
 #[test]
+fn stdout_and_stderr_share_one_pipe_so_their_lines_keep_their_order() {
+    let mut sup = Sup::start(
+        "mix: for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done\n",
+        &[],
+    );
+    assert_eq!(sup.wait_exit(10).code(), Some(0));
+    let got: Vec<String> = sup
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("out") || l.contains("err"))
+        .collect();
+    let want: Vec<String> = (1..=5)
+        .flat_map(|i| [format!("mix | out{i}"), format!("mix | err{i}")])
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn long_partial_and_invalid_lines_survive_whole() {
     let mut sup = Sup::start(
         "big: head -c 1048576 /dev/zero | tr '\\000' x; echo; printf 'tail without newline'\n\
@@ -573,8 +591,8 @@ fn exit_on_error_stops_everything_and_exits_non_zero() {
 }
 
 #[test]
-fn sigint_and_sigterm_stop_every_child_and_exit_zero() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+fn sigint_sigterm_and_sighup_stop_every_child_gracefully_and_exit_zero() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let mut sup = Sup::start(
             "plain: sleep 300\n\
              graceful: trap 'echo got TERM; exit 0' TERM; while :; do sleep 0.1; done\n\
@@ -601,6 +619,21 @@ fn sigint_and_sigterm_stop_every_child_and_exit_zero() {
         }
         sup.wait_line(|l| l == "graceful | got TERM");
     }
+}
+
+#[test]
+fn a_name_given_twice_starts_once_and_ctrl_c_still_ends_the_supervisor() {
+    let mut sup = Sup::start("web: sleep 300\nother: sleep 300\n", &["web", "web"]);
+    let pid = sup.pid_of("web");
+    sup.signal(libc::SIGINT);
+    assert_eq!(sup.wait_exit(10).code(), Some(0));
+    assert!(wait_dead(pid, 2));
+    let started = sup
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("web ") && l.contains("started with pid"))
+        .count();
+    assert_eq!(started, 1, "{:?}", sup.lines());
 }
 
 #[test]

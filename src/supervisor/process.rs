@@ -2,8 +2,9 @@
 //! the orphan guard.
 //!
 //! Every Procfile command runs as `sh -c SCRIPT` in its own process group
-//! (pgid = pid), with stdin from `/dev/null` and stdout/stderr piped to the
-//! log multiplexer. Signals (`stop`, `kill`, `pause`, `resume`) go to the
+//! (pgid = pid), with stdin from `/dev/null` and stdout and stderr on one
+//! pipe to the log multiplexer (one pipe, as goreman and foreman give them,
+//! so an error line stays where the child wrote it among its output). Signals (`stop`, `kill`, `pause`, `resume`) go to the
 //! whole group.
 //!
 //! No child may outlive the supervisor, even one killed with SIGKILL:
@@ -150,16 +151,20 @@ fn is_assignment(word: &str) -> bool {
     }
 }
 
-/// Builds the command for `spec`: `sh -c`, own process group, PDEATHSIG.
-pub fn build_command(spec: &ProcSpec) -> Command {
+/// Builds the command for `spec`: `sh -c`, own process group, PDEATHSIG;
+/// and the read end of the one pipe its stdout and stderr write to. The
+/// command holds the write ends until it is dropped (after the spawn), so
+/// the reader sees EOF once the child and everything it started are gone.
+pub fn build_command(spec: &ProcSpec) -> io::Result<(Command, std::io::PipeReader)> {
+    let (reader, writer) = std::io::pipe()?;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(shell_script(&spec.command))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", spec.port.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
         .process_group(0);
     if let Some(path) = &spec.path {
         cmd.env("PATH", path);
@@ -179,7 +184,7 @@ pub fn build_command(spec: &ProcSpec) -> Command {
             Ok(())
         });
     }
-    cmd
+    Ok((cmd, reader))
 }
 
 type SpawnJob = (Command, oneshot::Sender<io::Result<Child>>);
@@ -272,21 +277,27 @@ pub struct ExitEvent {
     pub status: io::Result<ExitStatus>,
 }
 
-/// Owns one running child: prints its output, reaps it, kills whatever is
-/// left in its group, and reports the exit on `events`.
+/// Owns one running child: prints its output (read from `output`, the pipe
+/// [`build_command`] gave it), reaps it, kills whatever is left in its
+/// group, and reports the exit on `events`.
 pub async fn supervise_child(
     mut child: Child,
+    output: std::io::PipeReader,
     proc: usize,
     generation: u64,
     log: LogHandle,
     events: mpsc::UnboundedSender<ExitEvent>,
 ) {
     let pgid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let readers = async {
-        tokio::join!(pump(stdout, proc, &log), pump(stderr, proc, &log));
+    let output = match tokio::net::unix::pipe::Receiver::from_owned_fd(output.into()) {
+        Ok(output) => Some(output),
+        Err(e) => {
+            log.note(proc, &format!("cannot read its output: {e}"))
+                .await;
+            None
+        }
     };
+    let readers = pump(output, proc, &log);
     tokio::pin!(readers);
     let mut readers_done = false;
     let status = tokio::select! {

@@ -6,8 +6,9 @@
 //! * control messages ([`ControlMsg`]) from the control server,
 //! * exit events from the per-child tasks ([`super::process::supervise_child`]),
 //! * stop deadlines (SIGKILL after the timeout),
-//! * SIGINT/SIGTERM to the supervisor (first: stop everything gracefully;
-//!   second: SIGKILL everything).
+//! * SIGINT, SIGTERM or SIGHUP to the supervisor (first: stop everything
+//!   gracefully; second: SIGKILL everything). SIGHUP is there for a closed
+//!   terminal or SSH session, as goreman and foreman take it.
 //!
 //! Being the only owner, it needs no locks. It never waits on a child or a
 //! network peer inline: requests that must wait (stop, restart) get a
@@ -161,11 +162,15 @@ impl Supervisor {
         use tokio::signal::unix::{signal, SignalKind};
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sighup = signal(SignalKind::hangup()).ok();
         let shutdown = shutdown;
         tokio::pin!(shutdown);
         let mut shutdown_seen = false;
         for &i in start {
-            self.spawn(i).await;
+            // A name given twice starts once, as in goreman.
+            if !self.procs[i].state.is_alive() {
+                self.spawn(i).await;
+            }
         }
         while !self.finished() {
             let deadline = self.next_deadline();
@@ -175,6 +180,7 @@ impl Supervisor {
                 () = sleep_until(deadline), if deadline.is_some() => self.on_deadline().await,
                 Some(()) = recv_signal(&mut sigint) => self.on_signal().await,
                 Some(()) = recv_signal(&mut sigterm) => self.on_signal().await,
+                Some(()) = recv_signal(&mut sighup) => self.on_signal().await,
                 () = &mut shutdown, if !shutdown_seen => {
                     shutdown_seen = true;
                     if self.shutdown.is_none() {
@@ -216,9 +222,12 @@ impl Supervisor {
         p.exit_code = None;
         p.exit_signal = None;
         p.failed = false;
-        let cmd = build_command(&p.spec);
-        match self.spawner.spawn(cmd).await {
-            Ok(child) => {
+        let spawned = match build_command(&p.spec) {
+            Ok((cmd, output)) => self.spawner.spawn(cmd).await.map(|c| (c, output)),
+            Err(e) => Err(e),
+        };
+        match spawned {
+            Ok((child, output)) => {
                 let pid = child.id();
                 let p = &mut self.procs[i];
                 p.state = ProcState::Running;
@@ -232,7 +241,7 @@ impl Supervisor {
                 self.log.note(i, &note).await;
                 let (log, events) = (self.log.clone(), self.events_tx.clone());
                 self.children
-                    .spawn(supervise_child(child, i, generation, log, events));
+                    .spawn(supervise_child(child, output, i, generation, log, events));
                 self.sync_guard().await;
             }
             Err(e) => {
