@@ -897,3 +897,107 @@ async fn live_watch_events_carry_the_previous_value_only_for_watchers_that_ask()
     assert!(got.iter().all(|(_, _, prev)| prev.is_none()), "{got:?}");
     cluster.shutdown().await.unwrap();
 }
+
+/// A request carrying clientv3's `WithRequireLeader` metadata.
+fn requiring_leader<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_streams_that_require_a_leader_end_with_no_leader_once_it_is_lost() {
+    let mut cluster = LocalCluster::builder().members(3).start().await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let url = cluster.client_urls()[follower].clone();
+    let id = grant(&url, 60).await;
+
+    // A watch and a keep-alive stream that require a leader, and a watch
+    // that does not, all on the follower.
+    let create = |key: &str| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    };
+    let (watch_tx, watch_rx) = mpsc::channel(8);
+    watch_tx.send(create("required")).await.unwrap();
+    let mut required = WatchClient::new(channel(&url).await.unwrap())
+        .watch(requiring_leader(
+            tokio_stream::wrappers::ReceiverStream::new(watch_rx),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(required.message().await.unwrap().unwrap().created);
+    let (_plain_tx, mut plain) = open_watch(
+        &url,
+        WatchCreateRequest {
+            key: b"plain".to_vec(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (ka_tx, ka_rx) = mpsc::channel(8);
+    ka_tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+    let mut keep_alive = LeaseClient::new(channel(&url).await.unwrap())
+        .lease_keep_alive(requiring_leader(
+            tokio_stream::wrappers::ReceiverStream::new(ka_rx),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(keep_alive.message().await.unwrap().unwrap().ttl > 0);
+
+    // Cut off, the follower loses its leader; after three election
+    // timeouts without one, the streams that require it end, as in etcd.
+    cluster.partition(&[&[follower], &[leader, other]]).unwrap();
+    let no_leader = |end: Result<Option<_>, tonic::Status>, what: &str| match end {
+        Err(s) => assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Unavailable, "etcdserver: no leader"),
+            "{what}"
+        ),
+        Ok(m) => panic!("{what} went on: {m:?}"),
+    };
+    let end = tokio::time::timeout(WAIT, required.message())
+        .await
+        .unwrap();
+    no_leader(
+        end.map(|m| m.map(|_| ())),
+        "the watch that requires a leader",
+    );
+    let end = tokio::time::timeout(WAIT, keep_alive.message())
+        .await
+        .unwrap();
+    no_leader(
+        end.map(|m| m.map(|_| ())),
+        "the keep-alive that requires a leader",
+    );
+
+    // A call that requires a leader is refused at once; the watch that
+    // did not ask for one stays open.
+    let mut kv = localcluster::client::kv(&url, RPC).await.unwrap();
+    let put = kv
+        .put(requiring_leader(PutRequest {
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        }))
+        .await;
+    no_leader(put.map(|_| None::<()>), "a put that requires a leader");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), plain.message())
+            .await
+            .is_err(),
+        "the watch that did not require a leader ended"
+    );
+    cluster.heal();
+    cluster.shutdown().await.unwrap();
+}

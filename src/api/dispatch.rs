@@ -9,7 +9,8 @@
 //!
 //! A gRPC call goes through the same steps as on the router, in the same
 //! order: it is counted ([`super::grpc_metrics`]), refused if this member is
-//! a learner and the method is one a learner does not serve, handed to its
+//! a learner and the method is one a learner does not serve, or if the call
+//! requires a leader and none is known ([`super::server::refusal`]), handed to its
 //! tonic service, and a status the transport raised while reading the
 //! request is rewritten as grpc-go raises it ([`super::server`]).
 //!
@@ -43,7 +44,7 @@ use super::lease::LeaseService;
 use super::listener::ClientAddr;
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
-use super::server::{Services, LEARNER_METHODS};
+use super::server::Services;
 use super::watch::WatchService;
 use super::Core;
 use crate::pb::etcdserverpb::auth_server::AuthServer;
@@ -209,11 +210,9 @@ impl Start {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let path = request.uri().path();
-        let handled = if grpc.core.is_learner() && !LEARNER_METHODS.contains(&path) {
-            Either::Left(futures::future::ready(Ok(
-                super::errors::not_supported_for_learner().into_http(),
-            )))
+        let refused = super::server::refusal(&grpc.core, request.uri().path(), request.headers());
+        let handled = if let Some(refused) = refused {
+            Either::Left(futures::future::ready(Ok(refused.into_http())))
         } else {
             let request = self.call.request(request);
             let s = &grpc.services;

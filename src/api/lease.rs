@@ -147,13 +147,33 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let required = request.metadata().get(super::REQUIRE_LEADER);
+        let leader_required = super::leader_required(required.map(|v| v.as_bytes()));
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();
-        // Ends when the client closes its stream or stops reading.
+        // Ends when the client closes its stream or stops reading, or (if it
+        // requires one, as clientv3's keep-alives do) when the member has
+        // lost its leader: etcd then ends the stream with `no leader`.
         tokio::spawn(async move {
+            let lost_core = core.clone();
+            let leader_lost = async move {
+                if leader_required {
+                    lost_core.leader_lost().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::pin!(leader_lost);
             loop {
-                let resp = match input.message().await {
+                let message = tokio::select! {
+                    () = &mut leader_lost => {
+                        let _ = tx.send(Err(errors::no_leader())).await;
+                        return;
+                    }
+                    message = input.message() => message,
+                };
+                let resp = match message {
                     Ok(Some(req)) => keep_alive_once(&core, req.id).await,
                     Ok(None) => return,
                     // A request that cannot be read ends the stream with

@@ -49,6 +49,18 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The gRPC metadata key by which a client asks for a leader (clientv3's
+/// `WithRequireLeader`, which its watches and lease keep-alives use).
+pub const REQUIRE_LEADER: &str = "hasleader";
+
+/// Whether a call whose [`REQUIRE_LEADER`] metadata is `value` requires a
+/// leader: then it is refused with `no leader` while this member knows none,
+/// and a Watch or LeaseKeepAlive stream ends with that error once no leader
+/// has been known for three election timeouts ([`Core::leader_lost`]).
+pub fn leader_required(value: Option<&[u8]>) -> bool {
+    value == Some(b"true".as_slice())
+}
+
 use prost::Message as _;
 
 use tonic::Status;
@@ -138,6 +150,31 @@ impl Core {
             revision,
             raft_term: self.raft.term(),
         })
+    }
+
+    /// Resolves once this member has known no leader for `leader_wait`
+    /// (three election timeouts) without a break, the point at which etcd
+    /// ends the streams that require a leader (its `monitorLeader`). Never
+    /// resolves once the Raft node is gone (the member is stopping).
+    pub async fn leader_lost(&self) {
+        let mut leadership = self.raft.watch_leadership();
+        loop {
+            let lost = leadership.wait_for(|l| l.leader_id == 0).await.is_ok();
+            if !lost {
+                return std::future::pending().await;
+            }
+            let regained = leadership.wait_for(|l| l.leader_id != 0);
+            // Some(true): a leader again; Some(false): the node is gone.
+            let regained = tokio::time::timeout(self.limits.leader_wait, regained)
+                .await
+                .ok()
+                .map(|r| r.is_ok());
+            match regained {
+                None => return,
+                Some(true) => {}
+                Some(false) => return std::future::pending().await,
+            }
+        }
     }
 
     /// Whether this member is a learner (it then serves only serializable

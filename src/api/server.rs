@@ -130,6 +130,22 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     super::http::routes(with_gateway, core)
 }
 
+/// Why this member refuses a gRPC call before its service sees it, as
+/// etcd's interceptors do: a learner serves only [`LEARNER_METHODS`], and a
+/// call whose metadata requires a leader ([`super::leader_required`]) is
+/// refused with `no leader` while none is known.
+pub(super) fn refusal(core: &Core, path: &str, headers: &http::HeaderMap) -> Option<tonic::Status> {
+    if core.is_learner() && !LEARNER_METHODS.contains(&path) {
+        return Some(super::errors::not_supported_for_learner());
+    }
+    const KEY: http::HeaderName = http::HeaderName::from_static(super::REQUIRE_LEADER);
+    let required = headers.get(&KEY).map(|v| v.as_bytes());
+    if super::leader_required(required) && core.raft.leader_id() == 0 {
+        return Some(super::errors::no_leader());
+    }
+    None
+}
+
 /// The gRPC methods a learner serves (etcd's `isRPCSupportedForLearner`).
 pub(super) const LEARNER_METHODS: &[&str] = &[
     "/etcdserverpb.KV/Range",
@@ -175,9 +191,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if self.core.is_learner() && !LEARNER_METHODS.contains(&request.uri().path()) {
-            let refused = super::errors::not_supported_for_learner().into_http();
-            return Either::Left(ready(Ok(refused)));
+        if let Some(refused) = refusal(&self.core, request.uri().path(), request.headers()) {
+            return Either::Left(ready(Ok(refused.into_http())));
         }
         Either::Right(self.inner.call(request))
     }

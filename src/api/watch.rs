@@ -76,6 +76,8 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let creds = Credentials::of(&request);
+        let required = request.metadata().get(super::REQUIRE_LEADER);
+        let leader_required = super::leader_required(required.map(|v| v.as_bytes()));
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         // Read before subscribing: revisions in between are then neither
@@ -90,8 +92,9 @@ impl Watch for WatchService {
             next_id: 0,
             synced_rev,
         };
-        // The session ends when the client closes its side or stops reading.
-        tokio::spawn(session.run(input));
+        // The session ends when the client closes its side or stops reading,
+        // or (if it requires one) when the member has lost its leader.
+        tokio::spawn(session.run(input, leader_required));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -135,12 +138,27 @@ struct Session {
 struct Gone;
 
 impl Session {
-    async fn run(mut self, mut input: Streaming<WatchRequest>) {
+    async fn run(mut self, mut input: Streaming<WatchRequest>, leader_required: bool) {
         let period = self.core.limits.watch_progress_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let core = self.core.clone();
+        let leader_lost = async move {
+            if leader_required {
+                core.leader_lost().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::pin!(leader_lost);
         loop {
             let step = tokio::select! {
+                // As etcd: the stream ends with `no leader`, and the client
+                // reports every watcher of it canceled.
+                () = &mut leader_lost => {
+                    let _ = self.out.send(Err(super::errors::no_leader())).await;
+                    Err(Gone)
+                }
                 _ = progress.tick() => self.notify_progress().await,
                 msg = input.message() => match msg {
                     Ok(Some(req)) => self.handle(req).await,
