@@ -61,6 +61,13 @@ pub fn leader_required(value: Option<&[u8]>) -> bool {
     value == Some(b"true".as_slice())
 }
 
+/// The shortest leaderless time that ends a stream requiring a leader. With
+/// etcd's default election timeout (1 s) three timeouts are this; with the
+/// sub-second timeouts of test clusters (the embedded cluster's 200 ms),
+/// three of them pass within one slow election on a loaded machine, and
+/// ending every watch then costs clients more than the election did.
+pub const MIN_LEADER_LOSS: Duration = Duration::from_secs(3);
+
 use prost::Message as _;
 
 use tonic::Status;
@@ -153,10 +160,12 @@ impl Core {
     }
 
     /// Resolves once this member has known no leader for `leader_wait`
-    /// (three election timeouts) without a break, the point at which etcd
-    /// ends the streams that require a leader (its `monitorLeader`). Never
-    /// resolves once the Raft node is gone (the member is stopping).
+    /// (three election timeouts, as etcd's `monitorLeader` counts them) and
+    /// at least [`MIN_LEADER_LOSS`] without a break: then the streams that
+    /// require a leader end. Never resolves once the Raft node is gone (the
+    /// member is stopping).
     pub async fn leader_lost(&self) {
+        let patience = self.limits.leader_wait.max(MIN_LEADER_LOSS);
         let mut leadership = self.raft.watch_leadership();
         loop {
             let lost = leadership.wait_for(|l| l.leader_id == 0).await.is_ok();
@@ -165,7 +174,7 @@ impl Core {
             }
             let regained = leadership.wait_for(|l| l.leader_id != 0);
             // Some(true): a leader again; Some(false): the node is gone.
-            let regained = tokio::time::timeout(self.limits.leader_wait, regained)
+            let regained = tokio::time::timeout(patience, regained)
                 .await
                 .ok()
                 .map(|r| r.is_ok());
