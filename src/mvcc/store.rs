@@ -128,20 +128,35 @@ pub struct Store {
 pub const SIZE_IN_USE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// A computed [`Store::db_size_in_use`]: the figure, when, and the store's
-/// compacted revision then (a compaction computes it again). Defragmenting
-/// or restoring the store forgets it.
+/// compacted revision and file size then. Defragmenting or restoring the
+/// store forgets it.
 #[derive(Debug)]
 struct SizeInUse {
     bytes: u64,
     at: Instant,
-    basis: i64,
+    basis: Basis,
+}
+
+/// What a computed size in use holds for: the compacted revision and the
+/// database file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Basis {
+    compacted: i64,
+    file_size: u64,
 }
 
 impl SizeInUse {
-    /// Whether the figure may be served at `now` for a store whose compacted
-    /// revision is `basis`.
-    fn serves(&self, basis: i64, now: Instant) -> bool {
-        self.basis == basis && now.saturating_duration_since(self.at) < SIZE_IN_USE_MAX_AGE
+    /// The figure to serve at `now` for a store at `basis`, if this one
+    /// still stands for it: younger than [`SIZE_IN_USE_MAX_AGE`], with no
+    /// compaction since and a file no smaller. A file that grew since adds
+    /// its growth, capped at its size: redb grows the file only once its free
+    /// pages are used up, so the estimate errs high, never low (a script
+    /// that defragments when little of the file is in use is not misled).
+    fn serve(&self, basis: Basis, now: Instant) -> Option<u64> {
+        let fresh = now.saturating_duration_since(self.at) < SIZE_IN_USE_MAX_AGE;
+        let grown = basis.file_size.checked_sub(self.basis.file_size)?;
+        (fresh && basis.compacted == self.basis.compacted)
+            .then(|| self.bytes.saturating_add(grown).min(basis.file_size))
     }
 }
 
@@ -720,15 +735,19 @@ impl Store {
     ///
     /// Computing them walks every page of the database, with the writer slot
     /// held (about 0.2 s for a 500 MB file, during which no batch applies).
-    /// So a figure is served again for [`SIZE_IN_USE_MAX_AGE`], unless a
-    /// compaction, a defragmentation or a restore happened since (a store
-    /// that grows shows it when the figure ages); and while a batch runs, the
-    /// last figure (or the file size if none) is served instead of waiting.
+    /// So a figure is served again for [`SIZE_IN_USE_MAX_AGE`] (plus what
+    /// the file grew since), unless a compaction, a defragmentation or a
+    /// restore happened since (a store that grows into its free pages shows
+    /// it when the figure ages); and while a batch runs, the last figure (or
+    /// the file size if none) is served instead of waiting.
     pub fn db_size_in_use(&self) -> Result<u64> {
-        let basis = self.compact_revision();
+        let basis = Basis {
+            compacted: self.compact_revision(),
+            file_size: self.db_size(),
+        };
         let mut cached = self.size_in_use();
-        if let Some(last) = cached.as_ref().filter(|c| c.serves(basis, Instant::now())) {
-            return Ok(last.bytes);
+        if let Some(bytes) = cached.as_ref().and_then(|c| c.serve(basis, Instant::now())) {
+            return Ok(bytes);
         }
         let Some(claim) = self.writer.try_claim() else {
             return Ok(cached
@@ -1462,16 +1481,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_in_use_is_served_again_until_it_ages_or_the_store_compacts() {
+    fn size_in_use_is_served_again_with_the_files_growth_until_it_ages_or_the_store_compacts() {
         let at = Instant::now();
+        let basis = Basis {
+            compacted: 7,
+            file_size: 1 << 20,
+        };
         let last = SizeInUse {
             bytes: 4096,
             at,
-            basis: 7,
+            basis,
         };
-        assert!(last.serves(7, at));
-        assert!(last.serves(7, at + SIZE_IN_USE_MAX_AGE / 2));
-        assert!(!last.serves(7, at + SIZE_IN_USE_MAX_AGE));
-        assert!(!last.serves(8, at), "compacted since");
+        assert_eq!(last.serve(basis, at), Some(4096));
+        assert_eq!(last.serve(basis, at + SIZE_IN_USE_MAX_AGE / 2), Some(4096));
+        assert_eq!(last.serve(basis, at + SIZE_IN_USE_MAX_AGE), None, "aged");
+        let compacted = Basis {
+            compacted: 8,
+            ..basis
+        };
+        assert_eq!(last.serve(compacted, at), None, "compacted since");
+        let grown = Basis {
+            file_size: (1 << 20) + 8192,
+            ..basis
+        };
+        assert_eq!(
+            last.serve(grown, at),
+            Some(4096 + 8192),
+            "the growth counts"
+        );
+        let full = SizeInUse {
+            bytes: 1 << 20,
+            at,
+            basis,
+        };
+        assert_eq!(
+            full.serve(grown, at),
+            Some(grown.file_size),
+            "never past the file"
+        );
+        let shrunk = Basis {
+            file_size: 1 << 19,
+            ..basis
+        };
+        assert_eq!(last.serve(shrunk, at), None, "the file shrank");
     }
 }

@@ -2041,6 +2041,26 @@ fn the_database_size_follows_the_file_as_batches_that_wait_grow_it() {
 }
 
 #[test]
+fn size_in_use_asked_again_at_once_follows_a_file_that_grew() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    store.flush().unwrap();
+    let small = store.db_size_in_use().unwrap();
+    let value = vec![7u8; 64 * 1024];
+    for i in 0..200u32 {
+        put(&store, &i.to_be_bytes(), &value);
+    }
+    store.flush().unwrap();
+    // 12.5 MiB of values later, well within the figure's 30 s.
+    let grown = store.db_size_in_use().unwrap();
+    assert!(
+        grown >= small + 10 * 1024 * 1024,
+        "{grown} after 12.5 MiB of values, {small} before"
+    );
+    assert!(grown <= store.db_size(), "{grown} > {}", store.db_size());
+}
+
+#[test]
 fn size_in_use_shows_a_defragmentation_at_once() {
     let (_d, store) = open_temp();
     let value = vec![7u8; 1024];
