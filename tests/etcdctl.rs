@@ -190,6 +190,10 @@ fn put_get_del_txn_and_compaction_print_what_etcd_prints() {
     );
     let range = &responses[1]["Response"]["ResponseRange"];
     assert_eq!(b64_str(&range["kvs"][0]["value"]), "second", "{j}");
+    // As etcd fills them: the inner headers carry the revision alone.
+    let inner = range["header"].as_object().unwrap();
+    assert_eq!(inner.keys().collect::<Vec<_>>(), ["revision"], "{j}");
+    assert_eq!(inner["revision"], j["header"]["revision"], "{j}");
     assert_eq!(c.etcdctl(&["get", "t/other"]).ok(), "");
 
     // compaction N, then reading below N fails with etcd's message.
@@ -290,6 +294,11 @@ fn cluster_and_maintenance_commands_describe_the_three_members() {
     }
     let mut c = Cluster::start(3, &[]);
     c.etcdctl(&["put", "m/k", "v"]).ok();
+
+    // The Cluster service's header carries no revision, as etcd's.
+    let list = c.etcdctl(&["member", "list", "-w", "json"]).json();
+    assert!(list["header"].get("revision").is_none(), "{list}");
+    assert!(list["header"]["member_id"].as_u64().is_some(), "{list}");
 
     // member list -w table: three started members with their names and URLs.
     let out = c.etcdctl(&["member", "list", "-w", "table"]);

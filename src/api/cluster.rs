@@ -86,8 +86,10 @@ impl ClusterService {
         }
     }
 
+    /// etcd's Cluster service header: cluster and member ID and term, no
+    /// revision (membership is not in the key-value store).
     fn header(&self) -> Option<crate::pb::etcdserverpb::ResponseHeader> {
-        self.core.header(self.core.store.current_revision())
+        self.core.header(0)
     }
 
     /// Parses peer URLs as etcd does, normalised to their Go form.

@@ -148,16 +148,31 @@ fn has_puts(req: &TxnRequest) -> bool {
         })
 }
 
-/// Sets the header of a txn response and of every response inside it.
+/// Sets the header of a txn response, and the revision of every response
+/// inside it: etcd's inner headers carry the revision alone (no cluster or
+/// member ID, no term).
 fn fill_headers(core: &Core, resp: &mut TxnResponse, rev: i64) {
-    use crate::pb::etcdserverpb::response_op::Response as R;
     resp.header = core.header(rev);
-    for r in &mut resp.responses {
+    fill_inner_headers(&mut resp.responses, rev);
+}
+
+fn fill_inner_headers(responses: &mut [crate::pb::etcdserverpb::ResponseOp], rev: i64) {
+    use crate::pb::etcdserverpb::response_op::Response as R;
+    let header = || {
+        Some(crate::pb::etcdserverpb::ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        })
+    };
+    for r in responses {
         match &mut r.response {
-            Some(R::ResponseRange(x)) => x.header = core.header(rev),
-            Some(R::ResponsePut(x)) => x.header = core.header(rev),
-            Some(R::ResponseDeleteRange(x)) => x.header = core.header(rev),
-            Some(R::ResponseTxn(x)) => fill_headers(core, x, rev),
+            Some(R::ResponseRange(x)) => x.header = header(),
+            Some(R::ResponsePut(x)) => x.header = header(),
+            Some(R::ResponseDeleteRange(x)) => x.header = header(),
+            Some(R::ResponseTxn(x)) => {
+                x.header = header();
+                fill_inner_headers(&mut x.responses, rev);
+            }
             None => {}
         }
     }
