@@ -147,10 +147,28 @@ where
     match rt.block_on(f()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("localcluster: {e:#}");
+            eprintln!("localcluster: {}", one_line(&e));
             1
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root`, each said
+/// once: an error whose message already quotes its cause (as many do, from
+/// std and other crates) does not print that cause twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `localcluster member`: parse etcd's flags, run the member until SIGINT/SIGTERM.

@@ -691,6 +691,23 @@ fn sigkill_of_the_supervisor_leaves_no_child_alive() {
 }
 
 #[test]
+fn a_missing_procfile_is_refused_in_one_line_that_gives_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path())
+        .args(["start", "-f", "nonexist"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("localcluster: cannot read nonexist: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
 fn run_without_a_supervisor_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = command(dir.path())

@@ -14,15 +14,33 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// A `.env` file that could not be read.
+/// A `.env` file that could not be read: `FILE:LINE: ...` for a line that
+/// does not parse.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}{}: {source}", line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct EnvFileError {
     /// The file as named by the user.
     pub path: String,
+    /// The 1-based line that does not parse, when dotenvy names one.
+    pub line: Option<usize>,
     /// What dotenvy reported.
     #[source]
     pub source: dotenvy::Error,
+}
+
+/// The 1-based number of the first line of `path` holding the text dotenvy
+/// could not parse (dotenvy reports that text, often only the value, and no
+/// line number).
+fn line_of(path: &Path, error: &dotenvy::Error) -> Option<usize> {
+    let dotenvy::Error::LineParse(text, _) = error else {
+        return None;
+    };
+    let first = text.lines().next()?.trim();
+    let content = std::fs::read_to_string(path).ok()?;
+    content
+        .lines()
+        .position(|l| l.contains(first))
+        .map(|i| i + 1)
 }
 
 /// Which env files to read: those named with `-e`, or else `.env` in
@@ -45,6 +63,7 @@ pub fn load(files: &[(PathBuf, bool)]) -> Result<Vec<(String, String)>, EnvFileE
         }
         let wrap = |source| EnvFileError {
             path: path.display().to_string(),
+            line: line_of(path, &source),
             source,
         };
         for item in dotenvy::from_path_iter(path).map_err(wrap)? {
@@ -99,6 +118,20 @@ mod tests {
         let missing = dir.path().join("nope.env");
         let err = load(&env_files_to_load(&[missing], dir.path())).unwrap_err();
         assert!(err.to_string().contains("nope.env"), "{err}");
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_is_named_by_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "# comment\nGOOD=1\nSPACE=a b c\n").unwrap();
+        let err = load(&[(path.clone(), true)]).unwrap_err();
+        assert_eq!(err.line, Some(3));
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}:3: ", path.display())),
+            "{text}"
+        );
     }
 
     #[test]
