@@ -637,6 +637,46 @@ fn a_name_given_twice_starts_once_and_ctrl_c_still_ends_the_supervisor() {
 }
 
 #[test]
+fn a_closed_output_pipe_stops_everything_as_foreman_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Procfile"),
+        "ticker: while :; do echo tick; sleep 0.1; done\n",
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let mut sup = command(dir.path())
+        .args(["start", "-p", &port, "--timeout", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `localcluster start | head -2`: read two lines, then close the pipe.
+    let mut out = BufReader::new(sup.stdout.take().unwrap());
+    let mut started = String::new();
+    out.read_line(&mut started).unwrap();
+    let pid: i32 = started.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let mut tick = String::new();
+    out.read_line(&mut tick).unwrap();
+    assert_eq!(tick.trim(), "ticker | tick");
+    drop(out);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sup.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = sup.kill();
+            panic!("still running with nobody reading");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(wait_dead(pid, 2), "the ticker outlived the supervisor");
+}
+
+#[test]
 fn a_second_sigint_kills_at_once() {
     let mut sup = Sup::start(
         "stubborn: trap '' TERM INT; while :; do sleep 0.1; done\n",

@@ -14,8 +14,10 @@
 //! mid-line; one channel keeps each process's lines in order; the bound gives
 //! back-pressure (a slow terminal slows the readers, hence the children)
 //! without ever blocking an async worker on a terminal write. Invalid UTF-8 is
-//! replaced lossily. Write errors (a closed pipe) are ignored so children are
-//! never blocked by a vanished reader.
+//! replaced lossily. Write errors are ignored so children are never blocked
+//! by a vanished reader; a reader that closed the pipe (`localcluster start |
+//! head`) is reported once ([`LogMux::output_closed`]), and `start` then
+//! stops everything as foreman does, rather than run on unseen.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -146,6 +148,7 @@ impl LineSplitter {
 pub struct LogMux {
     handle: LogHandle,
     thread: JoinHandle<()>,
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// A cheap, cloneable way to print lines through the multiplexer.
@@ -159,14 +162,23 @@ impl LogMux {
     /// Starts the writer thread writing to `out`.
     pub fn new(out: Box<dyn Write + Send>, format: Format) -> std::io::Result<LogMux> {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+        let closed = tokio_util::sync::CancellationToken::new();
+        let on_close = closed.clone();
         let thread = std::thread::Builder::new()
             .name("localcluster-log".into())
-            .spawn(move || write_loop(out, rx))?;
+            .spawn(move || write_loop(out, rx, on_close))?;
         let format = Arc::new(format);
         Ok(LogMux {
             handle: LogHandle { tx, format },
             thread,
+            closed,
         })
+    }
+
+    /// Resolves once the output's reader has gone (a write failed with a
+    /// broken pipe). Lines are still drained, and dropped, after that.
+    pub fn output_closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closed.clone().cancelled_owned()
     }
 
     /// A handle for readers and the supervisor.
@@ -177,22 +189,31 @@ impl LogMux {
     /// Flushes everything sent so far and stops the writer thread. Other
     /// handles must have been dropped, or this waits for them.
     pub async fn shutdown(self) {
-        let LogMux { handle, thread } = self;
+        let LogMux { handle, thread, .. } = self;
         drop(handle);
         // The thread ends when every sender is gone; joining is quick.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
-fn write_loop(mut out: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(first) = rx.blocking_recv() {
-        // Errors (e.g. a closed pipe) are ignored: keep draining so that the
-        // children are never blocked on a reader that went away.
-        let _ = out.write_all(&first);
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
+fn write_loop(
+    mut out: Box<dyn Write + Send>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    // Errors are not fatal: keep draining so that the children are never
+    // blocked on a reader that went away; a broken pipe is reported.
+    let report = |result: std::io::Result<()>| {
+        if result.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            closed.cancel();
         }
-        let _ = out.flush();
+    };
+    while let Some(first) = rx.blocking_recv() {
+        report(out.write_all(&first));
+        while let Ok(more) = rx.try_recv() {
+            report(out.write_all(&more));
+        }
+        report(out.flush());
     }
 }
 

@@ -275,6 +275,15 @@ pub async fn start_with(
         exit_on_error: args.exit_on_error,
     };
     let supervisor = Supervisor::new(specs, settings, log, spawner, Some(guard));
+    // The log's reader going away (`start | head`) stops everything too,
+    // as in foreman: nobody would see the processes' output any more.
+    let output_closed = mux.output_closed();
+    let shutdown = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = output_closed => {}
+        }
+    };
     let code = supervisor.run(&selected, control_rx, shutdown).await;
 
     let _ = stop_server.send(true);

@@ -1,7 +1,8 @@
 //! Procfile parsing, in the format goreman and foreman read.
 //!
 //! A Procfile lists one process per line as `name: command`. Blank lines and
-//! lines whose first non-blank character is `#` are ignored. A name is made of
+//! lines whose first non-blank character is `#` are ignored, and so is a
+//! byte-order mark at the start. A name is made of
 //! ASCII letters, digits, `_` and `-`; the command is everything after the
 //! first `:`, trimmed, and is later run through `sh -c`.
 //!
@@ -100,6 +101,8 @@ impl Procfile {
             line,
             reason,
         };
+        // A byte-order mark, as some editors write, is not part of a name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.split('\n').enumerate() {
             let line_no = index + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw).trim();
@@ -199,6 +202,12 @@ mod tests {
             e.to_string(),
             "Procfile:3: duplicate process name \"m1\" (first defined on line 1)"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let p = Procfile::parse("\u{feff}web: run\n", "Procfile").unwrap();
+        assert_eq!(p.entries[0].name, "web");
     }
 
     #[test]
