@@ -110,6 +110,13 @@ fn watch_from_a_revision_replays_history_and_fails_once_it_is_compacted() {
         err.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"),
         "{err}"
     );
+    // In JSON: the compacted revision, and a header without a revision (as etcd's).
+    let mut w = Background::etcdctl(&ep, &["watch", "--rev", &from, "h/k", "-w", "json"]);
+    w.wait_exit(WAIT);
+    let canceled: serde_json::Value = serde_json::from_str(&w.lines()[0]).unwrap();
+    assert_eq!(canceled["CompactRevision"], current, "{canceled}");
+    assert_eq!(canceled["Canceled"], true, "{canceled}");
+    assert!(canceled["Header"].get("revision").is_none(), "{canceled}");
 }
 
 #[test]

@@ -329,10 +329,15 @@ impl Session {
         }
     }
 
-    /// Drops watcher `id` and tells the client why.
+    /// Drops watcher `id` and tells the client why. A watcher canceled by a
+    /// compaction gets a header without a revision, as etcd sends it.
     async fn cancel(&mut self, id: i64, compact_revision: i64, reason: String) -> Result<(), Gone> {
         self.watchers.remove(&id);
-        let rev = self.core.store.current_revision();
+        let rev = if compact_revision > 0 {
+            0
+        } else {
+            self.core.store.current_revision()
+        };
         self.send(WatchResponse {
             header: self.core.header(rev),
             watch_id: id,
