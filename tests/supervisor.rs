@@ -677,6 +677,24 @@ fn a_closed_output_pipe_stops_everything_as_foreman_does() {
 }
 
 #[test]
+fn what_a_process_leaves_running_in_its_group_is_killed_and_said_so() {
+    let sup = Sup::start(
+        "bg: sleep 300 & echo \"helper $!\"; exit 0\nkeep: sleep 300\n",
+        &[],
+    );
+    let helper: i32 = sup
+        .wait_line(|l| l.starts_with("bg   | helper "))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    sup.wait_line(|l| l == "bg   | its process group outlived it; killing what is left (SIGKILL)");
+    sup.wait_line(|l| l == "bg   | exited with code 0");
+    assert!(wait_dead(helper, 2), "the helper outlived its process");
+}
+
+#[test]
 fn a_second_sigint_kills_at_once() {
     let mut sup = Sup::start(
         "stubborn: trap '' TERM INT; while :; do sleep 0.1; done\n",

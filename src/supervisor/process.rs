@@ -21,7 +21,8 @@
 //!   without PDEATHSIG, reads the set of live process groups from a pipe; when
 //!   the pipe closes because the supervisor died, it SIGKILLs those groups.
 //! * When a group leader exits, whatever is left in its group is killed
-//!   too, so output pipes reach EOF and nothing is left behind.
+//!   too (and the log says so), so output pipes reach EOF and nothing is
+//!   left behind.
 //!
 //! Every child is reaped by the task that owns it ([`supervise_child`]).
 
@@ -248,6 +249,11 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
+/// Whether any process is left in the process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    i32::try_from(pgid).is_ok_and(|pgid| killpg(Pid::from_raw(pgid), None).is_ok())
+}
+
 /// Describes how a child ended: `exited with code 1`, `killed by SIGKILL`.
 pub fn describe_exit(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -307,8 +313,17 @@ pub async fn supervise_child(
             child.wait().await
         }
     };
-    // Leftovers in the group would keep the pipes open and outlive us.
+    // Leftovers in the group would keep the pipes open and outlive us; say
+    // so when there are some (a command that started a helper in the
+    // background and exited).
     if let Some(pgid) = pgid {
+        if group_alive(pgid) {
+            log.note(
+                proc,
+                "its process group outlived it; killing what is left (SIGKILL)",
+            )
+            .await;
+        }
         let _ = signal_group(pgid, Signal::SIGKILL);
     }
     if !readers_done {
