@@ -695,6 +695,26 @@ fn what_a_process_leaves_running_in_its_group_is_killed_and_said_so() {
 }
 
 #[test]
+fn start_during_a_slow_stop_starts_the_process_again_once_it_has_exited() {
+    let sup = Sup::start(
+        "stubborn: trap 'echo ignoring TERM' TERM; while :; do sleep 0.1; done\n",
+        &["--timeout", "2"],
+    );
+    let first = sup.pid_of("stubborn");
+    std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| sup.run_ok(&["stop", "stubborn"]));
+        sup.wait_line(|l| l == "stubborn | ignoring TERM");
+        // The stop is waiting out its timeout: start answers once the
+        // process has been killed and started again.
+        sup.run_ok(&["start", "stubborn"]);
+        let again = sup.pid_after("stubborn", Some(first));
+        assert!(alive(again) && wait_dead(first, 5));
+        assert_eq!(sup.status_of("stubborn")["state"], "running");
+        stopping.join().unwrap();
+    });
+}
+
+#[test]
 fn a_second_sigint_kills_at_once() {
     let mut sup = Sup::start(
         "stubborn: trap '' TERM INT; while :; do sleep 0.1; done\n",

@@ -440,7 +440,7 @@ impl Supervisor {
                 .filter(|&i| {
                     let s = self.procs[i].state;
                     match op {
-                        C::StartAll => !s.is_alive(),
+                        C::StartAll => !s.is_alive() || s == ProcState::Stopping,
                         C::StopAll => s.is_alive() && s != ProcState::Stopping,
                         _ => true,
                     }
@@ -456,10 +456,11 @@ impl Supervisor {
                     .ok_or_else(|| format!("unknown process {name:?}"))?;
                 self.check(op, i)?;
                 // As goreman: starting what runs, or stopping what is
-                // stopped, succeeds and does nothing.
+                // stopped, succeeds and does nothing. What is being stopped
+                // is started again once it has exited.
                 let state = self.procs[i].state;
                 let nothing_to_do = match op {
-                    C::Start => state.is_alive(),
+                    C::Start => state.is_alive() && state != ProcState::Stopping,
                     C::Stop => !state.is_alive(),
                     _ => false,
                 };
@@ -473,6 +474,11 @@ impl Supervisor {
         for i in targets {
             let (tx, rx) = oneshot::channel();
             match op {
+                C::Start | C::StartAll if self.procs[i].state == ProcState::Stopping => {
+                    // Answered once it has exited and started again.
+                    self.procs[i].waiters.push(tx);
+                    self.procs[i].restart_pending = true;
+                }
                 C::Start | C::StartAll => {
                     self.spawn(i).await;
                     let _ = tx.send(());
