@@ -689,8 +689,14 @@ fn what_a_process_leaves_running_in_its_group_is_killed_and_said_so() {
         .unwrap()
         .parse()
         .unwrap();
-    sup.wait_line(|l| l == "bg   | its process group outlived it; killing what is left (SIGKILL)");
-    sup.wait_line(|l| l == "bg   | exited with code 0");
+    sup.wait_lines(|lines| {
+        let at = lines
+            .iter()
+            .position(|l| l == "bg   | exited with code 0")?;
+        let next = lines.get(at + 1)?;
+        (next == "bg   | it left processes running in its group; they were killed (SIGKILL)")
+            .then_some(())
+    });
     assert!(wait_dead(helper, 2), "the helper outlived its process");
 }
 
@@ -712,6 +718,22 @@ fn start_during_a_slow_stop_starts_the_process_again_once_it_has_exited() {
         assert_eq!(sup.status_of("stubborn")["state"], "running");
         stopping.join().unwrap();
     });
+}
+
+#[test]
+fn a_second_sighup_does_not_cut_the_graceful_stop_short() {
+    let mut sup = Sup::start(
+        "graceful: trap 'sleep 0.5; echo got TERM; exit 0' TERM; while :; do sleep 0.1; done\n",
+        &["--timeout", "10"],
+    );
+    let pid = sup.pid_of("graceful");
+    // A closing terminal: the shell's SIGHUP, then the kernel's.
+    sup.signal(libc::SIGHUP);
+    sup.wait_line(|l| l == "graceful | stopping (SIGTERM)");
+    sup.signal(libc::SIGHUP);
+    assert_eq!(sup.wait_exit(10).code(), Some(0));
+    sup.wait_line(|l| l == "graceful | got TERM");
+    assert!(wait_dead(pid, 2));
 }
 
 #[test]

@@ -7,9 +7,10 @@
 //! endpoint on 127.0.0.1 ([`control`]) that `localcluster run` drives: list,
 //! status ([`status`], cluster-aware through [`ClusterProbe`]), start, stop,
 //! restart, kill, pause, resume. One task owns the process table
-//! ([`supervise`]); Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL
-//! after `--timeout`), a second one kills them at once, and no child outlives
-//! the supervisor even when it is SIGKILLed.
+//! ([`supervise`]); Ctrl-C, SIGTERM, SIGHUP or the end of the log's reader
+//! stops every child (SIGTERM, then SIGKILL after `--timeout`), a second
+//! Ctrl-C or SIGTERM kills them at once, and no child outlives the supervisor
+//! even when it is SIGKILLed.
 //!
 //! Ownership: [`start`] owns everything it creates — the log writer thread,
 //! the spawner thread, the orphan guard, the control server task and the
@@ -172,16 +173,19 @@ fn selection(procfile: &Procfile, names: &[String]) -> Result<Vec<usize>, StartE
     if names.is_empty() {
         return Ok((0..procfile.entries.len()).collect());
     }
-    names
-        .iter()
-        .map(|n| {
-            procfile
-                .entries
-                .iter()
-                .position(|e| &e.name == n)
-                .ok_or_else(|| StartError::UnknownProcess(n.clone()))
-        })
-        .collect()
+    // A name given twice starts once, as in goreman; first mention first.
+    let mut selected = Vec::new();
+    for n in names {
+        let i = procfile
+            .entries
+            .iter()
+            .position(|e| &e.name == n)
+            .ok_or_else(|| StartError::UnknownProcess(n.clone()))?;
+        if !selected.contains(&i) {
+            selected.push(i);
+        }
+    }
+    Ok(selected)
 }
 
 /// Aborts a task if its owner is dropped before it finished.
@@ -361,6 +365,8 @@ mod tests {
         assert_eq!(selection(&pf, &[]).unwrap(), vec![0, 1]);
         assert_eq!(selection(&pf, &["b".into()]).unwrap(), vec![1]);
         assert!(selection(&pf, &["c".into()]).is_err());
+        let twice = ["b".into(), "a".into(), "b".into()];
+        assert_eq!(selection(&pf, &twice).unwrap(), vec![1, 0]);
     }
 
     /// Member id = the URL's port; everybody says member 2 leads.

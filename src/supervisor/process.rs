@@ -35,6 +35,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe::Receiver;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -281,6 +282,15 @@ pub struct ExitEvent {
     pub generation: u64,
     /// Its exit status (or why waiting failed).
     pub status: io::Result<ExitStatus>,
+    /// Processes were left in its group when it ended (they were killed).
+    pub leftovers: bool,
+}
+
+/// The read end of a child's output pipe, as the async reader
+/// [`supervise_child`] takes; converted before the spawn, so a failure here
+/// starts nothing.
+pub fn output_reader(pipe: std::io::PipeReader) -> io::Result<Receiver> {
+    Receiver::from_owned_fd(pipe.into())
 }
 
 /// Owns one running child: prints its output (read from `output`, the pipe
@@ -288,22 +298,14 @@ pub struct ExitEvent {
 /// group, and reports the exit on `events`.
 pub async fn supervise_child(
     mut child: Child,
-    output: std::io::PipeReader,
+    output: Receiver,
     proc: usize,
     generation: u64,
     log: LogHandle,
     events: mpsc::UnboundedSender<ExitEvent>,
 ) {
     let pgid = child.id();
-    let output = match tokio::net::unix::pipe::Receiver::from_owned_fd(output.into()) {
-        Ok(output) => Some(output),
-        Err(e) => {
-            log.note(proc, &format!("cannot read its output: {e}"))
-                .await;
-            None
-        }
-    };
-    let readers = pump(output, proc, &log);
+    let readers = pump(Some(output), proc, &log);
     tokio::pin!(readers);
     let mut readers_done = false;
     let status = tokio::select! {
@@ -313,17 +315,11 @@ pub async fn supervise_child(
             child.wait().await
         }
     };
-    // Leftovers in the group would keep the pipes open and outlive us; say
-    // so when there are some (a command that started a helper in the
-    // background and exited).
+    // Leftovers in the group would keep the pipes open and outlive us (a
+    // command that started a helper in the background and exited); the
+    // supervisor says so if the process ended on its own.
+    let leftovers = pgid.is_some_and(group_alive);
     if let Some(pgid) = pgid {
-        if group_alive(pgid) {
-            log.note(
-                proc,
-                "its process group outlived it; killing what is left (SIGKILL)",
-            )
-            .await;
-        }
         let _ = signal_group(pgid, Signal::SIGKILL);
     }
     if !readers_done {
@@ -333,6 +329,7 @@ pub async fn supervise_child(
         proc,
         generation,
         status,
+        leftovers,
     });
 }
 

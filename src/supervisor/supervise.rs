@@ -7,8 +7,9 @@
 //! * exit events from the per-child tasks ([`super::process::supervise_child`]),
 //! * stop deadlines (SIGKILL after the timeout),
 //! * SIGINT, SIGTERM or SIGHUP to the supervisor (first: stop everything
-//!   gracefully; second: SIGKILL everything). SIGHUP is there for a closed
-//!   terminal or SSH session, as goreman and foreman take it.
+//!   gracefully; a second SIGINT or SIGTERM: SIGKILL everything). SIGHUP is
+//!   there for a closed terminal or SSH session, as goreman and foreman take
+//!   it, and never escalates (a closing terminal may send it twice).
 //!
 //! Being the only owner, it needs no locks. It never waits on a child or a
 //! network peer inline: requests that must wait (stop, restart) get a
@@ -30,8 +31,8 @@ use tokio::task::JoinSet;
 use super::cli::RunCommand;
 use super::logmux::LogHandle;
 use super::process::{
-    build_command, describe_exit, signal_group, signal_name, supervise_child, ExitEvent,
-    GroupGuard, ProcSpec, Spawner,
+    build_command, describe_exit, output_reader, signal_group, signal_name, supervise_child,
+    ExitEvent, GroupGuard, ProcSpec, Spawner,
 };
 use super::status::{client_url_of, ProcState, ProcessStatus};
 
@@ -150,9 +151,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts the processes at `start`, then supervises until the end (see
-    /// the module doc); returns the exit code. `shutdown` resolving acts like
-    /// a first SIGINT (for embedding and tests).
+    /// Starts the processes at `start` (distinct indexes), then supervises
+    /// until the end (see the module doc); returns the exit code. `shutdown`
+    /// resolving acts like a first SIGINT (for embedding and tests).
     pub async fn run(
         mut self,
         start: &[usize],
@@ -167,10 +168,12 @@ impl Supervisor {
         tokio::pin!(shutdown);
         let mut shutdown_seen = false;
         for &i in start {
-            // A name given twice starts once, as in goreman.
-            if !self.procs[i].state.is_alive() {
-                self.spawn(i).await;
+            // A failed start with --exit-on-error begins the shutdown:
+            // nothing more is started then.
+            if self.shutdown.is_some() {
+                break;
             }
+            self.spawn(i).await;
         }
         while !self.finished() {
             let deadline = self.next_deadline();
@@ -178,14 +181,14 @@ impl Supervisor {
                 Some(msg) = control.recv() => self.on_control(msg).await,
                 Some(ev) = self.events_rx.recv() => self.on_exit(ev).await,
                 () = sleep_until(deadline), if deadline.is_some() => self.on_deadline().await,
-                Some(()) = recv_signal(&mut sigint) => self.on_signal().await,
-                Some(()) = recv_signal(&mut sigterm) => self.on_signal().await,
-                Some(()) = recv_signal(&mut sighup) => self.on_signal().await,
+                Some(()) = recv_signal(&mut sigint) => self.on_signal(true).await,
+                Some(()) = recv_signal(&mut sigterm) => self.on_signal(true).await,
+                // A closing terminal may send SIGHUP twice (the shell, then
+                // the kernel): it never escalates to SIGKILL.
+                Some(()) = recv_signal(&mut sighup) => self.on_signal(false).await,
                 () = &mut shutdown, if !shutdown_seen => {
                     shutdown_seen = true;
-                    if self.shutdown.is_none() {
-                        self.on_signal().await;
-                    }
+                    self.on_signal(false).await;
                 }
             }
         }
@@ -223,7 +226,10 @@ impl Supervisor {
         p.exit_signal = None;
         p.failed = false;
         let spawned = match build_command(&p.spec) {
-            Ok((cmd, output)) => self.spawner.spawn(cmd).await.map(|c| (c, output)),
+            Ok((cmd, pipe)) => match output_reader(pipe) {
+                Ok(output) => self.spawner.spawn(cmd).await.map(|c| (c, output)),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match spawned {
@@ -300,6 +306,10 @@ impl Supervisor {
         let waiters = std::mem::take(&mut p.waiters);
         let failed = p.failed;
         self.log.note(ev.proc, &message).await;
+        if ev.leftovers && !requested {
+            let note = "it left processes running in its group; they were killed (SIGKILL)";
+            self.log.note(ev.proc, note).await;
+        }
         self.sync_guard().await;
         if restart {
             self.spawn(ev.proc).await;
@@ -345,11 +355,13 @@ impl Supervisor {
         }
     }
 
-    async fn on_signal(&mut self) {
+    /// A request to stop everything: the first stops gracefully; a later one
+    /// that may `escalate` (a second Ctrl-C or SIGTERM) kills at once.
+    async fn on_signal(&mut self, escalate: bool) {
         if self.shutdown.is_none() {
             self.shutdown = Some(Shutdown::Signal);
             self.stop_all_for_shutdown().await;
-        } else if !self.forced {
+        } else if escalate && !self.forced {
             self.forced = true;
             for i in 0..self.procs.len() {
                 self.kill(i).await;
