@@ -158,6 +158,18 @@ impl SizeInUse {
         (fresh && basis.compacted == self.basis.compacted)
             .then(|| self.bytes.saturating_add(grown).min(basis.file_size))
     }
+
+    /// The best figure for a store at `basis` when none can be computed now
+    /// (a batch holds the writer): this one plus the file's growth, or the
+    /// file size after a compaction or a shrink. High rather than low.
+    fn estimate(&self, basis: Basis) -> u64 {
+        match basis.file_size.checked_sub(self.basis.file_size) {
+            Some(grown) if basis.compacted == self.basis.compacted => {
+                self.bytes.saturating_add(grown).min(basis.file_size)
+            }
+            _ => basis.file_size,
+        }
+    }
 }
 
 /// The current and compacted revision as a batch sees them, whether a
@@ -738,8 +750,9 @@ impl Store {
     /// So a figure is served again for [`SIZE_IN_USE_MAX_AGE`] (plus what
     /// the file grew since), unless a compaction, a defragmentation or a
     /// restore happened since (a store that grows into its free pages shows
-    /// it when the figure ages); and while a batch runs, the last figure (or
-    /// the file size if none) is served instead of waiting.
+    /// it when the figure ages); and while a batch runs, the last figure
+    /// with the same growth added (or the file size) is served instead of
+    /// waiting.
     pub fn db_size_in_use(&self) -> Result<u64> {
         let basis = Basis {
             compacted: self.compact_revision(),
@@ -752,7 +765,7 @@ impl Store {
         let Some(claim) = self.writer.try_claim() else {
             return Ok(cached
                 .as_ref()
-                .map_or_else(|| self.db_size(), |last| last.bytes));
+                .map_or(basis.file_size, |last| last.estimate(basis)));
         };
         let stats = match claim.take_pending() {
             Some(txn) => {
@@ -1524,5 +1537,9 @@ mod tests {
             ..basis
         };
         assert_eq!(last.serve(shrunk, at), None, "the file shrank");
+        // While a batch holds the writer, an aged figure is estimated the
+        // same way, or is the file size after a compaction.
+        assert_eq!(last.estimate(grown), 4096 + 8192);
+        assert_eq!(last.estimate(compacted), compacted.file_size);
     }
 }
