@@ -194,6 +194,20 @@ fn put_get_del_txn_and_compaction_print_what_etcd_prints() {
     let inner = range["header"].as_object().unwrap();
     assert_eq!(inner.keys().collect::<Vec<_>>(), ["revision"], "{j}");
     assert_eq!(inner["revision"], j["header"]["revision"], "{j}");
+    // A read before the txn's first change saw the revision before it.
+    let txn = "\nget t/k\nput t/k third\nget t/k\n\n\n";
+    let j = c.etcdctl_input(&["txn", "-w", "json"], txn).json();
+    let rev = j["header"]["revision"].as_i64().unwrap();
+    let inner: Vec<i64> = j["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (_, resp) = r["Response"].as_object().unwrap().iter().next().unwrap();
+            resp["header"]["revision"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(inner, [rev - 1, rev, rev], "{j}");
     assert_eq!(c.etcdctl(&["get", "t/other"]).ok(), "");
 
     // compaction N, then reading below N fails with etcd's message.

@@ -19,8 +19,9 @@ use crate::mvcc::KeyRange;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use crate::pb::lcraftpb::request::Op as Proposal;
 
@@ -148,30 +149,56 @@ fn has_puts(req: &TxnRequest) -> bool {
         })
 }
 
-/// Sets the header of a txn response, and the revision of every response
-/// inside it: etcd's inner headers carry the revision alone (no cluster or
-/// member ID, no term).
+/// Sets the header of a txn response (`rev`, the revision after it), and
+/// the headers inside it as etcd fills them: the revision alone (no cluster
+/// or member ID, no term), which is the revision before the txn for an
+/// operation applied before its first change and `rev` from that change on;
+/// a nested txn's own header is empty.
 fn fill_headers(core: &Core, resp: &mut TxnResponse, rev: i64) {
     resp.header = core.header(rev);
-    fill_inner_headers(&mut resp.responses, rev);
+    let before = if changes(&resp.responses) {
+        rev - 1
+    } else {
+        rev
+    };
+    fill_inner_headers(&mut resp.responses, before, &mut false);
 }
 
-fn fill_inner_headers(responses: &mut [crate::pb::etcdserverpb::ResponseOp], rev: i64) {
-    use crate::pb::etcdserverpb::response_op::Response as R;
-    let header = || {
-        Some(crate::pb::etcdserverpb::ResponseHeader {
-            revision: rev,
+/// Whether any of these responses changed the store (a put, or a delete
+/// that deleted something), nested txns included.
+fn changes(responses: &[ResponseOp]) -> bool {
+    responses.iter().any(|r| match &r.response {
+        Some(response_op::Response::ResponsePut(_)) => true,
+        Some(response_op::Response::ResponseDeleteRange(d)) => d.deleted > 0,
+        Some(response_op::Response::ResponseTxn(t)) => changes(&t.responses),
+        _ => false,
+    })
+}
+
+/// Fills inner headers in the order the operations were applied; `changed`
+/// tells whether an earlier one changed the store.
+fn fill_inner_headers(responses: &mut [ResponseOp], before: i64, changed: &mut bool) {
+    use response_op::Response as R;
+    let header = |changed: bool| {
+        Some(ResponseHeader {
+            revision: if changed { before + 1 } else { before },
             ..Default::default()
         })
     };
     for r in responses {
         match &mut r.response {
-            Some(R::ResponseRange(x)) => x.header = header(),
-            Some(R::ResponsePut(x)) => x.header = header(),
-            Some(R::ResponseDeleteRange(x)) => x.header = header(),
+            Some(R::ResponseRange(x)) => x.header = header(*changed),
+            Some(R::ResponsePut(x)) => {
+                *changed = true;
+                x.header = header(true);
+            }
+            Some(R::ResponseDeleteRange(x)) => {
+                *changed |= x.deleted > 0;
+                x.header = header(*changed);
+            }
             Some(R::ResponseTxn(x)) => {
-                x.header = header();
-                fill_inner_headers(&mut x.responses, rev);
+                x.header = Some(ResponseHeader::default());
+                fill_inner_headers(&mut x.responses, before, changed);
             }
             None => {}
         }
@@ -276,6 +303,41 @@ fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<KeyRange>), Statu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inner_headers_carry_the_revision_each_operation_saw_as_in_etcd() {
+        use response_op::Response as R;
+        let op = |r: R| ResponseOp { response: Some(r) };
+        let mut responses = vec![
+            op(R::ResponseRange(Default::default())),
+            op(R::ResponseDeleteRange(Default::default())), // deleted nothing
+            op(R::ResponsePut(Default::default())),
+            op(R::ResponseRange(Default::default())),
+            op(R::ResponseTxn(TxnResponse {
+                responses: vec![op(R::ResponseRange(Default::default()))],
+                ..Default::default()
+            })),
+        ];
+        assert!(changes(&responses));
+        // The txn ends at revision 10: it began at 9.
+        fill_inner_headers(&mut responses, 9, &mut false);
+        let rev = |r: &ResponseOp| match &r.response {
+            Some(R::ResponseRange(x)) => x.header.as_ref().map(|h| h.revision),
+            Some(R::ResponseDeleteRange(x)) => x.header.as_ref().map(|h| h.revision),
+            Some(R::ResponsePut(x)) => x.header.as_ref().map(|h| h.revision),
+            Some(R::ResponseTxn(x)) => x.header.as_ref().map(|h| h.revision),
+            None => None,
+        };
+        let revs: Vec<_> = responses.iter().map(rev).collect();
+        assert_eq!(revs, [Some(9), Some(9), Some(10), Some(10), Some(0)]);
+        let Some(R::ResponseTxn(nested)) = &responses[4].response else {
+            unreachable!()
+        };
+        assert_eq!(rev(&nested.responses[0]), Some(10));
+        // A txn that changed nothing: every operation saw its revision.
+        let reads = [op(R::ResponseRange(Default::default()))];
+        assert!(!changes(&reads));
+    }
 
     fn put_op(k: &str) -> RequestOp {
         RequestOp {
