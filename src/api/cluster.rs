@@ -192,7 +192,10 @@ impl ClusterService {
             .ok_or_else(errors::member_not_found)
     }
 
-    /// etcd allows one learner at a time.
+    /// etcd allows one learner at a time. Checked before proposing, from
+    /// this member's view of the membership: two learner additions proposed
+    /// at the same moment can both pass, where etcd's check at apply time
+    /// refuses the second.
     fn check_learner_slot(&self) -> Result<(), Status> {
         let learners = self
             .core

@@ -2,7 +2,11 @@
 //!
 //! Grants, revocations and keep-alives are proposals like any write, so every
 //! member agrees on which leases exist (see [`crate::lease`]). `TimeToLive` and
-//! `Leases` answer from this member's table after a ReadIndex barrier.
+//! `Leases` answer from this member's table after a ReadIndex barrier; as in
+//! etcd, `TimeToLive` rounds the seconds left down and `Leases` lists the
+//! soonest to expire first. A `LeaseKeepAlive` stream that requires a leader
+//! (`hasleader`, as clientv3's keep-alives send) ends with `etcdserver: no
+//! leader` once the member has had none for three election timeouts.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -157,13 +161,7 @@ impl Lease for LeaseService {
         // lost its leader: etcd then ends the stream with `no leader`.
         tokio::spawn(async move {
             let lost_core = core.clone();
-            let leader_lost = async move {
-                if leader_required {
-                    lost_core.leader_lost().await
-                } else {
-                    std::future::pending().await
-                }
-            };
+            let leader_lost = lost_core.leader_lost_if(leader_required);
             tokio::pin!(leader_lost);
             loop {
                 let message = tokio::select! {

@@ -159,6 +159,16 @@ impl Core {
         })
     }
 
+    /// [`Core::leader_lost`] for a stream that `required` a leader; never
+    /// resolves for one that did not.
+    pub async fn leader_lost_if(&self, required: bool) {
+        if required {
+            self.leader_lost().await
+        } else {
+            std::future::pending().await
+        }
+    }
+
     /// Resolves once this member has known no leader for `leader_wait`
     /// (three election timeouts, as etcd's `monitorLeader` counts them) and
     /// at least [`MIN_LEADER_LOSS`] without a break: then the streams that

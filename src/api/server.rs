@@ -8,10 +8,13 @@
 //! `transport_status` gives an oversized request grpc-go's status
 //! (`ResourceExhausted`) where tonic's would be `OutOfRange`.
 //!
-//! While this member is a learner, `LearnerGuard` refuses every gRPC call a
+//! [`refusal`] (on the router, the `Refusal` layer; on the direct gRPC
+//! path, `super::dispatch`) refuses a call before its service sees it, as
+//! etcd's interceptors do: while this member is a learner, every call a
 //! learner does not serve (all but `Status`, `Snapshot` and `Range`, whose
-//! linearizable form `super::kv` refuses) with etcd's
-//! `etcdserver: rpc not supported for learner`.
+//! linearizable form `super::kv` refuses) with etcd's `etcdserver: rpc not
+//! supported for learner`; and a call that requires a leader (`hasleader`
+//! metadata) with `etcdserver: no leader` while none is known.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -122,7 +125,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(tower::util::MapResponseLayer::new(
             transport_status as fn(Response) -> Response,
         ))
-        .layer(LearnerGuardLayer { core: core.clone() })
+        .layer(RefusalLayer { core: core.clone() })
         .layer(super::grpc_metrics::GrpcMetricsLayer::new(
             core.metrics.clone(),
         ));
@@ -153,32 +156,32 @@ pub(super) const LEARNER_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/Snapshot",
 ];
 
-/// Refuses the calls a learner does not serve while this member is one: a
-/// tower layer, so a call costs one check (axum's `from_fn` cloned the inner
-/// route and boxed a future on top of what every layered route costs).
+/// Refuses the calls [`refusal`] refuses, on the router: a tower layer, so a
+/// call costs one check (axum's `from_fn` cloned the inner route and boxed a
+/// future on top of what every layered route costs).
 #[derive(Clone)]
-struct LearnerGuardLayer {
+struct RefusalLayer {
     core: Arc<Core>,
 }
 
-impl<S> tower::Layer<S> for LearnerGuardLayer {
-    type Service = LearnerGuard<S>;
-    fn layer(&self, inner: S) -> LearnerGuard<S> {
-        LearnerGuard {
+impl<S> tower::Layer<S> for RefusalLayer {
+    type Service = Refusal<S>;
+    fn layer(&self, inner: S) -> Refusal<S> {
+        Refusal {
             inner,
             core: self.core.clone(),
         }
     }
 }
 
-/// The service made by [`LearnerGuardLayer`].
+/// The service made by [`RefusalLayer`].
 #[derive(Clone)]
-struct LearnerGuard<S> {
+struct Refusal<S> {
     inner: S,
     core: Arc<Core>,
 }
 
-impl<S> tower::Service<Request> for LearnerGuard<S>
+impl<S> tower::Service<Request> for Refusal<S>
 where
     S: tower::Service<Request, Response = Response>,
 {

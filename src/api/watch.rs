@@ -26,6 +26,10 @@
 //! `--max-request-bytes` split into several, all but the last marked
 //! `fragment`, never splitting below one event (etcd's `sendFragments`).
 //!
+//! A stream whose metadata requires a leader (`hasleader`, as `etcdctl
+//! watch` sends) ends with `etcdserver: no leader` once the member has had
+//! none for three election timeouts ([`super::Core::leader_lost`]).
+//!
 //! Invariants: each watcher delivers every matching event exactly once, in
 //! revision order; `next_rev` is the lowest revision it has not delivered;
 //! `synced_rev` never claims a revision whose events are still queued.
@@ -143,13 +147,7 @@ impl Session {
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let core = self.core.clone();
-        let leader_lost = async move {
-            if leader_required {
-                core.leader_lost().await
-            } else {
-                std::future::pending().await
-            }
-        };
+        let leader_lost = core.leader_lost_if(leader_required);
         tokio::pin!(leader_lost);
         loop {
             let step = tokio::select! {
