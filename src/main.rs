@@ -154,13 +154,13 @@ where
 }
 
 /// An error and its causes on one line, `outer: cause: root`, each said
-/// once: an error whose message already quotes its cause (as many do, from
-/// std and other crates) does not print that cause twice.
+/// once: an error whose message already ends with its cause (as many do,
+/// from std and other crates) does not print that cause twice.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
+        if line.ends_with(&text) {
             continue;
         }
         if !line.is_empty() {
@@ -260,4 +260,31 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read Procfile: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("timed out waiting for the EOF marker")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once_and_none_is_lost() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoting = anyhow::Error::new(Quoting(missing));
+        assert_eq!(one_line(&quoting), "cannot read Procfile: no such file");
+        // A cause whose text appears earlier, but not at the end, is kept.
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "EOF");
+        let outer = anyhow::Error::new(Outer(eof));
+        assert_eq!(
+            one_line(&outer),
+            "timed out waiting for the EOF marker: EOF"
+        );
+    }
 }

@@ -36,11 +36,20 @@ fn line_of(path: &Path, error: &dotenvy::Error) -> Option<usize> {
         return None;
     };
     let first = text.lines().next()?.trim();
+    if first.is_empty() {
+        return None;
+    }
     let content = std::fs::read_to_string(path).ok()?;
-    content
-        .lines()
-        .position(|l| l.contains(first))
-        .map(|i| i + 1)
+    // The whole line, or its value (after `KEY=`), begins with the text.
+    let holds = |line: &str| {
+        let line = line.trim();
+        !line.starts_with('#')
+            && (line.starts_with(first)
+                || line
+                    .split_once('=')
+                    .is_some_and(|(_, value)| value.trim_start().starts_with(first)))
+    };
+    content.lines().position(holds).map(|i| i + 1)
 }
 
 /// Which env files to read: those named with `-e`, or else `.env` in
@@ -124,12 +133,13 @@ mod tests {
     fn a_line_that_does_not_parse_is_named_by_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
-        std::fs::write(&path, "# comment\nGOOD=1\nSPACE=a b c\n").unwrap();
+        let text = "# SPACE=a b c is wrong\nQUOTED=\"a b c\"\nGOOD=1\nSPACE=a b c\n";
+        std::fs::write(&path, text).unwrap();
         let err = load(&[(path.clone(), true)]).unwrap_err();
-        assert_eq!(err.line, Some(3));
+        assert_eq!(err.line, Some(4));
         let text = err.to_string();
         assert!(
-            text.starts_with(&format!("{}:3: ", path.display())),
+            text.starts_with(&format!("{}:4: ", path.display())),
             "{text}"
         );
     }
