@@ -723,17 +723,49 @@ fn start_during_a_slow_stop_starts_the_process_again_once_it_has_exited() {
 #[test]
 fn a_second_sighup_does_not_cut_the_graceful_stop_short() {
     let mut sup = Sup::start(
-        "graceful: trap 'sleep 0.5; echo got TERM; exit 0' TERM; while :; do sleep 0.1; done\n",
-        &["--timeout", "10"],
+        "graceful: trap 'sleep 3; echo got TERM; exit 0' TERM; while :; do sleep 0.1; done\n",
+        &["--timeout", "20"],
     );
     let pid = sup.pid_of("graceful");
     // A closing terminal: the shell's SIGHUP, then the kernel's.
+    let t = Instant::now();
     sup.signal(libc::SIGHUP);
     sup.wait_line(|l| l == "graceful | stopping (SIGTERM)");
     sup.signal(libc::SIGHUP);
-    assert_eq!(sup.wait_exit(10).code(), Some(0));
+    assert_eq!(sup.wait_exit(20).code(), Some(0));
+    // Killed at the second SIGHUP, it would have ended well before its 3 s.
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
     sup.wait_line(|l| l == "graceful | got TERM");
     assert!(wait_dead(pid, 2));
+}
+
+#[test]
+fn a_stop_after_a_pending_start_keeps_the_process_stopped() {
+    let sup = Sup::start(
+        "stubborn: trap 'echo ignoring TERM' TERM; while :; do sleep 0.1; done\n\
+         other: sleep 300\n",
+        &["--timeout", "5"],
+    );
+    let first = sup.pid_of("stubborn");
+    std::thread::scope(|scope| {
+        let stopping = scope.spawn(|| sup.run_ok(&["stop", "stubborn"]));
+        sup.wait_line(|l| l == "stubborn | ignoring TERM");
+        // start (pending until it has exited), then stop again, well
+        // within the 5 s the first stop waits: the later request wins, and
+        // both are answered once it is down.
+        let starting = scope.spawn(|| sup.run_ok(&["start", "stubborn"]));
+        std::thread::sleep(Duration::from_millis(1500));
+        sup.run_ok(&["stop", "stubborn"]);
+        stopping.join().unwrap();
+        starting.join().unwrap();
+    });
+    assert!(wait_dead(first, 5));
+    assert_eq!(sup.status_of("stubborn")["state"], "stopped");
+    assert_eq!(sup.status_of("stubborn")["restarts"], 0);
 }
 
 #[test]

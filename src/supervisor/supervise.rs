@@ -173,7 +173,9 @@ impl Supervisor {
             if self.shutdown.is_some() {
                 break;
             }
-            self.spawn(i).await;
+            if !self.procs[i].state.is_alive() {
+                self.spawn(i).await;
+            }
         }
         while !self.finished() {
             let deadline = self.next_deadline();
@@ -453,7 +455,10 @@ impl Supervisor {
                     let s = self.procs[i].state;
                     match op {
                         C::StartAll => !s.is_alive() || s == ProcState::Stopping,
-                        C::StopAll => s.is_alive() && s != ProcState::Stopping,
+                        C::StopAll => {
+                            s.is_alive()
+                                && (s != ProcState::Stopping || self.procs[i].restart_pending)
+                        }
                         _ => true,
                     }
                 })
@@ -496,6 +501,9 @@ impl Supervisor {
                     let _ = tx.send(());
                 }
                 C::Stop | C::StopAll => {
+                    // The latest request wins: a start or restart waiting
+                    // for this stop to end is called off.
+                    self.procs[i].restart_pending = false;
                     self.procs[i].waiters.push(tx);
                     self.procs[i].held = true;
                     if self.procs[i].state != ProcState::Stopping {
@@ -503,6 +511,7 @@ impl Supervisor {
                     }
                 }
                 C::Kill => {
+                    self.procs[i].restart_pending = false;
                     self.procs[i].waiters.push(tx);
                     self.procs[i].held = true;
                     self.kill(i).await;
