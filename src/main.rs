@@ -154,13 +154,13 @@ where
 }
 
 /// An error and its causes on one line, `outer: cause: root`, each said
-/// once: an error whose message already ends with its cause (as many do,
+/// once: an error whose message already ends with `: CAUSE` (as many do,
 /// from std and other crates) does not print that cause twice.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.ends_with(&text) {
+        if line == text || line.ends_with(&format!(": {text}")) {
             continue;
         }
         if !line.is_empty() {
@@ -274,6 +274,10 @@ mod tests {
     #[error("timed out waiting for the EOF marker")]
     struct Outer(#[source] std::io::Error);
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("timed out waiting for EOF")]
+    struct Bare(#[source] std::io::Error);
+
     #[test]
     fn each_cause_is_said_once_and_none_is_lost() {
         let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
@@ -286,5 +290,9 @@ mod tests {
             one_line(&outer),
             "timed out waiting for the EOF marker: EOF"
         );
+        // Nor is one that only ends the outer message as a word.
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "EOF");
+        let bare = anyhow::Error::new(Bare(eof));
+        assert_eq!(one_line(&bare), "timed out waiting for EOF: EOF");
     }
 }

@@ -160,8 +160,7 @@ impl Lease for LeaseService {
         // requires one, as clientv3's keep-alives do) when the member has
         // lost its leader: etcd then ends the stream with `no leader`.
         tokio::spawn(async move {
-            let lost_core = core.clone();
-            let leader_lost = lost_core.leader_lost_if(leader_required);
+            let leader_lost = core.leader_lost_if(leader_required);
             tokio::pin!(leader_lost);
             loop {
                 let message = tokio::select! {

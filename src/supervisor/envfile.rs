@@ -40,14 +40,15 @@ fn line_of(path: &Path, error: &dotenvy::Error) -> Option<usize> {
         return None;
     }
     let content = std::fs::read_to_string(path).ok()?;
-    // The whole line, or its value (after `KEY=`), begins with the text.
+    // The whole line, or its value (after `KEY=`), is the text: dotenvy
+    // reports the rest of the physical line from where it failed.
     let holds = |line: &str| {
         let line = line.trim();
         !line.starts_with('#')
-            && (line.starts_with(first)
+            && (line == first
                 || line
                     .split_once('=')
-                    .is_some_and(|(_, value)| value.trim_start().starts_with(first)))
+                    .is_some_and(|(_, value)| value.trim() == first))
     };
     content.lines().position(holds).map(|i| i + 1)
 }

@@ -21,8 +21,8 @@
 //!   without PDEATHSIG, reads the set of live process groups from a pipe; when
 //!   the pipe closes because the supervisor died, it SIGKILLs those groups.
 //! * When a group leader exits, whatever is left in its group is killed
-//!   too (and the log says so), so output pipes reach EOF and nothing is
-//!   left behind.
+//!   too (and the log says so if it exited on its own), so output pipes
+//!   reach EOF and nothing is left behind.
 //!
 //! Every child is reaped by the task that owns it ([`supervise_child`]).
 
@@ -250,9 +250,16 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
-/// Whether any process is left in the process group `pgid`.
+/// Whether any process is left in the process group `pgid` (one we may not
+/// signal counts; so does a zombie not reaped yet, which can make a note
+/// about leftovers appear for a background child that had just exited).
 fn group_alive(pgid: u32) -> bool {
-    i32::try_from(pgid).is_ok_and(|pgid| killpg(Pid::from_raw(pgid), None).is_ok())
+    i32::try_from(pgid).is_ok_and(|pgid| {
+        !matches!(
+            killpg(Pid::from_raw(pgid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    })
 }
 
 /// Describes how a child ended: `exited with code 1`, `killed by SIGKILL`.
@@ -305,7 +312,7 @@ pub async fn supervise_child(
     events: mpsc::UnboundedSender<ExitEvent>,
 ) {
     let pgid = child.id();
-    let readers = pump(Some(output), proc, &log);
+    let readers = pump(output, proc, &log);
     tokio::pin!(readers);
     let mut readers_done = false;
     let status = tokio::select! {
@@ -334,8 +341,7 @@ pub async fn supervise_child(
 }
 
 /// Copies one output stream to the log, line by line.
-async fn pump<R: AsyncRead + Unpin>(stream: Option<R>, proc: usize, log: &LogHandle) {
-    let Some(mut stream) = stream else { return };
+async fn pump<R: AsyncRead + Unpin>(mut stream: R, proc: usize, log: &LogHandle) {
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
