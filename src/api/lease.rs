@@ -151,8 +151,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let required = request.metadata().get(super::REQUIRE_LEADER);
-        let leader_required = super::leader_required(required.map(|v| v.as_bytes()));
+        let leader_required = super::stream_requires_leader(request.metadata());
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();

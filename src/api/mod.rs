@@ -61,6 +61,11 @@ pub fn leader_required(value: Option<&[u8]>) -> bool {
     value == Some(b"true".as_slice())
 }
 
+/// [`leader_required`] for a streaming call's metadata.
+pub fn stream_requires_leader(metadata: &tonic::metadata::MetadataMap) -> bool {
+    leader_required(metadata.get(REQUIRE_LEADER).map(|v| v.as_bytes()))
+}
+
 /// The shortest leaderless time that ends a stream requiring a leader. With
 /// etcd's default election timeout (1 s) three timeouts are this; with the
 /// sub-second timeouts of test clusters (the embedded cluster's 200 ms),

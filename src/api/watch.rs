@@ -80,8 +80,7 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let creds = Credentials::of(&request);
-        let required = request.metadata().get(super::REQUIRE_LEADER);
-        let leader_required = super::leader_required(required.map(|v| v.as_bytes()));
+        let leader_required = super::stream_requires_leader(request.metadata());
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         // Read before subscribing: revisions in between are then neither

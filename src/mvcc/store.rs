@@ -154,9 +154,9 @@ impl SizeInUse {
     /// that defragments when little of the file is in use is not misled).
     fn serve(&self, basis: Basis, now: Instant) -> Option<u64> {
         let fresh = now.saturating_duration_since(self.at) < SIZE_IN_USE_MAX_AGE;
-        let grown = basis.file_size.checked_sub(self.basis.file_size)?;
-        (fresh && basis.compacted == self.basis.compacted)
-            .then(|| self.bytes.saturating_add(grown).min(basis.file_size))
+        let stands =
+            basis.compacted == self.basis.compacted && basis.file_size >= self.basis.file_size;
+        (fresh && stands).then(|| self.estimate(basis))
     }
 
     /// The best figure for a store at `basis` when none can be computed now

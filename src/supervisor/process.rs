@@ -4,8 +4,8 @@
 //! Every Procfile command runs as `sh -c SCRIPT` in its own process group
 //! (pgid = pid), with stdin from `/dev/null` and stdout and stderr on one
 //! pipe to the log multiplexer (one pipe, as goreman and foreman give them,
-//! so an error line stays where the child wrote it among its output). Signals (`stop`, `kill`, `pause`, `resume`) go to the
-//! whole group.
+//! so an error line stays where the child wrote it among its output).
+//! Signals (`stop`, `kill`, `pause`, `resume`) go to the whole group.
 //!
 //! No child may outlive the supervisor, even one killed with SIGKILL:
 //!

@@ -227,11 +227,10 @@ impl Supervisor {
         p.exit_code = None;
         p.exit_signal = None;
         p.failed = false;
-        let spawned = match build_command(&p.spec) {
-            Ok((cmd, pipe)) => match output_reader(pipe) {
-                Ok(output) => self.spawner.spawn(cmd).await.map(|c| (c, output)),
-                Err(e) => Err(e),
-            },
+        let prepared =
+            build_command(&p.spec).and_then(|(cmd, pipe)| Ok((cmd, output_reader(pipe)?)));
+        let spawned = match prepared {
+            Ok((cmd, output)) => self.spawner.spawn(cmd).await.map(|c| (c, output)),
             Err(e) => Err(e),
         };
         match spawned {
