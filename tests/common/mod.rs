@@ -37,6 +37,26 @@ pub const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", 
 /// How long a member may take to become ready, or a cluster to elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// What a member logs when another program holds its port.
+const PORT_TAKEN: &str = "Address already in use";
+
+/// Why a member did not become ready.
+#[derive(Debug)]
+pub enum NotReady {
+    /// It could not listen: a port was taken after [`free_port`] picked it.
+    PortTaken(String),
+    /// It ended, or took too long, for another reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::PortTaken(why) | NotReady::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the member binds it next).
 ///
 /// Taken below the kernel's ephemeral range, so that no outgoing connection
@@ -415,25 +435,33 @@ impl Member {
     /// ends first or takes too long.
     #[track_caller]
     pub fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready() {
+            panic!("{e}");
+        }
+    }
+
+    /// Like [`Member::wait_ready`], but says why the member is not ready.
+    pub fn try_wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if self.current_log().contains(READY) {
-                return;
+            let log = self.current_log();
+            if log.contains(READY) {
+                return Ok(());
             }
             if !self.is_running() {
                 let state = self.state();
-                panic!(
-                    "{} {state} before it was ready; its log:\n{}",
-                    self.name,
-                    self.current_log()
-                );
+                let why = format!("{} {state} before it was ready; its log:\n{log}", self.name);
+                return Err(if log.contains(PORT_TAKEN) {
+                    NotReady::PortTaken(why)
+                } else {
+                    NotReady::Failed(why)
+                });
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{} not ready after {START_TIMEOUT:?}; its log:\n{}",
-                    self.name,
-                    self.current_log()
-                );
+                return Err(NotReady::Failed(format!(
+                    "{} not ready after {START_TIMEOUT:?}; its log:\n{log}",
+                    self.name
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -552,10 +580,28 @@ impl Cluster {
     /// Starts `n` members `m0..` with [`FAST`] timings followed by `extra`
     /// flags (a repeated flag's last value wins), and waits until every
     /// member is ready and a leader is known.
+    ///
+    /// A port is picked free but bound only by the member, a moment later; if
+    /// another program takes it in between, the member cannot listen. The
+    /// cluster is then started again, on other ports, a few times at most.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let mut c = Cluster::new(n, extra);
-        c.start_all();
-        c
+        const ATTEMPTS: usize = 3;
+        for attempt in 1.. {
+            let mut c = Cluster::new(n, extra);
+            c.spawn_stopped();
+            match c.members.iter_mut().try_for_each(Member::try_wait_ready) {
+                Ok(()) => {
+                    c.wait_leader();
+                    return c;
+                }
+                Err(NotReady::PortTaken(why)) if attempt < ATTEMPTS => eprintln!(
+                    "{why}\n(a port was taken between its pick and its bind; \
+                     starting the cluster again on other ports)"
+                ),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Like [`Cluster::start`] but does not start anything.
@@ -614,15 +660,20 @@ impl Cluster {
 
     /// Starts every member that is not running, then waits for all to be ready.
     pub fn start_all(&mut self) {
+        self.spawn_stopped();
+        for m in &mut self.members {
+            m.wait_ready();
+        }
+        self.wait_leader();
+    }
+
+    /// Spawns every member that is not running, without waiting.
+    fn spawn_stopped(&mut self) {
         for m in &mut self.members {
             if !m.is_running() {
                 m.spawn();
             }
         }
-        for m in &mut self.members {
-            m.wait_ready();
-        }
-        self.wait_leader();
     }
 
     /// Restarts member `i` with its flags and waits until it is ready.
