@@ -52,9 +52,16 @@ pub fn apply(
             // A non-empty ETCD_CONFIG_FILE selects config-file mode before
             // the environment is applied; nothing to set here.
             FlagKind::ConfigFile => {}
-            FlagKind::Unsupported { .. } => warnings.push(format!(
-                "environment variable {key} (--{name}) is not supported by localcluster; ignored"
-            )),
+            FlagKind::Unsupported { .. } => {
+                if let Some(reason) = super::flags::refusal(name, value) {
+                    return Err(ConfigError::Env(format!(
+                        "{key} (--{name}) is not supported by localcluster: {reason}"
+                    )));
+                }
+                warnings.push(format!(
+                    "environment variable {key} (--{name}) is not supported by localcluster; ignored"
+                ))
+            }
             FlagKind::Obsolete => {
                 warnings.push(format!("environment variable {key} (--{name}) is ignored"))
             }

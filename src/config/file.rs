@@ -20,7 +20,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::error::ConfigError;
-use super::flags::{lookup, FlagKind, FILE_ONLY_KEYS, SECURITY_KEYS, SECURITY_SECTIONS};
+use super::flags::{lookup, refusal, FlagKind, FILE_ONLY_KEYS, SECURITY_KEYS, SECURITY_SECTIONS};
 use super::settings::{Draft, Setting, UnknownClusterState};
 use super::urls::{parse_initial_cluster, parse_url_list, EtcdUrl, InitialCluster};
 use super::ClusterState;
@@ -75,6 +75,16 @@ pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
                 }
             }
             Some(FlagKind::Unsupported { .. }) => {
+                let given = match value {
+                    serde_yaml::Value::Null => String::new(),
+                    serde_yaml::Value::String(text) => text.clone(),
+                    other => scalar_text(other),
+                };
+                if let Some(reason) = refusal(key, &given) {
+                    return Err(invalid(format!(
+                        "key {key} is not supported by localcluster: {reason}"
+                    )));
+                }
                 if !value.is_null() {
                     warnings.push(format!(
                         "config file key {key} is not supported by localcluster; ignored"

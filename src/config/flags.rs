@@ -4,6 +4,8 @@
 //! honours it ([`FlagKind::Setting`]), handles it specially (`--config-file`,
 //! `--version`), accepts and ignores it with a warning ([`FlagKind::Unsupported`])
 //! or, like etcd, silently drops a long-obsolete one ([`FlagKind::Obsolete`]).
+//! Three unsupported flags that decide which cluster a member forms are refused
+//! instead of ignored ([`refusal`]).
 //! Whether a flag is boolean matters to the tokenizer: booleans never take the
 //! next argument as their value.
 //!
@@ -156,6 +158,47 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "discovery-insecure-skip-tls-verify",
     "debug",
 ];
+
+/// Unsupported flags that are refused rather than ignored: each decides which
+/// cluster a member joins, so a member started without it would form a
+/// different cluster than the one asked for (three members told to find each
+/// other by `--discovery` would each bootstrap a cluster of their own). Given
+/// a non-empty value, or `true` for a boolean, they stop the start with the
+/// reason and what to use instead (see [`refusal`]).
+const REFUSED_FLAGS: &[(&str, &str)] = &[
+    (
+        "discovery",
+        "etcd's v2 discovery protocol is not implemented, and without it each \
+         member would bootstrap a cluster of its own; use --initial-cluster, or v3 \
+         discovery with --discovery-endpoints and --discovery-token",
+    ),
+    (
+        "discovery-srv",
+        "DNS SRV discovery is not implemented, and without it each member would \
+         bootstrap a cluster of its own; use --initial-cluster, or v3 discovery with \
+         --discovery-endpoints and --discovery-token",
+    ),
+    (
+        "force-new-cluster",
+        "without it the member would rejoin its old cluster and wait for a quorum \
+         that is gone; to recover from a lost quorum, restore a snapshot into a new \
+         cluster with `localcluster snapshot restore` (README: Back up and restore)",
+    ),
+];
+
+/// Why an unsupported flag given as `value` cannot be ignored (see
+/// [`REFUSED_FLAGS`]); `None` for every other flag, and for an empty value or
+/// a boolean that is false.
+pub fn refusal(name: &str, value: &str) -> Option<&'static str> {
+    let (_, reason) = REFUSED_FLAGS.iter().find(|(n, _)| *n == name)?;
+    let given = match lookup(name) {
+        Some(FlagKind::Unsupported { boolean: true }) => {
+            super::values::parse_bool(value).unwrap_or(true)
+        }
+        _ => !value.trim().is_empty(),
+    };
+    given.then_some(*reason)
+}
 
 /// Flags etcd itself accepts and ignores (etcdmain's `ignored` list).
 const OBSOLETE_FLAGS: &[&str] = &[

@@ -299,6 +299,12 @@ impl MemberConfig {
                     if boolean {
                         bool_flag(name, value.as_deref())?;
                     }
+                    let given = value.as_deref().unwrap_or("true");
+                    if let Some(reason) = flags::refusal(name, given) {
+                        return Err(ConfigError::Invalid(format!(
+                            "--{name} is not supported by localcluster: {reason}"
+                        )));
+                    }
                     ignored_warnings.push(format!(
                         "flag --{name} is not supported by localcluster; ignored"
                     ));

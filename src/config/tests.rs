@@ -794,6 +794,58 @@ fn discovery_flags_are_honoured() {
 }
 
 #[test]
+fn flags_that_choose_the_cluster_are_refused_not_ignored() {
+    // Ignored, --discovery would have each member bootstrap a cluster of its
+    // own, and --force-new-cluster would leave a member waiting for a lost
+    // quorum: one line saying so, and what to use instead.
+    let url = "http://127.0.0.1:2379/v2/keys/_etcd/registry/abc";
+    let err = parse(&["--name", "a", "--discovery", url]).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    let text = err.to_string();
+    assert!(
+        text.starts_with("--discovery is not supported by localcluster: etcd's v2 discovery"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--discovery-endpoints and --discovery-token"),
+        "{text}"
+    );
+    assert!(error(&["--discovery-srv=example.com"]).contains("DNS SRV discovery"));
+    let force = error(&["--force-new-cluster"]);
+    assert!(force.contains("localcluster snapshot restore"), "{force}");
+    let env_err = MemberConfig::from_args(
+        Vec::<String>::new(),
+        &env(&[("ETCD_FORCE_NEW_CLUSTER", "true")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        env_err.starts_with("ETCD_FORCE_NEW_CLUSTER (--force-new-cluster) is not supported"),
+        "{env_err}"
+    );
+    let file = yaml_file(&format!("name: a\ndiscovery: {url}\n"));
+    let file_err = parse(&["--config-file", file.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        file_err.contains("key discovery is not supported by localcluster"),
+        "{file_err}"
+    );
+
+    // Off, or empty, they change nothing and need no warning beyond the usual.
+    for args in [
+        &["--force-new-cluster=false"][..],
+        &["--discovery", ""],
+        &["--discovery-srv="],
+    ] {
+        assert!(parse(args).is_ok(), "{args:?}");
+    }
+    let file = yaml_file("name: a\ndiscovery:\ndiscovery-srv: ''\nforce-new-cluster: false\n");
+    let parsed = parse(&["--config-file", file.path().to_str().unwrap()]);
+    assert!(parsed.is_ok(), "{parsed:?}");
+}
+
+#[test]
 fn unsafe_no_fsync_is_a_go_boolean_flag() {
     assert!(!parse(&[]).unwrap().unsafe_no_fsync);
     // Alone it is true and does not swallow the next argument.
