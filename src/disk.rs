@@ -26,6 +26,10 @@
 //!    root's), so a flipped byte anywhere in live keys, values or tree
 //!    structure is found at start.
 //!
+//! Should redb still assert on a damaged file, [`open`] catches the panic and
+//! reports the file as corrupt; [`quiet_caught_panics`] keeps such a panic
+//! from also printing a backtrace under that one-line error.
+//!
 //! When only the last commit fails its checksums (what a power loss during a
 //! commit leaves, or damage to exactly those pages), redb rolls the file back
 //! to the commit before. For the store that is logged and accepted: the Raft
@@ -33,6 +37,7 @@
 //!
 //! Cost: one read of each file at start (see README, Reliability).
 
+use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -288,23 +293,51 @@ pub fn open(path: &Path, options: &DiskOptions) -> Result<Database, DataFileErro
     }
     // The header checks above keep redb's assertions from firing on a damaged
     // file; this is the last line of defence should one still fire.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        open_and_verify(path, options)
-    }));
-    match opened {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(DataFileError::corrupt(
-                path,
-                format!("redb cannot read it ({what})"),
-            ))
+    catching_panics(|| open_and_verify(path, options)).unwrap_or_else(|what| {
+        Err(DataFileError::corrupt(
+            path,
+            format!("redb cannot read it ({what})"),
+        ))
+    })
+}
+
+thread_local! {
+    /// Set while [`catching_panics`] runs on this thread.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(its message)`. redb asserts on some
+/// damaged files (it reads a file closed cleanly without checking its
+/// allocator state), and a damaged file is an error to report, not a bug.
+/// Under [`quiet_caught_panics`] such a panic prints nothing: [`open`]'s
+/// error says it all, with the panic's message.
+fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
+}
+
+/// Wraps the process's panic hook so that a panic [`open`] catches (redb
+/// asserting on a damaged file) is logged at debug level instead of printed
+/// with a backtrace under the one-line error that reports it. Every other
+/// panic goes to the hook as before. The binary installs it at start; a
+/// program embedding members may too.
+pub fn quiet_caught_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CATCHING.with(Cell::get) {
+            tracing::debug!(%info, "redb panicked reading a data file; reported as corrupt");
+        } else {
+            previous(info);
         }
-    }
+    }));
 }
 
 /// Sets the header's "recovery required" flag (as redb itself does while a
@@ -435,6 +468,30 @@ impl StorageBackend for Backend {
 mod tests {
     use super::*;
     use redb::{ReadableTableMetadata, TableDefinition};
+
+    #[test]
+    fn a_panic_caught_while_opening_prints_nothing_and_every_other_panic_still_does() {
+        // Count what reaches the hook beneath ours, on this thread only:
+        // tests run in parallel and the hook is the process's.
+        thread_local! { static SEEN: Cell<usize> = const { Cell::new(0) }; }
+        const OTHER: &str = "a panic outside open (deliberate, in a test)";
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            SEEN.with(|s| s.set(s.get() + 1));
+            if info.payload().downcast_ref::<&str>() != Some(&OTHER) {
+                default(info);
+            }
+        }));
+        quiet_caught_panics();
+
+        let caught = catching_panics(|| -> u32 { panic!("assertion on a damaged page") });
+        assert_eq!(caught, Err("assertion on a damaged page".to_owned()));
+        assert_eq!(SEEN.with(Cell::get), 0, "the caught panic reached the hook");
+        assert_eq!(catching_panics(|| 7), Ok(7));
+
+        assert!(std::panic::catch_unwind(|| std::panic::panic_any(OTHER)).is_err());
+        assert_eq!(SEEN.with(Cell::get), 1, "another panic was silenced");
+    }
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 

@@ -90,6 +90,7 @@ fn member_args() -> Option<Vec<String>> {
 }
 
 fn main() -> ExitCode {
+    localcluster::disk::quiet_caught_panics();
     if let Some(args) = member_args() {
         return ExitCode::from(member_main(args) as u8);
     }
