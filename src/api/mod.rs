@@ -228,6 +228,14 @@ impl Core {
         self.propose_with(op, None).await
     }
 
+    /// Proposes a record of the cluster itself: a member's published name and
+    /// URLs, the cluster version. etcd writes those through its v2 path, which
+    /// `--max-request-bytes` does not cover, so a member publishes itself
+    /// whatever the limit (even 0, which refuses every client write).
+    pub async fn propose_cluster_record(&self, op: Op) -> Result<(Applied, i64), Status> {
+        self.propose_request(op, None, None).await
+    }
+
     /// Proposes a client's `op` stamped with its caller, so the apply checks it
     /// again if the auth store changed since it was checked here.
     pub async fn propose_as(
@@ -247,6 +255,18 @@ impl Core {
         op: Op,
         auth_info: Option<crate::pb::lcraftpb::AuthInfo>,
     ) -> Result<(Applied, i64), Status> {
+        self.propose_request(op, auth_info, Some(self.limits.max_request_bytes))
+            .await
+    }
+
+    /// Proposes `op` (refused if its encoding is over `size_limit`) and waits
+    /// for its result.
+    async fn propose_request(
+        &self,
+        op: Op,
+        auth_info: Option<crate::pb::lcraftpb::AuthInfo>,
+        size_limit: Option<usize>,
+    ) -> Result<(Applied, i64), Status> {
         self.unpaused().await;
         let id = self.ids.next();
         let data = Request {
@@ -255,7 +275,7 @@ impl Core {
             auth_info,
         }
         .encode_to_vec();
-        if data.len() > self.limits.max_request_bytes {
+        if size_limit.is_some_and(|limit| data.len() > limit) {
             return Err(errors::request_too_large());
         }
         self.wait_for_leader().await?;

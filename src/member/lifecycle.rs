@@ -100,7 +100,7 @@ pub(super) async fn publish(
                 name: name.clone(),
                 client_urls: client_urls.clone(),
             });
-            core.propose(op).await.map(|_| ())
+            core.propose_cluster_record(op).await.map(|_| ())
         };
         match result {
             Ok(()) => {
@@ -151,7 +151,7 @@ pub(super) async fn decide_cluster_version(
             let op = Op::ClusterVersion(ClusterVersionRequest {
                 version: CLUSTER_VERSION.to_string(),
             });
-            if core.propose(op).await.is_ok() {
+            if core.propose_cluster_record(op).await.is_ok() {
                 tracing::info!(
                     cluster_version = CLUSTER_VERSION,
                     "set initial cluster version"
