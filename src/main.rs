@@ -120,12 +120,40 @@ fn main() -> ExitCode {
         Command::Bench(args) => supervise(|| async { Ok(localcluster::bench::main(args).await) }),
         Command::Snapshot(command) => snapshot_cmd::run(command),
         Command::Chaos(args) => supervise(|| async { Ok(localcluster::chaos::main(args).await) }),
-        Command::Procfile { data_dir } => {
-            print!("{}", localcluster::layout::procfile(&data_dir));
-            0
-        }
+        Command::Procfile { data_dir } => print_stdout(&localcluster::layout::procfile(&data_dir)),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Writes `text` to stdout. A reader that went away first (`| head`, `| true`)
+/// is not an error: the output was not wanted. Returns the exit code.
+fn print_stdout(text: &str) -> i32 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("localcluster: cannot write to stdout: {e}");
+            1
+        }
+    }
+}
+
+/// `member --version`, led by the line scripts parse, as etcd prints it
+/// (`etcd Version: X.Y.Z`), with the etcd version whose API members serve.
+fn version_text() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!(
+        "etcd Version: {}\nlocalcluster Version: {}\nGo OS/Arch: {}/{arch}\n",
+        localcluster::apply::CLUSTER_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+    )
 }
 
 /// Runs a supervisor entry point on a multi-threaded runtime.
@@ -177,15 +205,8 @@ fn member_main(args: Vec<String>) -> i32 {
     let env: HashMap<String, String> = std::env::vars().collect();
     let cfg = match MemberConfig::from_args(&args, &env) {
         Ok(cfg) => cfg,
-        Err(ConfigError::HelpRequested) => {
-            println!("{}", help_text());
-            return 0;
-        }
-        Err(ConfigError::VersionRequested) => {
-            println!("localcluster Version: {}", env!("CARGO_PKG_VERSION"));
-            println!("etcd API Version: {}", localcluster::apply::CLUSTER_VERSION);
-            return 0;
-        }
+        Err(ConfigError::HelpRequested) => return print_stdout(&format!("{}\n", help_text())),
+        Err(ConfigError::VersionRequested) => return print_stdout(&version_text()),
         Err(e) => {
             eprintln!("localcluster member: {e}");
             return e.exit_code();
