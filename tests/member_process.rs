@@ -451,6 +451,29 @@ fn a_bad_flag_value_is_refused_in_one_line() {
 }
 
 #[test]
+fn a_member_logs_etcds_milestones_that_scripts_wait_for() {
+    let mut c = Cluster::start(1, &[]);
+    let m = &c.members[0];
+    let serving = format!(
+        "serving client traffic insecurely; this is strongly discouraged! address=127.0.0.1:{}",
+        m.client_port
+    );
+    let milestones = [
+        serving.as_str(),
+        "published local member to cluster",
+        "ready to serve client requests",
+        "enabled capabilities for version 3.5",
+    ];
+    let log = eventually(Duration::from_secs(20), "the milestones", || {
+        let log = m.log_text();
+        milestones.iter().all(|l| log.contains(l)).then_some(log)
+    });
+    // Addresses as etcd prints them, not as Rust debug-prints an Option.
+    assert!(!log.contains("Some("), "{log}");
+    c.kill9(0);
+}
+
+#[test]
 fn help_version_and_procfile_into_a_closed_pipe_end_quietly() {
     // `| head` or `| true`: the reader is gone before anything is written.
     for args in [

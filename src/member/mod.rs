@@ -377,7 +377,7 @@ impl Member {
                 membership: membership_rx.clone(),
             });
             let token = shutdown.clone();
-            let addr = l.local_addr().ok();
+            let addr = local_addr(&l);
             servers.push(runtime.spawn(async move {
                 // Raft streams are served beside tonic; the rest of the
                 // connections (gRPC) go on to it.
@@ -392,19 +392,19 @@ impl Member {
                     );
                 let (_, res) = tokio::join!(sorter, server);
                 if let Err(e) = res {
-                    tracing::error!(?addr, error = %e, "peer listener failed");
+                    tracing::error!(address = %addr, error = %e, "peer listener failed");
                 }
             }));
         }
         // Client servers.
         let dispatch = api::server::dispatch(core.clone());
         for (i, l) in client_listeners.into_iter().enumerate() {
-            let addr = l.local_addr().ok();
+            let addr = local_addr(&l);
             let server_tls = tls.client_server_for(cfg.listen_client_urls.get(i));
             if server_tls.is_some() {
-                tracing::info!(address = ?addr, "serving client traffic securely");
+                tracing::info!(address = %addr, "serving client traffic securely");
             } else {
-                tracing::info!(address = ?addr, "serving client traffic insecurely; this is strongly discouraged!");
+                tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
             }
             servers.push(runtime.spawn(api::server::serve(
                 l,
@@ -418,8 +418,8 @@ impl Member {
         let metrics_port =
             api::dispatch::Dispatch::http_only(api::http::metrics_router(core.clone()));
         for l in metrics_listeners {
-            let addr = l.local_addr().ok();
-            tracing::info!(address = ?addr, "serving metrics");
+            let addr = local_addr(&l);
+            tracing::info!(address = %addr, "serving metrics");
             servers.push(runtime.spawn(api::server::serve(
                 l,
                 None,
@@ -771,6 +771,13 @@ impl<'p> DataFiles<'p> {
         }
         Ok(())
     }
+}
+
+/// A listener's address for the log (`127.0.0.1:2379`), or `?`.
+fn local_addr(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string())
 }
 
 fn describe(state: FileState) -> &'static str {
