@@ -37,7 +37,7 @@ pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
     };
 
     let document: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        serde_yaml::from_str(&text).map_err(|e| invalid(with_duplicate_line(&text, e)))?;
     let mapping = match document {
         // An empty file (or one with only comments) sets nothing.
         serde_yaml::Value::Null => return Ok((Draft::new(), Vec::new())),
@@ -104,6 +104,38 @@ pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
 
     let file: FileConfig = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     Ok((file.into_draft(), warnings))
+}
+
+/// serde_yaml's message, with the lines of a duplicate top-level key, which
+/// it does not give (etcd takes the last value silently; a repeated key is
+/// more likely a mistake, so it is refused, pointing at both).
+fn with_duplicate_line(text: &str, e: serde_yaml::Error) -> String {
+    let message = e.to_string();
+    let Some(key) = message
+        .strip_prefix("duplicate entry with key \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return message;
+    };
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            [key.to_owned(), format!("\"{key}\""), format!("'{key}'")]
+                .iter()
+                .any(|k| {
+                    line.strip_prefix(k.as_str())
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    match lines[..] {
+        [first, second, ..] => {
+            format!("line {second}: key {key:?} given again (first at line {first})")
+        }
+        _ => message,
+    }
 }
 
 fn scalar_text(value: &serde_yaml::Value) -> String {

@@ -603,6 +603,19 @@ fn bad_config_file_names_file_and_line() {
 }
 
 #[test]
+fn a_key_given_twice_in_a_config_file_names_both_lines() {
+    let file = yaml_file("name: c9\n# the real one:\ndata-dir: /tmp/x\n\"name\": c1\n");
+    let path = file.path().to_str().unwrap().to_owned();
+    let err = MemberConfig::from_args(["--config-file", &path], &no_env())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!("invalid config file {path}: line 4: key \"name\" given again (first at line 1)")
+    );
+}
+
+#[test]
 fn quota_follows_etcd_meaning_of_zero_and_negative() {
     assert_eq!(
         parse(&["--quota-backend-bytes", "0"])
