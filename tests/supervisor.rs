@@ -755,13 +755,19 @@ fn a_stop_after_a_pending_start_keeps_the_process_stopped() {
         let stopping = scope.spawn(|| sup.run_ok(&["stop", "stubborn"]));
         sup.wait_line(|l| l == "stubborn | ignoring TERM");
         // start (pending until it has exited), then stop again, well
-        // within the 5 s the first stop waits: the later request wins, and
-        // both are answered once it is down.
-        let starting = scope.spawn(|| sup.run_ok(&["start", "stubborn"]));
+        // within the 5 s the first stop waits: the later request wins. The
+        // start is told so at once; the stops are answered once it is down.
+        let starting = scope.spawn(|| sup.run(&["start", "stubborn"]));
         std::thread::sleep(Duration::from_millis(1500));
         sup.run_ok(&["stop", "stubborn"]);
         stopping.join().unwrap();
-        starting.join().unwrap();
+        let start = starting.join().unwrap();
+        assert_eq!(start.status.code(), Some(1), "{start:?}");
+        let said = String::from_utf8_lossy(&start.stderr);
+        assert!(
+            said.contains("stubborn: called off by a later stop"),
+            "{said}"
+        );
     });
     assert!(wait_dead(first, 5));
     assert_eq!(sup.status_of("stubborn")["state"], "stopped");

@@ -269,10 +269,15 @@ async fn handle_inner(request: Request, ctx: &Ctx) -> Result<Response, String> {
                 }
             }
             let done = ask(ctx, |reply| ControlMsg::Act { op, names, reply }).await??;
+            // Every action is waited for; the first that did not happen
+            // is the answer.
+            let mut outcome = Ok(ok);
             for d in done {
-                let _ = d.await;
+                if let Ok(Err(why)) = d.await {
+                    outcome = outcome.and(Err(why));
+                }
             }
-            Ok(ok)
+            outcome
         }
     }
 }

@@ -36,8 +36,9 @@ use super::process::{
 };
 use super::status::{client_url_of, ProcState, ProcessStatus};
 
-/// Fires when a requested action has completed.
-pub type Done = oneshot::Receiver<()>;
+/// Fires when a requested action has completed, or with why it did not (a
+/// start waiting for a stop to end, called off by a later stop).
+pub type Done = oneshot::Receiver<Result<(), String>>;
 
 /// A request from the control server.
 pub enum ControlMsg {
@@ -90,7 +91,10 @@ struct Proc {
     kill_deadline: Option<Instant>,
     /// Fire when the current run has exited (or, with a restart pending,
     /// when the new run has started).
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Requests (start, restart) that fire once the process has started
+    /// again; a later stop or kill calls them off.
+    start_waiters: Vec<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The supervisor: process table plus what it needs to act.
@@ -135,6 +139,7 @@ impl Supervisor {
                 restart_pending: false,
                 kill_deadline: None,
                 waiters: Vec::new(),
+                start_waiters: Vec::new(),
             })
             .collect();
         Supervisor {
@@ -304,7 +309,8 @@ impl Supervisor {
         };
         let restart = p.restart_pending && self.shutdown.is_none();
         p.restart_pending = false;
-        let waiters = std::mem::take(&mut p.waiters);
+        let mut waiters = std::mem::take(&mut p.waiters);
+        let start_waiters = std::mem::take(&mut p.start_waiters);
         let failed = p.failed;
         self.log.note(ev.proc, &message).await;
         if ev.leftovers && !requested {
@@ -314,9 +320,16 @@ impl Supervisor {
         self.sync_guard().await;
         if restart {
             self.spawn(ev.proc).await;
+            waiters.extend(start_waiters);
+        } else {
+            // Only a shutdown ends a pending start this way (a stop or kill
+            // calls it off at once).
+            for w in start_waiters {
+                let _ = w.send(Err("shutting down".to_owned()));
+            }
         }
         for w in waiters {
-            let _ = w.send(());
+            let _ = w.send(Ok(()));
         }
         if !requested && failed {
             self.after_failure(ev.proc).await;
@@ -492,17 +505,17 @@ impl Supervisor {
             match op {
                 C::Start | C::StartAll if self.procs[i].state == ProcState::Stopping => {
                     // Answered once it has exited and started again.
-                    self.procs[i].waiters.push(tx);
+                    self.procs[i].start_waiters.push(tx);
                     self.procs[i].restart_pending = true;
                 }
                 C::Start | C::StartAll => {
                     self.spawn(i).await;
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
                 C::Stop | C::StopAll => {
                     // The latest request wins: a start or restart waiting
                     // for this stop to end is called off.
-                    self.procs[i].restart_pending = false;
+                    self.call_off_start(i, op);
                     self.procs[i].waiters.push(tx);
                     self.procs[i].held = true;
                     if self.procs[i].state != ProcState::Stopping {
@@ -510,21 +523,21 @@ impl Supervisor {
                     }
                 }
                 C::Kill => {
-                    self.procs[i].restart_pending = false;
+                    self.call_off_start(i, op);
                     self.procs[i].waiters.push(tx);
                     self.procs[i].held = true;
                     self.kill(i).await;
                 }
                 C::Restart | C::RestartAll => {
                     if self.procs[i].state.is_alive() {
-                        self.procs[i].waiters.push(tx);
+                        self.procs[i].start_waiters.push(tx);
                         self.procs[i].restart_pending = true;
                         if self.procs[i].state != ProcState::Stopping {
                             self.terminate(i).await;
                         }
                     } else {
                         self.spawn(i).await;
-                        let _ = tx.send(());
+                        let _ = tx.send(Ok(()));
                     }
                 }
                 C::Pause => {
@@ -533,7 +546,7 @@ impl Supervisor {
                         self.procs[i].state = ProcState::Paused;
                         self.log.note(i, "paused (SIGSTOP)").await;
                     }
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
                 C::Resume => {
                     if let Some(pid) = self.procs[i].pid {
@@ -541,15 +554,30 @@ impl Supervisor {
                         self.procs[i].state = ProcState::Running;
                         self.log.note(i, "resumed (SIGCONT)").await;
                     }
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
                 C::List | C::Status => {
-                    let _ = tx.send(());
+                    let _ = tx.send(Ok(()));
                 }
             }
             done.push(rx);
         }
         Ok(done)
+    }
+
+    /// A stop or kill (`op`) wins over a start or restart of process `i`
+    /// still waiting for its previous run to end: that one is answered, at
+    /// once, with an error saying so.
+    fn call_off_start(&mut self, i: usize, op: RunCommand) {
+        let p = &mut self.procs[i];
+        p.restart_pending = false;
+        for w in p.start_waiters.drain(..) {
+            let _ = w.send(Err(format!(
+                "{}: called off by a later {}",
+                p.spec.name,
+                super::control::op_name(op)
+            )));
+        }
     }
 
     /// Whether `op` makes sense for process `i` in its current state.
