@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{b64_str, curl, curl_post, run, skip_without_curl, Cluster};
+use common::{b64_str, curl, curl_post, http_get, run, skip_without_curl, Cluster};
 use serde_json::Value;
 
 /// "foo" -> "Zm9v" (standard base64, as the gateway takes bytes fields).
@@ -375,4 +375,22 @@ fn auth_routes_enable_auth_and_a_token_in_the_authorization_header_is_honoured()
     ]);
     assert_eq!(code, 200, "{text}");
     assert_eq!(post("/v3/kv/put", &put).0, 200, "auth is off again");
+}
+
+#[test]
+fn a_path_the_member_does_not_serve_is_404_so_a_probe_of_it_fails() {
+    // As etcd answers: Go's mux outside the gateway, grpc-gateway inside it.
+    let c = Cluster::start(1, &[]);
+    let addr = c.members[0].endpoint();
+    for path in ["/readyz", "/livez", "/health/", "/debug/vars", "/v2/keys"] {
+        assert_eq!(
+            http_get(&addr, path),
+            (404, "404 page not found\n".to_owned()),
+            "{path}"
+        );
+    }
+    assert_eq!(http_get(&addr, "/v3/nope"), (404, "Not Found\n".to_owned()));
+    // What it serves is unchanged.
+    assert_eq!(http_get(&addr, "/health").0, 200);
+    assert_eq!(http_get(&addr, "/version").0, 200);
 }

@@ -8,6 +8,9 @@
 //! linearizable read barrier through Raft succeeds (`QGET ERROR:...` if not).
 //! `?serializable=true` skips the leader check and the barrier, so a member
 //! cut off from its quorum still reports itself fit for serializable reads.
+//!
+//! A path nobody serves gets [`not_found`]: 404 for HTTP, as etcd's mux and
+//! gateway answer, so a probe of a path the member lacks (`/readyz`) fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,14 +24,48 @@ use super::Core;
 use crate::apply::CLUSTER_VERSION;
 use crate::pb::etcdserverpb::AlarmType;
 
-/// Adds the HTTP routes to `router`.
+/// Adds the HTTP routes to `router`, and [`not_found`] for every other path.
 pub fn routes(router: Router, core: Arc<Core>) -> Router {
-    metrics_routes(router, core).route("/version", get(version))
+    metrics_routes(router, core)
+        .route("/version", get(version))
+        .fallback(not_found)
 }
 
 /// The router of a `--listen-metrics-urls` listener: `/metrics` and `/health`.
 pub fn metrics_router(core: Arc<Core>) -> Router {
-    metrics_routes(Router::new(), core)
+    metrics_routes(Router::new(), core).fallback(not_found)
+}
+
+/// The answer to a path no route serves, as etcd gives it: a gRPC call (by
+/// its content type) fails with `Unimplemented` (grpc-go's `unknown service`),
+/// a path under the gateway's prefixes gets grpc-gateway's 404 `Not Found`,
+/// and anything else Go's 404 `404 page not found`.
+pub async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = request.uri().path();
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
+    }
+    let gateway = ["/v3/", "/v3beta/"].iter().any(|p| path.starts_with(p));
+    let body = if gateway {
+        "Not Found\n"
+    } else {
+        "404 page not found\n"
+    };
+    (
+        StatusCode::NOT_FOUND,
+        [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("x-content-type-options", "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn metrics_routes(router: Router, core: Arc<Core>) -> Router {
@@ -128,4 +165,46 @@ async fn version() -> ([(&'static str, &'static str); 1], String) {
         [("content-type", "application/json")],
         format!(r#"{{"etcdserver":"{CLUSTER_VERSION}","etcdcluster":"{cluster}"}}"#),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(path: &str, content_type: &str) -> (StatusCode, http::HeaderMap, String) {
+        let request = axum::extract::Request::builder()
+            .uri(path)
+            .header("content-type", content_type)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = not_found(request).await;
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        (parts.status, parts.headers, body)
+    }
+
+    #[tokio::test]
+    async fn a_path_nobody_serves_is_404_for_http_and_unimplemented_for_grpc() {
+        let (status, _, body) = answer("/readyz", "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "404 page not found\n")
+        );
+        let (status, _, body) = answer("/v3/kv/nope", "application/json").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "Not Found\n")
+        );
+
+        // gRPC reports in its trailers-only answer, with HTTP 200.
+        let (status, headers, _) = answer("/etcdserverpb.Other/Put", "application/grpc").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["grpc-status"], "12");
+        // Percent-encoded, as gRPC carries it.
+        assert_eq!(
+            headers["grpc-message"],
+            "unknown%20service%20etcdserverpb.Other"
+        );
+    }
 }
