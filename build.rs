@@ -53,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
+        // etcd's gateway ignores fields it does not know (a newer client's).
+        .ignore_unknown_fields()
         .build(&[
             ".etcdserverpb",
             ".mvccpb",

@@ -209,8 +209,8 @@ where
     Req: prost::Message + DeserializeOwned + Default,
     Resp: prost::Message + Serialize + Default,
 {
-    let request: Req = match parse_requests(&body).map(|mut v| v.pop()) {
-        Ok(r) => r.unwrap_or_default(),
+    let request: Req = match parse_first(&body) {
+        Ok(r) => r,
         Err(e) => return error_response(&e),
     };
     let body = Body::from(frame(&request));
@@ -342,6 +342,17 @@ async fn call(grpc: Router, path: &'static str, from: Caller, body: Body) -> Res
 /// The status in `headers` if it is not OK.
 fn failed(headers: &HeaderMap) -> Option<Status> {
     Status::from_header_map(headers).filter(|s| s.code() != Code::Ok)
+}
+
+/// The first JSON object of a unary call's body, as grpc-gateway reads it
+/// (whatever follows is not read); the empty request for an empty body.
+fn parse_first<Req: DeserializeOwned + Default>(body: &[u8]) -> Result<Req, Status> {
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<Req>()
+        .next()
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The JSON objects of a request body (none for an empty body).
