@@ -681,6 +681,31 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         format!("{created:?}"),
     );
 
+    let with_id = |watch_id| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: b"t/w".to_vec(),
+                watch_id,
+                ..Default::default()
+            },
+        )),
+    };
+    let twice = async {
+        let mut s = w
+            .watch(tokio_stream::iter(vec![with_id(7), with_id(7)]).chain(tokio_stream::pending()))
+            .await?
+            .into_inner();
+        Ok::<_, Status>((s.message().await?, s.message().await?))
+    };
+    let twice = tokio::time::timeout(RPC, twice).await;
+    r.holds(
+        "a second watch with the same watch_id on one stream is refused (id -1)",
+        matches!(&twice, Ok(Ok((Some(a), Some(b))))
+            if a.created && a.watch_id == 7 && b.created && b.canceled && b.watch_id == -1
+                && b.cancel_reason == "mvcc: duplicate watch ID provided on the WatchStream"),
+        format!("{twice:?}"),
+    );
+
     let huge = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {

@@ -248,10 +248,10 @@ impl Session {
             return self
                 .send(WatchResponse {
                     header: self.core.header(current),
-                    watch_id: id,
+                    watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: "etcdserver: mvcc: watcher ID already exists".into(),
+                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                     ..Default::default()
                 })
                 .await;
