@@ -273,6 +273,13 @@ fn watches_and_leases_are_checked_under_auth() {
             || denied.stderr.contains("etcdserver: permission denied"),
         "{denied:#?}"
     );
+    // Without a user at all, etcd says so rather than "permission denied".
+    let anonymous = c.etcdctl(&["watch", "other"]);
+    assert!(
+        format!("{}{}", anonymous.stdout, anonymous.stderr)
+            .contains("rpc error: code = InvalidArgument desc = etcdserver: user name is empty"),
+        "{anonymous:#?}"
+    );
 
     // A watch inside it sees alice's put.
     let mut watch = Command::new("etcdctl")

@@ -42,7 +42,7 @@ use futures::Stream;
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::access::Credentials;
 use super::Core;
@@ -228,18 +228,27 @@ impl Session {
             self.core
                 .require_range(&caller, &c.key, &c.range_end, Access::Read)
         });
-        if permitted.is_err() {
+        if let Err(refused) = permitted {
             // etcd answers a refused watch with a created-and-canceled response
-            // carrying the gRPC error's text.
+            // carrying the gRPC error's text as grpc-go prints it: no token,
+            // a bad token and a stale auth revision say so; anything else is
+            // a denied permission.
+            let (code, text) = match refused.code() {
+                Code::InvalidArgument | Code::Unauthenticated => {
+                    (refused.code(), refused.message().to_owned())
+                }
+                _ => (
+                    Code::PermissionDenied,
+                    "etcdserver: permission denied".to_owned(),
+                ),
+            };
             return self
                 .send(WatchResponse {
                     header: self.core.header(current),
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason:
-                        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
-                            .into(),
+                    cancel_reason: format!("rpc error: code = {code:?} desc = {text}"),
                     ..Default::default()
                 })
                 .await;
