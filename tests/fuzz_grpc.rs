@@ -2746,9 +2746,13 @@ fn the_json_gateway_answers_any_body() {
     }
     let writes = (
         proptest::sample::select(GATEWAY_WRITES.to_vec()),
-        // (An empty body is an empty request, as in etcd's gateway.)
-        json_body().prop_filter("not JSON", |b| {
-            !b.trim_ascii().is_empty() && serde_json::from_slice::<serde_json::Value>(b).is_err()
+        // (An empty body is an empty request, and only a unary body's first
+        // object is read, as in etcd's gateway: `{}junk` is a valid request.)
+        json_body().prop_filter("no JSON object first", |b| {
+            let first = serde_json::Deserializer::from_slice(b)
+                .into_iter::<serde_json::Value>()
+                .next();
+            !b.trim_ascii().is_empty() && !matches!(first, Some(Ok(serde_json::Value::Object(_))))
         }),
     );
     let result = runner(100).run(&writes, |(path, body)| {

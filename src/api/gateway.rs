@@ -246,16 +246,15 @@ where
     Req: prost::Message + DeserializeOwned + Default,
     Resp: prost::Message + Serialize + Default + 'static,
 {
-    let mut requests: Vec<Req> = match parse_requests(&body) {
+    // A call that takes one request reads it as a unary call does.
+    let parsed = match keep_open {
+        KeepOpen::One => parse_first(&body).map(|r| vec![r]),
+        KeepOpen::Yes | KeepOpen::No => parse_requests(&body),
+    };
+    let requests: Vec<Req> = match parsed {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    if keep_open == KeepOpen::One {
-        requests.truncate(1);
-        if requests.is_empty() {
-            requests.push(Req::default());
-        }
-    }
     let frames = futures::stream::iter(
         requests
             .iter()

@@ -111,9 +111,14 @@ pub fn load(path: &Path) -> Result<(Draft, Vec<String>), ConfigError> {
 /// more likely a mistake, so it is refused, pointing at both).
 fn with_duplicate_line(text: &str, e: serde_yaml::Error) -> String {
     let message = e.to_string();
+    // serde_yaml names where the mapping starts (` at line 2 column 1`),
+    // unless that is the file's very start.
     let Some(key) = message
         .strip_prefix("duplicate entry with key \"")
-        .and_then(|rest| rest.strip_suffix('"'))
+        .and_then(|rest| {
+            rest.split_once("\" at line ")
+                .map_or(rest.strip_suffix('"'), |(k, _)| Some(k))
+        })
     else {
         return message;
     };

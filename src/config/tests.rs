@@ -613,6 +613,16 @@ fn a_key_given_twice_in_a_config_file_names_both_lines() {
         err,
         format!("invalid config file {path}: line 4: key \"name\" given again (first at line 1)")
     );
+    // As etcd's sample file does, starting with a comment.
+    let file = yaml_file("# etcd.conf.yml\n\nname: c9\nname: c1\n");
+    let path = file.path().to_str().unwrap().to_owned();
+    let err = MemberConfig::from_args(["--config-file", &path], &no_env())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!("invalid config file {path}: line 4: key \"name\" given again (first at line 3)")
+    );
 }
 
 #[test]

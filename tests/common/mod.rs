@@ -40,23 +40,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(40);
 /// What a member logs when another program holds its port.
 const PORT_TAKEN: &str = "Address already in use";
 
-/// Why a member did not become ready.
-#[derive(Debug)]
-pub enum NotReady {
-    /// It could not listen: a port was taken after [`free_port`] picked it.
-    PortTaken(String),
-    /// It ended, or took too long, for another reason.
-    Failed(String),
-}
-
-impl std::fmt::Display for NotReady {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotReady::PortTaken(why) | NotReady::Failed(why) => f.write_str(why),
-        }
-    }
-}
-
 /// A free TCP port on 127.0.0.1 (bound and released; the member binds it next).
 ///
 /// Taken below the kernel's ephemeral range, so that no outgoing connection
@@ -440,8 +423,8 @@ impl Member {
         }
     }
 
-    /// Like [`Member::wait_ready`], but says why the member is not ready.
-    pub fn try_wait_ready(&mut self) -> Result<(), NotReady> {
+    /// Like [`Member::wait_ready`], but returns why the member is not ready.
+    pub fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let log = self.current_log();
@@ -450,18 +433,16 @@ impl Member {
             }
             if !self.is_running() {
                 let state = self.state();
-                let why = format!("{} {state} before it was ready; its log:\n{log}", self.name);
-                return Err(if log.contains(PORT_TAKEN) {
-                    NotReady::PortTaken(why)
-                } else {
-                    NotReady::Failed(why)
-                });
+                return Err(format!(
+                    "{} {state} before it was ready; its log:\n{log}",
+                    self.name
+                ));
             }
             if Instant::now() > deadline {
-                return Err(NotReady::Failed(format!(
+                return Err(format!(
                     "{} not ready after {START_TIMEOUT:?}; its log:\n{log}",
                     self.name
-                )));
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -589,16 +570,24 @@ impl Cluster {
         for attempt in 1.. {
             let mut c = Cluster::new(n, extra);
             c.spawn_stopped();
-            match c.members.iter_mut().try_for_each(Member::try_wait_ready) {
-                Ok(()) => {
+            let waited = c.members.iter_mut().try_for_each(Member::try_wait_ready);
+            // The member that lost its port may not be the one that failed
+            // first (another can wait in vain for its quorum).
+            let lost_port = c
+                .members
+                .iter()
+                .find(|m| m.current_log().contains(PORT_TAKEN))
+                .map(|m| m.name.clone());
+            match (waited, lost_port) {
+                (Ok(()), _) => {
                     c.wait_leader();
                     return c;
                 }
-                Err(NotReady::PortTaken(why)) if attempt < ATTEMPTS => eprintln!(
-                    "{why}\n(a port was taken between its pick and its bind; \
+                (Err(e), Some(name)) if attempt < ATTEMPTS => eprintln!(
+                    "{e}\n({name} lost a port between its pick and its bind; \
                      starting the cluster again on other ports)"
                 ),
-                Err(e) => panic!("{e}"),
+                (Err(e), _) => panic!("{e}"),
             }
         }
         unreachable!("the last attempt returns or panics")
