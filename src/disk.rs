@@ -304,6 +304,9 @@ pub fn open(path: &Path, options: &DiskOptions) -> Result<Database, DataFileErro
 thread_local! {
     /// Set while [`catching_panics`] runs on this thread.
     static CATCHING: Cell<bool> = const { Cell::new(false) };
+    /// Where the panic [`catching_panics`] caught was raised, as the quiet
+    /// hook saw it (so that a bug of ours is not mistaken for damage).
+    static CAUGHT_AT: Cell<Option<(String, u32)>> = const { Cell::new(None) };
 }
 
 /// Runs `f`, turning a panic into `Err(its message)`. redb asserts on some
@@ -316,12 +319,24 @@ fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(was));
     result.map_err(|panic| {
-        panic
+        let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        match CAUGHT_AT.with(Cell::take) {
+            Some((file, line)) => format!("{what}, at {}:{line}", short_source(&file)),
+            None => what,
+        }
     })
+}
+
+/// A source path from its crate's directory on (`redb-2.6.4/src/db.rs`).
+fn short_source(file: &str) -> &str {
+    match file.rfind("/src/") {
+        Some(src) => &file[file[..src].rfind('/').map_or(0, |i| i + 1)..],
+        None => file,
+    }
 }
 
 /// Wraps the process's panic hook so that a panic [`open`] catches (redb
@@ -333,6 +348,8 @@ pub fn quiet_caught_panics() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if CATCHING.with(Cell::get) {
+            let at = info.location().map(|l| (l.file().to_owned(), l.line()));
+            CAUGHT_AT.with(|caught| caught.set(at));
             tracing::debug!(%info, "redb panicked reading a data file; reported as corrupt");
         } else {
             previous(info);
@@ -485,9 +502,19 @@ mod tests {
         quiet_caught_panics();
 
         let caught = catching_panics(|| -> u32 { panic!("assertion on a damaged page") });
-        assert_eq!(caught, Err("assertion on a damaged page".to_owned()));
+        let caught = caught.unwrap_err();
+        // Where it was raised is kept: a bug of ours must not pass for damage.
+        assert!(
+            caught.starts_with("assertion on a damaged page, at src/disk.rs:"),
+            "{caught}"
+        );
         assert_eq!(SEEN.with(Cell::get), 0, "the caught panic reached the hook");
         assert_eq!(catching_panics(|| 7), Ok(7));
+
+        assert_eq!(
+            short_source("/root/.cargo/registry/src/index.crates.io-1/redb-2.6.4/src/db.rs"),
+            "redb-2.6.4/src/db.rs"
+        );
 
         assert!(std::panic::catch_unwind(|| std::panic::panic_any(OTHER)).is_err());
         assert_eq!(SEEN.with(Cell::get), 1, "another panic was silenced");

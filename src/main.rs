@@ -143,16 +143,21 @@ fn print_stdout(text: &str) -> i32 {
 /// `member --version`, led by the line scripts parse, as etcd prints it
 /// (`etcd Version: X.Y.Z`), with the etcd version whose API members serve.
 fn version_text() -> String {
+    // Go's names for the platform.
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
         other => other,
     };
     format!(
-        "etcd Version: {}\nlocalcluster Version: {}\nGo OS/Arch: {}/{arch}\n",
+        "etcd Version: {}\nlocalcluster Version: {}\nGo OS/Arch: {os}/{arch}\n",
         localcluster::apply::CLUSTER_VERSION,
         env!("CARGO_PKG_VERSION"),
-        std::env::consts::OS,
     )
 }
 

@@ -365,7 +365,11 @@ pub fn help_text() -> String {
         "  --config-file ''\n      Path to an etcd YAML configuration file. If given, other flags and ETCD_* variables are ignored.\n",
     );
     text.push_str("  --version\n      Print the version and exit.\n");
-    text.push_str("\nOther etcd flags are accepted and ignored with a warning.\n");
+    text.push_str(
+        "\nOther etcd flags are accepted and ignored with a warning, except --discovery,\n\
+         --discovery-srv and --force-new-cluster, which are refused: without them a member\n\
+         would form another cluster than the one asked for.\n",
+    );
     text
 }
 

@@ -272,6 +272,8 @@ impl MemberConfig {
         let mut given: BTreeSet<&'static str> = BTreeSet::new();
         let mut unknown_warnings = Vec::new();
         let mut ignored_warnings = Vec::new();
+        // The first flag that cannot be ignored (see `flags::refusal`).
+        let mut refused: Option<ConfigError> = None;
         let mut config_file = None;
         let mut version = false;
         for flags::RawFlag { name, value } in &raw {
@@ -301,7 +303,7 @@ impl MemberConfig {
                     }
                     let given = value.as_deref().unwrap_or("true");
                     if let Some(reason) = flags::refusal(name, given) {
-                        return Err(ConfigError::Invalid(format!(
+                        refused.get_or_insert(ConfigError::Invalid(format!(
                             "--{name} is not supported by localcluster: {reason}"
                         )));
                     }
@@ -344,6 +346,10 @@ impl MemberConfig {
             warnings.append(&mut config.warnings);
             config.warnings = warnings;
             return Ok(config);
+        }
+        // Only now: a config file makes the flags moot, --version wins.
+        if let Some(refusal) = refused {
+            return Err(refusal);
         }
 
         warnings.append(&mut ignored_warnings);

@@ -855,6 +855,19 @@ fn flags_that_choose_the_cluster_are_refused_not_ignored() {
         "{file_err}"
     );
 
+    // As every other flag, they are moot beside --version or a config file.
+    assert!(matches!(
+        parse(&["--discovery", url, "--version"]),
+        Err(ConfigError::VersionRequested)
+    ));
+    let file = yaml_file("name: a\n");
+    assert!(parse(&[
+        "--force-new-cluster",
+        "--config-file",
+        file.path().to_str().unwrap()
+    ])
+    .is_ok());
+
     // Off, or empty, they change nothing and need no warning beyond the usual.
     for args in [
         &["--force-new-cluster=false"][..],

@@ -89,8 +89,8 @@ struct Proc {
     /// Start again once the current run has exited.
     restart_pending: bool,
     kill_deadline: Option<Instant>,
-    /// Fire when the current run has exited (or, with a restart pending,
-    /// when the new run has started).
+    /// Stop and kill requests: fire when the current run has exited (with a
+    /// restart pending, once the new run has started).
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Requests (start, restart) that fire once the process has started
     /// again; a later stop or kill calls them off.
@@ -179,7 +179,8 @@ impl Supervisor {
                 break;
             }
             if !self.procs[i].state.is_alive() {
-                self.spawn(i).await;
+                // A failure is logged, and may begin the shutdown.
+                let _ = self.spawn(i).await;
             }
         }
         while !self.finished() {
@@ -223,7 +224,7 @@ impl Supervisor {
         self.procs.iter().filter_map(|p| p.kill_deadline).min()
     }
 
-    async fn spawn(&mut self, i: usize) {
+    async fn spawn(&mut self, i: usize) -> Result<(), String> {
         let p = &mut self.procs[i];
         p.generation += 1;
         p.starts += 1;
@@ -255,13 +256,17 @@ impl Supervisor {
                 self.children
                     .spawn(supervise_child(child, output, i, generation, log, events));
                 self.sync_guard().await;
+                Ok(())
             }
             Err(e) => {
                 let p = &mut self.procs[i];
                 p.state = ProcState::Exited;
                 p.failed = true;
-                self.log.note(i, &format!("failed to start: {e}")).await;
+                let failure = format!("failed to start: {e}");
+                let answer = format!("{}: {failure}", p.spec.name);
+                self.log.note(i, &failure).await;
                 self.after_failure(i).await;
+                Err(answer)
             }
         }
     }
@@ -309,7 +314,7 @@ impl Supervisor {
         };
         let restart = p.restart_pending && self.shutdown.is_none();
         p.restart_pending = false;
-        let mut waiters = std::mem::take(&mut p.waiters);
+        let waiters = std::mem::take(&mut p.waiters);
         let start_waiters = std::mem::take(&mut p.start_waiters);
         let failed = p.failed;
         self.log.note(ev.proc, &message).await;
@@ -318,15 +323,18 @@ impl Supervisor {
             self.log.note(ev.proc, note).await;
         }
         self.sync_guard().await;
-        if restart {
-            self.spawn(ev.proc).await;
-            waiters.extend(start_waiters);
+        // Only a shutdown ends a pending start without a restart (a stop or
+        // kill calls it off at once).
+        let started = if restart {
+            self.spawn(ev.proc).await
         } else {
-            // Only a shutdown ends a pending start this way (a stop or kill
-            // calls it off at once).
-            for w in start_waiters {
-                let _ = w.send(Err("shutting down".to_owned()));
-            }
+            Err(format!(
+                "{}: called off by the shutdown",
+                self.procs[ev.proc].spec.name
+            ))
+        };
+        for w in start_waiters {
+            let _ = w.send(started.clone());
         }
         for w in waiters {
             let _ = w.send(Ok(()));
@@ -509,8 +517,7 @@ impl Supervisor {
                     self.procs[i].restart_pending = true;
                 }
                 C::Start | C::StartAll => {
-                    self.spawn(i).await;
-                    let _ = tx.send(Ok(()));
+                    let _ = tx.send(self.spawn(i).await);
                 }
                 C::Stop | C::StopAll => {
                     // The latest request wins: a start or restart waiting
@@ -536,8 +543,7 @@ impl Supervisor {
                             self.terminate(i).await;
                         }
                     } else {
-                        self.spawn(i).await;
-                        let _ = tx.send(Ok(()));
+                        let _ = tx.send(self.spawn(i).await);
                     }
                 }
                 C::Pause => {
