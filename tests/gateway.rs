@@ -380,9 +380,10 @@ fn auth_routes_enable_auth_and_a_token_in_the_authorization_header_is_honoured()
 #[test]
 fn a_path_the_member_does_not_serve_is_404_so_a_probe_of_it_fails() {
     // As etcd answers: Go's mux outside the gateway, grpc-gateway inside it.
+    // (etcd serves /debug/vars too, which is not built here.)
     let c = Cluster::start(1, &[]);
     let addr = c.members[0].endpoint();
-    for path in ["/readyz", "/livez", "/health/", "/debug/vars", "/v2/keys"] {
+    for path in ["/nope", "/health/", "/v2/keys", "/readyz/extra"] {
         assert_eq!(
             http_get(&addr, path),
             (404, "404 page not found\n".to_owned()),
@@ -419,4 +420,35 @@ fn a_request_body_is_read_as_grpc_gateway_reads_it() {
     assert_eq!(code, 200, "{out}");
     let (_, got) = curl_post(&range, &format!(r#"{{"key":"{foo}"}}"#));
     assert_eq!(got["kvs"][0]["value"], b64("first"), "{got}");
+}
+
+#[test]
+fn livez_and_readyz_answer_as_etcds_kubernetes_probes() {
+    let mut c = Cluster::start(3, &[]);
+    let addr = c.members[0].endpoint();
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok".to_owned()));
+    assert_eq!(http_get(&addr, "/readyz"), (200, "ok".to_owned()));
+    assert_eq!(
+        http_get(&addr, "/readyz?verbose"),
+        (
+            200,
+            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n\
+             readyz check passed\n"
+                .to_owned()
+        )
+    );
+
+    // Without a quorum the member still lives, but is not ready.
+    c.kill9(1);
+    c.kill9(2);
+    let (code, body) = common::eventually(Duration::from_secs(30), "readyz to fail", || {
+        let answer = http_get(&addr, "/readyz");
+        (answer.0 != 200).then_some(answer)
+    });
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]linearizable_read failed: "), "{body}");
+    assert!(body.ends_with("readyz check failed\n"), "{body}");
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok".to_owned()));
+    let (code, body) = http_get(&addr, "/readyz?exclude=linearizable_read");
+    assert_eq!((code, body.as_str()), (200, "ok"));
 }

@@ -9,8 +9,9 @@
 //! `?serializable=true` skips the leader check and the barrier, so a member
 //! cut off from its quorum still reports itself fit for serializable reads.
 //!
-//! A path nobody serves gets [`not_found`]: 404 for HTTP, as etcd's mux and
-//! gateway answer, so a probe of a path the member lacks (`/readyz`) fails.
+//! `/livez` and `/readyz` are etcd's Kubernetes-style probes ([`probe`]). A
+//! path nobody serves gets [`not_found`]: 404 for HTTP, as etcd's mux and
+//! gateway answer, so a probe of a path the member lacks fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +27,17 @@ use crate::pb::etcdserverpb::AlarmType;
 
 /// Adds the HTTP routes to `router`, and [`not_found`] for every other path.
 pub fn routes(router: Router, core: Arc<Core>) -> Router {
+    let (live, ready) = (core.clone(), core.clone());
     metrics_routes(router, core)
         .route("/version", get(version))
+        .route(
+            "/livez",
+            get(move |q: Query<Vec<(String, String)>>| probe(live.clone(), Probe::Live, q.0)),
+        )
+        .route(
+            "/readyz",
+            get(move |q: Query<Vec<(String, String)>>| probe(ready.clone(), Probe::Ready, q.0)),
+        )
         .fallback(not_found)
 }
 
@@ -135,6 +145,96 @@ async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
         }
     }
     (StatusCode::OK, json, r#"{"health":"true"}"#.to_string())
+}
+
+/// etcd's Kubernetes-style probes (etcd 3.5.11 and 3.4.29 on; kubeadm
+/// points its liveness and readiness probes at them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// `/livez`: the member serves (a serializable read).
+    Live,
+    /// `/readyz`: no CORRUPT alarm, and linearizable reads go through Raft.
+    Ready,
+}
+
+impl Probe {
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Live => "livez",
+            Probe::Ready => "readyz",
+        }
+    }
+
+    fn checks(self) -> &'static [&'static str] {
+        match self {
+            Probe::Live => &["serializable_read"],
+            Probe::Ready => &["data_corruption", "serializable_read", "linearizable_read"],
+        }
+    }
+}
+
+/// Runs `probe`'s checks, as etcd reports them: `ok` when all pass; with
+/// `?verbose`, a `[+]check ok` line each and `<probe> check passed`; when one
+/// fails, 503 with a line per check (`[-]check failed: why`) and `<probe>
+/// check failed`. `?exclude=check` (repeatable) skips a check.
+async fn probe(core: Arc<Core>, probe: Probe, query: Vec<(String, String)>) -> Answer {
+    let text = [("content-type", "text/plain; charset=utf-8")];
+    let verbose = query.iter().any(|(k, _)| k == "verbose");
+    let excluded = |check: &str| query.iter().any(|(k, v)| k == "exclude" && v == check);
+    if core.raft.status().paused {
+        core.unpaused().await;
+    }
+    let mut lines = String::new();
+    let mut failed = false;
+    for &check in probe.checks() {
+        if excluded(check) {
+            lines.push_str(&format!("[+]{check} excluded: ok\n"));
+            continue;
+        }
+        match run_check(&core, check).await {
+            Ok(()) => lines.push_str(&format!("[+]{check} ok\n")),
+            Err(why) => {
+                failed = true;
+                lines.push_str(&format!("[-]{check} failed: {why}\n"));
+            }
+        }
+    }
+    let name = probe.name();
+    if failed {
+        lines.push_str(&format!("{name} check failed\n"));
+        (StatusCode::SERVICE_UNAVAILABLE, text, lines)
+    } else if verbose {
+        lines.push_str(&format!("{name} check passed\n"));
+        (StatusCode::OK, text, lines)
+    } else {
+        (StatusCode::OK, text, "ok".to_owned())
+    }
+}
+
+/// One check of [`probe`].
+async fn run_check(core: &Core, check: &str) -> Result<(), String> {
+    match check {
+        "data_corruption" => {
+            let corrupt = core
+                .alarms
+                .lock()
+                .is_ok_and(|alarms| alarms.iter().any(|a| a.alarm == AlarmType::Corrupt as i32));
+            if corrupt {
+                return Err("data corruption alarm is active".to_owned());
+            }
+            Ok(())
+        }
+        "linearizable_read" => {
+            if core.raft.status().leader_id == 0 {
+                return Err(crate::api::errors::no_leader().message().to_owned());
+            }
+            core.read_barrier()
+                .await
+                .map_err(|e| e.message().to_owned())
+        }
+        // A serializable read needs nothing but this member's own store.
+        _ => Ok(()),
+    }
 }
 
 async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String) {
