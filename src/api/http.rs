@@ -1,6 +1,6 @@
-//! etcd's HTTP endpoints on the client port: `GET /health`, `GET /version` and
-//! `GET /metrics`; [`metrics_router`] serves `/health` and `/metrics` alone on
-//! `--listen-metrics-urls`.
+//! etcd's HTTP endpoints on the client port: `GET /health`, `/livez`,
+//! `/readyz`, `/version` and `/metrics`; [`metrics_router`] serves them but
+//! `/version` on `--listen-metrics-urls`.
 //!
 //! `/health` answers as etcd does: unhealthy (503) while an alarm is raised
 //! (`{"health":"false","reason":"ALARM NOSPACE"}`; `?exclude=NOSPACE` ignores
@@ -27,21 +27,13 @@ use crate::pb::etcdserverpb::AlarmType;
 
 /// Adds the HTTP routes to `router`, and [`not_found`] for every other path.
 pub fn routes(router: Router, core: Arc<Core>) -> Router {
-    let (live, ready) = (core.clone(), core.clone());
     metrics_routes(router, core)
         .route("/version", get(version))
-        .route(
-            "/livez",
-            get(move |q: Query<Vec<(String, String)>>| probe(live.clone(), Probe::Live, q.0)),
-        )
-        .route(
-            "/readyz",
-            get(move |q: Query<Vec<(String, String)>>| probe(ready.clone(), Probe::Ready, q.0)),
-        )
         .fallback(not_found)
 }
 
-/// The router of a `--listen-metrics-urls` listener: `/metrics` and `/health`.
+/// The router of a `--listen-metrics-urls` listener: `/metrics`, `/health`,
+/// `/livez` and `/readyz`.
 pub fn metrics_router(core: Arc<Core>) -> Router {
     metrics_routes(Router::new(), core).fallback(not_found)
 }
@@ -80,7 +72,16 @@ pub async fn not_found(request: axum::extract::Request) -> axum::response::Respo
 
 fn metrics_routes(router: Router, core: Arc<Core>) -> Router {
     let health_core = core.clone();
+    let (live, ready) = (core.clone(), core.clone());
     router
+        .route(
+            "/livez",
+            get(move |q: Query<Vec<(String, String)>>| probe(live.clone(), Probe::Live, q.0)),
+        )
+        .route(
+            "/readyz",
+            get(move |q: Query<Vec<(String, String)>>| probe(ready.clone(), Probe::Ready, q.0)),
+        )
         .route(
             "/health",
             get(move |q: Query<HashMap<String, String>>| health(health_core.clone(), q.0)),
