@@ -1183,15 +1183,23 @@ mod tests {
         for p in proposals {
             assert_eq!(p.await.unwrap().unwrap(), 1);
         }
-        let forwarded: Vec<(u64, usize)> = outbox
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose)
-            .map(|m| (m.to, m.entries.len()))
-            .collect();
-        assert_eq!(forwarded, vec![(2, 20)]);
+        // A proposal is answered once Raft took it; the message forwarding
+        // it leaves with the next Ready, a moment later.
+        let forwarded = || -> Vec<(u64, usize)> {
+            outbox
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgPropose)
+                .map(|m| (m.to, m.entries.len()))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while forwarded().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(forwarded(), vec![(2, 20)]);
         node.stop();
     }
 
