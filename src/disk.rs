@@ -316,6 +316,7 @@ thread_local! {
 /// error says it all, with the panic's message.
 fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let was = CATCHING.with(|c| c.replace(true));
+    CAUGHT_AT.with(Cell::take);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(was));
     result.map_err(|panic| {

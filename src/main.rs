@@ -148,6 +148,7 @@ fn version_text() -> String {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         "x86" => "386",
+        "loongarch64" => "loong64",
         other => other,
     };
     let os = match std::env::consts::OS {

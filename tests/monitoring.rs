@@ -101,7 +101,7 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
     let (code, body) = curl(&[&format!("http://127.0.0.1:{metrics_port}/health")]);
     assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));
     let (code, body) = curl(&[&format!("http://127.0.0.1:{metrics_port}/readyz")]);
-    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, _) = curl(&[&format!("http://127.0.0.1:{metrics_port}/version")]);
     assert_eq!(code, 404);
 }

@@ -9,7 +9,7 @@
 //! `?serializable=true` skips the leader check and the barrier, so a member
 //! cut off from its quorum still reports itself fit for serializable reads.
 //!
-//! `/livez` and `/readyz` are etcd's Kubernetes-style probes ([`probe`]). A
+//! `/livez` and `/readyz` are etcd's Kubernetes-style probes ([`run_probe`]). A
 //! path nobody serves gets [`not_found`]: 404 for HTTP, as etcd's mux and
 //! gateway answer, so a probe of a path the member lacks fails.
 
@@ -72,16 +72,7 @@ pub async fn not_found(request: axum::extract::Request) -> axum::response::Respo
 
 fn metrics_routes(router: Router, core: Arc<Core>) -> Router {
     let health_core = core.clone();
-    let (live, ready) = (core.clone(), core.clone());
-    router
-        .route(
-            "/livez",
-            get(move |q: Query<Vec<(String, String)>>| probe(live.clone(), Probe::Live, q.0)),
-        )
-        .route(
-            "/readyz",
-            get(move |q: Query<Vec<(String, String)>>| probe(ready.clone(), Probe::Ready, q.0)),
-        )
+    probe_routes(router, &core)
         .route(
             "/health",
             get(move |q: Query<HashMap<String, String>>| health(health_core.clone(), q.0)),
@@ -152,47 +143,75 @@ async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
 /// points its liveness and readiness probes at them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
-    /// `/livez`: the member serves (a serializable read).
+    /// `/livez`: the member serves a serializable read.
     Live,
-    /// `/readyz`: no CORRUPT alarm, and linearizable reads go through Raft.
+    /// `/readyz`: no CORRUPT alarm, reads go through, linearizable ones
+    /// through Raft, and the member is a voter.
     Ready,
 }
 
 impl Probe {
-    fn name(self) -> &'static str {
-        match self {
-            Probe::Live => "livez",
-            Probe::Ready => "readyz",
-        }
-    }
-
     fn checks(self) -> &'static [&'static str] {
         match self {
             Probe::Live => &["serializable_read"],
-            Probe::Ready => &["data_corruption", "serializable_read", "linearizable_read"],
+            Probe::Ready => &[
+                "data_corruption",
+                "serializable_read",
+                "linearizable_read",
+                "non_learner",
+            ],
         }
     }
 }
 
-/// Runs `probe`'s checks, as etcd reports them: `ok` when all pass; with
-/// `?verbose`, a `[+]check ok` line each and `<probe> check passed`; when one
-/// fails, 503 with a line per check (`[-]check failed: why`) and `<probe>
-/// check failed`. `?exclude=check` (repeatable) skips a check.
-async fn probe(core: Arc<Core>, probe: Probe, query: Vec<(String, String)>) -> Answer {
-    let text = [("content-type", "text/plain; charset=utf-8")];
-    let verbose = query.iter().any(|(k, _)| k == "verbose");
-    let excluded = |check: &str| query.iter().any(|(k, v)| k == "exclude" && v == check);
+/// Adds `/livez` and `/readyz`, and a path per check (`/readyz/linearizable_read`).
+fn probe_routes(mut router: Router, core: &Arc<Core>) -> Router {
+    for (probe, root) in [(Probe::Live, "/livez"), (Probe::Ready, "/readyz")] {
+        let all = core.clone();
+        router = router.route(
+            root,
+            get(move |q: Query<Vec<(String, String)>>| {
+                let all = all.clone();
+                async move {
+                    let excluded =
+                        |check: &&str| q.0.iter().any(|(k, v)| k == "exclude" && v == check);
+                    let checks = probe.checks().iter().filter(|c| !excluded(c)).copied();
+                    run_probe(&all, checks, &q.0).await
+                }
+            }),
+        );
+        for &check in probe.checks() {
+            let one = core.clone();
+            router = router.route(
+                &format!("{root}/{check}"),
+                get(move |q: Query<Vec<(String, String)>>| async move {
+                    run_probe(&one, [check].into_iter(), &q.0).await
+                }),
+            );
+        }
+    }
+    router
+}
+
+/// Runs `checks` and answers as etcd does: `ok` when all pass (after a
+/// `[+]check ok` line each with `?verbose`); when one fails, 503 with a line
+/// per check, `[-]check failed: why` for the failed ones.
+async fn run_probe(
+    core: &Core,
+    checks: impl Iterator<Item = &'static str>,
+    query: &[(String, String)],
+) -> (StatusCode, [(&'static str, &'static str); 2], String) {
+    let headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("x-content-type-options", "nosniff"),
+    ];
     if core.raft.status().paused {
         core.unpaused().await;
     }
     let mut lines = String::new();
     let mut failed = false;
-    for &check in probe.checks() {
-        if excluded(check) {
-            lines.push_str(&format!("[+]{check} excluded: ok\n"));
-            continue;
-        }
-        match run_check(&core, check).await {
+    for check in checks {
+        match run_check(core, check).await {
             Ok(()) => lines.push_str(&format!("[+]{check} ok\n")),
             Err(why) => {
                 failed = true;
@@ -200,19 +219,19 @@ async fn probe(core: Arc<Core>, probe: Probe, query: Vec<(String, String)>) -> A
             }
         }
     }
-    let name = probe.name();
     if failed {
-        lines.push_str(&format!("{name} check failed\n"));
-        (StatusCode::SERVICE_UNAVAILABLE, text, lines)
-    } else if verbose {
-        lines.push_str(&format!("{name} check passed\n"));
-        (StatusCode::OK, text, lines)
-    } else {
-        (StatusCode::OK, text, "ok".to_owned())
+        // Go's http.Error ends the text with one more newline.
+        lines.push('\n');
+        return (StatusCode::SERVICE_UNAVAILABLE, headers, lines);
     }
+    if !query.iter().any(|(k, _)| k == "verbose") {
+        lines.clear();
+    }
+    lines.push_str("ok\n");
+    (StatusCode::OK, headers, lines)
 }
 
-/// One check of [`probe`].
+/// One check of [`run_probe`], with etcd's reasons.
 async fn run_check(core: &Core, check: &str) -> Result<(), String> {
     match check {
         "data_corruption" => {
@@ -220,20 +239,35 @@ async fn run_check(core: &Core, check: &str) -> Result<(), String> {
                 .alarms
                 .lock()
                 .is_ok_and(|alarms| alarms.iter().any(|a| a.alarm == AlarmType::Corrupt as i32));
-            if corrupt {
-                return Err("data corruption alarm is active".to_owned());
+            match corrupt {
+                true => Err("alarm activated: CORRUPT".to_owned()),
+                false => Ok(()),
             }
-            Ok(())
+        }
+        "serializable_read" => {
+            let opts = crate::mvcc::RangeOptions {
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            };
+            core.store
+                .read()
+                .and_then(|view| view.range(&[0], &[0], &opts))
+                .map(drop)
+                .map_err(|e| super::errors::from_mvcc(e).message().to_owned())
         }
         "linearizable_read" => {
             if core.raft.status().leader_id == 0 {
-                return Err(crate::api::errors::no_leader().message().to_owned());
+                return Err(super::errors::no_leader().message().to_owned());
             }
             core.read_barrier()
                 .await
                 .map_err(|e| e.message().to_owned())
         }
-        // A serializable read needs nothing but this member's own store.
+        "non_learner" => match core.is_learner() {
+            true => Err("not supported for learner".to_owned()),
+            false => Ok(()),
+        },
         _ => Ok(()),
     }
 }

@@ -366,9 +366,9 @@ pub fn help_text() -> String {
     );
     text.push_str("  --version\n      Print the version and exit.\n");
     text.push_str(
-        "\nOther etcd flags are accepted and ignored with a warning, except --discovery,\n\
-         --discovery-srv and --force-new-cluster, which are refused: without them a member\n\
-         would form another cluster than the one asked for.\n",
+        "\nOther etcd flags are accepted and ignored with a warning, except --discovery and\n\
+         --discovery-srv (without them each member would bootstrap a cluster of its own)\n\
+         and --force-new-cluster (restore a snapshot instead), which are refused.\n",
     );
     text
 }

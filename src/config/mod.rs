@@ -191,7 +191,8 @@ pub struct MemberConfig {
     pub log_outputs: Vec<String>,
     /// `--log-format`.
     pub log_format: LogFormat,
-    /// `--listen-metrics-urls`: extra listeners serving `/metrics` and `/health`.
+    /// `--listen-metrics-urls`: extra listeners serving `/metrics`, `/health`,
+    /// `/livez` and `/readyz`.
     pub listen_metrics_urls: Vec<EtcdUrl>,
     /// `--metrics extensive` (default `basic`): also time every gRPC call.
     pub extensive_metrics: bool,
@@ -272,8 +273,10 @@ impl MemberConfig {
         let mut given: BTreeSet<&'static str> = BTreeSet::new();
         let mut unknown_warnings = Vec::new();
         let mut ignored_warnings = Vec::new();
-        // The first flag that cannot be ignored (see `flags::refusal`).
-        let mut refused: Option<ConfigError> = None;
+        // Flags that cannot be ignored (see `flags::refusal`), each as its
+        // last occurrence sets it (`--force-new-cluster=false` after
+        // `--force-new-cluster` takes it back, as Go's last value wins).
+        let mut refused: Vec<(&str, ConfigError)> = Vec::new();
         let mut config_file = None;
         let mut version = false;
         for flags::RawFlag { name, value } in &raw {
@@ -302,10 +305,14 @@ impl MemberConfig {
                         bool_flag(name, value.as_deref())?;
                     }
                     let given = value.as_deref().unwrap_or("true");
+                    refused.retain(|(flag, _)| flag != name);
                     if let Some(reason) = flags::refusal(name, given) {
-                        refused.get_or_insert(ConfigError::Invalid(format!(
-                            "--{name} is not supported by localcluster: {reason}"
-                        )));
+                        refused.push((
+                            name,
+                            ConfigError::Invalid(format!(
+                                "--{name} is not supported by localcluster: {reason}"
+                            )),
+                        ));
                     }
                     ignored_warnings.push(format!(
                         "flag --{name} is not supported by localcluster; ignored"
@@ -348,7 +355,7 @@ impl MemberConfig {
             return Ok(config);
         }
         // Only now: a config file makes the flags moot, --version wins.
-        if let Some(refusal) = refused {
+        if let Some((_, refusal)) = refused.into_iter().next() {
             return Err(refusal);
         }
 

@@ -871,6 +871,7 @@ fn flags_that_choose_the_cluster_are_refused_not_ignored() {
     // Off, or empty, they change nothing and need no warning beyond the usual.
     for args in [
         &["--force-new-cluster=false"][..],
+        &["--force-new-cluster", "--force-new-cluster=false"],
         &["--discovery", ""],
         &["--discovery-srv="],
     ] {

@@ -414,7 +414,7 @@ impl Member {
                 cfg.max_concurrent_streams,
             )));
         }
-        // --listen-metrics-urls: /metrics and /health only.
+        // --listen-metrics-urls: /metrics, /health, /livez and /readyz only.
         let metrics_port =
             api::dispatch::Dispatch::http_only(api::http::metrics_router(core.clone()));
         for l in metrics_listeners {

@@ -510,6 +510,14 @@ impl Supervisor {
         let mut done = Vec::new();
         for i in targets {
             let (tx, rx) = oneshot::channel();
+            // A failed start under --exit-on-error begins the shutdown:
+            // nothing more is started or signalled by this request then.
+            if self.shutdown.is_some() {
+                let name = &self.procs[i].spec.name;
+                let _ = tx.send(Err(format!("{name}: called off by the shutdown")));
+                done.push(rx);
+                continue;
+            }
             match op {
                 C::Start | C::StartAll if self.procs[i].state == ProcState::Stopping => {
                     // Answered once it has exited and started again.

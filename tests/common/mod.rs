@@ -757,7 +757,8 @@ impl Cluster {
 /// A plain HTTP/1.1 GET; returns the status code and body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Above what a member may take for a read through Raft (`/readyz`).
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
