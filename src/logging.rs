@@ -6,7 +6,8 @@
 //! The JSON format is the shape of etcd's zap logger, one object per line:
 //! `{"level":"info","ts":"2024-01-02T03:04:05.678Z","caller":"member/lifecycle.rs:60","msg":"ready to serve client requests","name":"m1",...}`
 //! — `level`, `ts` (UTC, milliseconds), `caller` and `msg` first, then the
-//! event's fields in order. Log shippers configured for etcd read it as is.
+//! event's fields in order, their names in zap's kebab-case (`member-id`)
+//! and lists of URLs as arrays. Log shippers configured for etcd read it as is.
 //!
 //! Only the binary installs a subscriber (the library never does): an
 //! embedded cluster logs through whatever its host application set up.
@@ -181,7 +182,9 @@ impl Fields {
                 other => other.to_string(),
             });
         } else {
-            self.rest.push((field.name().to_owned(), value));
+            // zap's keys are kebab-case (`local-member-id`), tracing's
+            // snake_case identifiers.
+            self.rest.push((field.name().replace('_', "-"), value));
         }
     }
 }
@@ -203,7 +206,13 @@ impl Visit for Fields {
         self.put(field, value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, format!("{value:?}").into());
+        let text = format!("{value:?}");
+        // A list of strings debug-prints as a JSON array: zap writes one.
+        let value = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(array @ serde_json::Value::Array(_)) => array,
+            _ => text.into(),
+        };
+        self.put(field, value);
     }
 }
 
@@ -242,7 +251,8 @@ mod tests {
             .event_format(ZapJson)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(name = %"m1", applied_index = 7u64, ok = true, "ready to serve client requests");
+            let urls = vec!["http://127.0.0.1:2379".to_owned()];
+            tracing::info!(name = %"m1", applied_index = 7u64, ok = true, client_urls = ?urls, "ready to serve client requests");
             tracing::warn!("a \"quoted\" warning");
         });
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
@@ -256,7 +266,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(v["msg"], "ready to serve client requests");
         assert_eq!(v["name"], "m1");
-        assert_eq!(v["applied_index"], 7);
+        assert_eq!(v["applied-index"], 7);
+        assert_eq!(
+            v["client-urls"],
+            serde_json::json!(["http://127.0.0.1:2379"])
+        );
         assert_eq!(v["ok"], true);
         assert!(v["caller"].as_str().unwrap().starts_with("src/logging.rs:"));
         let ts = v["ts"].as_str().unwrap();

@@ -231,6 +231,11 @@ fn json_logs_go_to_every_log_output_in_zaps_shape() {
         .unwrap_or_else(|| panic!("no ready line in {text}"));
     assert_eq!(ready["level"], "info");
     assert_eq!(ready["name"], "m0");
+    // zap's shape: kebab-case keys, URLs as an array.
+    assert_eq!(
+        ready["client-urls"],
+        serde_json::json!([c.members[0].client_url()])
+    );
     assert!(ready["ts"].as_str().unwrap().ends_with('Z'));
     assert!(ready["caller"].as_str().unwrap().contains(".rs:"));
     // stderr (the harness's log) got the same lines.
