@@ -55,6 +55,12 @@ pub struct Metrics {
     pub db_total_size_debugging: IntGauge,
     /// `etcd_mvcc_db_total_size_in_use_in_bytes`.
     pub db_total_size_in_use: IntGauge,
+    /// `etcd_debugging_mvcc_current_revision`: the store's revision.
+    pub current_revision: IntGauge,
+    /// `etcd_debugging_mvcc_compact_revision`: the last compaction's revision.
+    pub compact_revision: IntGauge,
+    /// `etcd_cluster_version{cluster_version="3.5"} 1`, once it is decided.
+    cluster_version: IntGaugeVec,
     /// `etcd_network_client_grpc_received_bytes_total`.
     pub client_grpc_received: IntCounter,
     /// `etcd_network_client_grpc_sent_bytes_total`.
@@ -235,6 +241,22 @@ impl Metrics {
         } else {
             None
         };
+        let current_revision = gauge(
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of the store.",
+        )?;
+        let compact_revision = gauge(
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction of the store.",
+        )?;
+        let cluster_version = IntGaugeVec::new(
+            Opts::new(
+                "etcd_cluster_version",
+                "1, labelled with the cluster's version (major.minor).",
+            ),
+            &["cluster_version"],
+        )?;
+        registry.register(Box::new(cluster_version.clone()))?;
         let version = IntGaugeVec::new(
             Opts::new(
                 "etcd_server_version",
@@ -265,6 +287,9 @@ impl Metrics {
             db_total_size,
             db_total_size_debugging,
             db_total_size_in_use,
+            current_revision,
+            compact_revision,
+            cluster_version,
             client_grpc_received,
             client_grpc_sent,
             wal_fsync,
@@ -285,6 +310,18 @@ impl Metrics {
             .set(1);
         self.quota_backend_bytes
             .set(i64::try_from(quota_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Records the cluster version (`3.5.0` is labelled `3.5`), as etcd does
+    /// once its leader decided it; empty while undecided.
+    pub fn set_cluster_version(&self, version: &str) {
+        let major_minor: Vec<&str> = version.split('.').take(2).collect();
+        if major_minor.len() == 2 {
+            self.cluster_version.reset();
+            self.cluster_version
+                .with_label_values(&[&major_minor.join(".")])
+                .set(1);
+        }
     }
 
     /// Everything in Prometheus' text format.

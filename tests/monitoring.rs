@@ -32,6 +32,12 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
     );
     c.etcdctl(&["put", "k", "v"]).ok();
     c.etcdctl(&["get", "k"]).ok();
+    // Once the leader decided it, as in etcd.
+    let version = r#"etcd_cluster_version{cluster_version="3.5"}"#;
+    eventually(Duration::from_secs(20), "etcd_cluster_version", || {
+        let (_, text) = curl(&[&format!("{}/metrics", c.members[0].client_url())]);
+        (metric_value(&text, version) == Some(1.0)).then_some(())
+    });
 
     for base in [c.members[0].client_url(), metrics_url] {
         let (code, text) = curl(&[&format!("{base}/metrics")]);
@@ -53,6 +59,11 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
         assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
         assert!(metric_value(&text, "etcd_debugging_mvcc_db_total_size_in_bytes").unwrap() > 0.0);
         assert_eq!(metric_value(&text, "etcd_server_is_learner"), Some(0.0));
+        assert!(metric_value(&text, "etcd_debugging_mvcc_current_revision").unwrap() >= 2.0);
+        assert_eq!(
+            metric_value(&text, "etcd_debugging_mvcc_compact_revision"),
+            Some(0.0)
+        );
         let id = format!(r#"etcd_server_id{{server_id="{:x}"}}"#, c.members[0].id());
         assert_eq!(metric_value(&text, &id), Some(1.0), "{text}");
         assert!(

@@ -286,6 +286,11 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     m.db_total_size_debugging.set(size);
     let in_use = core.db_size_in_use().await;
     m.db_total_size_in_use.set(in_use.min(size));
+    m.current_revision.set(core.store.current_revision());
+    // etcd's gauge stays 0 until a first compaction.
+    m.compact_revision.set(core.store.compact_revision().max(0));
+    let cluster_version = core.membership.borrow().cluster_version.clone();
+    m.set_cluster_version(&cluster_version);
     ([("content-type", crate::metrics::CONTENT_TYPE)], m.encode())
 }
 
