@@ -106,6 +106,12 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let labelled =
+            |name: &str, help: &str, label: &str| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
             let h = Histogram::with_opts(
                 HistogramOpts::new(name, help).buckets(exponential_buckets(0.001, 2.0, 14)?),
@@ -134,14 +140,11 @@ impl Metrics {
             "etcd_server_quota_backend_bytes",
             "The backend quota in bytes (--quota-backend-bytes).",
         )?;
-        let server_id = IntGaugeVec::new(
-            Opts::new(
-                "etcd_server_id",
-                "1, labelled with this member's ID in hex.",
-            ),
-            &["server_id"],
+        let server_id = labelled(
+            "etcd_server_id",
+            "1, labelled with this member's ID in hex.",
+            "server_id",
         )?;
-        registry.register(Box::new(server_id.clone()))?;
         let leader_changes = counter(
             "etcd_server_leader_changes_seen_total",
             "New leaders this member has seen.",
@@ -249,23 +252,18 @@ impl Metrics {
             "etcd_debugging_mvcc_compact_revision",
             "The revision of the last compaction of the store.",
         )?;
-        let cluster_version = IntGaugeVec::new(
-            Opts::new(
-                "etcd_cluster_version",
-                "1, labelled with the cluster's version (major.minor).",
-            ),
-            &["cluster_version"],
+        let cluster_version = labelled(
+            "etcd_cluster_version",
+            "1, labelled with the cluster's version (major.minor).",
+            "cluster_version",
         )?;
-        registry.register(Box::new(cluster_version.clone()))?;
-        let version = IntGaugeVec::new(
-            Opts::new(
-                "etcd_server_version",
-                "1, labelled with the API version this member serves.",
-            ),
-            &["server_version"],
-        )?;
-        version.with_label_values(&[server_version]).set(1);
-        registry.register(Box::new(version))?;
+        labelled(
+            "etcd_server_version",
+            "1, labelled with the API version this member serves.",
+            "server_version",
+        )?
+        .with_label_values(&[server_version])
+        .set(1);
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

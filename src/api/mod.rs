@@ -225,7 +225,8 @@ impl Core {
     /// For the member's own proposals (lease expiry, alarms, recipes); client
     /// writes go through [`Core::propose_as`].
     pub async fn propose(&self, op: Op) -> Result<(Applied, i64), Status> {
-        self.propose_with(op, None).await
+        self.propose_request(op, None, Some(self.limits.max_request_bytes))
+            .await
     }
 
     /// Proposes a record of the cluster itself: a member's published name and
@@ -247,15 +248,7 @@ impl Core {
             user: caller.user.clone(),
             revision: caller.revision,
         };
-        self.propose_with(op, Some(info)).await
-    }
-
-    async fn propose_with(
-        &self,
-        op: Op,
-        auth_info: Option<crate::pb::lcraftpb::AuthInfo>,
-    ) -> Result<(Applied, i64), Status> {
-        self.propose_request(op, auth_info, Some(self.limits.max_request_bytes))
+        self.propose_request(op, Some(info), Some(self.limits.max_request_bytes))
             .await
     }
 

@@ -588,13 +588,19 @@ fn config_file_values_are_validated() {
     );
 }
 
-#[test]
-fn bad_config_file_names_file_and_line() {
-    let file = yaml_file("name: a\nelection-timeout: soon\n");
+/// The path of a config file holding `contents`, and the error it gives.
+fn config_file_error(contents: &str) -> (String, String) {
+    let file = yaml_file(contents);
     let path = file.path().to_str().unwrap().to_owned();
     let err = MemberConfig::from_args(["--config-file", &path], &no_env())
         .unwrap_err()
         .to_string();
+    (path, err)
+}
+
+#[test]
+fn bad_config_file_names_file_and_line() {
+    let (path, err) = config_file_error("name: a\nelection-timeout: soon\n");
     assert!(
         err.starts_with(&format!("invalid config file {path}: election-timeout: ")),
         "{err}"
@@ -604,21 +610,14 @@ fn bad_config_file_names_file_and_line() {
 
 #[test]
 fn a_key_given_twice_in_a_config_file_names_both_lines() {
-    let file = yaml_file("name: c9\n# the real one:\ndata-dir: /tmp/x\n\"name\": c1\n");
-    let path = file.path().to_str().unwrap().to_owned();
-    let err = MemberConfig::from_args(["--config-file", &path], &no_env())
-        .unwrap_err()
-        .to_string();
+    let (path, err) =
+        config_file_error("name: c9\n# the real one:\ndata-dir: /tmp/x\n\"name\": c1\n");
     assert_eq!(
         err,
         format!("invalid config file {path}: line 4: key \"name\" given again (first at line 1)")
     );
     // As etcd's sample file does, starting with a comment.
-    let file = yaml_file("# etcd.conf.yml\n\nname: c9\nname: c1\n");
-    let path = file.path().to_str().unwrap().to_owned();
-    let err = MemberConfig::from_args(["--config-file", &path], &no_env())
-        .unwrap_err()
-        .to_string();
+    let (path, err) = config_file_error("# etcd.conf.yml\n\nname: c9\nname: c1\n");
     assert_eq!(
         err,
         format!("invalid config file {path}: line 4: key \"name\" given again (first at line 3)")

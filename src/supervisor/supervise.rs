@@ -328,10 +328,7 @@ impl Supervisor {
         let started = if restart {
             self.spawn(ev.proc).await
         } else {
-            Err(format!(
-                "{}: called off by the shutdown",
-                self.procs[ev.proc].spec.name
-            ))
+            Err(self.called_off(ev.proc, "the shutdown"))
         };
         for w in start_waiters {
             let _ = w.send(started.clone());
@@ -513,8 +510,7 @@ impl Supervisor {
             // A failed start under --exit-on-error begins the shutdown:
             // nothing more is started or signalled by this request then.
             if self.shutdown.is_some() {
-                let name = &self.procs[i].spec.name;
-                let _ = tx.send(Err(format!("{name}: called off by the shutdown")));
+                let _ = tx.send(Err(self.called_off(i, "the shutdown")));
                 done.push(rx);
                 continue;
             }
@@ -583,15 +579,17 @@ impl Supervisor {
     /// still waiting for its previous run to end: that one is answered, at
     /// once, with an error saying so.
     fn call_off_start(&mut self, i: usize, op: RunCommand) {
+        let why = self.called_off(i, &format!("a later {}", super::control::op_name(op)));
         let p = &mut self.procs[i];
         p.restart_pending = false;
         for w in p.start_waiters.drain(..) {
-            let _ = w.send(Err(format!(
-                "{}: called off by a later {}",
-                p.spec.name,
-                super::control::op_name(op)
-            )));
+            let _ = w.send(Err(why.clone()));
         }
+    }
+
+    /// Why a start of process `i` did not happen: `by` called it off.
+    fn called_off(&self, i: usize, by: &str) -> String {
+        format!("{}: called off by {by}", self.procs[i].spec.name)
     }
 
     /// Whether `op` makes sense for process `i` in its current state.
