@@ -13,6 +13,8 @@
 //! Served as Prometheus' text format (version 0.0.4) on `GET /metrics` of the
 //! client URLs and of `--listen-metrics-urls`.
 
+use crate::mvcc::{OpCounters, StoreMetrics};
+
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -59,6 +61,12 @@ pub struct Metrics {
     pub current_revision: IntGauge,
     /// `etcd_debugging_mvcc_compact_revision`: the last compaction's revision.
     pub compact_revision: IntGauge,
+    /// `etcd_debugging_mvcc_keys_total`: how many keys exist.
+    pub keys_total: IntGauge,
+    /// `etcd_mvcc_range_total`, `etcd_mvcc_put_total`,
+    /// `etcd_mvcc_delete_total` and `etcd_mvcc_txn_total`, counted by the
+    /// store (see [`OpCounters`]).
+    pub mvcc_ops: OpCounters,
     /// `etcd_cluster_version{cluster_version="3.5"} 1`, once it is decided.
     cluster_version: IntGaugeVec,
     /// `etcd_network_client_grpc_received_bytes_total`.
@@ -252,6 +260,25 @@ impl Metrics {
             "etcd_debugging_mvcc_compact_revision",
             "The revision of the last compaction of the store.",
         )?;
+        let keys_total = gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.")?;
+        let mvcc_ops = OpCounters {
+            ranges: counter(
+                "etcd_mvcc_range_total",
+                "Total number of ranges seen by this member.",
+            )?,
+            puts: counter(
+                "etcd_mvcc_put_total",
+                "Total number of puts seen by this member.",
+            )?,
+            deletes: counter(
+                "etcd_mvcc_delete_total",
+                "Total number of deletes seen by this member.",
+            )?,
+            txns: counter(
+                "etcd_mvcc_txn_total",
+                "Total number of txns seen by this member.",
+            )?,
+        };
         let cluster_version = labelled(
             "etcd_cluster_version",
             "1, labelled with the cluster's version (major.minor).",
@@ -287,6 +314,8 @@ impl Metrics {
             db_total_size_in_use,
             current_revision,
             compact_revision,
+            keys_total,
+            mvcc_ops,
             cluster_version,
             client_grpc_received,
             client_grpc_sent,
@@ -299,6 +328,14 @@ impl Metrics {
             grpc_handled,
             grpc_handling,
         })
+    }
+
+    /// What the MVCC store records: its commits' durations and its counts.
+    pub fn store_metrics(&self) -> StoreMetrics {
+        StoreMetrics {
+            commit_seconds: Some(self.backend_commit.clone()),
+            ops: Some(self.mvcc_ops.clone()),
+        }
     }
 
     /// Records who this member is and its quota, once known.

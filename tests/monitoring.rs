@@ -64,6 +64,15 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
             metric_value(&text, "etcd_debugging_mvcc_compact_revision"),
             Some(0.0)
         );
+        // One key; the put and the get counted, as etcd's store counts them.
+        assert_eq!(
+            metric_value(&text, "etcd_debugging_mvcc_keys_total"),
+            Some(1.0)
+        );
+        assert!(metric_value(&text, "etcd_mvcc_put_total").unwrap() >= 1.0);
+        assert!(metric_value(&text, "etcd_mvcc_range_total").unwrap() >= 1.0);
+        assert_eq!(metric_value(&text, "etcd_mvcc_delete_total"), Some(0.0));
+        assert_eq!(metric_value(&text, "etcd_mvcc_txn_total"), Some(0.0));
         let id = format!(r#"etcd_server_id{{server_id="{:x}"}}"#, c.members[0].id());
         assert_eq!(metric_value(&text, &id), Some(1.0), "{text}");
         assert!(

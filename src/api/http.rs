@@ -289,6 +289,8 @@ async fn metrics(core: Arc<Core>) -> ([(&'static str, &'static str); 1], String)
     m.current_revision.set(core.store.current_revision());
     // etcd's gauge stays 0 until a first compaction.
     m.compact_revision.set(core.store.compact_revision().max(0));
+    m.keys_total
+        .set(i64::try_from(core.store.live_keys()).unwrap_or(i64::MAX));
     let cluster_version = core.membership.borrow().cluster_version.clone();
     m.set_cluster_version(&cluster_version);
     ([("content-type", crate::metrics::CONTENT_TYPE)], m.encode())

@@ -56,6 +56,7 @@ impl Kv for KvService {
             self.core.unpaused().await;
         }
         let view = self.core.store.read().map_err(errors::from_mvcc)?;
+        self.core.metrics.mvcc_ops.ranges.inc();
         let result = view
             .range(&req.key, &req.range_end, &range_options(&req))
             .map_err(errors::from_mvcc)?;

@@ -184,7 +184,7 @@ impl Member {
                 no_fsync: cfg.unsafe_no_fsync,
                 fsync_seconds: None,
             },
-            Some(metrics.backend_commit.clone()),
+            metrics.store_metrics(),
         )?);
         files.check_identity(storage.identity()?.is_some())?;
         let waiters = Arc::new(Waiters::default());

@@ -91,6 +91,8 @@ pub(crate) struct KeyIndex {
     keys: BTreeMap<Key, Vec<Change>>,
     /// The revision of the last compaction applied (-1 if none).
     compacted: i64,
+    /// How many keys exist now: those whose newest change is a put.
+    live: usize,
     /// Bumped when a snapshot replaces the whole store (or changes readers
     /// saw are taken back), so read views opened before can tell that the
     /// index no longer matches their snapshot.
@@ -103,6 +105,7 @@ impl KeyIndex {
         KeyIndex {
             keys: BTreeMap::new(),
             compacted,
+            live: 0,
             epoch: 0,
         }
     }
@@ -151,6 +154,12 @@ impl KeyIndex {
         self.epoch = epoch;
     }
 
+    /// How many keys exist at the newest revision the index holds (etcd's
+    /// `etcd_debugging_mvcc_keys_total`).
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
     /// Number of keys with any history (tests).
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -166,14 +175,22 @@ impl KeyIndex {
     /// Appends `change` to the history of `key`; its revision must be past
     /// every revision the index holds.
     pub fn record(&mut self, key: &[u8], change: Change) {
-        match self.keys.get_mut(key) {
+        let was_live = match self.keys.get_mut(key) {
             Some(history) => {
                 debug_assert!(history.last().is_none_or(|c| c.rev < change.rev));
+                let was_live = is_live(history);
                 history.push(change);
+                was_live
             }
             None => {
                 self.keys.insert(Key::from_slice(key), vec![change]);
+                false
             }
+        };
+        match (was_live, change.tombstone) {
+            (false, false) => self.live += 1,
+            (true, true) => self.live -= 1,
+            _ => {}
         }
     }
 
@@ -196,20 +213,25 @@ impl KeyIndex {
                 lease: lease.unwrap_or(0),
             },
         };
-        match self.keys.get_mut(key) {
+        let (meta, was_live) = match self.keys.get_mut(key) {
             Some(history) => {
                 debug_assert!(history.last().is_none_or(|c| c.rev < rev));
+                let was_live = is_live(history);
                 let meta = carry(history.last());
                 history.push(Change::put(rev, meta));
-                meta
+                (meta, was_live)
             }
             None => {
                 let meta = carry(None);
                 self.keys
                     .insert(Key::from_slice(key), vec![Change::put(rev, meta)]);
-                meta
+                (meta, false)
             }
+        };
+        if !was_live {
+            self.live += 1;
         }
+        meta
     }
 
     /// The newest change of `key` at or below `upper`.
@@ -294,12 +316,22 @@ impl KeyIndex {
         if seen {
             self.epoch += 1;
         }
+        let mut live = 0;
         self.keys.retain(|_, history| {
             let keep = history.partition_point(|c| c.rev.main <= current);
             history.truncate(keep);
+            live += usize::from(is_live(history));
             !history.is_empty()
         });
+        self.live = live;
     }
+}
+
+/// Whether a history's key exists now (its newest change is a put). A
+/// compaction never changes that: it keeps a key's newest put, and removes a
+/// delete only with everything before it.
+fn is_live(history: &[Change]) -> bool {
+    history.last().is_some_and(|c| !c.tombstone)
 }
 
 /// How many of the oldest changes of a sorted history a compaction at

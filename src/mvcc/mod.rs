@@ -59,7 +59,7 @@ mod tests;
 pub use error::{MvccError, Result};
 pub use key_range::KeyRange;
 pub use revision::Revision;
-pub use store::{Batch, ReadView, RevTxn, Store, Writer};
+pub use store::{Batch, OpCounters, ReadView, RevTxn, Store, StoreMetrics, Writer};
 pub use types::{
     Event, EventKind, HashKv, KeyValue, RangeOptions, RangeResult, SortOrder, SortTarget,
 };

@@ -96,6 +96,47 @@ const INITIAL_REVISION: i64 = 1;
 /// Compacted revision of a never-compacted store, as etcd.
 const NO_COMPACTION: i64 = -1;
 
+/// The store's figures, under etcd's metric names, for whoever collects them.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// Observes the duration of batch commits
+    /// (`etcd_disk_backend_commit_duration_seconds`).
+    pub commit_seconds: Option<prometheus::Histogram>,
+    /// Counts what revision transactions do.
+    pub ops: Option<OpCounters>,
+}
+
+/// etcd's `etcd_mvcc_{range,put,delete,txn}_total`, counted as etcd counts
+/// them: every range (a compare of a txn included), put and delete-range of
+/// a revision transaction, on every member that applies it; and as a txn,
+/// every revision transaction that did more than one of those. Added when a
+/// batch commits.
+#[derive(Debug, Clone)]
+pub struct OpCounters {
+    pub ranges: prometheus::IntCounter,
+    pub puts: prometheus::IntCounter,
+    pub deletes: prometheus::IntCounter,
+    pub txns: prometheus::IntCounter,
+}
+
+/// What the revision transactions of one batch did (see [`OpCounters`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct OpCounts {
+    ranges: u64,
+    puts: u64,
+    deletes: u64,
+    txns: u64,
+}
+
+impl OpCounters {
+    fn add(&self, n: &OpCounts) {
+        self.ranges.inc_by(n.ranges);
+        self.puts.inc_by(n.puts);
+        self.deletes.inc_by(n.deletes);
+        self.txns.inc_by(n.txns);
+    }
+}
+
 /// The MVCC key-value store. `Send + Sync`; share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -120,6 +161,8 @@ pub struct Store {
     file_size: AtomicU64,
     /// Observes the duration of batch commits (etcd's backend commit metric).
     commit_seconds: Option<prometheus::Histogram>,
+    /// Counts what revision transactions do (etcd's `etcd_mvcc_*_total`).
+    op_counters: Option<OpCounters>,
     /// Every key's history, in memory (see [`super::index`]).
     index: Arc<RwLock<KeyIndex>>,
 }
@@ -201,6 +244,8 @@ struct BatchState {
     /// Whether revision transactions collect the events of their changes
     /// (see [`Batch::set_events`]).
     events: bool,
+    /// What the batch's revision transactions did.
+    ops: OpCounts,
 }
 
 fn read_index(index: &RwLock<KeyIndex>) -> RwLockReadGuard<'_, KeyIndex> {
@@ -432,6 +477,24 @@ pub struct RevTxn<'w, 't> {
     /// Number of changes so far (the next sub-revision).
     changes: i64,
     events: Vec<Event>,
+    /// Ranges so far (a `Cell`: reads take `&self`), puts and delete-ranges.
+    ranges: std::cell::Cell<u64>,
+    puts: u64,
+    deletes: u64,
+}
+
+impl Drop for RevTxn<'_, '_> {
+    /// Counts what the transaction did into its batch (see [`OpCounters`]).
+    fn drop(&mut self) {
+        let ops = &mut self.state.ops;
+        let (ranges, puts, deletes) = (self.ranges.get(), self.puts, self.deletes);
+        ops.ranges += ranges;
+        ops.puts += puts;
+        ops.deletes += deletes;
+        if ranges + puts + deletes > 1 {
+            ops.txns += 1;
+        }
+    }
 }
 
 /// A consistent read snapshot of the last committed batch.
@@ -477,15 +540,19 @@ fn read_state<T: ReadableTable<Bytes, Bytes>>(table: &T) -> Result<(i64, i64)> {
 impl Store {
     /// Opens the store at `path`, creating the file and its tables if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        Self::open_with(path, &crate::disk::DiskOptions::default(), None)
+        Self::open_with(
+            path,
+            &crate::disk::DiskOptions::default(),
+            StoreMetrics::default(),
+        )
     }
 
-    /// [`Store::open`] with fsyncs skipped as `disk` says, and the duration of
-    /// every batch commit observed by `commit_seconds`.
+    /// [`Store::open`] with fsyncs skipped as `disk` says, and its figures
+    /// recorded in `metrics`.
     pub fn open_with(
         path: impl AsRef<Path>,
         disk: &crate::disk::DiskOptions,
-        commit_seconds: Option<prometheus::Histogram>,
+        metrics: StoreMetrics,
     ) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let db = crate::disk::open(&path, disk)?;
@@ -516,7 +583,8 @@ impl Store {
             failed: std::sync::OnceLock::new(),
             size_in_use: Mutex::new(None),
             file_size: AtomicU64::new(std::fs::metadata(&path)?.len()),
-            commit_seconds,
+            commit_seconds: metrics.commit_seconds,
+            op_counters: metrics.ops,
             index: Arc::new(RwLock::new(index)),
         })
     }
@@ -663,6 +731,7 @@ impl Store {
                 dirty: false,
                 written: Records::default(),
                 events: true,
+                ops: OpCounts::default(),
             },
             claim,
         })
@@ -713,6 +782,11 @@ impl Store {
         let view = self.read();
         drop(claim);
         view
+    }
+
+    /// How many keys exist, as of the last batch (pending or committed).
+    pub fn live_keys(&self) -> usize {
+        read_index(&self.index).live()
     }
 
     /// Number of keys the in-memory index holds (live or with history).
@@ -983,6 +1057,9 @@ impl Batch<'_> {
         let result = self.write_records().and_then(|()| self.write_state());
         self.state.poison_on_err(result)?;
         let store = self.store;
+        if let Some(counters) = &store.op_counters {
+            counters.add(&self.state.ops);
+        }
         let (current, compact) = (self.state.current, self.state.compact);
         // The compaction reaches the index first: a reader pairing the index
         // with the snapshot from before answers `Compacted` below the new
@@ -1127,6 +1204,9 @@ impl<'w, 't> RevTxn<'w, 't> {
             begin,
             changes: 0,
             events: Vec::new(),
+            ranges: std::cell::Cell::new(0),
+            puts: 0,
+            deletes: 0,
         }
     }
 
@@ -1154,6 +1234,7 @@ impl<'w, 't> RevTxn<'w, 't> {
 
     /// A range over everything written so far (see [`ReadView::range`]).
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+        self.ranges.set(self.ranges.get() + 1);
         self.view()?.range(key, range_end, opts)
     }
 
@@ -1197,6 +1278,7 @@ impl<'w, 't> RevTxn<'w, 't> {
         ignore_lease: bool,
         return_prev: bool,
     ) -> Result<Option<KeyValue>> {
+        self.puts += 1;
         // The index knows what the new key-value carries on from the old one
         // (`record_put`); the old record is read only when the caller wants
         // it back or keeps its value, and the key looked up first only when
@@ -1287,6 +1369,7 @@ impl<'w, 't> RevTxn<'w, 't> {
         range_end: &[u8],
         mut deleted: Option<&mut Vec<KeyValue>>,
     ) -> Result<usize> {
+        self.deletes += 1;
         let range = KeyRange::new(key, range_end);
         if range.is_empty() {
             return Ok(0);
@@ -1370,8 +1453,8 @@ impl<'w, 't> RevTxn<'w, 't> {
     /// Ends the transaction: its revision (unchanged if it changed nothing) and
     /// the events of its changes, in order (none if the batch does not
     /// collect events, see [`Batch::set_events`]).
-    pub fn end(self) -> (i64, Vec<Event>) {
-        (self.revision(), self.events)
+    pub fn end(mut self) -> (i64, Vec<Event>) {
+        (self.revision(), std::mem::take(&mut self.events))
     }
 }
 

@@ -878,6 +878,14 @@ impl Model {
             .and_then(|(_, kv)| kv.as_ref())
     }
 
+    /// How many keys exist at the newest revision.
+    fn live(&self) -> usize {
+        self.history
+            .keys()
+            .filter(|k| self.at(k, self.current).is_some())
+            .count()
+    }
+
     fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
         if end.is_empty() {
             key == start
@@ -1327,6 +1335,8 @@ fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
             }
         }
         apply_to_twin(&twin, step, compact_target);
+        // The count includes the open batch, as the index does.
+        prop_assert_eq!(store.live_keys(), model.live(), "live keys");
 
         let view = store.read().unwrap();
         prop_assert_eq!(view.current_revision(), committed.current);
@@ -1393,10 +1403,12 @@ fn run_script(steps: &[Step]) -> std::result::Result<(), TestCaseError> {
     prop_assert_eq!(restored.read().unwrap().hash().unwrap(), hash);
     prop_assert_eq!(restored.read().unwrap().hash_kv(0).unwrap(), hash_kv);
     prop_assert_eq!(restored.current_revision(), model.current);
+    prop_assert_eq!(restored.live_keys(), model.live());
 
     // Reopen: identical, and every revision still reads like the model.
     drop(store);
     let store = Store::open(&path).unwrap();
+    prop_assert_eq!(store.live_keys(), model.live());
     let view = store.read().unwrap();
     prop_assert_eq!(view.hash().unwrap(), hash);
     for rev in model.compact.max(1)..=model.current {
@@ -2086,4 +2098,76 @@ fn size_in_use_shows_a_defragmentation_at_once() {
         defragmented < full / 10,
         "{defragmented} after defragmentation, {full} before"
     );
+}
+
+#[test]
+fn the_live_key_count_follows_puts_deletes_and_a_batch_taken_back() {
+    let (_d, store) = open_temp();
+    put(&store, b"a", b"1");
+    put(&store, b"a", b"2");
+    put(&store, b"b", b"1");
+    assert_eq!(store.live_keys(), 2, "a put again is still one key");
+    delete(&store, b"a", b"");
+    assert_eq!(store.live_keys(), 1);
+    compact(&store, store.current_revision()).unwrap();
+    assert_eq!(
+        store.live_keys(),
+        1,
+        "a compaction changes no key's existence"
+    );
+    {
+        let mut batch = store.batch().unwrap();
+        let mut txn = batch.txn().unwrap();
+        txn.put(b"c", b"1", 0, false, false).unwrap();
+        txn.delete_range(b"b", b"").unwrap();
+        txn.end();
+        assert_eq!(store.live_keys(), 1, "c in, b out");
+        // Dropped without a commit: the batch is taken back.
+    }
+    assert_eq!(store.live_keys(), 1);
+    assert_eq!(get(&store, b"b").map(|kv| kv.value), Some(b"1".to_vec()));
+}
+
+#[test]
+fn revision_transactions_are_counted_as_etcd_counts_them() {
+    let registry = prometheus::Registry::new();
+    let counter = |name: &str| {
+        let c = prometheus::IntCounter::new(name, name).unwrap();
+        registry.register(Box::new(c.clone())).unwrap();
+        c
+    };
+    let ops = OpCounters {
+        ranges: counter("ranges"),
+        puts: counter("puts"),
+        deletes: counter("deletes"),
+        txns: counter("txns"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = StoreMetrics {
+        commit_seconds: None,
+        ops: Some(ops.clone()),
+    };
+    let store = Store::open_with(
+        dir.path().join("db"),
+        &crate::disk::DiskOptions::default(),
+        metrics,
+    )
+    .unwrap();
+    put(&store, b"a", b"1");
+    delete(&store, b"a", b"");
+    let counts = |o: &OpCounters| [o.ranges.get(), o.puts.get(), o.deletes.get(), o.txns.get()];
+    assert_eq!(counts(&ops), [0, 1, 1, 0], "a lone put or delete is no txn");
+
+    // A txn's compare is a range; it did more than one thing: a txn.
+    let mut batch = store.batch().unwrap();
+    let mut txn = batch.txn().unwrap();
+    txn.range(b"a", b"", &RangeOptions::default()).unwrap();
+    txn.put(b"b", b"1", 0, false, false).unwrap();
+    txn.end();
+    let mut txn = batch.txn().unwrap();
+    txn.put(b"c", b"1", 0, false, false).unwrap();
+    drop(txn);
+    assert_eq!(counts(&ops), [0, 1, 1, 0], "counted when the batch commits");
+    batch.commit().unwrap();
+    assert_eq!(counts(&ops), [1, 3, 1, 1]);
 }
