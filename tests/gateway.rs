@@ -397,6 +397,52 @@ fn a_path_the_member_does_not_serve_is_404_so_a_probe_of_it_fails() {
 }
 
 #[test]
+fn health_and_version_answer_get_alone_as_etcds_do() {
+    if skip_without_curl() {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let base = c.members[0].client_url();
+    for path in ["/health", "/version"] {
+        let url = format!("{base}{path}");
+        for method in ["POST", "PUT", "HEAD"] {
+            // (`--head`: curl sends HEAD and waits for no body.)
+            let args = match method {
+                "HEAD" => vec!["-i", "--head", &url],
+                _ => vec!["-i", "-X", method, &url],
+            };
+            let (code, text) = curl(&args);
+            let lower = text.to_lowercase();
+            assert_eq!(code, 405, "{method} {path}: {text}");
+            assert!(lower.contains("allow: get\r\n"), "{text}");
+            assert!(
+                lower.contains("content-type: text/plain; charset=utf-8\r\n"),
+                "{text}"
+            );
+            if method != "HEAD" {
+                assert!(text.ends_with("\r\n\r\nMethod Not Allowed\n"), "{text}");
+            }
+        }
+    }
+    // etcd writes /health's JSON with no content type, which Go's sniffing
+    // names text/plain; /version says JSON.
+    let (code, text) = curl(&["-i", &format!("{base}/health")]);
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains("content-type: text/plain; charset=utf-8\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with(r#"{"health":"true"}"#), "{text}");
+    let (_, text) = curl(&["-i", &format!("{base}/version")]);
+    assert!(
+        text.to_lowercase()
+            .contains("content-type: application/json\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_request_body_is_read_as_grpc_gateway_reads_it() {
     let Some((_c, base)) = started() else { return };
     let put = format!("{base}/v3/kv/put");

@@ -8,6 +8,7 @@
 //! linearizable read barrier through Raft succeeds (`QGET ERROR:...` if not).
 //! `?serializable=true` skips the leader check and the barrier, so a member
 //! cut off from its quorum still reports itself fit for serializable reads.
+//! `/health` and `/version` answer GET alone ([`get_only`]), as etcd's do.
 //!
 //! `/livez` and `/readyz` are etcd's Kubernetes-style probes ([`run_probe`]). A
 //! path nobody serves gets [`not_found`]: 404 for HTTP, as etcd's mux and
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::Query;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 use super::Core;
@@ -28,8 +29,26 @@ use crate::pb::etcdserverpb::AlarmType;
 /// Adds the HTTP routes to `router`, and [`not_found`] for every other path.
 pub fn routes(router: Router, core: Arc<Core>) -> Router {
     metrics_routes(router, core)
-        .route("/version", get(version))
+        .route("/version", get_only(get(version)))
         .fallback(not_found)
+}
+
+/// `route` for GET alone, as etcd's `/health` and `/version` are: any other
+/// method, HEAD included, gets Go's 405 (`Allow: GET`, `Method Not Allowed`).
+fn get_only(route: MethodRouter) -> MethodRouter {
+    route.head(method_not_allowed).fallback(method_not_allowed)
+}
+
+async fn method_not_allowed() -> impl axum::response::IntoResponse {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [
+            ("allow", "GET"),
+            ("content-type", "text/plain; charset=utf-8"),
+            ("x-content-type-options", "nosniff"),
+        ],
+        "Method Not Allowed\n",
+    )
 }
 
 /// The router of a `--listen-metrics-urls` listener: `/metrics`, `/health`,
@@ -75,25 +94,34 @@ fn metrics_routes(router: Router, core: Arc<Core>) -> Router {
     probe_routes(router, &core)
         .route(
             "/health",
-            get(move |q: Query<HashMap<String, String>>| health(health_core.clone(), q.0)),
+            get_only(get(move |q: Query<HashMap<String, String>>| {
+                health(health_core.clone(), q.0)
+            })),
         )
         .route("/metrics", get(move || metrics(core.clone())))
 }
 
-type Answer = (StatusCode, [(&'static str, &'static str); 1], String);
+/// A `/health` answer: the status and etcd's JSON.
+type Answer = (StatusCode, String);
 
-async fn health(core: Arc<Core>, query: HashMap<String, String>) -> Answer {
-    let answer = check_health(&core, query).await;
-    if answer.0 == StatusCode::OK {
+/// `GET /health`. etcd writes its JSON without a content type (Go's
+/// sniffing names it `text/plain`), and an unhealthy one through Go's
+/// `http.Error` (a newline after it, and `nosniff`).
+async fn health(core: Arc<Core>, query: HashMap<String, String>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (status, json) = check_health(&core, query).await;
+    let text = ("content-type", "text/plain; charset=utf-8");
+    if status == StatusCode::OK {
         core.metrics.health_success.inc();
+        (status, [text], json).into_response()
     } else {
         core.metrics.health_failures.inc();
+        let nosniff = ("x-content-type-options", "nosniff");
+        (status, [text, nosniff], json + "\n").into_response()
     }
-    answer
 }
 
 async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
-    let json = [("content-type", "application/json")];
     let serializable = query.get("serializable").is_some_and(|v| v == "true");
     let excluded: Vec<&str> = query
         .get("exclude")
@@ -106,7 +134,6 @@ async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
     let unhealthy = |reason: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            json,
             format!(r#"{{"health":"false","reason":"{reason}"}}"#),
         )
     };
@@ -136,7 +163,7 @@ async fn check_health(core: &Core, query: HashMap<String, String>) -> Answer {
             return unhealthy(&format!("QGET ERROR:{}", e.message()));
         }
     }
-    (StatusCode::OK, json, r#"{"health":"true"}"#.to_string())
+    (StatusCode::OK, r#"{"health":"true"}"#.to_string())
 }
 
 /// etcd's Kubernetes-style probes (etcd 3.5.11 and 3.4.29 on; kubeadm
