@@ -210,7 +210,7 @@ async fn ask<T>(
     msg: impl FnOnce(oneshot::Sender<T>) -> ControlMsg,
 ) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
-    let gone = || "the supervisor is shutting down".to_string();
+    let gone = || SHUTTING_DOWN.to_string();
     ctx.supervisor.send(msg(tx)).await.map_err(|_| gone())?;
     rx.await.map_err(|_| gone())
 }
@@ -270,10 +270,14 @@ async fn handle_inner(request: Request, ctx: &Ctx) -> Result<Response, String> {
             }
             let done = ask(ctx, |reply| ControlMsg::Act { op, names, reply }).await??;
             // Every action is waited for; the first that did not happen
-            // is the answer.
+            // is the answer. An answer never given means the supervisor
+            // ended first: nothing says the action happened.
             let mut outcome = Ok(ok);
             for d in done {
-                if let Ok(Err(why)) = d.await {
+                let answer = d
+                    .await
+                    .unwrap_or_else(|_| Err(SHUTTING_DOWN.to_string()));
+                if let Err(why) = answer {
                     outcome = outcome.and(Err(why));
                 }
             }
@@ -281,6 +285,9 @@ async fn handle_inner(request: Request, ctx: &Ctx) -> Result<Response, String> {
         }
     }
 }
+
+/// Why a request got no answer: the supervisor ended meanwhile.
+const SHUTTING_DOWN: &str = "the supervisor is shutting down";
 
 /// The command's name as typed (`stop-all`).
 pub fn op_name(op: RunCommand) -> String {
