@@ -274,9 +274,7 @@ async fn handle_inner(request: Request, ctx: &Ctx) -> Result<Response, String> {
             // ended first: nothing says the action happened.
             let mut outcome = Ok(ok);
             for d in done {
-                let answer = d
-                    .await
-                    .unwrap_or_else(|_| Err(SHUTTING_DOWN.to_string()));
+                let answer = d.await.unwrap_or_else(|_| Err(SHUTTING_DOWN.to_string()));
                 if let Err(why) = answer {
                     outcome = outcome.and(Err(why));
                 }
