@@ -928,6 +928,88 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         .await,
         Want::Err(Code::OutOfRange, COMPACTED),
     );
+    // A txn is all or nothing: a range at a revision it cannot read fails
+    // it before its put is written (etcd's checkRequests).
+    let txn_op = |request| pb::RequestOp {
+        request: Some(request),
+    };
+    for (name, revision, want) in [
+        ("past the head", head + 1000, FUTURE_REV),
+        ("at a compacted revision", 1, COMPACTED),
+        // etcd's ranges read -1 as the head, but a txn's check finds it
+        // below the compacted revision (etcd#13871).
+        ("at -1 after a compaction", -1, COMPACTED),
+    ] {
+        let key = format!("t/atomic {name}").into_bytes();
+        r.check(
+            &format!("txn with a put and a range {name}"),
+            kv.txn(pb::TxnRequest {
+                success: vec![
+                    put_op(&key),
+                    txn_op(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                        revision,
+                        ..range_req(b"t/r1", b"")
+                    })),
+                ],
+                ..Default::default()
+            })
+            .await,
+            Want::Err(Code::OutOfRange, want),
+        );
+        let count = kv
+            .range(range_req(&key, b""))
+            .await
+            .map(|r| r.into_inner().count);
+        r.holds(
+            &format!("the failed txn with a range {name} wrote nothing"),
+            matches!(count, Ok(0)),
+            format!("{count:?}"),
+        );
+    }
+    // A nested txn's compares see the store as it was before the txn, not
+    // the outer txn's own puts (etcd's compareToPath).
+    let nested = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            key: b"t/n".to_vec(),
+            target: pb::compare::CompareTarget::Value as i32,
+            result: pb::compare::CompareResult::Equal as i32,
+            target_union: Some(pb::compare::TargetUnion::Value(b"v".to_vec())),
+            ..Default::default()
+        }],
+        success: vec![put_op(b"t/n/then")],
+        failure: vec![put_op(b"t/n/else")],
+    };
+    let got = kv
+        .txn(pb::TxnRequest {
+            success: vec![
+                put_op(b"t/n"),
+                txn_op(pb::request_op::Request::RequestTxn(nested)),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let inner = got
+        .as_ref()
+        .ok()
+        .and_then(|t| match &t.get_ref().responses[..] {
+            [_, pb::ResponseOp {
+                response: Some(pb::response_op::Response::ResponseTxn(t)),
+            }] => Some(t.succeeded),
+            _ => None,
+        });
+    let taken = kv.range(range_req(b"t/n/", b"t/n0")).await.map(|r| {
+        r.into_inner()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect::<Vec<_>>()
+    });
+    r.holds(
+        "a nested txn compares against the store before the outer txn's put",
+        inner == Some(false) && matches!(&taken, Ok(k) if k == &[b"t/n/else".to_vec()]),
+        format!("{got:?} then {taken:?}"),
+    );
+
     let mut m = maint(ch);
     r.check(
         "hash-kv past the head",

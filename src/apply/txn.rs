@@ -2,17 +2,20 @@
 //! its compares, nested txns and ranges), run inside one MVCC revision
 //! transaction, with etcd's semantics.
 //!
-//! A Txn is checked before anything is written (etcd's `checkRequests`): a put
-//! with `ignore_value`/`ignore_lease` on a missing key, or a put naming an
-//! unknown lease, fails the whole request with no partial effect.
+//! A Txn decides every branch it takes, nested txns' included, from the store
+//! as it was before the txn, then checks the ops of those branches before
+//! anything is written (etcd's `compareToPath` and `checkRequests`): a put
+//! with `ignore_value`/`ignore_lease` on a missing key, a put naming an
+//! unknown lease, or a range at a future or compacted revision fails the
+//! whole request with no partial effect.
 
-use crate::mvcc::{KeyValue, RangeOptions, RevTxn};
+use crate::mvcc::{KeyValue, MvccError, RangeOptions, RevTxn};
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseOp,
-    TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 
 use super::convert::{kv_to_pb, range_options, range_response};
@@ -66,19 +69,53 @@ pub fn delete_range(
     }
 }
 
-/// Applies a Txn: evaluates the compares, checks the chosen branch, runs it.
+/// Applies a Txn as etcd does: every compare, nested ones included, is
+/// evaluated first, against the store as it was before the txn
+/// ([`branches`]); the ops of the branches taken are then checked, with no
+/// partial effect should one fail ([`check_ops`]); and only then run.
 pub fn txn(
     rt: &mut RevTxn<'_, '_>,
     req: &TxnRequest,
     leases: &dyn Leases,
 ) -> Result<TxnResponse, ApplyError> {
+    let mut path = Vec::new();
+    branches(rt, req, &mut path)?;
+    check_ops(rt, req, &mut path.iter().copied(), leases)?;
+    run(rt, req, &mut path.into_iter(), leases)
+}
+
+/// Appends to `path` whether each txn's compares hold, `req`'s first, then
+/// those of the nested txns in the branch it takes, in the order they run
+/// (etcd's `compareToPath`).
+fn branches(rt: &RevTxn<'_, '_>, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), ApplyError> {
     let succeeded = compares_hold(rt, &req.compare)?;
-    let ops = if succeeded {
+    path.push(succeeded);
+    for op in taken(req, succeeded) {
+        if let Some(Op::RequestTxn(t)) = &op.request {
+            branches(rt, t, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ops of the branch a txn takes.
+fn taken(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
         &req.success
     } else {
         &req.failure
-    };
-    check_ops(rt, ops, leases)?;
+    }
+}
+
+/// Runs the branches `path` chose (see [`branches`]).
+fn run(
+    rt: &mut RevTxn<'_, '_>,
+    req: &TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+    leases: &dyn Leases,
+) -> Result<TxnResponse, ApplyError> {
+    let succeeded = path.next().unwrap_or(false);
+    let ops = taken(req, succeeded);
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let Some(op) = &op.request else {
@@ -92,7 +129,7 @@ pub fn txn(
             }
             Op::RequestPut(p) => OpResponse::ResponsePut(put(rt, p, leases)?),
             Op::RequestDeleteRange(d) => OpResponse::ResponseDeleteRange(delete_range(rt, d)?),
-            Op::RequestTxn(t) => OpResponse::ResponseTxn(txn(rt, t, leases)?),
+            Op::RequestTxn(t) => OpResponse::ResponseTxn(run(rt, t, path, leases)?),
         };
         responses.push(ResponseOp {
             response: Some(response),
@@ -122,7 +159,7 @@ pub fn delete_leased(rt: &mut RevTxn<'_, '_>, id: i64) -> Result<(), ApplyError>
 }
 
 /// Whether every compare holds against the current state of `rt`.
-pub fn compares_hold(rt: &mut RevTxn<'_, '_>, compares: &[Compare]) -> Result<bool, ApplyError> {
+pub fn compares_hold(rt: &RevTxn<'_, '_>, compares: &[Compare]) -> Result<bool, ApplyError> {
     for c in compares {
         if !compare_holds(rt, c)? {
             return Ok(false);
@@ -131,7 +168,7 @@ pub fn compares_hold(rt: &mut RevTxn<'_, '_>, compares: &[Compare]) -> Result<bo
     Ok(true)
 }
 
-fn compare_holds(rt: &mut RevTxn<'_, '_>, c: &Compare) -> Result<bool, ApplyError> {
+fn compare_holds(rt: &RevTxn<'_, '_>, c: &Compare) -> Result<bool, ApplyError> {
     let res = rt.range(&c.key, &c.range_end, &RangeOptions::default())?;
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     if res.kvs.is_empty() {
@@ -177,11 +214,7 @@ fn int_target(c: &Compare) -> i64 {
     }
 }
 
-fn check_put(
-    rt: &mut RevTxn<'_, '_>,
-    req: &PutRequest,
-    leases: &dyn Leases,
-) -> Result<(), ApplyError> {
+fn check_put(rt: &RevTxn<'_, '_>, req: &PutRequest, leases: &dyn Leases) -> Result<(), ApplyError> {
     if req.ignore_value || req.ignore_lease {
         let found = rt.range(
             &req.key,
@@ -201,22 +234,30 @@ fn check_put(
     Ok(())
 }
 
+/// Checks the ops of the branches `path` chose, before anything runs
+/// (etcd's `checkRequests`): puts as [`check_put`] does, and ranges at a
+/// revision against the store's revisions before the txn (one past them,
+/// the txn's own, is in the future; a negative one is compacted once the
+/// store has been).
 fn check_ops(
-    rt: &mut RevTxn<'_, '_>,
-    ops: &[crate::pb::etcdserverpb::RequestOp],
+    rt: &RevTxn<'_, '_>,
+    req: &TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
     leases: &dyn Leases,
 ) -> Result<(), ApplyError> {
-    for op in ops {
+    let succeeded = path.next().unwrap_or(false);
+    for op in taken(req, succeeded) {
         match &op.request {
             Some(Op::RequestPut(p)) => check_put(rt, p, leases)?,
-            Some(Op::RequestTxn(t)) => {
-                let branch = if compares_hold(rt, &t.compare)? {
-                    &t.success
-                } else {
-                    &t.failure
-                };
-                check_ops(rt, branch, leases)?;
+            Some(Op::RequestRange(r)) if r.revision != 0 => {
+                if r.revision > rt.revision() {
+                    return Err(MvccError::FutureRevision.into());
+                }
+                if r.revision < rt.compact_revision() {
+                    return Err(MvccError::Compacted.into());
+                }
             }
+            Some(Op::RequestTxn(t)) => check_ops(rt, t, path, leases)?,
             _ => {}
         }
     }

@@ -1232,6 +1232,11 @@ impl<'w, 't> RevTxn<'w, 't> {
         }
     }
 
+    /// The compacted revision this transaction's reads see.
+    pub fn compact_revision(&self) -> i64 {
+        self.state.compact
+    }
+
     /// A range over everything written so far (see [`ReadView::range`]).
     pub fn range(&self, key: &[u8], range_end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
         self.ranges.set(self.ranges.get() + 1);
