@@ -663,19 +663,43 @@ fn etcd_put(m: &Member, key: &str, value: &str) -> String {
 }
 
 #[test]
-fn a_data_dir_of_another_cluster_or_member_is_refused() {
+fn a_restart_ignores_the_initial_cluster_token_but_not_another_members_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = single(dir.path(), "x");
     m.args
         .extend(["--initial-cluster-token", "first"].map(String::from));
     m.spawn();
     m.wait_ready();
+    let id = m.id();
     assert!(m.terminate().success());
 
-    let mut args = m.args.clone();
-    set_flag(&mut args, "--initial-cluster-token", "second");
-    let out = member_once(dir.path(), &strs(&args), Duration::from_secs(20));
-    assert_refused(&out, "belongs to cluster");
+    // As etcd: once bootstrapped, the --initial-* flags are ignored, so a
+    // guide's restart that leaves the token out (or gives another) works.
+    for token in [Some("second"), None] {
+        let original = m.args.clone();
+        match token {
+            Some(t) => set_flag(&mut m.args, "--initial-cluster-token", t),
+            None => {
+                let at = m
+                    .args
+                    .iter()
+                    .position(|a| a == "--initial-cluster-token")
+                    .unwrap();
+                m.args.drain(at..at + 2);
+            }
+        }
+        m.spawn();
+        m.wait_ready();
+        assert_eq!(m.id(), id, "token {token:?}");
+        assert!(m.terminate().success());
+        m.args = original;
+    }
+    assert!(
+        m.log_text()
+            .contains("the server is already initialized as member before"),
+        "{}",
+        m.log_text()
+    );
 
     // The same data dir under another name.
     let mut args = single_args("z", &m.data_dir, m.client_port, m.peer_port);

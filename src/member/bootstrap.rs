@@ -9,8 +9,8 @@
 //!   asks the running members for the membership and finds itself by its peer
 //!   URLs (it must have been added with `MemberAdd` first);
 //! - a restarted member uses the stored identity and ignores the `--initial-*`
-//!   flags, but is refused when the data dir belongs to another member or to a
-//!   cluster with another token.
+//!   flags, token included, as etcd does (a guide's restart may leave them
+//!   out), but is refused when the data dir belongs to another member.
 
 use std::time::Duration;
 
@@ -61,8 +61,10 @@ pub(super) fn resolve_identity(
     Ok((derive_identity(cfg)?, Origin::New))
 }
 
-/// Refuses a data dir that belongs to another member, or to a cluster made
-/// with another `--initial-cluster-token`.
+/// Refuses a data dir that belongs to another member. The `--initial-*`
+/// flags are ignored, as etcd ignores them once a member has bootstrapped
+/// (`the server is already initialized as member before`): a token that
+/// differs from the stored one is only noted.
 fn check_stored(cfg: &MemberConfig, stored: &Identity) -> Result<(), MemberError> {
     if stored.name != cfg.name {
         return Err(MemberError::DataDir(format!(
@@ -73,19 +75,16 @@ fn check_stored(cfg: &MemberConfig, stored: &Identity) -> Result<(), MemberError
             cfg.name
         )));
     }
-    if stored.cluster_token == cfg.initial_cluster_token {
-        return Ok(());
+    if stored.cluster_token != cfg.initial_cluster_token {
+        tracing::info!(
+            data_dir = %cfg.data_dir.display(),
+            cluster_id = %format!("{:x}", stored.cluster_id),
+            stored_token = %stored.cluster_token,
+            given_token = %cfg.initial_cluster_token,
+            "the server is already initialized as member before, starting as etcd member; --initial-cluster-token and the other --initial-cluster flags are ignored"
+        );
     }
-    match derive_identity(cfg) {
-        Ok(d) if d.cluster_id != stored.cluster_id => Err(MemberError::DataDir(format!(
-            "data dir {} belongs to cluster {:x} (token {:?}), but --initial-cluster-token is {:?}",
-            cfg.data_dir.display(),
-            stored.cluster_id,
-            stored.cluster_token,
-            cfg.initial_cluster_token
-        ))),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// A member joining a running cluster: asks the members listed in
