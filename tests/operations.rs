@@ -199,6 +199,49 @@ fn a_cluster_grows_to_five_with_a_promoted_learner_and_shrinks_to_three_without_
 }
 
 #[test]
+fn a_removed_member_restarted_on_its_data_dir_says_so_and_exits() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]);
+    let said_so = |m: &Member| {
+        let log = m.current_log();
+        assert!(
+            log.contains("the member has been permanently removed from the cluster")
+                && log.contains("the data-dir used by this member must be removed."),
+            "{log}"
+        );
+    };
+
+    // Removed while it was down: its peers refuse its stream for that
+    // reason, and it exits, as etcd's peers tell a removed member.
+    let leader = cluster.wait_leader();
+    let down = (0..3).find(|&i| i != leader).unwrap();
+    let id = hex_id(&cluster.members[down]);
+    assert!(cluster.members[down].terminate().success());
+    until_ok(&mut cluster, leader, &["member", "remove", &id]);
+    cluster.members[down].spawn();
+    let status = cluster.members[down].wait_exit(WAIT);
+    assert!(status.success(), "{status}");
+    said_so(&cluster.members[down]);
+
+    // Removed while it ran: it exits; restarted, its own log says so.
+    let leader = cluster.wait_leader();
+    let up = (0..3).find(|&i| i != leader && i != down).unwrap();
+    let id = hex_id(&cluster.members[up]);
+    until_ok(&mut cluster, leader, &["member", "remove", &id]);
+    assert!(cluster.members[up].wait_exit(WAIT).success());
+    cluster.members[up].spawn();
+    let status = cluster.members[up].wait_exit(WAIT);
+    assert!(status.success(), "{status}");
+    said_so(&cluster.members[up]);
+
+    // The cluster it left goes on.
+    let out = cluster.etcdctl_at(leader, &["put", "k", "v"]);
+    assert!(out.success(), "{}", out.stderr);
+}
+
+#[test]
 fn member_update_and_move_leader_work_through_etcdctl() {
     if skip_without_etcdctl() {
         return;

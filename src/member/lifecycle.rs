@@ -166,9 +166,12 @@ pub(super) async fn follow_membership(
     peers: Arc<Peers>,
     mut membership: watch::Receiver<Membership>,
     self_id: u64,
-    removed: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
+    // A restart after the removal was applied finds it at once.
+    if membership.borrow().removed.contains(&self_id) {
+        peers.note_removed();
+    }
     let mut known: std::collections::HashMap<u64, String> = membership
         .borrow()
         .members
@@ -181,11 +184,7 @@ pub(super) async fn follow_membership(
             _ = shutdown.cancelled() => return,
         }
         if membership.borrow().removed.contains(&self_id) {
-            tracing::warn!(
-                member_id = %format!("{self_id:x}"),
-                "the member has been permanently removed from the cluster"
-            );
-            let _ = removed.send(true);
+            peers.note_removed();
         }
         let now: std::collections::HashMap<u64, String> = membership
             .borrow()

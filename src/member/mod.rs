@@ -121,7 +121,6 @@ pub struct Member {
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
     ready: watch::Receiver<bool>,
-    removed: watch::Receiver<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     core: Arc<Core>,
     election_timeout: Duration,
@@ -370,6 +369,7 @@ impl Member {
                 faults: faults.clone(),
                 shutdown: shutdown.clone(),
                 received: Some(metrics.peer_received.clone()),
+                membership: membership_rx.clone(),
             });
             // Only small unary calls remain on gRPC: tonic's default limits.
             let svc = RaftTransportServer::new(PeerService {
@@ -431,7 +431,6 @@ impl Member {
 
         // Lifecycle: publish, cluster version, peers in step with membership.
         let (ready_tx, ready_rx) = watch::channel(false);
-        let (removed_tx, removed_rx) = watch::channel(false);
         let advertise: Vec<String> = cfg
             .advertise_client_urls
             .iter()
@@ -468,7 +467,6 @@ impl Member {
             peers.clone(),
             membership_rx,
             identity.member_id,
-            removed_tx,
             shutdown.clone(),
         ));
 
@@ -493,7 +491,6 @@ impl Member {
             runtime: runtime.into_inner(),
             shutdown,
             ready: ready_rx,
-            removed: removed_rx,
             servers,
             core,
             election_timeout: cfg.election_timeout,
@@ -544,8 +541,7 @@ impl Member {
 
     /// Resolves when this member has been removed from the cluster (it should stop).
     pub async fn removed(&self) {
-        let mut rx = self.removed.clone();
-        let _ = rx.wait_for(|r| *r).await;
+        self.peers.removed().await;
     }
 
     /// Whether the member has published itself.

@@ -26,7 +26,9 @@
 //!
 //! A receiver refuses batches stamped with another cluster ID (and tells the
 //! sender why), so two clusters with different tokens never mix even when their
-//! ports are confused.
+//! ports are confused; and batches from a member removed from the cluster,
+//! whose sender then knows it was removed ([`REMOVED`]) and stops its member,
+//! as etcd's peers answer a removed member and it exits.
 //!
 //! Each sender records since when its stream to the peer has been up
 //! ([`Peers::active_since`], etcd's `transport.ActiveSince`): the Cluster
@@ -106,7 +108,15 @@ pub struct Peers {
     metrics: Option<crate::metrics::Metrics>,
     /// How to dial `https://` peer URLs (the peer certificate and CA).
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Set once this member learns it was removed from the cluster, from
+    /// its own log ([`Peers::note_removed`]) or from a peer that refuses
+    /// its stream for it.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// How a receiver refuses the stream of a member removed from the cluster
+/// (etcd's words), and how that member's sender recognises it.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 /// Since when the stream to each peer has been up (absent: down), with the
 /// generation of the sender that reported it: a replaced sender winding down
@@ -165,7 +175,20 @@ impl Peers {
             active: Arc::new(ActiveSince::default()),
             generations: std::sync::atomic::AtomicU64::new(1),
             metrics,
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Resolves once this member knows it was removed from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Records that this member was removed from the cluster (once, with
+    /// etcd's log lines): it should stop, and its data dir is of no use.
+    pub fn note_removed(&self) {
+        note_removed(&self.removed, self.member_id);
     }
 
     /// Since when the stream to `peer` has been up; `None` while it is down
@@ -205,6 +228,7 @@ impl Peers {
                 .map(|m| m.peer_sent.with_label_values(&[&format!("{peer:x}")])),
             tls: self.tls.clone(),
             warned_version: std::sync::atomic::AtomicBool::new(false),
+            removed: self.removed.clone(),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -233,6 +257,15 @@ impl Peers {
             }
         }
     }
+}
+
+/// Sets `removed`, logging etcd's lines the first time.
+fn note_removed(removed: &tokio::sync::watch::Sender<bool>, member_id: u64) {
+    if removed.send_replace(true) {
+        return;
+    }
+    tracing::warn!(member_id = %format!("{member_id:x}"), "{REMOVED}");
+    tracing::info!("the data-dir used by this member must be removed.");
 }
 
 /// The Raft node's outbox: routes messages to the per-peer queues.
@@ -269,6 +302,8 @@ struct Sender {
     /// Set once the peer was found not to speak this version's Raft stream
     /// (warned once, not at every reconnect).
     warned_version: std::sync::atomic::AtomicBool,
+    /// Set when the peer refuses the stream because this member was removed.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -325,6 +360,12 @@ impl Sender {
             self.active.down(self.to, Some(self.generation));
             match result {
                 Ok(()) => return, // queue closed or shutdown
+                Err(e) if e.ends_with(REMOVED) => {
+                    // The cluster no longer knows this member: retrying is
+                    // pointless, and the member should stop.
+                    note_removed(&self.removed, self.from);
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(peer = %format!("{:x}", self.to), error = %e, "peer stream broke");
                     let _ = self.raft.send(Msg::Unreachable(self.to));
@@ -543,6 +584,8 @@ pub struct Inbox {
     pub shutdown: CancellationToken,
     /// Counts received bytes per sender (`etcd_network_peer_received_bytes_total`).
     pub received: Option<prometheus::IntCounterVec>,
+    /// The applied membership: streams from removed members are refused.
+    pub membership: tokio::sync::watch::Receiver<Membership>,
 }
 
 /// Why a receiver ends a stream.
@@ -550,6 +593,8 @@ pub struct Inbox {
 enum Refusal {
     /// The sender belongs to another cluster.
     OtherCluster(String),
+    /// The sender was removed from the cluster.
+    Removed,
     /// A batch or message does not decode.
     Garbled(String),
     /// The Raft node is gone.
@@ -560,6 +605,7 @@ impl Refusal {
     fn reason(&self) -> &str {
         match self {
             Refusal::OtherCluster(r) | Refusal::Garbled(r) => r,
+            Refusal::Removed => REMOVED,
             Refusal::Stopping => "member is stopping",
         }
     }
@@ -581,6 +627,13 @@ impl Inbox {
         }
         if self.faults.is_blocked(batch.from) {
             return Ok(());
+        }
+        if self.membership.borrow().removed.contains(&batch.from) {
+            tracing::warn!(
+                remote_peer_id = %format!("{:x}", batch.from),
+                "rejected stream from remote peer because it was removed"
+            );
+            return Err(Refusal::Removed);
         }
         if let Some(received) = &self.received {
             let bytes = batch.messages.iter().map(|m| m.len() as u64).sum();
@@ -833,7 +886,20 @@ mod tests {
     }
 
     fn inbox(cluster_id: u64, member_id: u64) -> (Arc<Inbox>, std::sync::mpsc::Receiver<Msg>) {
+        inbox_removing(cluster_id, member_id, &[])
+    }
+
+    /// An inbox of a member whose cluster removed `removed`.
+    fn inbox_removing(
+        cluster_id: u64,
+        member_id: u64,
+        removed: &[u64],
+    ) -> (Arc<Inbox>, std::sync::mpsc::Receiver<Msg>) {
         let (raft, rx) = RaftHandle::detached();
+        let membership = Membership {
+            removed: removed.to_vec(),
+            ..Default::default()
+        };
         let inbox = Inbox {
             cluster_id,
             member_id,
@@ -841,6 +907,7 @@ mod tests {
             faults: Arc::new(Faults::default()),
             shutdown: CancellationToken::new(),
             received: None,
+            membership: tokio::sync::watch::channel(membership).1,
         };
         (Arc::new(inbox), rx)
     }
@@ -893,6 +960,32 @@ mod tests {
         assert!(reason.starts_with("cluster ID mismatch"), "{reason}");
         served.await.unwrap();
         assert!(steps.try_recv().is_err(), "nothing was stepped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_member_is_refused_by_its_peer_and_learns_it_was_removed() {
+        // Member 1 was removed; member 2's inbox refuses its stream, and
+        // member 1's sender, told why, marks its member removed.
+        let (inbox, steps) = inbox_removing(7, 2, &[1]);
+        let (listener, peers, _) = sender_to_a_listener().await;
+        let served = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            let conn = match wire::sort(conn).await.unwrap() {
+                wire::Sorted::Raft(conn) => conn,
+                wire::Sorted::Other(_) => panic!("not a raft stream"),
+            };
+            inbox.serve_stream(conn).await;
+        });
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeatResponse);
+        heartbeat.to = 2;
+        PeersOutbox(peers.clone()).send(vec![heartbeat]);
+        tokio::time::timeout(Duration::from_secs(10), peers.removed())
+            .await
+            .expect("the sender learns it was removed");
+        served.await.unwrap();
+        assert!(steps.try_recv().is_err(), "nothing was stepped");
+        peers.abort();
     }
 
     /// A listener on a free loopback port, the URL to it, and this member's
