@@ -242,6 +242,34 @@ fn a_removed_member_restarted_on_its_data_dir_says_so_and_exits() {
 }
 
 #[test]
+fn a_member_whose_data_dir_was_lost_is_refused_as_already_bootstrapped() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]);
+    let lost = cluster.follower();
+    let id = hex_id(&cluster.members[lost]);
+    assert!(cluster.members[lost].terminate().success());
+    // Its data dir is gone; started again with the flags that bootstrapped
+    // it, it would forget its vote and log, so it is refused, as in etcd.
+    let data_dir = cluster.members[lost].data_dir.clone();
+    std::fs::rename(&data_dir, data_dir.with_extension("lost")).unwrap();
+    cluster.members[lost].spawn();
+    let status = cluster.members[lost].wait_exit(WAIT);
+    assert!(!status.success(), "{status}");
+    let log = cluster.members[lost].current_log();
+    assert!(
+        log.contains(&format!("member {id} has already been bootstrapped")),
+        "{log}"
+    );
+    // With its own data dir back, it rejoins.
+    std::fs::remove_dir_all(&data_dir).ok();
+    std::fs::rename(data_dir.with_extension("lost"), &data_dir).unwrap();
+    cluster.members[lost].spawn();
+    cluster.members[lost].wait_ready();
+}
+
+#[test]
 fn member_update_and_move_leader_work_through_etcdctl() {
     if skip_without_etcdctl() {
         return;

@@ -4,7 +4,9 @@
 //!
 //! - a new member of a new cluster derives every ID from `--initial-cluster` and
 //!   `--initial-cluster-token`, exactly as etcd does (see [`crate::identity`]),
-//!   so all members agree without talking to each other;
+//!   so all members agree without talking to each other; it only asks the
+//!   others whether it already published itself in a running cluster (a lost
+//!   data dir), and is refused if so ([`refuse_if_bootstrapped`]);
 //! - a member joining a running cluster (`--initial-cluster-state existing`)
 //!   asks the running members for the membership and finds itself by its peer
 //!   URLs (it must have been added with `MemberAdd` first);
@@ -58,7 +60,92 @@ pub(super) fn resolve_identity(
         let (identity, membership) = join_identity(cfg, peer_tls)?;
         return Ok((identity, Origin::Joining(membership)));
     }
-    Ok((derive_identity(cfg)?, Origin::New))
+    let identity = derive_identity(cfg)?;
+    refuse_if_bootstrapped(cfg, &identity, peer_tls)?;
+    Ok((identity, Origin::New))
+}
+
+/// Refuses to bootstrap a new cluster when the other members listed in
+/// `--initial-cluster` already run one in which this member has published
+/// itself: its data dir was lost or is another one, and starting afresh
+/// would forget its Raft term, vote and log (etcd's `isMemberBootstrapped`,
+/// `member <id> has already been bootstrapped`). The member is found by its
+/// ID or its peer URLs. Peers that do not answer within a second are taken
+/// as not started, as on a first bootstrap.
+fn refuse_if_bootstrapped(
+    cfg: &MemberConfig,
+    identity: &Identity,
+    peer_tls: Option<PeerTls>,
+) -> Result<(), MemberError> {
+    let mine = own_peer_urls(cfg);
+    let others = other_peer_urls(cfg, &mine);
+    if others.is_empty() {
+        return Ok(());
+    }
+    let fetched = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return Vec::new();
+        };
+        rt.block_on(async {
+            let asks = others.iter().map(|url| {
+                let tls = peer_tls.clone();
+                async move {
+                    tokio::time::timeout(BOOTSTRAP_CHECK, fetch_membership(url, tls))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<Membership>>()
+        })
+    })
+    .join()
+    .unwrap_or_default();
+    let published = fetched.iter().flat_map(|m| &m.members).find(|m| {
+        let mut urls = m.peer_urls.clone();
+        urls.sort();
+        (m.id == identity.member_id || urls == mine) && !m.client_urls.is_empty()
+    });
+    match published {
+        Some(m) => Err(MemberError::DataDir(format!(
+            "member {:x} has already been bootstrapped: the other members run the cluster it belongs to, but data dir {} is empty; restart it with its own data dir, or remove it (etcdctl member remove {:x}) and add it again",
+            m.id,
+            cfg.data_dir.display(),
+            m.id
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// How long a new member waits for the other members' answer to whether
+/// it already belongs to their cluster (etcd's bootstrap timeout, at least).
+const BOOTSTRAP_CHECK: Duration = Duration::from_secs(1);
+
+/// This member's `--initial-advertise-peer-urls`, sorted.
+fn own_peer_urls(cfg: &MemberConfig) -> Vec<String> {
+    let mut mine: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.as_str().to_string())
+        .collect();
+    mine.sort();
+    mine
+}
+
+/// The peer URLs of `--initial-cluster` that are not `mine`.
+fn other_peer_urls(cfg: &MemberConfig, mine: &[String]) -> Vec<String> {
+    cfg.initial_cluster
+        .iter()
+        .flat_map(|(_, urls)| urls.iter().map(|u| u.as_str().to_string()))
+        .filter(|u| !mine.contains(u))
+        .collect()
 }
 
 /// Refuses a data dir that belongs to another member. The `--initial-*`
@@ -94,18 +181,8 @@ fn join_identity(
     cfg: &MemberConfig,
     peer_tls: Option<PeerTls>,
 ) -> Result<(Identity, Membership), MemberError> {
-    let mut mine: Vec<String> = cfg
-        .initial_advertise_peer_urls
-        .iter()
-        .map(|u| u.as_str().to_string())
-        .collect();
-    mine.sort();
-    let others: Vec<String> = cfg
-        .initial_cluster
-        .iter()
-        .flat_map(|(_, urls)| urls.iter().map(|u| u.as_str().to_string()))
-        .filter(|u| !mine.contains(u))
-        .collect();
+    let mine = own_peer_urls(cfg);
+    let others = other_peer_urls(cfg, &mine);
     let fetched = std::thread::spawn(move || -> Result<Membership, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
