@@ -299,6 +299,31 @@ fn nested_txn(depth: usize) -> pb::TxnRequest {
     t
 }
 
+/// The first `n` answers of a watch stream that sends `requests`, within
+/// [`RPC`] (fewer if the stream ends or times out).
+async fn watch_answers(
+    w: &mut WatchClient<Channel>,
+    requests: Vec<pb::WatchRequest>,
+    n: usize,
+) -> Vec<pb::WatchResponse> {
+    let mut got = Vec::new();
+    let collect = async {
+        let mut s = w
+            .watch(tokio_stream::iter(requests).chain(tokio_stream::pending()))
+            .await?
+            .into_inner();
+        while got.len() < n {
+            match s.message().await? {
+                Some(m) => got.push(m),
+                None => break,
+            }
+        }
+        Ok::<_, Status>(())
+    };
+    let _ = tokio::time::timeout(RPC, collect).await;
+    got
+}
+
 /// Runs every targeted case against the member at `ch`; `ours` says whether
 /// it is this crate (not the real etcd), for the cases where etcd itself
 /// misbehaves (it panics on some unknown enum values).
@@ -706,6 +731,44 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         format!("{twice:?}"),
     );
 
+    // A range that holds no key is refused as etcd's mvcc refuses it.
+    let ranged = |key: &[u8], range_end: &[u8]| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                ..Default::default()
+            },
+        )),
+    };
+    for (key, end) in [(&b"t/w2"[..], &b"t/w1"[..]), (b"t/w", b"t/w")] {
+        let got = watch_answers(&mut w, vec![ranged(key, end)], 1).await;
+        r.holds(
+            &format!("a watch of the empty range {key:?}..{end:?} is refused"),
+            matches!(&got[..], [a] if a.created && a.canceled && a.watch_id == -1
+                && a.cancel_reason == "mvcc: watcher range is empty"),
+            format!("{got:?}"),
+        );
+    }
+    // A stream never gives an ID of its own twice.
+    let cancel = |watch_id| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CancelRequest(
+            pb::WatchCancelRequest { watch_id },
+        )),
+    };
+    let got = watch_answers(
+        &mut w,
+        vec![with_id(0), cancel(0), with_id(0), ranged(b"t/w", b"t/w0")],
+        4,
+    )
+    .await;
+    let ids: Vec<(i64, bool)> = got.iter().map(|a| (a.watch_id, a.canceled)).collect();
+    r.holds(
+        "watch IDs are not reused after a cancel",
+        ids == [(0, false), (0, true), (1, false), (2, false)],
+        format!("{got:?}"),
+    );
+
     let huge = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {
@@ -928,6 +991,29 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         .await,
         Want::Err(Code::OutOfRange, COMPACTED),
     );
+    // A watch from below the compaction is canceled with the compacted
+    // revision and no reason (the client words it); so is one from a
+    // negative revision, which etcd reads as from the first.
+    let mut w = watch(ch);
+    let from = |start_revision| pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: b"t/r1".to_vec(),
+                start_revision,
+                ..Default::default()
+            },
+        )),
+    };
+    for start in [1, -1] {
+        let got = watch_answers(&mut w, vec![from(start)], 2).await;
+        r.holds(
+            &format!("a watch from revision {start} after a compaction at 2 is canceled"),
+            matches!(&got[..], [a, b] if a.created && b.canceled && b.watch_id == a.watch_id
+                && b.compact_revision == 2 && b.cancel_reason.is_empty()),
+            format!("{got:?}"),
+        );
+    }
+
     // A txn is all or nothing: a range at a revision it cannot read fails
     // it before its put is written (etcd's checkRequests).
     let txn_op = |request| pb::RequestOp {

@@ -10,7 +10,10 @@
 //! batch began before the session subscribed, or a snapshot replaced the
 //! store), replays history from where each watcher stopped. A start revision
 //! below the compacted
-//! revision cancels the watcher with `compact_revision` set, as etcd does.
+//! revision (or a negative one, which etcd reads as the first) cancels the
+//! watcher with `compact_revision` set and no reason, as etcd does. A watch
+//! of an empty range or with an ID in use is refused (watch ID -1, etcd's
+//! mvcc reasons), and the IDs a stream gives are never given again.
 //! History is replayed at most [`MAX_REVS_PER_RESPONSE`] revisions per response
 //! (etcd's `watchBatchMaxRevs`), so a far-behind watcher is caught up in steps
 //! without loading its whole backlog at once.
@@ -215,14 +218,6 @@ impl Session {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
-        let id = if c.watch_id != 0 {
-            c.watch_id
-        } else {
-            while self.watchers.contains_key(&self.next_id) {
-                self.next_id += 1;
-            }
-            self.next_id
-        };
         let current = self.core.store.current_revision();
         let permitted = self.core.caller(&self.creds).and_then(|caller| {
             self.core
@@ -253,25 +248,51 @@ impl Session {
                 })
                 .await;
         }
-        if self.watchers.contains_key(&id) {
+        // etcd's mvcc refusals, in its order: an empty range (a range end
+        // of "\0" means every key from the key on), then an ID in use.
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        let refusal = if !c.range_end.is_empty() && c.range_end != [0] && key >= &c.range_end[..] {
+            Some("mvcc: watcher range is empty")
+        } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             return self
                 .send(WatchResponse {
                     header: self.core.header(current),
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    cancel_reason: reason.into(),
                     ..Default::default()
                 })
                 .await;
         }
+        // An ID of the stream's own is never given twice, as in etcd: a late
+        // answer for a canceled watch cannot be taken for a new one's.
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
         let no_put = c.filters.contains(&(FilterType::Noput as i32));
         let no_delete = c.filters.contains(&(FilterType::Nodelete as i32));
-        let next_rev = if c.start_revision > 0 {
-            c.start_revision
-        } else {
-            current + 1
+        // A negative start revision reads as etcd reads it: history from
+        // the first revision, so compacted if anything was (and, as etcd has
+        // it, if it is below -1 when nothing was).
+        let next_rev = match c.start_revision {
+            0 => current + 1,
+            r if r < 0 => 1,
+            r => r,
         };
+        let compacted_below =
+            c.start_revision < 0 && c.start_revision < self.core.store.compact_revision();
         let watcher = Watcher {
             range: KeyRange::new(&c.key, &c.range_end),
             prev_kv: c.prev_kv,
@@ -290,6 +311,10 @@ impl Session {
             ..Default::default()
         })
         .await?;
+        if compacted_below {
+            let compact = self.core.store.compact_revision();
+            return self.cancel(id, compact, String::new()).await;
+        }
         if next_rev <= current {
             self.catch_up(id).await?;
         }
@@ -325,10 +350,11 @@ impl Session {
                     }
                 }
                 Err(MvccError::Compacted) => {
+                    // No reason given: the compact revision says it (etcd's
+                    // clients turn it into "required revision has been
+                    // compacted").
                     let compact = self.core.store.compact_revision();
-                    return self
-                        .cancel(id, compact, super::errors::COMPACTED.into())
-                        .await;
+                    return self.cancel(id, compact, String::new()).await;
                 }
                 Err(e) => return self.cancel(id, 0, format!("etcdserver: {e}")).await,
             }
