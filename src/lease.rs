@@ -42,12 +42,13 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whole seconds left, rounded down as etcd rounds them (299 just after
-    /// a grant of 300), or -1 once expired.
+    /// Whole seconds left, truncated toward zero as etcd truncates them (299
+    /// just after a grant of 300): 0 in the first second past the deadline,
+    /// while the expired lease waits for its revoke, and negative after.
     pub fn remaining_secs(&self, now: Instant) -> i64 {
         match self.deadline.checked_duration_since(now) {
-            Some(d) if !d.is_zero() => d.as_secs() as i64,
-            _ => -1,
+            Some(left) => left.as_secs() as i64,
+            None => -((now - self.deadline).as_secs() as i64),
         }
     }
 }
@@ -245,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn remaining_time_rounds_down_and_is_minus_one_when_expired() {
+    fn remaining_time_is_truncated_toward_zero_as_etcds() {
         let t0 = Instant::now();
         let mut t = LeaseTable::default();
         t.grant(7, 10, t0, 1);
@@ -253,8 +254,10 @@ mod tests {
         assert_eq!(l.remaining_secs(t0), 10);
         assert_eq!(l.remaining_secs(t0 + Duration::from_millis(500)), 9);
         assert_eq!(l.remaining_secs(t0 + Duration::from_millis(9_999)), 0);
-        assert_eq!(l.remaining_secs(t0 + Duration::from_secs(10)), -1);
-        assert_eq!(l.remaining_secs(t0 + Duration::from_secs(11)), -1);
+        // Expired, not yet revoked: 0, then negative, never -1 at once.
+        assert_eq!(l.remaining_secs(t0 + Duration::from_secs(10)), 0);
+        assert_eq!(l.remaining_secs(t0 + Duration::from_millis(10_900)), 0);
+        assert_eq!(l.remaining_secs(t0 + Duration::from_millis(12_500)), -2);
     }
 
     #[test]
