@@ -616,6 +616,27 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         Want::Err(Code::InvalidArgument, DUPLICATE_KEY),
     );
     r.check(
+        "txn putting a key beside a delete of every key from a lower one",
+        kv.txn(pb::TxnRequest {
+            success: vec![
+                pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestDeleteRange(
+                        pb::DeleteRangeRequest {
+                            key: b"z/dx".to_vec(),
+                            range_end: b"\0".to_vec(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                put_op(b"z/dy"),
+            ],
+            ..Default::default()
+        })
+        .await,
+        // etcd checks the interval ["t/dx", "\0"), which holds no key.
+        Want::Ok,
+    );
+    r.check(
         "txn putting a key twice through a nested txn",
         kv.txn(pb::TxnRequest {
             success: vec![

@@ -275,6 +275,10 @@ fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<KeyRange>), Statu
             Some(Op::RequestPut(p)) if !puts.insert(&p.key) => {
                 return Err(errors::duplicate_key());
             }
+            // etcd checks a delete's range as the literal interval
+            // [key, range_end): one ending at "\0" (every key from `key`
+            // on) holds no key there, so a put beside it is accepted.
+            Some(Op::RequestDeleteRange(d)) if d.range_end == [0] => {}
             Some(Op::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
             Some(Op::RequestTxn(t)) => {
                 // Either branch of a nested txn may run: check each against ours.
