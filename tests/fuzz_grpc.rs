@@ -633,7 +633,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
             ..Default::default()
         })
         .await,
-        // etcd checks the interval ["t/dx", "\0"), which holds no key.
+        // etcd checks the interval ["z/dx", "\0"), which holds no key.
         Want::Ok,
     );
     r.check(
