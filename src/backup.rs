@@ -48,6 +48,8 @@ pub enum BackupError {
     },
     #[error("snapshot {path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("snapshot {path} is an etcd (bbolt) snapshot, which localcluster cannot read: it reads snapshots saved from localcluster members; restore this one with etcdutl into an etcd data dir")]
+    EtcdSnapshot { path: PathBuf },
     #[error("cannot fetch a snapshot from {endpoint}: {reason}")]
     Fetch { endpoint: String, reason: String },
     #[error("{0}")]
@@ -114,12 +116,24 @@ pub fn unframe(file: &[u8]) -> Result<&[u8], String> {
     Ok(store)
 }
 
+/// Whether `file` starts as a bbolt database does (etcd's snapshots): a meta
+/// page whose header (16 bytes) is followed by bbolt's magic, 0xED0CDAED,
+/// little-endian.
+fn is_bbolt(file: &[u8]) -> bool {
+    file.get(16..20) == Some(&0xED0C_DAEDu32.to_le_bytes()[..])
+}
+
 /// Reads a snapshot file, checks it whole and returns the store snapshot bytes.
 pub fn read(path: &Path) -> Result<Vec<u8>, BackupError> {
     let bytes = std::fs::read(path).map_err(|source| BackupError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    if is_bbolt(&bytes) {
+        return Err(BackupError::EtcdSnapshot {
+            path: path.to_path_buf(),
+        });
+    }
     let store = unframe(&bytes).map_err(|reason| BackupError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -241,5 +255,19 @@ mod tests {
         bad[10] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
         assert!(matches!(read(&path), Err(BackupError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn an_etcd_snapshot_is_named_for_what_it_is() {
+        // The first page of a bbolt file: a page header, then the magic.
+        let mut bbolt = vec![0u8; 4096];
+        bbolt[8] = 0x04; // a meta page
+        bbolt[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.db");
+        std::fs::write(&path, &bbolt).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("is an etcd (bbolt) snapshot"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }
