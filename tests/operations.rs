@@ -317,6 +317,50 @@ fn member_update_and_move_leader_work_through_etcdctl() {
 }
 
 #[test]
+fn member_update_keeps_the_open_stream_until_the_member_restarts_at_its_new_url() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    // Two members: every write needs the follower.
+    let mut cluster = Cluster::start(2, &[]);
+    let leader = cluster.wait_leader();
+    let follower = 1 - leader;
+    let id = hex_id(&cluster.members[follower]);
+    let peer_port = free_port();
+    let new_peer = format!("http://127.0.0.1:{peer_port}");
+    let out = cluster.etcdctl_at(
+        leader,
+        &["member", "update", &id, &format!("--peer-urls={new_peer}")],
+    );
+    assert!(out.success(), "{}", out.stderr);
+    // Nothing listens at the new URL yet: as in etcd, the stream that is up
+    // carries on meanwhile, so writes still reach a quorum.
+    for i in 0..3 {
+        let out = cluster.etcdctl_at(leader, &["put", &format!("u{i}"), "v"]);
+        assert!(out.success(), "put {i} after the update: {}", out.stderr);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Restarted at the new URL, it is reached there.
+    assert!(cluster.members[follower].terminate().success());
+    let m = &cluster.members[follower];
+    let mut args = m.args.clone();
+    for flag in ["--listen-peer-urls", "--initial-advertise-peer-urls"] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = new_peer.clone();
+    }
+    let home = m.data_dir.parent().unwrap().to_path_buf();
+    let moved = Member::new(&home, &m.name.clone(), m.client_port, peer_port, args);
+    cluster.members[follower] = moved;
+    cluster.members[follower].spawn();
+    cluster.members[follower].wait_ready();
+    let out = eventually(WAIT, "a put after the restart", || {
+        let out = cluster.etcdctl_at(leader, &["put", "after", "restart"]);
+        out.success().then_some(out)
+    });
+    assert!(out.success());
+}
+
+#[test]
 fn a_member_moves_to_a_new_address_with_its_data_dir_and_keeps_its_id_and_data() {
     if skip_without_etcdctl() {
         return;

@@ -99,6 +99,8 @@ pub struct Peers {
     raft: RaftHandle,
     faults: Arc<Faults>,
     queues: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    /// Each sender's peer URL, which `add` may change under it.
+    urls: Mutex<HashMap<u64, PeerUrl>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
@@ -113,6 +115,9 @@ pub struct Peers {
     /// its stream for it.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// A peer's URL, shared by its sender and [`Peers::add`].
+type PeerUrl = Arc<Mutex<String>>;
 
 /// How a receiver refuses the stream of a member removed from the cluster
 /// (etcd's words), and how that member's sender recognises it.
@@ -169,6 +174,7 @@ impl Peers {
             faults,
             tls,
             queues: Mutex::new(HashMap::new()),
+            urls: Mutex::new(HashMap::new()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
@@ -200,10 +206,26 @@ impl Peers {
         self.active.get(peer)
     }
 
-    /// Starts (or replaces) the sender for `peer` at `url`.
+    /// Starts the sender for `peer` at `url`; if it runs, gives it `url`
+    /// for its next connection, as etcd's peers take an updated URL: a
+    /// stream that is up stays up (the member may not listen there yet,
+    /// `member update` coming before its restart).
     pub fn add(&self, peer: u64, url: String) {
         if peer == self.member_id {
             return;
+        }
+        let running = self.queues.lock().is_ok_and(|q| q.contains_key(&peer));
+        if running {
+            if let Some(current) = self.urls.lock().ok().and_then(|u| u.get(&peer).cloned()) {
+                if let Ok(mut current) = current.lock() {
+                    *current = url;
+                }
+                return;
+            }
+        }
+        let url = Arc::new(Mutex::new(url));
+        if let Ok(mut u) = self.urls.lock() {
+            u.insert(peer, url.clone());
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = Sender {
@@ -244,6 +266,9 @@ impl Peers {
     pub fn remove(&self, peer: u64) {
         if let Ok(mut q) = self.queues.lock() {
             q.remove(&peer);
+        }
+        if let Ok(mut u) = self.urls.lock() {
+            u.remove(&peer);
         }
         self.active.down(peer, None);
     }
@@ -288,7 +313,8 @@ struct Sender {
     cluster_id: u64,
     from: u64,
     to: u64,
-    url: String,
+    /// Read at every connection: [`Peers::add`] may change it.
+    url: PeerUrl,
     raft: RaftHandle,
     faults: Arc<Faults>,
     shutdown: CancellationToken,
@@ -312,6 +338,11 @@ const MAX_BATCH: usize = 512;
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Sender {
+    /// The peer's URL as of now.
+    fn url(&self) -> String {
+        self.url.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
     /// Probes the peer every [`PROBE_INTERVAL`] over gRPC and records the
     /// round trip (etcd's prober); never returns. Connects on its first
     /// probe, and again after a failed one.
@@ -335,7 +366,7 @@ impl Sender {
         rtt: &prometheus::Histogram,
     ) {
         if client.is_none() {
-            *client = crate::client::connect_with(&self.url, PROBE_INTERVAL, self.tls.clone())
+            *client = crate::client::connect_with(&self.url(), PROBE_INTERVAL, self.tls.clone())
                 .await
                 .ok()
                 .map(RaftTransportClient::new);
@@ -415,7 +446,7 @@ impl Sender {
                 if !warned {
                     tracing::warn!(
                         peer = %format!("{:x}", self.to),
-                        url = %self.url,
+                        url = %self.url(),
                         "the peer does not speak this version's Raft stream \
                          (an older localcluster, or not a member at all?); \
                          upgrade all members together"
@@ -435,7 +466,7 @@ impl Sender {
         queue: &mut mpsc::UnboundedReceiver<Message>,
         was_up: &mut bool,
     ) -> Result<(), String> {
-        let uri: tonic::transport::Uri = self.url.parse().map_err(|e| format!("{e}"))?;
+        let uri: tonic::transport::Uri = self.url().parse().map_err(|e| format!("{e}"))?;
         let conn = tokio::select! {
             c = tokio::time::timeout(CONNECT_TIMEOUT, crate::tls::connector::dial_uri(&uri, self.tls.clone())) => {
                 c.map_err(|_| "connect timed out".to_string())?.map_err(|e| e.to_string())?
