@@ -270,6 +270,39 @@ fn a_member_whose_data_dir_was_lost_is_refused_as_already_bootstrapped() {
 }
 
 #[test]
+fn peers_log_when_a_member_goes_away_and_comes_back() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader();
+    let gone = cluster.follower();
+    let id = hex_id(&cluster.members[gone]);
+    // etcd's lines, each once per change of state.
+    let lines = |cluster: &Cluster, what: &str| {
+        cluster.members[leader]
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(what) && l.contains(&format!("peer_id={id}")))
+            .count()
+    };
+    eventually(WAIT, "peer became active", || {
+        (lines(&cluster, "peer became active") == 1).then_some(())
+    });
+    cluster.kill9(gone);
+    eventually(WAIT, "peer became inactive", || {
+        (lines(&cluster, "peer became inactive") == 1).then_some(())
+    });
+    cluster.members[gone].spawn();
+    cluster.members[gone].wait_ready();
+    eventually(WAIT, "peer became active again", || {
+        (lines(&cluster, "peer became active") == 2).then_some(())
+    });
+    assert_eq!(
+        lines(&cluster, "peer became inactive"),
+        1,
+        "once per change"
+    );
+}
+
+#[test]
 fn member_update_and_move_leader_work_through_etcdctl() {
     if skip_without_etcdctl() {
         return;

@@ -251,6 +251,8 @@ impl Peers {
             tls: self.tls.clone(),
             warned_version: std::sync::atomic::AtomicBool::new(false),
             removed: self.removed.clone(),
+            logged_active: std::sync::atomic::AtomicBool::new(false),
+            warned_cluster: std::sync::atomic::AtomicBool::new(false),
         };
         let task = self.runtime.spawn(sender.run(rx));
         if let Ok(mut q) = self.queues.lock() {
@@ -330,6 +332,11 @@ struct Sender {
     warned_version: std::sync::atomic::AtomicBool,
     /// Set when the peer refuses the stream because this member was removed.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Whether the peer was last logged active (etcd's `peer X became
+    /// active` / `inactive` lines, logged on each change only).
+    logged_active: std::sync::atomic::AtomicBool,
+    /// Set once the peer was found in another cluster (logged once).
+    warned_cluster: std::sync::atomic::AtomicBool,
 }
 
 const MAX_BATCH: usize = 512;
@@ -398,7 +405,7 @@ impl Sender {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %format!("{:x}", self.to), error = %e, "peer stream broke");
+                    self.log_failure(&e);
                     let _ = self.raft.send(Msg::Unreachable(self.to));
                     // Only a stream that was up: a reconnect that fails again
                     // says nothing new about the peer.
@@ -418,6 +425,24 @@ impl Sender {
                 _ = self.shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    /// Logs why a stream ended as etcd's peers do: a peer that was up
+    /// `became inactive` (once, until it is up again), a peer of another
+    /// cluster is an error (once); reconnects that fail again say nothing
+    /// new, and go to the debug log.
+    fn log_failure(&self, error: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let peer_id = format!("{:x}", self.to);
+        if error.contains("cluster ID mismatch") {
+            if !self.warned_cluster.swap(true, Relaxed) {
+                tracing::error!(%peer_id, peer_url = %self.url(), %error, "request sent was ignored by the peer: it belongs to another cluster");
+            }
+        } else if self.logged_active.swap(false, Relaxed) {
+            tracing::warn!(%peer_id, %error, "peer became inactive (message send to peer failed)");
+        } else {
+            tracing::debug!(%peer_id, %error, "peer stream broke");
         }
     }
 
@@ -485,6 +510,12 @@ impl Sender {
         }
         self.active.up(self.to, self.generation);
         *was_up = true;
+        if !self
+            .logged_active
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(peer_id = %format!("{:x}", self.to), peer_url = %self.url(), "peer became active");
+        }
         let mut frame = Vec::new();
         let mut batch = Vec::new();
         loop {
@@ -724,7 +755,12 @@ impl Inbox {
                 break refusal;
             }
         };
-        tracing::debug!(reason = refusal.reason(), "refused a raft stream");
+        match &refusal {
+            Refusal::OtherCluster(reason) => {
+                tracing::warn!(%reason, "rejected a raft stream: request cluster ID mismatch");
+            }
+            _ => tracing::debug!(reason = refusal.reason(), "refused a raft stream"),
+        }
         let mut wr = wr;
         let answer = wire::frame_of(refusal.reason().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
