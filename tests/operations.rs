@@ -187,6 +187,13 @@ fn a_cluster_grows_to_five_with_a_promoted_learner_and_shrinks_to_three_without_
         );
         let status = cluster.members[leader].wait_exit(WAIT);
         assert!(status.success(), "a removed member exits cleanly: {status}");
+        // It stops at once, as etcd's: no handover is tried.
+        let log = cluster.members[leader].current_log();
+        assert!(
+            log.contains("skipped leadership transfer; local server was removed")
+                && !log.contains("leadership transfer failed"),
+            "{log}"
+        );
         cluster.wait_leader();
     }
     let list = members(&mut cluster);

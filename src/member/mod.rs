@@ -621,7 +621,8 @@ impl Member {
     /// A stopping leader's handover (etcd's `TransferLeadership`): leadership
     /// goes to the voter this member has been connected to longest, and the
     /// member waits until it is no longer leader, at most an election
-    /// timeout. It fails at once when no other voter is connected, and is
+    /// timeout. A removed member skips it. It fails at once when no other
+    /// voter is connected, and is
     /// given up when the transferee goes away: when a whole cluster stops at
     /// once, no follower is left to take over, and the leader need not wait.
     /// Logged with etcd's messages.
@@ -630,6 +631,12 @@ impl Member {
         let local_member_id = format!("{:x}", self.id);
         if !st.is_leader {
             tracing::info!(%local_member_id, "skipped leadership transfer; local server is not leader");
+            return;
+        }
+        if self.peers.is_removed() {
+            // As etcd's: a removed member stops at once, with no one to hand
+            // over to (its successor is elected without it).
+            tracing::info!(%local_member_id, "skipped leadership transfer; local server was removed from the cluster");
             return;
         }
         if st.voters.len() < 2 {

@@ -191,6 +191,11 @@ impl Peers {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// Whether this member knows it was removed from the cluster.
+    pub fn is_removed(&self) -> bool {
+        *self.removed.borrow()
+    }
+
     /// Records that this member was removed from the cluster (once, with
     /// etcd's log lines): it should stop, and its data dir is of no use.
     pub fn note_removed(&self) {
