@@ -230,6 +230,37 @@ async fn an_added_member_joins_by_snapshot_is_promoted_and_leaves_when_removed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_again_right_after_its_removal_gets_a_new_id() {
+    let cluster = LocalCluster::builder()
+        .members(1)
+        .cluster_token(TOKEN)
+        .start()
+        .await
+        .unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let url = cluster.client_urls()[0].clone();
+    let mut cc = cluster_client(&url).await;
+    let (_peer, peer_url) = bind();
+    // Learners, so that the unstarted member does not count for quorum.
+    let add = MemberAddRequest {
+        peer_ur_ls: vec![peer_url],
+        is_learner: true,
+    };
+    let first = cc.member_add(add.clone()).await.unwrap().into_inner();
+    let first = first.member.unwrap().id;
+    cc.member_remove(MemberRemoveRequest { id: first })
+        .await
+        .unwrap();
+    // Within the same second the same URLs derive the same ID; a removed
+    // ID is never given again (its peers would take it for the removed one).
+    let again = cc.member_add(add).await.unwrap().into_inner();
+    let again = again.member.unwrap().id;
+    assert_ne!(again, first);
+    let listed = cc.member_list(MemberListRequest::default()).await.unwrap();
+    assert!(listed.get_ref().members.iter().any(|m| m.id == again));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_was_never_added_cannot_join() {
     let cluster = LocalCluster::builder()
         .members(1)

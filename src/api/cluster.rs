@@ -251,7 +251,17 @@ impl Cluster for ClusterService {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let id = identity::member_id(&urls, &self.core.cluster_token, Some(now));
+        // An ID the cluster gave before (removed since) is never given
+        // again: its peers would take the new member for the removed one.
+        // A second earlier add and remove of the same URLs derive the same
+        // ID, so the next second's is taken (IDs only need to be unique).
+        let id = {
+            let membership = self.core.membership.borrow();
+            (now..)
+                .map(|t| identity::member_id(&urls, &self.core.cluster_token, Some(t)))
+                .find(|id| !membership.removed.contains(id) && membership.member(*id).is_none())
+                .unwrap_or_default()
+        };
         let info = MemberInfo {
             id,
             name: String::new(),
