@@ -636,6 +636,36 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         // etcd checks the interval ["z/dx", "\0"), which holds no key.
         Want::Ok,
     );
+    if ours {
+        // etcd panics on this one ("unexpected error during txn"): the put
+        // that keeps its value finds the key deleted by the same txn.
+        r.check(
+            "txn keeping the value of a key it deletes with every key from a lower one",
+            kv.txn(pb::TxnRequest {
+                success: vec![
+                    pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestDeleteRange(
+                            pb::DeleteRangeRequest {
+                                key: b"z/dx".to_vec(),
+                                range_end: b"\0".to_vec(),
+                                ..Default::default()
+                            },
+                        )),
+                    },
+                    pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: b"z/dy".to_vec().into(),
+                            ignore_value: true,
+                            ..Default::default()
+                        })),
+                    },
+                ],
+                ..Default::default()
+            })
+            .await,
+            Want::Err(Code::InvalidArgument, DUPLICATE_KEY),
+        );
+    }
     r.check(
         "txn putting a key twice through a nested txn",
         kv.txn(pb::TxnRequest {
@@ -1073,6 +1103,26 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
             format!("{count:?}"),
         );
     }
+    // The puts are checked before the ranges, as etcd checks them.
+    r.check(
+        "txn with a range past the head and a put keeping a missing key's value",
+        kv.txn(pb::TxnRequest {
+            success: vec![
+                txn_op(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    revision: head + 1000,
+                    ..range_req(b"t/r1", b"")
+                })),
+                txn_op(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: b"t/missing".to_vec().into(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            ],
+            ..Default::default()
+        })
+        .await,
+        Want::Err(Code::InvalidArgument, KEY_NOT_FOUND),
+    );
     // A nested txn's compares see the store as it was before the txn, not
     // the outer txn's own puts (etcd's compareToPath).
     let nested = pb::TxnRequest {

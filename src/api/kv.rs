@@ -265,44 +265,73 @@ fn check_ops(req: &TxnRequest, max_ops: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// The keys put and the ranges deleted by one branch; errors when a key would be
-/// written twice in one revision.
-fn writes_of(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<KeyRange>), Status> {
-    let mut puts: HashSet<&[u8]> = HashSet::new();
-    let mut dels: Vec<KeyRange> = Vec::new();
+/// What one branch writes, for etcd's duplicate-key check.
+#[derive(Default)]
+struct Writes<'a> {
+    /// The keys put.
+    puts: HashSet<&'a [u8]>,
+    /// The keys put keeping their value or lease (`ignore_value`,
+    /// `ignore_lease`): they must still exist when their put runs.
+    keeping: Vec<&'a [u8]>,
+    /// The ranges deleted.
+    dels: Vec<KeyRange>,
+    /// The first keys of the deletes of every key from there on (a range
+    /// end of "\0").
+    from_keys: Vec<&'a [u8]>,
+}
+
+impl<'a> Writes<'a> {
+    fn absorb(&mut self, other: Writes<'a>) {
+        self.puts.extend(other.puts);
+        self.keeping.extend(other.keeping);
+        self.dels.extend(other.dels);
+        self.from_keys.extend(other.from_keys);
+    }
+}
+
+/// The writes of one branch; errors when a key would be written twice in
+/// one revision.
+fn writes_of(ops: &[RequestOp]) -> Result<Writes<'_>, Status> {
+    let mut w = Writes::default();
     for op in ops {
         match &op.request {
-            Some(Op::RequestPut(p)) if !puts.insert(&p.key) => {
+            Some(Op::RequestPut(p)) if !w.puts.insert(&p.key) => {
                 return Err(errors::duplicate_key());
             }
+            Some(Op::RequestPut(p)) if p.ignore_value || p.ignore_lease => w.keeping.push(&p.key),
             // etcd checks a delete's range as the literal interval
             // [key, range_end): one ending at "\0" (every key from `key`
-            // on) holds no key there, so a put beside it is accepted.
-            Some(Op::RequestDeleteRange(d)) if d.range_end == [0] => {}
-            Some(Op::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
+            // on) holds no key there, so a put beside it is accepted...
+            Some(Op::RequestDeleteRange(d)) if d.range_end == [0] => w.from_keys.push(&d.key),
+            Some(Op::RequestDeleteRange(d)) => w.dels.push(KeyRange::new(&d.key, &d.range_end)),
             Some(Op::RequestTxn(t)) => {
                 // Either branch of a nested txn may run: check each against ours.
-                let (sp, sd) = writes_of(&t.success)?;
-                let (fp, fd) = writes_of(&t.failure)?;
-                for k in sp.iter().chain(fp.iter()) {
-                    if puts.contains(k) {
+                let success = writes_of(&t.success)?;
+                let failure = writes_of(&t.failure)?;
+                for k in success.puts.iter().chain(failure.puts.iter()) {
+                    if w.puts.contains(k) {
                         return Err(errors::duplicate_key());
                     }
                 }
-                puts.extend(sp);
-                puts.extend(fp);
-                dels.extend(sd);
-                dels.extend(fd);
+                w.absorb(success);
+                w.absorb(failure);
             }
             _ => {}
         }
     }
-    for k in &puts {
-        if dels.iter().any(|d| d.contains(k)) {
+    for k in &w.puts {
+        if w.dels.iter().any(|d| d.contains(k)) {
             return Err(errors::duplicate_key());
         }
     }
-    Ok((puts, dels))
+    // ...but not one that keeps the value or lease of a key it deletes: the
+    // put could not run (etcd panics on it), and the txn would fail halfway.
+    for k in &w.keeping {
+        if w.from_keys.iter().any(|from| k >= from) {
+            return Err(errors::duplicate_key());
+        }
+    }
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub fn txn(
 ) -> Result<TxnResponse, ApplyError> {
     let mut path = Vec::new();
     branches(rt, req, &mut path)?;
-    check_ops(rt, req, &mut path.iter().copied(), leases)?;
+    check_ops(rt, req, &path, leases)?;
     run(rt, req, &mut path.into_iter(), leases)
 }
 
@@ -235,30 +235,45 @@ fn check_put(rt: &RevTxn<'_, '_>, req: &PutRequest, leases: &dyn Leases) -> Resu
 }
 
 /// Checks the ops of the branches `path` chose, before anything runs
-/// (etcd's `checkRequests`): puts as [`check_put`] does, and ranges at a
-/// revision against the store's revisions before the txn (one past them,
-/// the txn's own, is in the future; a negative one is compacted once the
-/// store has been).
+/// (etcd's `checkRequests`, in its order: every put first, then every
+/// range): puts as [`check_put`] does, and ranges at a revision against the
+/// store's revisions before the txn (past the head, the txn's own revision
+/// included, is in the future; below the compacted revision, -1 when
+/// nothing was compacted, is compacted, as etcd has it for negative ones).
 fn check_ops(
     rt: &RevTxn<'_, '_>,
     req: &TxnRequest,
-    path: &mut impl Iterator<Item = bool>,
+    path: &[bool],
     leases: &dyn Leases,
+) -> Result<(), ApplyError> {
+    check_each(req, &mut path.iter().copied(), &mut |op| match op {
+        Op::RequestPut(p) => check_put(rt, p, leases),
+        _ => Ok(()),
+    })?;
+    check_each(req, &mut path.iter().copied(), &mut |op| match op {
+        Op::RequestRange(r) if r.revision != 0 && r.revision > rt.revision() => {
+            Err(MvccError::FutureRevision.into())
+        }
+        Op::RequestRange(r) if r.revision != 0 && r.revision < rt.compact_revision() => {
+            Err(MvccError::Compacted.into())
+        }
+        _ => Ok(()),
+    })
+}
+
+/// Calls `check` with every op of the branches `path` chose, nested txns'
+/// included, in the order they run.
+fn check_each(
+    req: &TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+    check: &mut dyn FnMut(&Op) -> Result<(), ApplyError>,
 ) -> Result<(), ApplyError> {
     let succeeded = path.next().unwrap_or(false);
     for op in taken(req, succeeded) {
         match &op.request {
-            Some(Op::RequestPut(p)) => check_put(rt, p, leases)?,
-            Some(Op::RequestRange(r)) if r.revision != 0 => {
-                if r.revision > rt.revision() {
-                    return Err(MvccError::FutureRevision.into());
-                }
-                if r.revision < rt.compact_revision() {
-                    return Err(MvccError::Compacted.into());
-                }
-            }
-            Some(Op::RequestTxn(t)) => check_ops(rt, t, path, leases)?,
-            _ => {}
+            Some(Op::RequestTxn(t)) => check_each(t, path, check)?,
+            Some(op) => check(op)?,
+            None => {}
         }
     }
     Ok(())
