@@ -288,6 +288,7 @@ impl LocalClusterBuilder {
             catchup_entries: self.catchup_entries,
             worker_threads: Some(self.worker_threads),
             request_timeout: Some(self.request_timeout),
+            fresh_cluster: true,
         };
         let mut slots = Vec::with_capacity(self.size);
         for (i, (name, (client_url, peer_url, client_addr, peer_addr))) in

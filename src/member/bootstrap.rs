@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use prost::Message as _;
 
 use super::MemberError;
@@ -39,10 +41,13 @@ pub(super) type PeerTls = std::sync::Arc<tokio_rustls::rustls::ClientConfig>;
 
 /// Works out who this data dir belongs to: the stored identity, or a new one
 /// derived from the flags (or fetched from the running cluster).
+/// `ask_peers`: whether a new member of a new cluster asks the others if it
+/// already published itself ([`refuse_if_bootstrapped`]).
 pub(super) fn resolve_identity(
     cfg: &MemberConfig,
     storage: &RaftStorage,
     peer_tls: Option<PeerTls>,
+    ask_peers: bool,
 ) -> Result<(Identity, Origin), MemberError> {
     if let Some(bytes) = storage.identity()? {
         let stored = Identity::decode(bytes.as_slice()).map_err(|e| {
@@ -61,57 +66,60 @@ pub(super) fn resolve_identity(
         return Ok((identity, Origin::Joining(membership)));
     }
     let identity = derive_identity(cfg)?;
-    refuse_if_bootstrapped(cfg, &identity, peer_tls)?;
+    if ask_peers {
+        refuse_if_bootstrapped(cfg, &identity, peer_tls)?;
+    }
     Ok((identity, Origin::New))
 }
 
 /// Refuses to bootstrap a new cluster when the other members listed in
-/// `--initial-cluster` already run one in which this member has published
-/// itself: its data dir was lost or is another one, and starting afresh
-/// would forget its Raft term, vote and log (etcd's `isMemberBootstrapped`,
-/// `member <id> has already been bootstrapped`). The member is found by its
-/// ID or its peer URLs. Peers that do not answer within a second are taken
-/// as not started, as on a first bootstrap.
+/// `--initial-cluster` already run one in which this member (its ID) has
+/// published itself: its data dir was lost or is another one, and starting
+/// afresh would forget its Raft term, vote and log (etcd's
+/// `isMemberBootstrapped`, `member <id> has already been bootstrapped`).
+/// The first member to answer settles it; when none answers within
+/// [`BOOTSTRAP_CHECK`] (a first bootstrap: the others are starting too),
+/// the member goes on, as etcd's does.
 fn refuse_if_bootstrapped(
     cfg: &MemberConfig,
     identity: &Identity,
     peer_tls: Option<PeerTls>,
 ) -> Result<(), MemberError> {
-    let mine = own_peer_urls(cfg);
-    let others = other_peer_urls(cfg, &mine);
+    let others = other_peer_urls(cfg, &own_peer_urls(cfg));
     if others.is_empty() {
         return Ok(());
     }
-    let fetched = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+    let answer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        else {
-            return Vec::new();
-        };
+            .ok()?;
         rt.block_on(async {
-            let asks = others.iter().map(|url| {
-                let tls = peer_tls.clone();
-                async move {
-                    tokio::time::timeout(BOOTSTRAP_CHECK, fetch_membership(url, tls))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
+            let mut asks: futures::stream::FuturesUnordered<_> = others
+                .iter()
+                .map(|url| fetch_membership(url, peer_tls.clone()))
+                .collect();
+            let first = async {
+                while let Some(answer) = asks.next().await {
+                    if let Ok(membership) = answer {
+                        return Some(membership);
+                    }
                 }
-            });
-            futures::future::join_all(asks)
+                None
+            };
+            tokio::time::timeout(BOOTSTRAP_CHECK, first)
                 .await
-                .into_iter()
+                .ok()
                 .flatten()
-                .collect::<Vec<Membership>>()
         })
     })
     .join()
-    .unwrap_or_default();
-    let published = fetched.iter().flat_map(|m| &m.members).find(|m| {
-        let mut urls = m.peer_urls.clone();
-        urls.sort();
-        (m.id == identity.member_id || urls == mine) && !m.client_urls.is_empty()
+    .ok()
+    .flatten();
+    let published = answer.as_ref().and_then(|m| {
+        m.members
+            .iter()
+            .find(|m| m.id == identity.member_id && !m.client_urls.is_empty())
     });
     match published {
         Some(m) => Err(MemberError::DataDir(format!(

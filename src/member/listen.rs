@@ -1,6 +1,12 @@
 //! The member's listeners: bound with std before anything else happens (so a
 //! taken port fails the start before the data dir is touched), or handed in
 //! already bound (the embedded cluster binds port 0), then given to tokio.
+//!
+//! The peer listeners are only reserved at first ([`reserve`]: bound, not
+//! listening, so a peer that dials is refused at once) and listen once the
+//! member knows who it is ([`listen`]): a new member asks the others whether
+//! it already belongs to their cluster, and members that start together
+//! must not wait for each other's answer meanwhile.
 
 use super::MemberError;
 use crate::config::EtcdUrl;
@@ -36,6 +42,67 @@ pub(super) fn to_tokio(
         .map(|l| {
             l.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(l).map_err(MemberError::from)
+        })
+        .collect()
+}
+
+/// A peer listener's address, bound but not listening yet (or a listener
+/// handed in, already listening).
+pub(super) enum Reserved {
+    Bound {
+        socket: socket2::Socket,
+        url: String,
+    },
+    Listening(std::net::TcpListener),
+}
+
+/// Binds the addresses of `urls` without listening on them (see the module
+/// doc), unless listeners were handed in.
+pub(super) fn reserve(
+    urls: &[EtcdUrl],
+    given: Vec<std::net::TcpListener>,
+) -> Result<Vec<Reserved>, MemberError> {
+    if !given.is_empty() {
+        return Ok(given.into_iter().map(Reserved::Listening).collect());
+    }
+    urls.iter()
+        .map(|u| {
+            let addr = u
+                .bind_addr()
+                .map_err(|e| MemberError::Config(format!("cannot listen on {u}: {e}")))?;
+            let bind_error = |source| MemberError::Bind {
+                url: u.to_string(),
+                source,
+            };
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .map_err(bind_error)?;
+            // As std's listeners: a restart may reuse a port in TIME_WAIT.
+            socket.set_reuse_address(true).map_err(bind_error)?;
+            socket.bind(&addr.into()).map_err(bind_error)?;
+            Ok(Reserved::Bound {
+                socket,
+                url: u.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Starts listening on reserved addresses.
+pub(super) fn listen(reserved: Vec<Reserved>) -> Result<Vec<std::net::TcpListener>, MemberError> {
+    reserved
+        .into_iter()
+        .map(|r| match r {
+            Reserved::Listening(l) => Ok(l),
+            Reserved::Bound { socket, url } => {
+                socket
+                    .listen(1024)
+                    .map_err(|source| MemberError::Bind { url, source })?;
+                Ok(socket.into())
+            }
         })
         .collect()
 }

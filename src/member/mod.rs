@@ -102,6 +102,12 @@ pub struct Tuning {
     /// How long a client request may wait for consensus before failing with
     /// `etcdserver: request timed out` (default, as etcd: 5 s + 2 × election timeout).
     pub request_timeout: Option<Duration>,
+    /// Every member's data dir was made afresh for a new cluster (the
+    /// embedded cluster does so): none can have published itself in a
+    /// running cluster before, so a new member does not ask the others
+    /// whether it did (see [`bootstrap`]), which would wait for peers whose
+    /// listeners are bound but not served yet.
+    pub fresh_cluster: bool,
 }
 
 /// A running member.
@@ -149,7 +155,7 @@ impl Member {
     ) -> Result<Member, MemberError> {
         let client_std = bind_std(&cfg.listen_client_urls, listeners.client)?;
         let metrics_std = bind_std(&cfg.listen_metrics_urls, Vec::new())?;
-        let peer_std = bind_std(&cfg.listen_peer_urls, listeners.peer)?;
+        let peer_reserved = listen::reserve(&cfg.listen_peer_urls, listeners.peer)?;
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir).map_err(|e| {
             MemberError::DataDir(format!(
@@ -199,7 +205,12 @@ impl Member {
             None
         };
         let cfg = discovered.as_ref().unwrap_or(cfg);
-        let (identity, origin) = resolve_identity(cfg, &storage, tls.peer_client.clone())?;
+        let (identity, origin) = resolve_identity(
+            cfg,
+            &storage,
+            tls.peer_client.clone(),
+            !tuning.fresh_cluster,
+        )?;
         metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
         let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
         let (applier, membership_rx) = Applier::open(
@@ -270,7 +281,7 @@ impl Member {
         let _guard = runtime.enter();
 
         let client_listeners = to_tokio(client_std)?;
-        let peer_listeners = to_tokio(peer_std)?;
+        let peer_listeners = to_tokio(listen::listen(peer_reserved)?)?;
         let metrics_listeners = to_tokio(metrics_std)?;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()
