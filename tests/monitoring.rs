@@ -64,7 +64,7 @@ fn metrics_use_etcds_names_on_client_and_metrics_urls() {
             metric_value(&text, "etcd_debugging_mvcc_compact_revision"),
             Some(0.0)
         );
-        // One key; the put and the get counted, as etcd's store counts them.
+        // One key; the put and the get counted.
         assert_eq!(
             metric_value(&text, "etcd_debugging_mvcc_keys_total"),
             Some(1.0)

@@ -106,11 +106,13 @@ pub struct StoreMetrics {
     pub ops: Option<OpCounters>,
 }
 
-/// etcd's `etcd_mvcc_{range,put,delete,txn}_total`, counted as etcd counts
-/// them: every range (a compare of a txn included), put and delete-range of
-/// a revision transaction, on every member that applies it; and as a txn,
-/// every revision transaction that did more than one of those. Added when a
-/// batch commits.
+/// etcd's `etcd_mvcc_{range,put,delete,txn}_total`, close to how etcd counts
+/// them: every range (a compare or check of a txn included), put and
+/// delete-range of a revision transaction, on every member that applies it;
+/// and as a txn, every revision transaction that did more than one of those.
+/// (etcd runs a txn's compares in a read transaction of their own, counts
+/// the ranges behind `prev_kv`, and serves read-only txns on one member: its
+/// figures differ a little.) Added when a batch commits.
 #[derive(Debug, Clone)]
 pub struct OpCounters {
     pub ranges: prometheus::IntCounter,
@@ -1057,9 +1059,12 @@ impl Batch<'_> {
         let result = self.write_records().and_then(|()| self.write_state());
         self.state.poison_on_err(result)?;
         let store = self.store;
-        if let Some(counters) = &store.op_counters {
-            counters.add(&self.state.ops);
-        }
+        // Counted once the batch is visible (parked or committed).
+        let count = |ops: &OpCounts| {
+            if let Some(counters) = &store.op_counters {
+                counters.add(ops);
+            }
+        };
         let (current, compact) = (self.state.current, self.state.compact);
         // The compaction reaches the index first: a reader pairing the index
         // with the snapshot from before answers `Compacted` below the new
@@ -1089,10 +1094,15 @@ impl Batch<'_> {
             // redb grows the file as a transaction allocates pages, not only
             // as it commits: one look per batch keeps the quota check current.
             store.note_file_size();
+            count(&self.state.ops);
             return Ok(());
         }
         match self.txn.take() {
-            Some(txn) => store.commit_durably(&self.claim, txn, current, compact),
+            Some(txn) => {
+                store.commit_durably(&self.claim, txn, current, compact)?;
+                count(&self.state.ops);
+                Ok(())
+            }
             None => Err(MvccError::Storage("batch already ended".to_string())),
         }
     }

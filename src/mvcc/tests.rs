@@ -2129,7 +2129,7 @@ fn the_live_key_count_follows_puts_deletes_and_a_batch_taken_back() {
 }
 
 #[test]
-fn revision_transactions_are_counted_as_etcd_counts_them() {
+fn revision_transactions_count_their_ranges_puts_and_deletes_once_committed() {
     let registry = prometheus::Registry::new();
     let counter = |name: &str| {
         let c = prometheus::IntCounter::new(name, name).unwrap();
