@@ -40,12 +40,14 @@ pub struct TlsSettings {
     /// `--key-file` / `--peer-key-file`: its private key (PEM).
     pub key_file: Option<PathBuf>,
     /// `--trusted-ca-file` / `--peer-trusted-ca-file`: CA bundle (PEM) that
-    /// certificates of the other side must chain to.
+    /// certificates of the other side must chain to; set, the other side must
+    /// present one, as in etcd, with or without `client_cert_auth`.
     pub trusted_ca_file: Option<PathBuf>,
     /// `--client-crl-file` / `--peer-crl-file`: revoked certificates (PEM).
     pub crl_file: Option<PathBuf>,
     /// `--client-cert-auth` / `--peer-client-cert-auth`: the other side must
-    /// present a certificate signed by the trusted CA.
+    /// present a certificate signed by the trusted CA (which the CA alone
+    /// already asks), and under auth a client's common name is its user.
     pub client_cert_auth: bool,
     /// `--auto-tls` / `--peer-auto-tls`: generate a self-signed certificate
     /// when none is given.
@@ -143,8 +145,11 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsEr
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let builder = match (&s.trusted_ca_file, s.client_cert_auth) {
-        (Some(ca), true) => {
+    // As etcd's `TLSInfo.ServerConfig`: a trusted CA alone, without
+    // `--client-cert-auth`, already requires a certificate it signed (the
+    // flag adds only its common name as the user under auth).
+    let builder = match &s.trusted_ca_file {
+        Some(ca) => {
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
             if let Some(crl) = &s.crl_file {
@@ -155,7 +160,7 @@ pub fn server_config(s: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsEr
                 .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(certs, key)
@@ -295,6 +300,29 @@ mod tests {
         )
         .await;
         assert!(result.is_err(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_trusted_ca_alone_refuses_a_client_without_a_certificate_as_etcd_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut server, alice) = pki(dir.path());
+        server.client_cert_auth = false;
+        let anonymous = TlsSettings {
+            trusted_ca_file: server.trusted_ca_file.clone(),
+            ..TlsSettings::default()
+        };
+        let refused = handshake(
+            server_config(&server).unwrap(),
+            client_config(&anonymous).unwrap(),
+        )
+        .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let cn = handshake(
+            server_config(&server).unwrap(),
+            client_config(&alice).unwrap(),
+        )
+        .await;
+        assert_eq!(cn.unwrap().as_deref(), Some("alice"));
     }
 
     #[test]
