@@ -203,3 +203,135 @@ async fn an_election_has_one_leader_who_proclaims_observes_and_resigns() {
         .unwrap_err();
     assert_eq!(err.message(), "election: not leader");
 }
+
+/// The keys under `prefix`, read from the member at `ch`.
+async fn keys_under(ch: &Channel, prefix: &[u8]) -> Vec<Vec<u8>> {
+    use localcluster::pb::etcdserverpb::kv_client::KvClient;
+    use localcluster::pb::etcdserverpb::RangeRequest;
+    let mut end = prefix.to_vec();
+    *end.last_mut().unwrap() += 1;
+    KvClient::new(ch.clone())
+        .range(RangeRequest {
+            key: prefix.to_vec(),
+            range_end: end,
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect()
+}
+
+/// Polls `keys_under` until it has `n` keys, within [`WAIT`].
+async fn until_keys(ch: &Channel, prefix: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let keys = keys_under(ch, prefix).await;
+        if keys.len() == n || tokio::time::Instant::now() > deadline {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_leaves_no_key_behind() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let ch = channel(&cluster.client_urls()[0]).await;
+    let (la, lb) = (lease(&ch, 60).await, lease(&ch, 60).await);
+    LockClient::new(ch.clone())
+        .lock(LockRequest {
+            name: b"gone".to_vec(),
+            lease: la,
+        })
+        .await
+        .unwrap();
+    // B waits, then gives up (its deadline passes).
+    let mut request = tonic::Request::new(LockRequest {
+        name: b"gone".to_vec(),
+        lease: lb,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let gave_up = LockClient::new(ch.clone()).lock(request).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    // As with etcd, only the holder's key is left...
+    assert_eq!(until_keys(&ch, b"gone/", 1).await.len(), 1);
+    // ...so when the holder goes, the lock is free for the next caller
+    // (it was handed to B's orphaned key, held by nobody).
+    LeaseClient::new(ch.clone())
+        .lease_revoke(LeaseRevokeRequest { id: la })
+        .await
+        .unwrap();
+    let next = lease(&ch, 60).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        LockClient::new(ch.clone()).lock(LockRequest {
+            name: b"gone".to_vec(),
+            lease: next,
+        }),
+    )
+    .await;
+    assert!(matches!(got, Ok(Ok(_))), "{got:?}");
+
+    // The same for a campaign.
+    let mut e = ElectionClient::new(ch.clone());
+    e.campaign(CampaignRequest {
+        name: b"poll".to_vec(),
+        lease: next,
+        value: b"first".to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(CampaignRequest {
+        name: b"poll".to_vec(),
+        lease: lease(&ch, 60).await,
+        value: b"second".to_vec(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    assert!(e.campaign(request).await.is_err());
+    assert_eq!(until_keys(&ch, b"poll/", 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_naming_no_lease_get_one_each_and_only_one_leads() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let ch = channel(&cluster.client_urls()[0]).await;
+    let mut e = ElectionClient::new(ch.clone());
+    let first = e
+        .campaign(CampaignRequest {
+            name: b"nolease".to_vec(),
+            lease: 0,
+            value: b"c1".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    assert_ne!(first.lease, 0, "a lease of its own, as etcd's session");
+    // A second one waits: it does not share the first one's key.
+    let mut request = tonic::Request::new(CampaignRequest {
+        name: b"nolease".to_vec(),
+        lease: 0,
+        value: b"c2".to_vec(),
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let second = e.campaign(request).await;
+    assert!(second.is_err(), "both lead: {second:?}");
+    let leader = e
+        .leader(LeaderRequest {
+            name: b"nolease".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kv
+        .unwrap();
+    assert_eq!(leader.value, b"c1".to_vec());
+}

@@ -1,6 +1,8 @@
 //! The Election service (`v3electionpb.Election`): leader election on a name,
 //! as etcd serves it (see [`super::recipes`]). The leader is the oldest key
-//! under `<name>/`; its value is what the leader proclaims.
+//! under `<name>/`; its value is what the leader proclaims. A campaign naming
+//! no lease gets a new 60 s one, as a lock does; one that gives up waiting
+//! leaves no key behind.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::recipes::{
-    claim, create_rev_is, delete_op, first_under, owner_key, prefix_of, put_op, txn, wait_change,
-    wait_predecessors,
+    claim, create_rev_is, delete_op, first_under, owner_key, prefix_of, put_op, session_lease, txn,
+    wait_change, wait_predecessors, Claimed,
 };
 use super::{errors, Core};
 use crate::apply::convert::kv_to_pb;
@@ -72,18 +74,23 @@ impl Election for ElectionService {
         self.core
             .authorize_prefix(&request, &prefix, Access::Read)?;
         let req = request.into_inner();
-        let key = owner_key(&prefix, req.lease);
-        let (rev, stale_value) = claim(&self.core, &key, &req.value, req.lease).await?;
+        // As etcd's: a campaign naming no lease runs on a new one of its own
+        // (with lease 0, two campaigners would share one key and both lead).
+        let lease = session_lease(&self.core, req.lease).await?;
+        let key = owner_key(&prefix, lease);
+        let (rev, stale_value) = claim(&self.core, &key, &req.value, lease).await?;
+        let claimed = Claimed::new(self.core.clone(), key.clone(), rev);
         let leader = LeaderKey {
             name: req.name,
             key,
             rev,
-            lease: req.lease,
+            lease,
         };
         if stale_value.is_some() {
             proclaim(&self.core, &leader, &req.value).await?;
         }
         wait_predecessors(&self.core, &prefix, rev).await?;
+        claimed.keep();
         let now = self.core.store.current_revision();
         Ok(Response::new(CampaignResponse {
             header: self.core.header(now),

@@ -1,13 +1,14 @@
 //! The Lock service (`v3lockpb.Lock`): a distributed mutex held as long as the
 //! caller's lease lives, as etcd serves it (see [`super::recipes`]). A caller
 //! naming no lease (0) holds the lock with a new 60 s lease nobody renews, as
-//! with etcd's orphaned session: released after a minute, never stuck.
+//! with etcd's orphaned session: released after a minute, never stuck. A
+//! caller that gives up waiting leaves no key behind.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::recipes::{claim, owner_key, prefix_of, session_lease, wait_predecessors};
+use super::recipes::{claim, owner_key, prefix_of, session_lease, wait_predecessors, Claimed};
 use super::{errors, Core};
 use crate::apply::Applied;
 use crate::auth::Access;
@@ -43,7 +44,9 @@ impl Lock for LockService {
         let lease = session_lease(&self.core, req.lease).await?;
         let key = owner_key(&prefix, lease);
         let (rev, _) = claim(&self.core, &key, b"", lease).await?;
+        let claimed = Claimed::new(self.core.clone(), key.clone(), rev);
         wait_predecessors(&self.core, &prefix, rev).await?;
+        claimed.keep();
         let now = self.core.store.current_revision();
         Ok(Response::new(LockResponse {
             header: self.core.header(now),

@@ -7,7 +7,8 @@
 //! Everything goes through [`Core`] like a client request would: writes are
 //! proposals, reads are linearizable, and waiting for a predecessor's key to go
 //! away follows the applied-changes broadcast (subscribed before each check, so
-//! no deletion is missed).
+//! no deletion is missed). A waiter that gives up takes its key away
+//! ([`Claimed`]).
 
 use tonic::Status;
 
@@ -141,6 +142,54 @@ pub async fn claim(
             None => Err(Status::unavailable("lock key vanished; retry")),
         },
         _ => Err(Status::internal("unexpected txn response")),
+    }
+}
+
+/// A waiter's key while it waits for its turn: deleted if the call ends
+/// first (the caller gave up: a deadline, a cancel, or an error), as etcd's
+/// `concurrency` recipes delete it, lest the lock or leadership pass to a
+/// key nobody waits on. Deleted only while it still has the create revision
+/// it was claimed at; [`Claimed::keep`] once the caller holds it.
+pub struct Claimed {
+    core: std::sync::Arc<Core>,
+    key: Option<(Vec<u8>, i64)>,
+}
+
+impl Claimed {
+    pub fn new(core: std::sync::Arc<Core>, key: Vec<u8>, rev: i64) -> Self {
+        Claimed {
+            core,
+            key: Some((key, rev)),
+        }
+    }
+
+    /// The caller holds the lock or leads: the key stays.
+    pub fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let Some((key, rev)) = self.key.take() else {
+            return;
+        };
+        // The call's task is going away: the delete goes on in a task of
+        // the member's runtime (ended with it), one proposal long.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let core = self.core.clone();
+        runtime.spawn(async move {
+            let req = TxnRequest {
+                compare: vec![create_rev_is(&key, rev)],
+                success: vec![delete_op(&key)],
+                failure: vec![],
+            };
+            if let Err(e) = txn(&core, req).await {
+                tracing::debug!(error = %e.message(), "cannot delete an abandoned waiter's key");
+            }
+        });
     }
 }
 
