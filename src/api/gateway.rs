@@ -6,8 +6,9 @@
 //! gRPC clients (so the same validation, errors, metrics and permission
 //! checks apply; the `Authorization` header is passed on as the
 //! `authorization` metadata etcd also reads a token from, and the
-//! connection's request extensions, such as its peer address and client
-//! certificate, are carried over), and the answer is turned back into JSON.
+//! connection's request extensions, such as its peer address, are carried
+//! over; a client certificate's common name is not, as in etcd, so under auth
+//! a gateway caller shows a token), and the answer is turned back into JSON.
 //! Nothing of a service's logic is repeated here.
 //!
 //! JSON as etcd 3.4's gateway writes it (proto3 JSON mapping, by pbjson): the
@@ -332,6 +333,15 @@ async fn call(grpc: Router, path: &'static str, from: Caller, body: Body) -> Res
         Err(e) => return error_response(&Status::internal(e.to_string())),
     };
     request.extensions_mut().extend(from.extensions);
+    // A client certificate's common name never names the user of a gateway
+    // call, as in etcd (its gateway dials the server with the server's own
+    // certificate): under auth, a gateway caller shows a token.
+    if let Some(info) = request
+        .extensions_mut()
+        .get_mut::<axum::extract::ConnectInfo<super::listener::ClientAddr>>()
+    {
+        info.0.cert_name = None;
+    }
     match grpc.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
