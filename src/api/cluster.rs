@@ -165,9 +165,12 @@ impl ClusterService {
             .member(leader)
             .and_then(|m| m.peer_urls.first().cloned())
             .ok_or_else(errors::no_leader)?;
-        let channel = crate::client::connect(&url, self.core.limits.leader_wait)
-            .await
-            .map_err(|_| errors::no_leader())?;
+        // A peer URL: dialed as the member dials its peers (with its peer
+        // certificate, which a peer CA requires).
+        let channel =
+            crate::client::connect_with(&url, self.core.limits.leader_wait, self.core.peers.tls())
+                .await
+                .map_err(|_| errors::no_leader())?;
         let answer = crate::pb::lcraftpb::raft_transport_client::RaftTransportClient::new(channel)
             .progress(crate::pb::lcraftpb::ProbeRequest {})
             .await
@@ -257,10 +260,14 @@ impl Cluster for ClusterService {
         // ID, so the next second's is taken (IDs only need to be unique).
         let id = {
             let membership = self.core.membership.borrow();
-            (now..)
-                .map(|t| identity::member_id(&urls, &self.core.cluster_token, Some(t)))
-                .find(|id| !membership.removed.contains(id) && membership.member(*id).is_none())
-                .unwrap_or_default()
+            let mut at = now;
+            loop {
+                let id = identity::member_id(&urls, &self.core.cluster_token, Some(at));
+                if !membership.removed.contains(&id) && membership.member(id).is_none() {
+                    break id;
+                }
+                at += 1;
+            }
         };
         let info = MemberInfo {
             id,

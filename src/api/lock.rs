@@ -17,6 +17,9 @@ use crate::pb::lcraftpb::request::Op;
 use crate::pb::v3lockpb::lock_server::Lock;
 use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
+/// etcd's answer when a waiter's key went away before its turn came.
+const SESSION_EXPIRED: &str = "mutex: session is expired";
+
 /// The Lock service of one member.
 pub struct LockService {
     core: Arc<Core>,
@@ -46,6 +49,19 @@ impl Lock for LockService {
         let (rev, _) = claim(&self.core, &key, b"", lease).await?;
         let claimed = Claimed::new(self.core.clone(), key.clone(), rev);
         wait_predecessors(&self.core, &prefix, rev).await?;
+        // As etcd's mutex: the key must still be ours (its lease may have
+        // expired meanwhile, or an abandoned call of the same lease taken it
+        // away), or someone else may hold the lock too.
+        let view = self.core.store.read().map_err(errors::from_mvcc)?;
+        let ours = view
+            .range(&key, &[], &Default::default())
+            .map_err(errors::from_mvcc)?
+            .kvs
+            .first()
+            .is_some_and(|kv| kv.create_revision == rev);
+        if !ours {
+            return Err(Status::unknown(SESSION_EXPIRED));
+        }
         claimed.keep();
         let now = self.core.store.current_revision();
         Ok(Response::new(LockResponse {

@@ -288,7 +288,9 @@ impl LocalClusterBuilder {
             catchup_entries: self.catchup_entries,
             worker_threads: Some(self.worker_threads),
             request_timeout: Some(self.request_timeout),
-            fresh_cluster: true,
+            // Its own temporary dirs are fresh; dirs it is given may hold a
+            // member's data, or have lost it (then the check matters).
+            fresh_cluster: self.data_dir.is_none(),
         };
         let mut slots = Vec::with_capacity(self.size);
         for (i, (name, (client_url, peer_url, client_addr, peer_addr))) in

@@ -211,6 +211,8 @@ impl Member {
             tls.peer_client.clone(),
             !tuning.fresh_cluster,
         )?;
+        // Who this member is is settled: its peers may reach it now.
+        let peer_std = listen::listen(peer_reserved)?;
         metrics.set_member(identity.member_id, cfg.quota_backend_bytes);
         let auth = Arc::new(crate::auth::Auth::new(&cfg.auth));
         let (applier, membership_rx) = Applier::open(
@@ -281,7 +283,7 @@ impl Member {
         let _guard = runtime.enter();
 
         let client_listeners = to_tokio(client_std)?;
-        let peer_listeners = to_tokio(listen::listen(peer_reserved)?)?;
+        let peer_listeners = to_tokio(peer_std)?;
         let metrics_listeners = to_tokio(metrics_std)?;
         let client_addrs: Vec<SocketAddr> = client_listeners
             .iter()

@@ -191,6 +191,11 @@ impl Peers {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// How this member dials peer URLs over TLS (its peer certificate and CA).
+    pub fn tls(&self) -> Option<Arc<tokio_rustls::rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     /// Whether this member knows it was removed from the cluster.
     pub fn is_removed(&self) -> bool {
         *self.removed.borrow()

@@ -24,9 +24,16 @@ pub fn resolve(s: &TlsSettings, dir: &Path, hosts: &[String]) -> Result<TlsSetti
         generate(dir, hosts)?;
         tracing::info!(cert = %cert.display(), "generated a self-signed certificate (auto-tls)");
     }
+    // As etcd's `SelfCert`, which replaces the whole TLS setup: the CA (and
+    // so client certificate checks) goes, as nothing verifies self-signed
+    // certificates; traffic is encrypted, not authenticated.
     Ok(TlsSettings {
         cert_file: Some(cert),
         key_file: Some(key),
+        trusted_ca_file: None,
+        crl_file: None,
+        client_cert_auth: false,
+        allowed_cn: None,
         ..s.clone()
     })
 }
@@ -92,6 +99,23 @@ mod tests {
         assert!(super::super::server_config(&resolved).is_ok());
         let again = resolve(&s, dir.path(), &[]).unwrap();
         assert_eq!(std::fs::read(again.cert_file.unwrap()).unwrap(), cert);
+    }
+
+    #[test]
+    fn a_generated_certificate_drops_the_ca_as_etcds_self_cert_does() {
+        // With a CA kept, the server would ask every peer for a certificate
+        // of that CA, which no self-signed certificate is: no peer would join.
+        let dir = tempfile::tempdir().unwrap();
+        let s = TlsSettings {
+            auto_tls: true,
+            trusted_ca_file: Some(dir.path().join("ca.pem")),
+            client_cert_auth: true,
+            ..Default::default()
+        };
+        let resolved = resolve(&s, dir.path(), &[]).unwrap();
+        assert_eq!(resolved.trusted_ca_file, None);
+        assert!(!resolved.client_cert_auth);
+        assert!(super::super::server_config(&resolved).is_ok());
     }
 
     #[test]
