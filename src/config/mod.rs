@@ -693,14 +693,16 @@ fn validate_tls(
             "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file: the CA that {side} certificates must be signed by"
         ));
     }
-    if tls.allowed_cn.is_some() && !tls.client_cert_auth {
+    // A trusted CA alone has the other side's certificate verified (see
+    // `tls::server_config`), so these need the CA, not --client-cert-auth.
+    if tls.allowed_cn.is_some() && tls.trusted_ca_file.is_none() {
         return invalid(format!(
-            "--{prefix}cert-allowed-cn needs --{prefix}client-cert-auth"
+            "--{prefix}cert-allowed-cn needs --{prefix}trusted-ca-file: only a verified certificate has a common name to check"
         ));
     }
-    if tls.crl_file.is_some() && !tls.client_cert_auth {
+    if tls.crl_file.is_some() && tls.trusted_ca_file.is_none() {
         return invalid(format!(
-            "--{}crl-file needs --{prefix}client-cert-auth",
+            "--{}crl-file needs --{prefix}trusted-ca-file",
             if prefix.is_empty() { "client-" } else { prefix }
         ));
     }

@@ -988,7 +988,11 @@ fn tls_flags_are_read_and_checked_as_etcd_checks_them() {
     assert!(error(&["--cert-file", "s.pem"]).contains("must be given together"));
     assert!(error(&["--client-cert-auth"]).contains("needs --trusted-ca-file"));
     assert!(error(&["--client-cert-auth=maybe"]).contains("--client-cert-auth"));
-    assert!(error(&["--peer-cert-allowed-cn", "m1"]).contains("needs --peer-client-cert-auth"));
+    assert!(error(&["--peer-cert-allowed-cn", "m1"]).contains("needs --peer-trusted-ca-file"));
+    assert!(error(&["--client-crl-file", "crl.pem"]).contains("needs --trusted-ca-file"));
+    // A CA alone verifies certificates: a CRL or an allowed CN applies.
+    let parsed = parse(&["--client-crl-file", "c.pem", "--trusted-ca-file", "ca.pem"]);
+    assert!(parsed.is_ok(), "{parsed:?}");
 }
 
 #[test]
