@@ -647,3 +647,78 @@ fn bench_puts_over_https_verifying_the_server_against_etcdctl_cacert() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_learner_is_promoted_through_a_follower_over_peer_tls() {
+    if skip_without_etcdctl() {
+        return;
+    }
+    // A follower asks the leader how far the learner got, on the leader's
+    // peer URL: with a peer CA, only with its peer certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.issue("server", "server", 1);
+    let ca = pki.ca();
+    let tls = |_: usize| {
+        flags(&[
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ])
+    };
+    let members = start_cluster(dir.path(), 2, "https", tls);
+    let ep = https_endpoints(&members);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer = format!("https://127.0.0.1:{peer_port}");
+    let added = eventually(Duration::from_secs(20), "member add --learner", || {
+        let out = etcdctl(
+            &ep,
+            &[
+                "--cacert",
+                &ca,
+                "member",
+                "add",
+                "m2",
+                &format!("--peer-urls={peer}"),
+                "--learner",
+            ],
+        );
+        out.success().then(|| out.stdout.clone())
+    });
+    let id = added.split_whitespace().nth(1).unwrap().to_string();
+    let initial = format!(
+        "m0=https://127.0.0.1:{},m1=https://127.0.0.1:{},m2={peer}",
+        members[0].peer_port, members[1].peer_port
+    );
+    let args = member_args(
+        dir.path(),
+        "m2",
+        ("https", client_port),
+        ("https", peer_port),
+        &initial,
+        "existing",
+        &tls(2),
+    );
+    let mut learner = Member::new(dir.path(), "m2", client_port, peer_port, args);
+    learner.spawn();
+    learner.wait_ready();
+
+    // The voter that is not the leader.
+    let follower = eventually(Duration::from_secs(20), "a follower", || {
+        members.iter().find_map(|m| {
+            let one = format!("https://127.0.0.1:{}", m.client_port);
+            let status = etcdctl(&one, &["--cacert", &ca, "endpoint", "status", "-w", "json"]);
+            let status = status.success().then(|| status.json())?;
+            let s = &status[0]["Status"];
+            let (me, leader) = (s["header"]["member_id"].as_u64()?, s["leader"].as_u64()?);
+            (leader != 0 && me != leader).then_some(one)
+        })
+    });
+    let out = eventually(Duration::from_secs(20), "member promote", || {
+        let out = etcdctl(&follower, &["--cacert", &ca, "member", "promote", &id]);
+        out.success().then_some(out)
+    });
+    assert!(out.stdout.contains("promoted"), "{}", out.stdout);
+}
