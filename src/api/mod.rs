@@ -66,12 +66,18 @@ pub fn stream_requires_leader(metadata: &tonic::metadata::MetadataMap) -> bool {
     leader_required(metadata.get(REQUIRE_LEADER).map(|v| v.as_bytes()))
 }
 
-/// The shortest leaderless time that ends a stream requiring a leader. With
-/// etcd's default election timeout (1 s) three timeouts are this; with the
-/// sub-second timeouts of test clusters (the embedded cluster's 200 ms),
-/// three of them pass within one slow election on a loaded machine, and
-/// ending every watch then costs clients more than the election did.
-pub const MIN_LEADER_LOSS: Duration = Duration::from_secs(3);
+/// How long a member with sub-second election timeouts (test clusters:
+/// the embedded cluster's 200 ms) waits without a leader before it ends the
+/// streams that require one: three of its timeouts pass within one slow
+/// election on a loaded machine, and ending every watch then costs clients
+/// more than the election did (3 s was seen too short on a 2-core CI
+/// machine running eight 3-member clusters). With etcd's default timeout
+/// (1 s) or longer, three timeouts are waited, as etcd waits.
+pub const MIN_LEADER_LOSS: Duration = Duration::from_secs(5);
+
+/// etcd's wait with its default timeouts (three of 1 s): a member waiting
+/// at least this long waits as etcd does.
+const ETCD_LEADER_LOSS: Duration = Duration::from_secs(3);
 
 use prost::Message as _;
 
@@ -175,12 +181,16 @@ impl Core {
     }
 
     /// Resolves once this member has known no leader for `leader_wait`
-    /// (three election timeouts, as etcd's `monitorLeader` counts them) and
-    /// at least [`MIN_LEADER_LOSS`] without a break: then the streams that
-    /// require a leader end. Never resolves once the Raft node is gone (the
-    /// member is stopping).
+    /// (three election timeouts, as etcd's `monitorLeader` counts them;
+    /// [`MIN_LEADER_LOSS`] for sub-second timeouts) without a break: then
+    /// the streams that require a leader end. Never resolves once the Raft
+    /// node is gone (the member is stopping).
     pub async fn leader_lost(&self) {
-        let patience = self.limits.leader_wait.max(MIN_LEADER_LOSS);
+        let patience = if self.limits.leader_wait >= ETCD_LEADER_LOSS {
+            self.limits.leader_wait
+        } else {
+            MIN_LEADER_LOSS
+        };
         let mut leadership = self.raft.watch_leadership();
         loop {
             let lost = leadership.wait_for(|l| l.leader_id == 0).await.is_ok();
