@@ -274,6 +274,18 @@ fn put_op(key: &[u8]) -> pb::RequestOp {
     }
 }
 
+fn delete_op(key: &[u8], end: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: key.to_vec(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
 fn range_req(key: &[u8], end: &[u8]) -> pb::RangeRequest {
     pb::RangeRequest {
         key: key.to_vec(),
@@ -598,18 +610,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "txn putting a key it deletes",
         kv.txn(pb::TxnRequest {
-            success: vec![
-                put_op(b"t/d"),
-                pb::RequestOp {
-                    request: Some(pb::request_op::Request::RequestDeleteRange(
-                        pb::DeleteRangeRequest {
-                            key: b"t/".to_vec(),
-                            range_end: b"t0".to_vec(),
-                            ..Default::default()
-                        },
-                    )),
-                },
-            ],
+            success: vec![put_op(b"t/d"), delete_op(b"t/", b"t0")],
             ..Default::default()
         })
         .await,
@@ -618,18 +619,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     r.check(
         "txn putting a key beside a delete of every key from a lower one",
         kv.txn(pb::TxnRequest {
-            success: vec![
-                pb::RequestOp {
-                    request: Some(pb::request_op::Request::RequestDeleteRange(
-                        pb::DeleteRangeRequest {
-                            key: b"z/dx".to_vec(),
-                            range_end: b"\0".to_vec(),
-                            ..Default::default()
-                        },
-                    )),
-                },
-                put_op(b"z/dy"),
-            ],
+            success: vec![delete_op(b"z/dx", b"\0"), put_op(b"z/dy")],
             ..Default::default()
         })
         .await,
@@ -643,15 +633,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
             "txn keeping the value of a key it deletes with every key from a lower one",
             kv.txn(pb::TxnRequest {
                 success: vec![
-                    pb::RequestOp {
-                        request: Some(pb::request_op::Request::RequestDeleteRange(
-                            pb::DeleteRangeRequest {
-                                key: b"z/dx".to_vec(),
-                                range_end: b"\0".to_vec(),
-                                ..Default::default()
-                            },
-                        )),
-                    },
+                    delete_op(b"z/dx", b"\0"),
                     pb::RequestOp {
                         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                             key: b"z/dy".to_vec().into(),

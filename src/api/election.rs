@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::recipes::{
-    claim, create_rev_is, delete_op, first_under, owner_key, prefix_of, put_op, session_lease, txn,
-    wait_change, wait_predecessors, Claimed,
+    claim, create_rev_is, delete_if_created_at, first_under, owner_key, prefix_of, put_op,
+    session_lease, txn, wait_change, wait_predecessors, Claimed,
 };
 use super::{errors, Core};
 use crate::apply::convert::kv_to_pb;
@@ -206,12 +206,7 @@ impl Election for ElectionService {
             .into_inner()
             .leader
             .ok_or_else(|| Status::new(Code::InvalidArgument, MISSING_LEADER))?;
-        let req = TxnRequest {
-            compare: vec![create_rev_is(&leader.key, leader.rev)],
-            success: vec![delete_op(&leader.key)],
-            failure: vec![],
-        };
-        let (_, rev) = txn(&self.core, req).await?;
+        let rev = delete_if_created_at(&self.core, &leader.key, leader.rev).await?;
         Ok(Response::new(ResignResponse {
             header: self.core.header(rev),
         }))

@@ -57,6 +57,17 @@ pub async fn txn(core: &Core, req: TxnRequest) -> Result<(TxnResponse, i64), Sta
     }
 }
 
+/// Deletes `key` if it still has create revision `rev` (the holder's key
+/// it was, not a later one); returns the revision after.
+pub async fn delete_if_created_at(core: &Core, key: &[u8], rev: i64) -> Result<i64, Status> {
+    let req = TxnRequest {
+        compare: vec![create_rev_is(key, rev)],
+        success: vec![delete_op(key)],
+        failure: vec![],
+    };
+    txn(core, req).await.map(|(_, rev)| rev)
+}
+
 /// A compare on the create revision of `key`.
 pub fn create_rev_is(key: &[u8], rev: i64) -> Compare {
     Compare {
@@ -181,12 +192,7 @@ impl Drop for Claimed {
         };
         let core = self.core.clone();
         runtime.spawn(async move {
-            let req = TxnRequest {
-                compare: vec![create_rev_is(&key, rev)],
-                success: vec![delete_op(&key)],
-                failure: vec![],
-            };
-            if let Err(e) = txn(&core, req).await {
+            if let Err(e) = delete_if_created_at(&core, &key, rev).await {
                 tracing::debug!(error = %e.message(), "cannot delete an abandoned waiter's key");
             }
         });

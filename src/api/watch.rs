@@ -250,8 +250,8 @@ impl Session {
         }
         // etcd's mvcc refusals, in its order: an empty range (a range end
         // of "\0" means every key from the key on), then an ID in use.
-        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
-        let refusal = if !c.range_end.is_empty() && c.range_end != [0] && key >= &c.range_end[..] {
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let refusal = if range.is_empty() {
             Some("mvcc: watcher range is empty")
         } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
             Some("mvcc: duplicate watch ID provided on the WatchStream")
@@ -294,7 +294,7 @@ impl Session {
         let compacted_below =
             c.start_revision < 0 && c.start_revision < self.core.store.compact_revision();
         let watcher = Watcher {
-            range: KeyRange::new(&c.key, &c.range_end),
+            range,
             prev_kv: c.prev_kv,
             no_put,
             no_delete,

@@ -89,31 +89,24 @@ fn refuse_if_bootstrapped(
     if others.is_empty() {
         return Ok(());
     }
-    let answer = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(async {
-            let mut asks: futures::stream::FuturesUnordered<_> = others
-                .iter()
-                .map(|url| fetch_membership(url, peer_tls.clone()))
-                .collect();
-            let first = async {
-                while let Some(answer) = asks.next().await {
-                    if let Ok(membership) = answer {
-                        return Some(membership);
-                    }
+    let answer = block_on_aside(async move {
+        let mut asks: futures::stream::FuturesUnordered<_> = others
+            .iter()
+            .map(|url| fetch_membership(url, peer_tls.clone()))
+            .collect();
+        let first = async {
+            while let Some(answer) = asks.next().await {
+                if let Ok(membership) = answer {
+                    return Some(membership);
                 }
-                None
-            };
-            tokio::time::timeout(BOOTSTRAP_CHECK, first)
-                .await
-                .ok()
-                .flatten()
-        })
+            }
+            None
+        };
+        tokio::time::timeout(BOOTSTRAP_CHECK, first)
+            .await
+            .ok()
+            .flatten()
     })
-    .join()
     .ok()
     .flatten();
     let published = answer.as_ref().and_then(|m| {
@@ -191,24 +184,17 @@ fn join_identity(
 ) -> Result<(Identity, Membership), MemberError> {
     let mine = own_peer_urls(cfg);
     let others = other_peer_urls(cfg, &mine);
-    let fetched = std::thread::spawn(move || -> Result<Membership, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let mut last = "no other member in --initial-cluster".to_string();
-            for url in others {
-                match fetch_membership(&url, peer_tls.clone()).await {
-                    Ok(m) => return Ok(m),
-                    Err(e) => last = format!("{url}: {e}"),
-                }
+    let fetched = block_on_aside(async move {
+        let mut last = "no other member in --initial-cluster".to_string();
+        for url in others {
+            match fetch_membership(&url, peer_tls.clone()).await {
+                Ok(m) => return Ok(m),
+                Err(e) => last = format!("{url}: {e}"),
             }
-            Err(last)
-        })
+        }
+        Err(last)
     })
-    .join()
-    .map_err(|_| MemberError::Config("membership fetch panicked".into()))?
+    .map_err(MemberError::Config)?
     .map_err(|e| {
         MemberError::Config(format!("cannot reach the running cluster to join it: {e}"))
     })?;
@@ -232,6 +218,23 @@ fn join_identity(
         cluster_token: cfg.initial_cluster_token.clone(),
     };
     Ok((identity, fetched))
+}
+
+/// Runs `work` to its end on a runtime of its own, on a thread of its own
+/// that is joined before returning: a member may be started from inside a
+/// tokio runtime, where blocking on another would panic.
+fn block_on_aside<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to ask the peers: {e}"))?;
+        Ok(rt.block_on(work))
+    })
+    .join()
+    .map_err(|_| "asking the peers panicked".to_string())?
 }
 
 async fn fetch_membership(url: &str, peer_tls: Option<PeerTls>) -> Result<Membership, String> {

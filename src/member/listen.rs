@@ -11,6 +11,12 @@
 use super::MemberError;
 use crate::config::EtcdUrl;
 
+/// The address a listen URL binds.
+fn address_of(u: &EtcdUrl) -> Result<std::net::SocketAddr, MemberError> {
+    u.bind_addr()
+        .map_err(|e| MemberError::Config(format!("cannot listen on {u}: {e}")))
+}
+
 /// Binds the listeners of `urls` with std (so a taken port fails the start
 /// before the data dir is touched), unless they were bound in advance.
 pub(super) fn bind_std(
@@ -22,10 +28,7 @@ pub(super) fn bind_std(
     }
     urls.iter()
         .map(|u| {
-            let addr = u
-                .bind_addr()
-                .map_err(|e| MemberError::Config(format!("cannot listen on {u}: {e}")))?;
-            std::net::TcpListener::bind(addr).map_err(|e| MemberError::Bind {
+            std::net::TcpListener::bind(address_of(u)?).map_err(|e| MemberError::Bind {
                 url: u.to_string(),
                 source: e,
             })
@@ -67,9 +70,7 @@ pub(super) fn reserve(
     }
     urls.iter()
         .map(|u| {
-            let addr = u
-                .bind_addr()
-                .map_err(|e| MemberError::Config(format!("cannot listen on {u}: {e}")))?;
+            let addr = address_of(u)?;
             let bind_error = |source| MemberError::Bind {
                 url: u.to_string(),
                 source,

@@ -224,14 +224,12 @@ impl Peers {
         if peer == self.member_id {
             return;
         }
-        let running = self.queues.lock().is_ok_and(|q| q.contains_key(&peer));
-        if running {
-            if let Some(current) = self.urls.lock().ok().and_then(|u| u.get(&peer).cloned()) {
-                if let Ok(mut current) = current.lock() {
-                    *current = url;
-                }
-                return;
+        // (`urls` and `queues` hold the same peers: added and removed together.)
+        if let Some(current) = self.urls.lock().ok().and_then(|u| u.get(&peer).cloned()) {
+            if let Ok(mut current) = current.lock() {
+                *current = url;
             }
+            return;
         }
         let url = Arc::new(Mutex::new(url));
         if let Ok(mut u) = self.urls.lock() {
