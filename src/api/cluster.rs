@@ -33,10 +33,7 @@ use crate::pb::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::pb::lcraftpb::{ConfChangeContext, MemberInfo};
-
-/// How many learners a cluster may hold at once (etcd's `maxLearners`).
-const MAX_LEARNERS: usize = 1;
+use crate::pb::lcraftpb::{ConfChangeContext, ConfChangeIntent, MemberInfo};
 
 /// The Cluster service of one member.
 pub struct ClusterService {
@@ -52,6 +49,7 @@ impl ClusterService {
     async fn change(
         &self,
         kind: ConfChangeType,
+        intent: ConfChangeIntent,
         id: u64,
         member: MemberInfo,
     ) -> Result<Vec<MemberInfo>, Status> {
@@ -61,6 +59,7 @@ impl ClusterService {
         let context = ConfChangeContext {
             member: Some(member),
             request_id,
+            intent: intent.into(),
         }
         .encode_to_vec();
         let mut single = ConfChangeSingle::default();
@@ -107,20 +106,20 @@ impl ClusterService {
         Ok(out)
     }
 
-    fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), Status> {
-        let membership = self.core.membership.borrow();
-        let taken = membership
-            .members
-            .iter()
-            .filter(|m| m.id != except)
-            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)));
-        if taken {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                errors::PEER_URL_EXISTS,
-            ));
-        }
-        Ok(())
+    /// Checks a change against this member's view of the membership, by
+    /// the rules every member applies it by (see `crate::membership`): a
+    /// change refused here is not proposed at all.
+    fn validate(
+        &self,
+        intent: ConfChangeIntent,
+        id: u64,
+        member: &MemberInfo,
+    ) -> Result<(), Status> {
+        self.core
+            .membership
+            .borrow()
+            .validate(intent, id, member)
+            .map_err(errors::from_membership)
     }
 
     /// Runs one rule of the strict reconfiguration check against the current
@@ -194,25 +193,6 @@ impl ClusterService {
             .cloned()
             .ok_or_else(errors::member_not_found)
     }
-
-    /// etcd allows one learner at a time. Checked before proposing, from
-    /// this member's view of the membership: two learner additions proposed
-    /// at the same moment can both pass, where etcd's check at apply time
-    /// refuses the second.
-    fn check_learner_slot(&self) -> Result<(), Status> {
-        let learners = self
-            .core
-            .membership
-            .borrow()
-            .members
-            .iter()
-            .filter(|m| m.is_learner)
-            .count();
-        if learners >= MAX_LEARNERS {
-            return Err(errors::too_many_learners());
-        }
-        Ok(())
-    }
 }
 
 /// A refused reconfiguration as etcd reports it.
@@ -246,10 +226,6 @@ impl Cluster for ClusterService {
         let urls = Self::peer_urls(&req.peer_ur_ls)?;
         // In etcd's order: the strict check, then what its apply validates.
         self.check(|m, p| reconfig::check_add(m, req.is_learner, p))?;
-        self.check_urls_free(&urls, 0)?;
-        if req.is_learner {
-            self.check_learner_slot()?;
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -276,12 +252,15 @@ impl Cluster for ClusterService {
             client_urls: vec![],
             is_learner: req.is_learner,
         };
+        self.validate(ConfChangeIntent::Add, id, &info)?;
         let kind = if req.is_learner {
             ConfChangeType::AddLearnerNode
         } else {
             ConfChangeType::AddNode
         };
-        let members = self.change(kind, id, info.clone()).await?;
+        let members = self
+            .change(kind, ConfChangeIntent::Add, id, info.clone())
+            .await?;
         tracing::info!(member_id = %format!("{id:x}"), peer_urls = ?info.peer_urls, learner = req.is_learner, "added member to cluster");
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
@@ -298,7 +277,14 @@ impl Cluster for ClusterService {
         let id = request.into_inner().id;
         let info = self.existing(id)?;
         self.check(|m, p| reconfig::check_remove(m, id, p))?;
-        let members = self.change(ConfChangeType::RemoveNode, id, info).await?;
+        let members = self
+            .change(
+                ConfChangeType::RemoveNode,
+                ConfChangeIntent::Remove,
+                id,
+                info,
+            )
+            .await?;
         tracing::info!(member_id = %format!("{id:x}"), "removed member from cluster");
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
@@ -313,15 +299,16 @@ impl Cluster for ClusterService {
         self.core.authorize_admin(&request)?;
         let req = request.into_inner();
         let mut info = self.existing(req.id)?;
-        let urls = Self::peer_urls(&req.peer_ur_ls)?;
-        self.check_urls_free(&urls, req.id)?;
-        info.peer_urls = urls;
+        info.peer_urls = Self::peer_urls(&req.peer_ur_ls)?;
+        self.validate(ConfChangeIntent::Update, req.id, &info)?;
         let kind = if info.is_learner {
             ConfChangeType::AddLearnerNode
         } else {
             ConfChangeType::AddNode
         };
-        let members = self.change(kind, req.id, info).await?;
+        let members = self
+            .change(kind, ConfChangeIntent::Update, req.id, info)
+            .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: members.iter().map(member_to_pb).collect(),
@@ -363,10 +350,10 @@ impl Cluster for ClusterService {
         // what its apply validates.
         self.check_learner_ready(id).await?;
         self.check(|m, _| reconfig::check_promote_quorum(m))?;
-        if !info.is_learner {
-            return Err(Status::new(Code::FailedPrecondition, errors::NOT_LEARNER));
-        }
-        let members = self.change(ConfChangeType::AddNode, id, info).await?;
+        self.validate(ConfChangeIntent::Promote, id, &info)?;
+        let members = self
+            .change(ConfChangeType::AddNode, ConfChangeIntent::Promote, id, info)
+            .await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: members.iter().map(member_to_pb).collect(),

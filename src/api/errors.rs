@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 
 use crate::apply::ApplyError;
 use crate::auth::AuthError;
+use crate::membership::MembershipError;
 use crate::mvcc::MvccError;
 use crate::raft::RaftError;
 
@@ -31,10 +32,7 @@ pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const STOPPED: &str = "etcdserver: server stopped";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
-pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
-pub const TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
 pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
-pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const LEARNER_NOT_SUPPORTED: &str = "etcdserver: rpc not supported for learner";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -87,9 +85,6 @@ pub fn no_space() -> Status {
 pub fn member_not_found() -> Status {
     Status::new(Code::NotFound, MEMBER_NOT_FOUND)
 }
-pub fn too_many_learners() -> Status {
-    Status::new(Code::FailedPrecondition, TOO_MANY_LEARNERS)
-}
 pub fn bad_leader_transferee() -> Status {
     Status::new(Code::FailedPrecondition, BAD_LEADER_TRANSFEREE)
 }
@@ -141,11 +136,21 @@ pub fn from_apply(e: ApplyError) -> Status {
         ApplyError::KeyNotFound => Status::new(Code::InvalidArgument, KEY_NOT_FOUND),
         ApplyError::LeaseNotFound => Status::new(Code::NotFound, LEASE_NOT_FOUND),
         ApplyError::LeaseExists => Status::new(Code::FailedPrecondition, LEASE_EXISTS),
-        ApplyError::Membership(m) => {
-            Status::new(Code::FailedPrecondition, format!("etcdserver: {m}"))
-        }
+        ApplyError::Membership(m) => from_membership(m),
         ApplyError::Auth(a) => from_auth(a),
     }
+}
+
+/// A refused configuration change as etcd's gRPC API reports it.
+pub fn from_membership(e: MembershipError) -> Status {
+    let code = match e {
+        MembershipError::IdRemoved | MembershipError::IdNotFound => Code::NotFound,
+        MembershipError::IdExists
+        | MembershipError::PeerUrlExists
+        | MembershipError::NotLearner
+        | MembershipError::TooManyLearners => Code::FailedPrecondition,
+    };
+    Status::new(code, format!("etcdserver: {e}"))
 }
 
 /// An auth error with etcd's gRPC code (its message is already etcd's).

@@ -40,6 +40,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::auth::{Auth, AuthApplied, AuthError};
 use crate::lease::{Expiry, LeaseTable};
+use crate::membership::MembershipError;
 use crate::mvcc::{self, MvccError, Store};
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmResponse, LeaseKeepAliveResponse};
@@ -99,7 +100,7 @@ pub enum ApplyError {
     #[error("lease already exists")]
     LeaseExists,
     #[error("{0}")]
-    Membership(String),
+    Membership(#[from] MembershipError),
     #[error("{0}")]
     Auth(#[from] AuthError),
 }
@@ -581,7 +582,21 @@ impl Applier {
         conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
     ) -> Result<(u64, ApplyResult, ConfState), RaftError> {
         let ctx = ConfChangeContext::decode(context).unwrap_or_default();
+        let mut cc = cc;
+        let refused = self.refusal(&ctx, &cc);
+        if refused.is_some() {
+            // Raft still applies the entry, as a change of no member: raft-rs
+            // skips a change of node 0, as etcd's raft does for the changes
+            // etcd refuses.
+            for change in cc.mut_changes() {
+                change.node_id = 0;
+            }
+        }
         let cs = conf(&cc)?;
+        if let Some(e) = refused {
+            tracing::warn!(request_id = ctx.request_id, error = %e, "refused a configuration change");
+            return Ok((ctx.request_id, Err(ApplyError::Membership(e)), cs));
+        }
         for change in cc.get_changes() {
             let id = change.node_id;
             match change.get_change_type() {
@@ -606,6 +621,17 @@ impl Applier {
         }
         let members = self.membership.members.clone();
         Ok((ctx.request_id, Ok((Applied::Members(members), 0)), cs))
+    }
+
+    /// Why the membership as of this entry refuses the change, if it does:
+    /// every member answers alike, whatever its proposer saw.
+    fn refusal(&self, ctx: &ConfChangeContext, cc: &ConfChangeV2) -> Option<MembershipError> {
+        let member = ctx.member.clone().unwrap_or_default();
+        cc.get_changes().iter().find_map(|change| {
+            self.membership
+                .validate(ctx.intent(), change.node_id, &member)
+                .err()
+        })
     }
 }
 
@@ -1122,6 +1148,79 @@ mod tests {
         assert_eq!(batch.revision, 5);
         let keys: Vec<_> = batch.events.iter().map(|e| e.kv.key.clone()).collect();
         assert_eq!(keys, vec![b"k3".to_vec(), b"k4".to_vec()]);
+    }
+
+    /// The entry at `index` of a configuration change of member `id`, as the
+    /// Cluster service proposes it.
+    fn conf_entry(
+        index: u64,
+        kind: ConfChangeType,
+        intent: crate::pb::lcraftpb::ConfChangeIntent,
+        member: MemberInfo,
+    ) -> Entry {
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = member.id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let context = ConfChangeContext {
+            member: Some(member),
+            request_id: 100 + index,
+            intent: intent.into(),
+        };
+        let mut e = Entry {
+            index,
+            term: 1,
+            data: cc.write_to_bytes().unwrap().into(),
+            context: context.encode_to_vec().into(),
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e
+    }
+
+    #[test]
+    fn a_change_the_applied_membership_refuses_is_answered_with_etcds_error_and_changes_no_member()
+    {
+        use crate::pb::lcraftpb::ConfChangeIntent::{Add, Promote};
+        let dir = tempfile::tempdir().unwrap();
+        let waiters = Arc::new(Waiters::default());
+        let store = Arc::new(Store::open(dir.path().join("kv.redb")).unwrap());
+        let auth = Arc::new(Auth::new(&crate::auth::AuthOptions::default()));
+        let (mut a, members) = Applier::open(store, 1, waiters.clone(), auth).unwrap();
+        let learner = |id: u64| MemberInfo {
+            id,
+            peer_urls: vec!["http://127.0.0.1:9".into()],
+            is_learner: true,
+            ..Default::default()
+        };
+        // Two proposers saw the same free URLs (and IDs from different
+        // seconds), a third promoted a member that is not a learner: all were
+        // proposed, only the first can be applied.
+        let entries = vec![
+            conf_entry(1, ConfChangeType::AddLearnerNode, Add, learner(7)),
+            conf_entry(2, ConfChangeType::AddLearnerNode, Add, learner(8)),
+            conf_entry(3, ConfChangeType::AddNode, Promote, learner(9)),
+        ];
+        let answers: Vec<_> = (1..=3).map(|i| waiters.register(100 + i)).collect();
+        let mut told = Vec::new();
+        let mut conf = |cc: &ConfChangeV2| -> Result<ConfState, RaftError> {
+            told.push(cc.get_changes()[0].node_id);
+            Ok(ConfState::default())
+        };
+        a.apply(entries, &mut conf).unwrap();
+        assert_eq!(told, vec![7, 0, 0], "raft-rs is told a change of no member");
+        let mut answers = answers.into_iter().map(|mut rx| rx.try_recv().unwrap());
+        assert!(matches!(answers.next(), Some(Ok((Applied::Members(_), _)))));
+        for expected in [MembershipError::PeerUrlExists, MembershipError::IdNotFound] {
+            match answers.next() {
+                Some(Err(ApplyError::Membership(e))) => assert_eq!(e, expected),
+                other => panic!("expected {expected:?}, got {other:?}"),
+            }
+        }
+        let ids: Vec<u64> = members.borrow().members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![7]);
+        assert_eq!(a.applied_index(), 3, "refused changes are applied entries");
     }
 
     #[test]
