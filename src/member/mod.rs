@@ -593,28 +593,39 @@ impl Member {
         &self.core
     }
 
-    /// Ends the member abruptly: tasks, sockets and the Raft thread stop at once.
-    /// Only what was already durable survives, as after SIGKILL. When this
-    /// returns the member's listeners are closed and its data files released
-    /// (unless the caller still holds a clone of [`Member::core`]), so the same
-    /// ports and data dir can be used again at once. Dropping a `Member` does
-    /// the same.
+    /// Ends the member abruptly, as SIGKILL would: tasks, sockets and the
+    /// Raft thread stop at once, connections are dropped without a GOAWAY, and
+    /// nothing is flushed; only what was already durable survives (applied
+    /// state not flushed yet is applied again from the Raft log at the next
+    /// start). When this returns the member's listeners are closed and its
+    /// data files released (unless the caller still holds a clone of
+    /// [`Member::core`]), so the same ports and data dir can be used again at
+    /// once. Dropping a `Member` does the same.
     pub fn kill(mut self) {
-        self.kill_now();
+        self.end(Ending::Crash);
     }
 
-    fn kill_now(&mut self) {
-        self.shutdown.cancel();
+    /// Ends the member's tasks and Raft thread (see [`Ending`]).
+    fn end(&mut self, how: Ending) {
+        if how == Ending::Graceful {
+            self.shutdown.cancel();
+        }
         self.peers.abort();
         for s in self.servers.drain(..) {
             s.abort();
         }
         if let Some(mut node) = self.node.take() {
-            node.stop();
+            match how {
+                Ending::Graceful => node.stop(),
+                Ending::Crash => node.kill(),
+            }
         }
         if let Some(rt) = self.runtime.take() {
             shutdown_runtime(rt);
         }
+        // Whoever else watches the token (a crash's connections are gone
+        // with the runtime already).
+        self.shutdown.cancel();
     }
 
     /// Stops the member gracefully: a leader first hands leadership to a
@@ -628,7 +639,7 @@ impl Member {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        self.kill_now();
+        self.end(Ending::Graceful);
     }
 
     /// A stopping leader's handover (etcd's `TransferLeadership`): leadership
@@ -700,6 +711,16 @@ impl Member {
     }
 }
 
+/// How a member's tasks end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Connections are told to go away (GOAWAY) and applied state is
+    /// flushed: the end of [`Member::stop`].
+    Graceful,
+    /// Everything stops where it is, as on SIGKILL: [`Member::kill`].
+    Crash,
+}
+
 /// Why a handover failed when its transferee went away (etcd has no such
 /// case: it waits out its request timeout).
 const TRANSFEREE_GONE: &str = "the transferee went away";
@@ -725,7 +746,7 @@ fn longest_connected(
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.kill_now();
+        self.end(Ending::Crash);
     }
 }
 

@@ -149,7 +149,11 @@ pub enum Msg {
     AdvanceTicks(usize),
     Pause,
     Resume,
+    /// Flushes applied state and the hard state, then ends the loop.
     Stop,
+    /// Ends the loop at once, as a crash would: what is not durable yet is
+    /// recovered from the Raft log at the next start.
+    Kill,
 }
 
 /// How a node is set up.
@@ -343,7 +347,17 @@ impl Node {
 
     /// Stops the node thread and waits for it to end.
     pub fn stop(&mut self) {
-        let _ = self.handle.send(Msg::Stop);
+        self.end(Msg::Stop);
+    }
+
+    /// Ends the node thread without flushing anything, as a crash would, and
+    /// waits for it to end.
+    pub fn kill(&mut self) {
+        self.end(Msg::Kill);
+    }
+
+    fn end(&mut self, how: Msg) {
+        let _ = self.handle.send(how);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -522,7 +536,7 @@ impl Loop {
                         }
                     }
                 }
-                Msg::Stop => return Ok(Flow::Stop),
+                Msg::Stop | Msg::Kill => return Ok(Flow::Stop),
                 other => self.held.push_back(other),
             }
             self.publish_status();
@@ -592,6 +606,7 @@ impl Loop {
                 self.raw.mut_store().save_hard_state()?;
                 return Ok(Flow::Stop);
             }
+            Msg::Kill => return Ok(Flow::Stop),
         }
         Ok(Flow::Continue)
     }
@@ -962,6 +977,37 @@ mod tests {
         }
     }
 
+    /// A [`Counter`] that counts the flushes it is made to force.
+    struct Forced(Counter, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl StateMachine for Forced {
+        fn apply(
+            &mut self,
+            entries: Vec<Entry>,
+            conf: &mut dyn FnMut(&ConfChangeV2) -> Result<ConfState, RaftError>,
+        ) -> Result<(), RaftError> {
+            self.0.apply(entries, conf)
+        }
+        fn restore(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+            self.0.restore(snapshot)
+        }
+        fn applied_index(&self) -> u64 {
+            self.0.applied_index()
+        }
+        fn durable_index(&self) -> u64 {
+            self.0.durable_index()
+        }
+        fn flush(&mut self, force: bool) -> Result<(), RaftError> {
+            if force {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        fn applied_metadata(&self) -> Result<SnapshotMetadata, RaftError> {
+            self.0.applied_metadata()
+        }
+    }
+
     struct Nowhere;
 
     impl Outbox for Nowhere {
@@ -1074,6 +1120,32 @@ mod tests {
         let read = spawn_read(&handle);
         tokio::time::sleep(Duration::from_millis(100)).await;
         (node, handle, read)
+    }
+
+    #[test]
+    fn a_stop_flushes_applied_state_and_a_kill_leaves_it_to_the_log() {
+        for kill in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let forced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (handle, inbox) = channel(1);
+            let mut node = Node::start(
+                test_config(Duration::from_millis(10)),
+                log_of_five(dir.path()),
+                Box::new(Forced(Counter(3, 1), forced.clone())),
+                Box::new(Nowhere),
+                (handle.clone(), inbox),
+            )
+            .unwrap();
+            wait_status(&handle, |s| s.is_leader);
+            let before = forced.load(std::sync::atomic::Ordering::SeqCst);
+            if kill {
+                node.kill();
+            } else {
+                node.stop();
+            }
+            let at_the_end = forced.load(std::sync::atomic::Ordering::SeqCst) - before;
+            assert_eq!(at_the_end, usize::from(!kill), "kill: {kill}");
+        }
     }
 
     #[tokio::test]
