@@ -383,6 +383,73 @@ async fn a_gracefully_stopped_leader_hands_over_and_restarts() {
     ));
 }
 
+/// Whether `addr` is refused as by a dead process and taken for its member:
+/// a socket that does not share ports cannot bind it.
+fn reserved_and_refusing(addr: std::net::SocketAddr) -> bool {
+    let refused = matches!(
+        std::net::TcpStream::connect(addr),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let taken = matches!(
+        socket.bind(&addr.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+    );
+    refused && taken
+}
+
+#[tokio::test]
+async fn a_down_members_ports_stay_reserved_for_it_until_it_starts_again() {
+    let mut cluster = builder().start().await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    let victim = follower_of(&cluster, leader);
+    let info = cluster.member(victim).clone();
+    for graceful in [false, true] {
+        if graceful {
+            cluster.stop(victim).await.unwrap();
+        } else {
+            cluster.kill(victim).unwrap();
+        }
+        for addr in [info.client_addr, info.peer_addr] {
+            assert!(reserved_and_refusing(addr), "{addr} (graceful: {graceful})");
+        }
+        cluster.start(victim).unwrap();
+        cluster.wait_healthy(WAIT).await.unwrap();
+        put(&info.client_url, "k", "v").await;
+    }
+    assert_eq!(cluster.member(victim), &info);
+}
+
+#[tokio::test]
+async fn a_member_added_during_a_partition_is_alone_until_the_heal() {
+    let mut cluster = builder().start().await.unwrap();
+    let leader = cluster.wait_leader(WAIT).await.unwrap();
+    cluster.partition(&[&[0, 1, 2]]).unwrap();
+    let added = cluster.add_member(true).await.unwrap();
+    put(&cluster.member(leader).client_url, "k", "v").await;
+    // Long enough for a heartbeat round of the test clusters' 20 ms ticks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alone = cluster.member_handle(added).unwrap().status();
+    assert_eq!(alone.leader_id, 0, "{alone:?}");
+    cluster.heal();
+    cluster.wait_converged(WAIT).await.unwrap();
+    let joined = cluster.member_handle(added).unwrap().status();
+    assert_ne!(joined.leader_id, 0, "{joined:?}");
+}
+
+#[tokio::test]
+async fn the_blocking_cluster_refuses_to_start_inside_async_code() {
+    let err = localcluster::blocking::LocalCluster::builder()
+        .members(1)
+        .start_blocking()
+        .unwrap_err();
+    assert!(
+        matches!(err, localcluster::ClusterError::Runtime(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("inside async code"), "{err}");
+}
+
 #[tokio::test]
 async fn dropping_the_cluster_frees_its_ports_and_data() {
     let cluster = builder().start().await.unwrap();

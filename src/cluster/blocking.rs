@@ -22,8 +22,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Do not create or drop it inside async code: the runtime it owns cannot be
-//! driven from there (use the async cluster instead).
+//! It cannot start inside async code, where the runtime it owns could not be
+//! driven (starting there fails with [`ClusterError::Runtime`]: use the async
+//! cluster instead); dropping it there is safe.
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,6 +50,11 @@ impl LocalCluster {
     /// Starts a cluster as [`LocalClusterBuilder::start`] does, blocking
     /// (what [`LocalClusterBuilder::start_blocking`] calls).
     pub fn new(builder: LocalClusterBuilder) -> Result<LocalCluster, ClusterError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(ClusterError::Runtime(std::io::Error::other(
+                "the blocking cluster cannot start inside async code; use localcluster::LocalCluster",
+            )));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -334,6 +334,7 @@ impl LocalClusterBuilder {
                 member: None,
                 paused: false,
                 removed: false,
+                held: Default::default(),
             });
         }
 

@@ -79,7 +79,18 @@ impl LocalCluster {
         config.initial_cluster = initial_cluster;
         config.initial_cluster_state = ClusterState::Existing;
 
-        let member = Member::start_with(
+        if let Some(groups) = &mut self.groups {
+            // A member added during a partition is alone until the heal: the
+            // others drop its traffic before it can say or hear anything.
+            let own = groups.iter().max().map_or(0, |g| g + 1);
+            groups.push(own);
+            for (i, s) in self.slots.iter().enumerate() {
+                if let Some(m) = &s.member {
+                    m.block_peers(self.blocked_for(i).into_iter().chain([id]));
+                }
+            }
+        }
+        let started = Member::start_with(
             &config,
             Listeners {
                 client: vec![client],
@@ -90,13 +101,37 @@ impl LocalCluster {
         .map_err(|source| ClusterError::Start {
             name: name.clone(),
             source,
-        })?;
-        if member.id() != id {
-            return Err(ClusterError::Config {
-                name,
-                reason: format!("joined with ID {:x}, added as {id:x}", member.id()),
-            });
-        }
+        })
+        .and_then(|member| {
+            if member.id() == id {
+                Ok(member)
+            } else {
+                Err(ClusterError::Config {
+                    name: name.clone(),
+                    reason: format!("joined with ID {:x}, added as {id:x}", member.id()),
+                })
+            }
+        });
+        let member = match started {
+            Ok(member) => member,
+            Err(e) => {
+                // The cluster counts the added member already: a voter that
+                // never runs would cost it a member of its quorum, and the
+                // caller has no index to remove it by.
+                let undone = self
+                    .call("member remove", None, |mut c| async move {
+                        c.member_remove(MemberRemoveRequest { id }).await
+                    })
+                    .await;
+                if let Err(undo) = undone {
+                    tracing::warn!(member_id = %format!("{id:x}"), error = %undo, "cannot remove a member that failed to start");
+                }
+                if let Some(groups) = &mut self.groups {
+                    groups.truncate(index);
+                }
+                return Err(e);
+            }
+        };
         self.slots.push(Slot {
             info: MemberInfo {
                 index,
@@ -112,11 +147,10 @@ impl LocalCluster {
             member: Some(member),
             paused: false,
             removed: false,
+            held: Default::default(),
         });
-        if let Some(groups) = &mut self.groups {
-            // A member added during a partition is alone until the heal.
-            let own = groups.iter().max().map_or(0, |g| g + 1);
-            groups.push(own);
+        if self.groups.is_some() {
+            self.block_all();
         }
         Ok(index)
     }

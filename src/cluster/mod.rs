@@ -12,7 +12,7 @@
 //! | [`kill`](LocalCluster::kill) | the member dies at once, as on SIGKILL (only what was durable survives) | [`start`](LocalCluster::start) |
 //! | [`stop`](LocalCluster::stop) | graceful stop: a leader hands leadership over first | [`start`](LocalCluster::start) |
 //! | [`restart`](LocalCluster::restart) | graceful stop, then start again | — |
-//! | [`pause`](LocalCluster::pause) | the member freezes, as on SIGSTOP: no ticks, no answers | [`resume`](LocalCluster::resume) |
+//! | [`pause`](LocalCluster::pause) | the member freezes, much as on SIGSTOP: no ticks, no answers (HTTP/2 pings still are) | [`resume`](LocalCluster::resume) |
 //! | [`partition`](LocalCluster::partition) | Raft traffic between groups is dropped; clients still reach every member | [`heal`](LocalCluster::heal) |
 //! | [`cut`](LocalCluster::cut) | Raft traffic between given pairs is dropped (e.g. a bridge: two halves that only one member links) | [`heal`](LocalCluster::heal) |
 //! | [`kill_leader`](LocalCluster::kill_leader) | kills whichever member leads | [`start`](LocalCluster::start) |
@@ -139,6 +139,57 @@ struct Slot {
     paused: bool,
     /// Removed from the cluster by [`LocalCluster::remove_member`]: never runs again.
     removed: bool,
+    /// While the member is down, its ports (see [`HeldPorts`]).
+    held: HeldPorts,
+}
+
+/// A down member's ports, bound but not listening: a dial is refused as by a
+/// dead process, and no other socket takes the port before the member starts
+/// again. The ports come from the ephemeral range, which other tests'
+/// listeners and every outgoing connection draw from.
+#[derive(Default)]
+struct HeldPorts {
+    client: Option<socket2::Socket>,
+    peer: Option<socket2::Socket>,
+}
+
+impl HeldPorts {
+    /// Holds the ports of `info`; a port that cannot be bound now (a socket
+    /// the system has not let go of) is bound again at the start.
+    fn of(info: &MemberInfo) -> HeldPorts {
+        HeldPorts {
+            client: hold(info.client_addr),
+            peer: hold(info.peer_addr),
+        }
+    }
+}
+
+/// Binds `addr` without listening on it.
+fn hold(addr: SocketAddr) -> Option<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .ok()?;
+    // As std's listeners: the member's last connections may be in TIME_WAIT.
+    socket.set_reuse_address(true).ok()?;
+    socket.bind(&addr.into()).ok()?;
+    Some(socket)
+}
+
+/// Listens on a held port, or binds it again if it was not held.
+fn reopen(
+    name: &str,
+    addr: SocketAddr,
+    held: Option<socket2::Socket>,
+) -> Result<std::net::TcpListener, ClusterError> {
+    if let Some(socket) = held {
+        if socket.listen(1024).is_ok() {
+            return Ok(socket.into());
+        }
+    }
+    rebind(name, addr)
 }
 
 impl Slot {
@@ -389,13 +440,18 @@ impl LocalCluster {
     }
 
     /// Kills member `i` abruptly, as SIGKILL would: what it had made durable
-    /// survives, in-flight requests fail. Its ports and files are released
-    /// when this returns. Undo with [`LocalCluster::start`].
+    /// survives (applied state it had not flushed is applied again from the
+    /// Raft log at the next start), in-flight requests fail, connections are
+    /// dropped without a GOAWAY. Its files are released when this returns;
+    /// its ports stay reserved for it, refusing dials, until
+    /// [`LocalCluster::start`]. Blocks the calling thread until the member's
+    /// tasks have ended (at most a few seconds).
     pub fn kill(&mut self, i: usize) -> Result<(), ClusterError> {
         let slot = self.slot_mut(i)?;
         let member = slot.member.take().ok_or(ClusterError::NotRunning(i))?;
         slot.paused = false;
         member.kill();
+        slot.held = HeldPorts::of(&slot.info);
         Ok(())
     }
 
@@ -409,18 +465,20 @@ impl LocalCluster {
     }
 
     /// Stops member `i` gracefully: a leader first hands leadership to another
-    /// member, then in-flight requests finish. Undo with
-    /// [`LocalCluster::start`].
+    /// member, then in-flight requests finish and applied state is flushed.
+    /// A [paused](LocalCluster::pause) member cannot hand anything over: it
+    /// is killed instead. Its ports stay reserved for it, as after
+    /// [`kill`](LocalCluster::kill). Undo with [`LocalCluster::start`].
     pub async fn stop(&mut self, i: usize) -> Result<(), ClusterError> {
         let slot = self.slot_mut(i)?;
         let member = slot.member.take().ok_or(ClusterError::NotRunning(i))?;
         let paused = std::mem::replace(&mut slot.paused, false);
         if paused {
-            // A frozen member cannot hand anything over.
             member.kill();
         } else {
             member.stop().await;
         }
+        slot.held = HeldPorts::of(&slot.info);
         Ok(())
     }
 
@@ -431,9 +489,10 @@ impl LocalCluster {
     /// the member runs, not once it caught up (see
     /// [`LocalCluster::wait_healthy`], [`LocalCluster::wait_converged`]).
     ///
-    /// If a port is still held by a socket the system has not let go of yet,
-    /// this blocks the calling thread for up to 3 s retrying, then fails with
-    /// [`ClusterError::Bind`] (another process may have taken the port).
+    /// The member's ports were reserved for it while it was down. If one
+    /// could not be (a socket the system had not let go of yet), this blocks
+    /// the calling thread for up to 3 s binding it again, then fails with
+    /// [`ClusterError::Bind`].
     pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
         let tuning = self.tuning.clone();
         let blocked = self.blocked_for(i);
@@ -445,8 +504,9 @@ impl LocalCluster {
             return Err(ClusterError::AlreadyRunning(i));
         }
         let name = slot.info.name.clone();
-        let client = rebind(&name, slot.info.client_addr)?;
-        let peer = rebind(&name, slot.info.peer_addr)?;
+        let held = std::mem::take(&mut slot.held);
+        let client = reopen(&name, slot.info.client_addr, held.client)?;
+        let peer = reopen(&name, slot.info.peer_addr, held.peer)?;
         let member = Member::start_with(
             &slot.config,
             Listeners {
@@ -485,10 +545,12 @@ impl LocalCluster {
         self.start(i)
     }
 
-    /// Freezes member `i`, as SIGSTOP would: it stops ticking, processing Raft
-    /// messages and answering clients (their requests wait), while its sockets
-    /// stay open. A paused leader is replaced after an election timeout. Undo
-    /// with [`LocalCluster::resume`].
+    /// Freezes member `i`, much as SIGSTOP would: it stops ticking, processing
+    /// Raft messages and answering clients (their requests wait), while its
+    /// sockets stay open. Unlike a stopped process, its connections still
+    /// accept and answer HTTP/2 pings, so a client that detects hung servers
+    /// by keepalive alone does not fail over. A paused leader is replaced
+    /// after an election timeout. Undo with [`LocalCluster::resume`].
     pub fn pause(&mut self, i: usize) -> Result<(), ClusterError> {
         self.running(i)?.pause();
         self.slot_mut(i)?.paused = true;
