@@ -77,8 +77,8 @@ pub struct LoadSpec {
 #[derive(Debug, Default)]
 struct ClientResult {
     latencies: Vec<Duration>,
-    errors: u64,
-    first_error: Option<String>,
+    /// Failures by error.
+    errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// What all clients share.
@@ -106,9 +106,18 @@ impl Shared {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         match self.spec.total {
-            Some(total) if i >= total => None,
-            _ => Some(i),
+            Some(total) if i >= total => return None,
+            _ => {}
         }
+        // A request whose turn comes after the end of a timed run is not
+        // waited for: with few requests per second and many clients, the
+        // last turns would lengthen the run by clients/rate seconds.
+        if let (Some(d), Some(at)) = (self.spec.duration, self.send_time(i)) {
+            if at >= self.start + d {
+                return None;
+            }
+        }
+        Some(i)
     }
 
     /// When request `i` may be sent.
@@ -122,6 +131,7 @@ impl Shared {
 /// Runs `op` over `endpoints` (URLs) laid out by `plan`.
 pub async fn run(
     endpoints: &[String],
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     plan: &Plan,
     timeout: Duration,
     op: Op,
@@ -132,14 +142,12 @@ pub async fn run(
     for &e in &plan.conn_endpoints {
         let endpoint = &endpoints[e];
         let url = crate::client::url_of(endpoint);
-        let tls = crate::client::tls_for(endpoint);
-        let link =
-            Link::connect(&url, timeout, tls)
-                .await
-                .map_err(|source| BenchError::Connect {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
+        let link = Link::connect(&url, timeout, tls.clone())
+            .await
+            .map_err(|source| BenchError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         links.push(Arc::new(link));
     }
 
@@ -168,16 +176,14 @@ pub async fn run(
     }
 
     let mut latencies = Vec::with_capacity(spec.total.unwrap_or(0) as usize);
-    let mut errors = 0;
-    let mut first_error = None;
+    let mut errors = std::collections::BTreeMap::new();
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(r) => {
                 latencies.extend(r.latencies);
-                errors += r.errors;
-                if first_error.is_none() {
-                    first_error = r.first_error;
+                for (error, count) in r.errors {
+                    *errors.entry(error).or_insert(0) += count;
                 }
             }
             Err(e) => failure = Some(BenchError::Client(e.to_string())),
@@ -188,7 +194,7 @@ pub async fn run(
     progress.finish_and_clear();
     match failure {
         Some(e) => Err(e),
-        None => Ok(Summary::new(latencies, errors, first_error, elapsed)),
+        None => Ok(Summary::new(latencies, errors, elapsed)),
     }
 }
 
@@ -247,10 +253,8 @@ async fn client(link: Arc<Link>, shared: Arc<Shared>) -> ClientResult {
         match result {
             Ok(()) => out.latencies.push(t.elapsed()),
             Err(status) => {
-                out.errors += 1;
-                if out.first_error.is_none() {
-                    out.first_error = Some(format!("{:?}: {}", status.code(), status.message()));
-                }
+                let error = format!("{:?}: {}", status.code(), status.message());
+                *out.errors.entry(error).or_insert(0) += 1;
                 // The connection may have ended: go on on a new one.
                 if let Some((newer_channel, newer)) = link.replace(epoch).await {
                     channel = newer_channel;
@@ -334,6 +338,13 @@ mod tests {
         assert_eq!(s.take(), None);
         let s = shared(None, Some(Duration::from_secs(3600)), None);
         assert_eq!(s.take(), Some(0));
+    }
+
+    #[test]
+    fn a_timed_run_at_a_rate_takes_no_request_whose_turn_comes_after_its_end() {
+        let s = shared(None, Some(Duration::from_secs(1)), Some(5.0));
+        let taken: Vec<u64> = std::iter::from_fn(|| s.take()).collect();
+        assert_eq!(taken, vec![0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -14,10 +14,14 @@
 //! ([`watch`]).
 //!
 //! The connection flags (`--endpoints`, `--clients`, `--conns`, `--timeout`,
-//! `-w`) are global: they go before or after the operation's name.
+//! `-w`, and the TLS flags `--cacert`, `--cert`, `--key`,
+//! `--insecure-skip-tls-verify`) are global: they go before or after the
+//! operation's name. An `https://` endpoint is verified against the CA (flag,
+//! or `ETCDCTL_CACERT`); without one the run is refused unless verification is
+//! explicitly skipped.
 //! The command exits 0 when every request succeeded, 1 when any failed (the
-//! report is printed either way), 2 on bad arguments and when an endpoint cannot
-//! be reached.
+//! report is printed either way), 2 on bad arguments, when an endpoint cannot
+//! be reached and when the report cannot be written.
 
 pub mod conn;
 pub mod keys;
@@ -49,6 +53,10 @@ pub enum BenchError {
     },
     #[error("a benchmark client failed: {0}")]
     Client(String),
+    #[error("bad tls config: {0}")]
+    Tls(String),
+    #[error("cannot write the report: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// How to print the report.
@@ -82,6 +90,22 @@ pub struct BenchArgs {
     /// Output format
     #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value_t = WriteOut::Simple)]
     pub write_out: WriteOut,
+
+    /// Verify https servers with this CA bundle [default: $ETCDCTL_CACERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// Client certificate for https servers [default: $ETCDCTL_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Key of --cert [default: $ETCDCTL_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+
+    /// Accept any certificate from https servers (no CA needed)
+    #[arg(long, global = true)]
+    pub insecure_skip_tls_verify: bool,
 
     #[command(subcommand)]
     pub command: BenchCommand,
@@ -281,6 +305,46 @@ pub struct LoadReport {
     pub summary: Summary,
 }
 
+/// A client TLS configuration for the `https://` ones of `endpoints`, from
+/// the TLS flags or, failing them, the variables `etcdctl` reads; `None` when
+/// every endpoint is plain. The server is verified against the CA; without
+/// one, only `--insecure-skip-tls-verify` lets the run go on (etcd's
+/// benchmark would verify against the system's roots).
+fn tls_of(
+    args: &BenchArgs,
+    endpoints: &[String],
+) -> Result<Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>, BenchError> {
+    if !endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let given = |flag: &Option<std::path::PathBuf>, var: &str| {
+        flag.clone().or_else(|| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+    };
+    let settings = crate::tls::TlsSettings {
+        trusted_ca_file: given(&args.cacert, "ETCDCTL_CACERT"),
+        cert_file: given(&args.cert, "ETCDCTL_CERT"),
+        key_file: given(&args.key, "ETCDCTL_KEY"),
+        auto_tls: args.insecure_skip_tls_verify,
+        ..Default::default()
+    };
+    if settings.trusted_ca_file.is_none() && !settings.auto_tls {
+        return Err(BenchError::Tls(
+            "https endpoints need --cacert (or ETCDCTL_CACERT), or --insecure-skip-tls-verify"
+                .into(),
+        ));
+    }
+    if settings.cert_file.is_some() != settings.key_file.is_some() {
+        return Err(BenchError::Tls("--cert and --key go together".into()));
+    }
+    crate::tls::client_config(&settings)
+        .map(Some)
+        .map_err(|e| BenchError::Tls(e.to_string()))
+}
+
 /// Refuses a zero count given to `--{name}`.
 fn positive(name: &str, v: u64) -> Result<(), BenchError> {
     if v == 0 {
@@ -294,6 +358,8 @@ fn positive(name: &str, v: u64) -> Result<(), BenchError> {
 #[derive(Debug, Clone)]
 pub struct LoadRun {
     pub endpoints: Vec<String>,
+    /// For the `https://` endpoints.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     pub plan: plan::Plan,
     pub timeout: Duration,
     pub op: load::Op,
@@ -357,8 +423,10 @@ impl LoadRun {
             None => args.clients,
         };
         let plan = plan::Plan::new(endpoints.len(), args.conns, clients);
+        let tls = tls_of(args, &endpoints)?;
         Ok(LoadRun {
             endpoints,
+            tls,
             plan,
             timeout: args.timeout,
             op,
@@ -378,6 +446,7 @@ impl LoadRun {
     pub async fn run(&self) -> Result<LoadReport, BenchError> {
         let summary = load::run(
             &self.endpoints,
+            self.tls.clone(),
             &self.plan,
             self.timeout,
             self.op,
@@ -459,7 +528,10 @@ pub async fn main(args: BenchArgs) -> i32 {
     }
 }
 
+/// Runs the benchmark and prints its report; a closed standard output (`|
+/// head`) is an error like any other, not a panic.
 async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
+    use std::io::{stdout, Write};
     match &args.command {
         BenchCommand::Watch(w) => {
             let endpoints = plan::parse_endpoints(&args.endpoints)?;
@@ -477,12 +549,14 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
                 val_size: w.val_size.max(8),
             };
             if args.write_out == WriteOut::Simple {
-                println!(
+                writeln!(
+                    stdout(),
                     "watch: {} puts from {} writers, each delivered to {} watchers over {} streams on {} endpoint(s), {}-byte values",
                     spec.total, spec.writers, spec.watchers, spec.streams, endpoints.len(), spec.val_size
-                );
+                )?;
             }
-            let out = watch::run(&endpoints, args.timeout, &spec).await?;
+            let tls = tls_of(args, &endpoints)?;
+            let out = watch::run(&endpoints, tls, args.timeout, &spec).await?;
             let report = WatchReport {
                 benchmark: "watch",
                 endpoints,
@@ -496,7 +570,8 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
                 summary: out.deliveries,
             };
             match args.write_out {
-                WriteOut::Simple => print!(
+                WriteOut::Simple => write!(
+                    stdout(),
                     "\nPuts/sec: {:.1} ({} errors)\nDeliveries (events to watchers):\n{}",
                     report.put_rps,
                     report.put_errors,
@@ -505,9 +580,9 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
                         .to_text()
                         .replace("Requests:     ", "Events:       ")
                         .replace("Requests/sec: ", "Events/sec:   ")
-                ),
+                )?,
                 WriteOut::Json => match serde_json::to_string(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => writeln!(stdout(), "{s}")?,
                     Err(e) => {
                         return Err(BenchError::Invalid(format!("cannot encode report: {e}")))
                     }
@@ -522,13 +597,13 @@ async fn run_and_print(args: &BenchArgs) -> Result<i32, BenchError> {
         _ => {
             let run = LoadRun::new(args)?;
             if args.write_out == WriteOut::Simple {
-                println!("{}", run.describe());
+                writeln!(stdout(), "{}", run.describe())?;
             }
             let report = run.run().await?;
             match args.write_out {
-                WriteOut::Simple => print!("\n{}", report.summary.to_text()),
+                WriteOut::Simple => write!(stdout(), "\n{}", report.summary.to_text())?,
                 WriteOut::Json => match serde_json::to_string(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => writeln!(stdout(), "{s}")?,
                     Err(e) => {
                         return Err(BenchError::Invalid(format!("cannot encode report: {e}")))
                     }
@@ -560,6 +635,28 @@ mod tests {
         Cli::try_parse_from(argv).map(|c| match c.cmd {
             Top::Bench(b) => b,
         })
+    }
+
+    #[test]
+    fn https_endpoints_are_verified_against_a_ca_or_explicitly_not_at_all() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["--endpoints", "https://127.0.0.1:1,127.0.0.1:2"];
+            args.extend_from_slice(extra);
+            args.push("put");
+            LoadRun::new(&parse(&args).unwrap())
+        };
+        if std::env::var_os("ETCDCTL_CACERT").is_none() {
+            let err = run(&[]).unwrap_err().to_string();
+            assert!(err.contains("--insecure-skip-tls-verify"), "{err}");
+        }
+        // A CA that cannot be read is an error, never an unverified run.
+        let err = run(&["--cacert", "/nonexistent/ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bad tls config: "), "{err}");
+        assert!(run(&["--insecure-skip-tls-verify"]).unwrap().tls.is_some());
+        let plain = parse(&["--endpoints", "127.0.0.1:1", "put"]).unwrap();
+        assert!(LoadRun::new(&plain).unwrap().tls.is_none());
     }
 
     fn put_of(b: &BenchArgs) -> &LoadArgs {

@@ -6,6 +6,7 @@
 //! less than or equal to it. Throughput counts successful requests only, over the
 //! wall time of the whole run.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +16,8 @@ use serde::Serialize;
 pub struct Latency {
     pub min: f64,
     pub mean: f64,
+    /// Population standard deviation.
+    pub stddev: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -31,9 +34,10 @@ pub struct Summary {
     pub ok: u64,
     /// Requests that failed (gRPC status or transport error).
     pub errors: u64,
-    /// The first error seen, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_error: Option<String>,
+    /// How many requests failed with each error (etcd benchmark's "Error
+    /// distribution").
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_distribution: BTreeMap<String, u64>,
     /// Wall time of the run, in seconds.
     pub elapsed_s: f64,
     /// Successful requests per second of wall time.
@@ -58,22 +62,29 @@ fn ms(d: Duration) -> f64 {
 
 impl Summary {
     /// Summarises a run that took `elapsed`, with the latencies of its successful
-    /// requests (in any order) and its error count.
+    /// requests (in any order) and the count of its failures by error.
     pub fn new(
         mut latencies: Vec<Duration>,
-        errors: u64,
-        first_error: Option<String>,
+        error_distribution: BTreeMap<String, u64>,
         elapsed: Duration,
     ) -> Summary {
         latencies.sort_unstable();
         let ok = latencies.len() as u64;
+        let errors = error_distribution.values().sum();
         let latency_ms = if latencies.is_empty() {
             Latency::default()
         } else {
-            let sum: Duration = latencies.iter().sum();
+            let n = latencies.len() as f64;
+            let mean = latencies.iter().map(|&d| ms(d)).sum::<f64>() / n;
+            let variance = latencies
+                .iter()
+                .map(|&d| (ms(d) - mean).powi(2))
+                .sum::<f64>()
+                / n;
             Latency {
                 min: ms(latencies[0]),
-                mean: ms(sum) / latencies.len() as f64,
+                mean,
+                stddev: variance.sqrt(),
                 p50: ms(percentile(&latencies, 50.0)),
                 p90: ms(percentile(&latencies, 90.0)),
                 p99: ms(percentile(&latencies, 99.0)),
@@ -86,7 +97,7 @@ impl Summary {
             requests: ok + errors,
             ok,
             errors,
-            first_error,
+            error_distribution,
             elapsed_s: secs,
             rps: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
             latency_ms,
@@ -97,12 +108,15 @@ impl Summary {
     pub fn to_text(&self) -> String {
         let l = &self.latency_ms;
         let mut out = format!(
-            "Summary:\n  Total:        {:.4} s\n  Requests:     {} ({} ok, {} errors)\n  Requests/sec: {:.1}\n\nLatency (ms):\n  min   {:.3}\n  mean  {:.3}\n  p50   {:.3}\n  p90   {:.3}\n  p99   {:.3}\n  p99.9 {:.3}\n  max   {:.3}\n",
+            "Summary:\n  Total:        {:.4} s\n  Requests:     {} ({} ok, {} errors)\n  Requests/sec: {:.1}\n\nLatency (ms):\n  min    {:.3}\n  mean   {:.3}\n  stddev {:.3}\n  p50    {:.3}\n  p90    {:.3}\n  p99    {:.3}\n  p99.9  {:.3}\n  max    {:.3}\n",
             self.elapsed_s, self.requests, self.ok, self.errors, self.rps,
-            l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+            l.min, l.mean, l.stddev, l.p50, l.p90, l.p99, l.p999, l.max
         );
-        if let Some(e) = &self.first_error {
-            out.push_str(&format!("\nFirst error: {e}\n"));
+        if !self.error_distribution.is_empty() {
+            out.push_str("\nError distribution:\n");
+            for (error, count) in &self.error_distribution {
+                out.push_str(&format!("  [{count}]\t{error}\n"));
+            }
         }
         out
     }
@@ -132,39 +146,45 @@ mod tests {
 
     #[test]
     fn summary_sorts_samples_and_counts_only_successes_in_throughput() {
-        let s = Summary::new(
-            millis(&[40, 10, 30, 20]),
-            1,
-            Some("boom".into()),
-            Duration::from_secs(2),
-        );
-        assert_eq!((s.requests, s.ok, s.errors), (5, 4, 1));
+        let errors = BTreeMap::from([("boom".to_string(), 2), ("bang".to_string(), 1)]);
+        let s = Summary::new(millis(&[40, 10, 30, 20]), errors, Duration::from_secs(2));
+        assert_eq!((s.requests, s.ok, s.errors), (7, 4, 3));
         assert_eq!(s.rps, 2.0);
         assert_eq!(s.latency_ms.min, 10.0);
         assert_eq!(s.latency_ms.mean, 25.0);
+        assert_eq!(s.latency_ms.stddev, 125f64.sqrt());
         assert_eq!(s.latency_ms.p50, 20.0);
         assert_eq!(s.latency_ms.p90, 40.0);
         assert_eq!(s.latency_ms.max, 40.0);
-        assert!(s.to_text().contains("First error: boom"));
+        assert!(
+            s.to_text()
+                .contains("Error distribution:\n  [1]\tbang\n  [2]\tboom\n"),
+            "{}",
+            s.to_text()
+        );
     }
 
     #[test]
     fn summary_of_nothing_is_zero_not_a_panic() {
-        let s = Summary::new(Vec::new(), 3, None, Duration::ZERO);
+        let s = Summary::new(
+            Vec::new(),
+            BTreeMap::from([("x".to_string(), 3)]),
+            Duration::ZERO,
+        );
         assert_eq!((s.requests, s.ok, s.rps), (3, 0, 0.0));
         assert_eq!(s.latency_ms, Latency::default());
     }
 
     #[test]
     fn json_has_the_documented_fields() {
-        let s = Summary::new(millis(&[1, 2]), 0, None, Duration::from_secs(1));
+        let s = Summary::new(millis(&[1, 2]), BTreeMap::new(), Duration::from_secs(1));
         let v = serde_json::to_value(&s).unwrap();
         for field in ["requests", "ok", "errors", "elapsed_s", "rps"] {
             assert!(v.get(field).is_some(), "{field} missing in {v}");
         }
-        for field in ["min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        for field in ["min", "mean", "stddev", "p50", "p90", "p99", "p999", "max"] {
             assert!(v["latency_ms"].get(field).is_some(), "{field} missing");
         }
-        assert!(v.get("first_error").is_none());
+        assert!(v.get("error_distribution").is_none());
     }
 }

@@ -58,13 +58,15 @@ pub struct WatchOutcome {
 /// Runs the benchmark over `endpoints` (URLs).
 pub async fn run(
     endpoints: &[String],
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     timeout: Duration,
     spec: &WatchSpec,
 ) -> Result<WatchOutcome, BenchError> {
     let connect = |e: &String| {
         let e = e.clone();
+        let tls = tls.clone();
         async move {
-            crate::client::connect(&e, timeout)
+            crate::client::connect_with(&e, timeout, tls)
                 .await
                 .map_err(|source| BenchError::Connect {
                     endpoint: e.clone(),
@@ -187,10 +189,13 @@ pub async fn run(
         latencies.extend(l);
     }
     let elapsed = put_start.elapsed();
-    let first_error = (missing > 0).then(|| format!("{missing} deliveries never arrived"));
+    let mut lost = std::collections::BTreeMap::new();
+    if missing > 0 {
+        lost.insert("the event never arrived".to_string(), missing);
+    }
     let puts_ok = spec.total.saturating_sub(put_errors);
     Ok(WatchOutcome {
-        deliveries: Summary::new(latencies, missing, first_error, elapsed),
+        deliveries: Summary::new(latencies, lost, elapsed),
         put_rps: puts_ok as f64 / put_elapsed.as_secs_f64().max(1e-9),
         put_errors,
     })
