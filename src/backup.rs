@@ -198,7 +198,7 @@ pub async fn save(endpoint: &str, path: &Path, timeout: Duration) -> Result<u64,
     {
         bytes.extend_from_slice(&chunk.blob);
     }
-    unframe(&bytes).map_err(|e| fetch(format!("the received snapshot is damaged: {e}")))?;
+    check_received(&bytes).map_err(fetch)?;
     let part = path.with_extension("part");
     let write = |source| BackupError::Write {
         path: path.to_path_buf(),
@@ -209,6 +209,17 @@ pub async fn save(endpoint: &str, path: &Path, timeout: Duration) -> Result<u64,
     file.sync_all().map_err(write)?;
     std::fs::rename(&part, path).map_err(write)?;
     Ok(bytes.len() as u64)
+}
+
+/// Checks a snapshot received from a member: a real etcd's (a bbolt
+/// database) is named as such, not reported as damaged.
+fn check_received(bytes: &[u8]) -> Result<(), String> {
+    if is_bbolt(bytes) {
+        return Err("the endpoint sent an etcd (bbolt) snapshot, which localcluster cannot read: save snapshots of etcd with `etcdctl snapshot save`".into());
+    }
+    unframe(bytes)
+        .map(|_| ())
+        .map_err(|e| format!("the received snapshot is damaged: {e}"))
 }
 
 /// A size as etcd prints it (SI units: `2.1 MB`).
@@ -269,5 +280,9 @@ mod tests {
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("is an etcd (bbolt) snapshot"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+        // The same bytes received by `snapshot save` from a real etcd.
+        let err = check_received(&bbolt).unwrap_err();
+        assert!(err.contains("sent an etcd (bbolt) snapshot"), "{err}");
+        assert!(check_received(&[1u8; 100]).unwrap_err().contains("damaged"));
     }
 }

@@ -360,7 +360,7 @@ impl Setting {
             ),
             Setting::ListenMetricsUrls => (
                 "",
-                "List of URLs to serve /metrics and /health on, besides the client URLs.",
+                "List of URLs to serve /metrics, /health, /livez and /readyz on, besides the client URLs.",
             ),
             Setting::Metrics => (
                 "basic",
