@@ -159,6 +159,25 @@ fn bench_watch_delivers_every_put_to_every_watcher() {
 }
 
 #[test]
+fn bench_watch_counts_a_failed_put_against_the_writers_not_as_lost_deliveries() {
+    let mut member = MemberProc::start();
+    member.wait_healthy();
+    let endpoint = format!("127.0.0.1:{}", member.client_port);
+    // Values over the request limit: every put is refused, so no event is
+    // owed to any watcher.
+    let out = Command::new(BIN)
+        .args(["bench", "watch", "--total", "5", "--watchers", "2"])
+        .args(["--val-size", "2000000", "--endpoints", &endpoint])
+        .args(["-w", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["put_errors"], 5, "{v}");
+    assert_eq!(v["errors"], 0, "no delivery was owed: {v}");
+    assert_eq!(out.status.code(), Some(1), "the failed puts fail the run");
+}
+
+#[test]
 fn bench_put_without_a_server_fails_with_one_line() {
     let port = free_port();
     let out = Command::new(BIN)

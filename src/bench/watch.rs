@@ -9,9 +9,11 @@
 //! Each value starts with the time its put was sent (nanoseconds since the
 //! run began), so a watcher measures each delivery's latency, from the send
 //! of the put to the arrival of its event, with no shared clock but the
-//! process's own. The run ends when every watcher has seen every event (or
-//! `timeout` passes with nothing new delivered, which counts the missing
-//! deliveries as errors); the summary counts deliveries, not puts.
+//! process's own. The run ends when every watcher has seen the event of every
+//! put that succeeded (a failed put is the writers' error, not a lost
+//! delivery), when its stream ends, or when `timeout` passes with nothing new
+//! delivered; deliveries still missing then count as errors. The summary
+//! counts deliveries, not puts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -82,6 +84,9 @@ pub async fn run(
 
     // Open every stream and create every watcher before the first put.
     let streams = spec.streams.clamp(1, spec.watchers.max(1));
+    // How many puts succeeded, once the writers are done: what each watcher
+    // waits for.
+    let (puts_ok_tx, puts_ok) = tokio::sync::watch::channel::<Option<u64>>(None);
     let mut watch_tasks = tokio::task::JoinSet::new();
     for s in 0..streams {
         let channel = connect(&endpoints[s % endpoints.len()]).await?;
@@ -117,14 +122,24 @@ pub async fn run(
                 }
             }
         }
-        let expected = here as u64 * spec.total;
+        let here = here as u64;
+        let most = here * spec.total;
+        let mut puts_ok = puts_ok.clone();
         watch_tasks.spawn(async move {
             let _keep_open = tx;
-            let mut latencies = Vec::with_capacity(expected as usize);
-            while (latencies.len() as u64) < expected {
-                let msg = match tokio::time::timeout(timeout, stream.message()).await {
-                    Ok(Ok(Some(m))) => m,
-                    _ => break,
+            let mut latencies = Vec::with_capacity(most as usize);
+            loop {
+                let expected = (*puts_ok.borrow()).map(|ok| here * ok);
+                if expected.is_some_and(|e| latencies.len() as u64 >= e) {
+                    break;
+                }
+                let msg = tokio::select! {
+                    m = tokio::time::timeout(timeout, stream.message()) => match m {
+                        Ok(Ok(Some(m))) => m,
+                        _ => break,
+                    },
+                    // The writers are done: see whether that was all.
+                    _ = puts_ok.changed(), if expected.is_none() => continue,
                 };
                 let now = start.elapsed();
                 for ev in msg.events {
@@ -138,7 +153,7 @@ pub async fn run(
                     latencies.push(now.saturating_sub(Duration::from_nanos(sent)));
                 }
             }
-            (latencies, expected)
+            (latencies, here)
         });
     }
 
@@ -180,12 +195,14 @@ pub async fn run(
         put_errors += r.map_err(|e| BenchError::Client(e.to_string()))?;
     }
     let put_elapsed = put_start.elapsed();
+    let puts_ok = spec.total.saturating_sub(put_errors);
+    let _ = puts_ok_tx.send(Some(puts_ok));
 
     let mut latencies = Vec::new();
     let mut missing = 0;
     while let Some(r) = watch_tasks.join_next().await {
-        let (l, expected) = r.map_err(|e| BenchError::Client(e.to_string()))?;
-        missing += expected.saturating_sub(l.len() as u64);
+        let (l, watchers) = r.map_err(|e| BenchError::Client(e.to_string()))?;
+        missing += (watchers * puts_ok).saturating_sub(l.len() as u64);
         latencies.extend(l);
     }
     let elapsed = put_start.elapsed();
@@ -193,7 +210,6 @@ pub async fn run(
     if missing > 0 {
         lost.insert("the event never arrived".to_string(), missing);
     }
-    let puts_ok = spec.total.saturating_sub(put_errors);
     Ok(WatchOutcome {
         deliveries: Summary::new(latencies, lost, elapsed),
         put_rps: puts_ok as f64 / put_elapsed.as_secs_f64().max(1e-9),
