@@ -242,17 +242,16 @@ fn bench_counts_refused_requests_as_errors_with_etcds_message() {
 #[test]
 fn bench_whose_output_is_closed_fails_with_one_line_not_a_panic() {
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["bench", "put", "--total", "5", "--timeout", "1s"])
-        .args(["--endpoints", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // As `localcluster bench ... | head -0`: the reader is gone before the
     // first line (the run's description, written before it connects).
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["bench", "put", "--total", "5", "--timeout", "1s"])
+        .args(["--endpoints", &format!("127.0.0.1:{port}")])
+        .stdout(writer)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(

@@ -13,7 +13,10 @@
 //! ([`super::reconfig`]): no change may leave the cluster without a quorum of
 //! started, connected voters, and a learner is promoted only once it is in
 //! sync with the leader (a follower asks the leader for its progress over the
-//! peer `Progress` RPC, as etcd forwards a promotion to its leader).
+//! peer `Progress` RPC, as etcd forwards a promotion to its leader). Then it
+//! passes etcd's membership rules on this member's view
+//! (`Membership::validate`), which every member checks again when it applies
+//! the change (see `crate::membership`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

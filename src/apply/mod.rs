@@ -22,7 +22,10 @@
 //!
 //! Entry payloads are `lcraftpb::Request`s (one etcd request each, or a member's
 //! publish, or the cluster version); configuration changes carry a
-//! `lcraftpb::ConfChangeContext` describing the member.
+//! `lcraftpb::ConfChangeContext` describing the member and the change's
+//! intent, by which the membership as applied so far accepts or refuses it
+//! (a refused change reaches raft-rs as a change of no member), and an update
+//! keeps the member's role as applied.
 
 pub mod convert;
 pub mod txn;
@@ -49,7 +52,8 @@ use crate::pb::etcdserverpb::{
     TxnResponse,
 };
 use crate::pb::lcraftpb::{
-    request::Op, AuthState, ConfChangeContext, LeaseRecords, MemberInfo, Membership, Request,
+    request::Op, AuthState, ConfChangeContext, ConfChangeIntent, LeaseRecords, MemberInfo,
+    Membership, Request,
 };
 use crate::raft::{RaftError, SnapshotSource, StateMachine};
 use crate::wait::Waiters;
@@ -583,6 +587,20 @@ impl Applier {
     ) -> Result<(u64, ApplyResult, ConfState), RaftError> {
         let ctx = ConfChangeContext::decode(context).unwrap_or_default();
         let mut cc = cc;
+        if ctx.intent() == ConfChangeIntent::Update {
+            // An update changes peer URLs, never the role: the proposer chose
+            // the change type from its view, and a promotion applied since
+            // would be undone by "add learner".
+            for change in cc.mut_changes() {
+                if let Some(m) = self.membership.member(change.node_id) {
+                    change.set_change_type(if m.is_learner {
+                        ConfChangeType::AddLearnerNode
+                    } else {
+                        ConfChangeType::AddNode
+                    });
+                }
+            }
+        }
         let refused = self.refusal(&ctx, &cc);
         if refused.is_some() {
             // Raft still applies the entry, as a change of no member: raft-rs
@@ -1221,6 +1239,53 @@ mod tests {
         let ids: Vec<u64> = members.borrow().members.iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![7]);
         assert_eq!(a.applied_index(), 3, "refused changes are applied entries");
+    }
+
+    #[test]
+    fn an_update_proposed_before_a_promotion_keeps_the_promoted_voter_a_voter() {
+        use crate::pb::lcraftpb::ConfChangeIntent::{Add, Promote, Update};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("kv.redb")).unwrap());
+        let auth = Arc::new(Auth::new(&crate::auth::AuthOptions::default()));
+        let (mut a, members) = Applier::open(store, 1, Arc::new(Waiters::default()), auth).unwrap();
+        let seven = |url: &str, is_learner: bool| MemberInfo {
+            id: 7,
+            peer_urls: vec![url.into()],
+            is_learner,
+            ..Default::default()
+        };
+        // The update's proposer still saw 7 as a learner.
+        let entries = vec![
+            conf_entry(
+                1,
+                ConfChangeType::AddLearnerNode,
+                Add,
+                seven("http://a:1", true),
+            ),
+            conf_entry(
+                2,
+                ConfChangeType::AddNode,
+                Promote,
+                seven("http://a:1", true),
+            ),
+            conf_entry(
+                3,
+                ConfChangeType::AddLearnerNode,
+                Update,
+                seven("http://a:2", true),
+            ),
+        ];
+        let mut told = Vec::new();
+        let mut conf = |cc: &ConfChangeV2| -> Result<ConfState, RaftError> {
+            told.push(cc.get_changes()[0].get_change_type());
+            Ok(ConfState::default())
+        };
+        a.apply(entries, &mut conf).unwrap();
+        use ConfChangeType::{AddLearnerNode, AddNode};
+        assert_eq!(told, vec![AddLearnerNode, AddNode, AddNode]);
+        let m = members.borrow().member(7).cloned().unwrap();
+        assert!(!m.is_learner);
+        assert_eq!(m.peer_urls, vec!["http://a:2".to_string()]);
     }
 
     #[test]

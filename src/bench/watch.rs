@@ -139,7 +139,10 @@ pub async fn run(
                         _ => break,
                     },
                     // The writers are done: see whether that was all.
-                    _ = puts_ok.changed(), if expected.is_none() => continue,
+                    changed = puts_ok.changed(), if expected.is_none() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => break, // the run itself ended
+                    },
                 };
                 let now = start.elapsed();
                 for ev in msg.events {

@@ -22,9 +22,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! It cannot start inside async code, where the runtime it owns could not be
-//! driven (starting there fails with [`ClusterError::Runtime`]: use the async
-//! cluster instead); dropping it there is safe.
+//! It refuses to start on a thread of a tokio runtime (its workers, where the
+//! runtime it owns could not be driven, and its blocking pool alike): starting
+//! there fails with [`ClusterError::Runtime`]; use the async cluster instead.
+//! Dropping it there is safe.
 
 use std::future::Future;
 use std::time::Duration;

@@ -291,6 +291,7 @@ impl LocalClusterBuilder {
             // Its own temporary dirs are fresh; dirs it is given may hold a
             // member's data, or have lost it (then the check matters).
             fresh_cluster: self.data_dir.is_none(),
+            blocked_peers: Vec::new(),
         };
         let mut slots = Vec::with_capacity(self.size);
         for (i, (name, (client_url, peer_url, client_addr, peer_addr))) in

@@ -79,9 +79,12 @@ impl LocalCluster {
         config.initial_cluster = initial_cluster;
         config.initial_cluster_state = ClusterState::Existing;
 
+        let mut tuning = self.tuning.clone();
         if let Some(groups) = &mut self.groups {
             // A member added during a partition is alone until the heal: the
-            // others drop its traffic before it can say or hear anything.
+            // others drop its traffic before it can say or hear anything, and
+            // it drops theirs from its start (a peer's connection reached its
+            // listener as soon as the member add was applied).
             let own = groups.iter().max().map_or(0, |g| g + 1);
             groups.push(own);
             for (i, s) in self.slots.iter().enumerate() {
@@ -89,6 +92,7 @@ impl LocalCluster {
                     m.block_peers(self.blocked_for(i).into_iter().chain([id]));
                 }
             }
+            tuning.blocked_peers = self.slots.iter().map(|s| s.info.id).collect();
         }
         let started = Member::start_with(
             &config,
@@ -96,7 +100,7 @@ impl LocalCluster {
                 client: vec![client],
                 peer: vec![peer],
             },
-            self.tuning.clone(),
+            tuning,
         )
         .map_err(|source| ClusterError::Start {
             name: name.clone(),
@@ -192,6 +196,8 @@ impl LocalCluster {
         let slot = self.slot_mut(i)?;
         slot.removed = true;
         slot.paused = false;
+        // Never to run again: its ports are let go.
+        slot.held = Default::default();
         if let Some(member) = slot.member.take() {
             member.stop().await;
         }

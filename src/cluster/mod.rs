@@ -70,9 +70,11 @@
 //! is usually healthy within half a second. The builder changes all of them.
 //!
 //! Invariants: member `i` is always named `m{i}` and keeps its ID, URLs and
-//! data dir for the life of the cluster (a removed member keeps its index); a member that is not running holds no
-//! port and no open file; the data of a temporary cluster is removed only after
-//! every member has stopped.
+//! data dir for the life of the cluster (a removed member keeps its index); a
+//! member that is not running holds no open file, and its ports stay bound
+//! without listening until it starts again (a removed member's are let go);
+//! the data of a temporary cluster is removed only after every member has
+//! stopped.
 
 pub mod blocking;
 mod builder;
@@ -494,8 +496,11 @@ impl LocalCluster {
     /// the calling thread for up to 3 s binding it again, then fails with
     /// [`ClusterError::Bind`].
     pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
-        let tuning = self.tuning.clone();
         let blocked = self.blocked_for(i);
+        let tuning = Tuning {
+            blocked_peers: blocked,
+            ..self.tuning.clone()
+        };
         let slot = self.slot_mut(i)?;
         if slot.removed {
             return Err(ClusterError::Removed(i));
@@ -528,9 +533,6 @@ impl LocalCluster {
                     slot.info.id
                 ),
             });
-        }
-        if !blocked.is_empty() {
-            member.block_peers(blocked);
         }
         slot.member = Some(member);
         slot.paused = false;

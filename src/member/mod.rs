@@ -108,6 +108,11 @@ pub struct Tuning {
     /// whether it did (see [`bootstrap`]), which would wait for peers whose
     /// listeners are bound but not served yet.
     pub fresh_cluster: bool,
+    /// Raft traffic with these peers is dropped from the start, as by
+    /// [`Member::block_peers`] (the embedded cluster's partitions): a peer's
+    /// connection accepted before the member could be told would otherwise
+    /// deliver what it had queued.
+    pub blocked_peers: Vec<u64>,
 }
 
 /// A running member.
@@ -296,6 +301,9 @@ impl Member {
 
         let shutdown = CancellationToken::new();
         let faults = Arc::new(Faults::default());
+        if !tuning.blocked_peers.is_empty() {
+            faults.block(tuning.blocked_peers.iter().copied());
+        }
         let (raft, inbox) = node::channel(identity.member_id);
         let peers = Peers::new(
             identity.cluster_id,

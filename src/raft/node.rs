@@ -536,7 +536,8 @@ impl Loop {
                         }
                     }
                 }
-                Msg::Stop | Msg::Kill => return Ok(Flow::Stop),
+                Msg::Stop => return self.stop_gracefully(),
+                Msg::Kill => return Ok(Flow::Stop),
                 other => self.held.push_back(other),
             }
             self.publish_status();
@@ -601,14 +602,18 @@ impl Loop {
                 self.publish_status();
             }
             Msg::Resume => {}
-            Msg::Stop => {
-                self.sm.flush(true)?;
-                self.raw.mut_store().save_hard_state()?;
-                return Ok(Flow::Stop);
-            }
+            Msg::Stop => return self.stop_gracefully(),
             Msg::Kill => return Ok(Flow::Stop),
         }
         Ok(Flow::Continue)
+    }
+
+    /// The end of [`Msg::Stop`]: applied state and the hard state are made
+    /// durable first (paused or not).
+    fn stop_gracefully(&mut self) -> Result<Flow, RaftError> {
+        self.sm.flush(true)?;
+        self.raw.mut_store().save_hard_state()?;
+        Ok(Flow::Stop)
     }
 
     /// Whether the next round may start and has reads to confirm.
@@ -1124,7 +1129,7 @@ mod tests {
 
     #[test]
     fn a_stop_flushes_applied_state_and_a_kill_leaves_it_to_the_log() {
-        for kill in [false, true] {
+        for (kill, paused) in [(false, false), (false, true), (true, false), (true, true)] {
             let dir = tempfile::tempdir().unwrap();
             let forced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let (handle, inbox) = channel(1);
@@ -1137,6 +1142,10 @@ mod tests {
             )
             .unwrap();
             wait_status(&handle, |s| s.is_leader);
+            if paused {
+                handle.send(Msg::Pause).unwrap();
+                wait_status(&handle, |s| s.paused);
+            }
             let before = forced.load(std::sync::atomic::Ordering::SeqCst);
             if kill {
                 node.kill();
@@ -1144,7 +1153,11 @@ mod tests {
                 node.stop();
             }
             let at_the_end = forced.load(std::sync::atomic::Ordering::SeqCst) - before;
-            assert_eq!(at_the_end, usize::from(!kill), "kill: {kill}");
+            assert_eq!(
+                at_the_end,
+                usize::from(!kill),
+                "kill: {kill}, paused: {paused}"
+            );
         }
     }
 

@@ -183,11 +183,14 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, TlsEr
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verify::AcceptAnyServer::new(provider()))),
     };
+    // A certificate named but unusable is an error, not a connection
+    // without one.
     let mut config = match identity(s) {
         Ok((certs, key)) => builder
             .with_client_auth_cert(certs, key)
             .map_err(|e| TlsError::Rustls(e.to_string()))?,
-        Err(_) => builder.with_no_client_auth(),
+        Err(TlsError::NoCertificate) => builder.with_no_client_auth(),
+        Err(e) => return Err(e),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
