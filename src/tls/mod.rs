@@ -337,5 +337,8 @@ mod tests {
         };
         let err = server_config(&s).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+        // A client named a certificate: it must not dial without one.
+        let err = client_config(&s).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     }
 }
