@@ -802,6 +802,30 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
         format!("{got:?}"),
     );
 
+    // A client that closes its sending half (no further request; a Rust
+    // client that dropped its watcher) still gets its events.
+    let half_closed = async {
+        let mut s = w
+            .watch(tokio_stream::iter(vec![ranged(b"t/hc", b"")]))
+            .await?
+            .into_inner();
+        let created = s.message().await?;
+        kv.put(pb::PutRequest {
+            key: b"t/hc".to_vec().into(),
+            value: b"1".to_vec().into(),
+            ..Default::default()
+        })
+        .await?;
+        let event = s.message().await?;
+        Ok::<_, Status>((created, event))
+    };
+    let got = tokio::time::timeout(RPC, half_closed).await;
+    r.holds(
+        "a watch whose client closed its sending half still delivers events",
+        matches!(&got, Ok(Ok((Some(c), Some(e)))) if c.created && e.events.len() == 1),
+        format!("{got:?}"),
+    );
+
     let huge = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {

@@ -151,6 +151,10 @@ impl Session {
         let core = self.core.clone();
         let leader_lost = core.leader_lost_if(leader_required);
         tokio::pin!(leader_lost);
+        // A client that closes its sending half (a Rust client that dropped
+        // its `Watcher`, grpc-go's CloseSend) still gets its events, as from
+        // etcd: only the end of the call ends the session.
+        let mut requests_open = true;
         loop {
             let step = tokio::select! {
                 // As etcd: the stream ends with `no leader`, and the client
@@ -160,9 +164,12 @@ impl Session {
                     Err(Gone)
                 }
                 _ = progress.tick() => self.notify_progress().await,
-                msg = input.message() => match msg {
+                msg = input.message(), if requests_open => match msg {
                     Ok(Some(req)) => self.handle(req).await,
-                    Ok(None) => Err(Gone),
+                    Ok(None) => {
+                        requests_open = false;
+                        Ok(())
+                    }
                     // A request that cannot be read ends the stream with its
                     // status, as in etcd (not with a silent OK).
                     Err(e) => {
