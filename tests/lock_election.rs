@@ -335,3 +335,79 @@ async fn campaigns_naming_no_lease_get_one_each_and_only_one_leads() {
         .unwrap();
     assert_eq!(leader.value, b"c1".to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_name_is_a_lock_and_an_election_like_any_other() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let ch = channel(&cluster.client_urls()[0]).await;
+    let (l1, l2) = (lease(&ch, 60).await, lease(&ch, 60).await);
+    let locked = LockClient::new(ch.clone())
+        .lock(LockRequest {
+            name: Vec::new(),
+            lease: l1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(locked.key, format!("/{l1:x}").into_bytes());
+    LockClient::new(ch.clone())
+        .unlock(UnlockRequest { key: locked.key })
+        .await
+        .unwrap();
+    let mut election = ElectionClient::new(ch.clone());
+    let leader = election
+        .campaign(CampaignRequest {
+            name: Vec::new(),
+            lease: l2,
+            value: b"v".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = leader.leader.unwrap().key;
+    assert_eq!(key, format!("/{l2:x}").into_bytes());
+    let found = election
+        .leader(LeaderRequest { name: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.kv.unwrap().key, key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_answers_with_the_header_of_its_own_claim_as_etcd_does() {
+    let cluster = LocalCluster::builder().members(1).start().await.unwrap();
+    cluster.wait_healthy(WAIT).await.unwrap();
+    let ch = channel(&cluster.client_urls()[0]).await;
+    let (la, lb) = (lease(&ch, 60).await, lease(&ch, 60).await);
+    let campaign = |lease: i64| {
+        let mut e = ElectionClient::new(ch.clone());
+        async move {
+            e.campaign(CampaignRequest {
+                name: b"hdr".to_vec(),
+                lease,
+                value: b"v".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let a = campaign(la).await;
+    let a_key = a.leader.unwrap();
+    assert_eq!(a.header.unwrap().revision, a_key.rev);
+    // b waits while a leads; a's resignation moves the store on before b's
+    // answer, whose header stays that of b's own put.
+    let b = tokio::spawn(campaign(lb));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ElectionClient::new(ch.clone())
+        .resign(ResignRequest {
+            leader: Some(a_key),
+        })
+        .await
+        .unwrap();
+    let b = tokio::time::timeout(WAIT, b).await.unwrap().unwrap();
+    let b_rev = b.leader.unwrap().rev;
+    assert_eq!(b.header.unwrap().revision, b_rev);
+}

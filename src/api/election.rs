@@ -14,9 +14,9 @@ use tonic::{Code, Request, Response, Status};
 
 use super::recipes::{
     claim, create_rev_is, delete_if_created_at, first_under, owner_key, prefix_of, put_op,
-    session_lease, txn, wait_change, wait_predecessors, Claimed,
+    session_lease, txn, wait_change, wait_predecessors, Claim, Claimed,
 };
-use super::{errors, Core};
+use super::Core;
 use crate::apply::convert::kv_to_pb;
 use crate::auth::Access;
 use crate::pb::etcdserverpb::TxnRequest;
@@ -64,10 +64,9 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        if request.get_ref().name.is_empty() {
-            return Err(errors::empty_key());
-        }
-        // The recipe reads and writes keys under the election's prefix.
+        // The recipe reads and writes keys under the election's prefix (an
+        // empty name is an election like any other, as in etcd).
+
         let prefix = prefix_of(&request.get_ref().name);
         self.core
             .authorize_prefix(&request, &prefix, Access::Write)?;
@@ -78,7 +77,11 @@ impl Election for ElectionService {
         // (with lease 0, two campaigners would share one key and both lead).
         let lease = session_lease(&self.core, req.lease).await?;
         let key = owner_key(&prefix, lease);
-        let (rev, stale_value) = claim(&self.core, &key, &req.value, lease).await?;
+        let Claim {
+            rev,
+            header_rev,
+            stale_value,
+        } = claim(&self.core, &key, &req.value, lease).await?;
         let claimed = Claimed::new(self.core.clone(), key.clone(), rev);
         let leader = LeaderKey {
             name: req.name,
@@ -91,9 +94,10 @@ impl Election for ElectionService {
         }
         wait_predecessors(&self.core, &prefix, rev).await?;
         claimed.keep();
-        let now = self.core.store.current_revision();
+        // As etcd's: the header of the campaign's own claim, not of what
+        // happened while it waited.
         Ok(Response::new(CampaignResponse {
-            header: self.core.header(now),
+            header: self.core.header(header_rev),
             leader: Some(leader),
         }))
     }

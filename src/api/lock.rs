@@ -34,9 +34,8 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        if request.get_ref().name.is_empty() {
-            return Err(errors::empty_key());
-        }
+        // An empty name is a lock like any other (its keys are `/<lease>`),
+        // as in etcd.
         let prefix = prefix_of(&request.get_ref().name);
         // The recipe reads and writes keys under the lock's prefix.
         self.core
@@ -46,7 +45,7 @@ impl Lock for LockService {
         let req = request.into_inner();
         let lease = session_lease(&self.core, req.lease).await?;
         let key = owner_key(&prefix, lease);
-        let (rev, _) = claim(&self.core, &key, b"", lease).await?;
+        let rev = claim(&self.core, &key, b"", lease).await?.rev;
         let claimed = Claimed::new(self.core.clone(), key.clone(), rev);
         wait_predecessors(&self.core, &prefix, rev).await?;
         // As etcd's mutex: the key must still be ours (its lease may have

@@ -130,26 +130,38 @@ pub async fn session_lease(core: &Core, lease: i64) -> Result<i64, Status> {
     }
 }
 
-/// Creates `key` with `value` and `lease` unless it exists; returns its create
-/// revision and whether it existed with another value.
-pub async fn claim(
-    core: &Core,
-    key: &[u8],
-    value: &[u8],
-    lease: i64,
-) -> Result<(i64, Option<Vec<u8>>), Status> {
+/// What [`claim`] found or made.
+pub struct Claim {
+    /// The key's create revision.
+    pub rev: i64,
+    /// The store revision the claim's txn answered with (its header's).
+    pub header_rev: i64,
+    /// The value the key held, if it existed with another one.
+    pub stale_value: Option<Vec<u8>>,
+}
+
+/// Creates `key` with `value` and `lease` unless it exists.
+pub async fn claim(core: &Core, key: &[u8], value: &[u8], lease: i64) -> Result<Claim, Status> {
     let req = TxnRequest {
         compare: vec![create_rev_is(key, 0)],
         success: vec![put_op(key, value, lease)],
         failure: vec![get_op(key)],
     };
-    let (resp, rev) = txn(core, req).await?;
+    let (resp, header_rev) = txn(core, req).await?;
     if resp.succeeded {
-        return Ok((rev, None));
+        return Ok(Claim {
+            rev: header_rev,
+            header_rev,
+            stale_value: None,
+        });
     }
     match resp.responses.into_iter().next().and_then(|r| r.response) {
         Some(OpResp::ResponseRange(r)) => match r.kvs.into_iter().next() {
-            Some(kv) => Ok((kv.create_revision, (kv.value != value).then_some(kv.value))),
+            Some(kv) => Ok(Claim {
+                rev: kv.create_revision,
+                header_rev,
+                stale_value: (kv.value != value).then_some(kv.value),
+            }),
             None => Err(Status::unavailable("lock key vanished; retry")),
         },
         _ => Err(Status::internal("unexpected txn response")),
