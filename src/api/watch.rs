@@ -26,8 +26,10 @@
 //! tell "nothing happened up to R" from "the stream stalled".
 //!
 //! Fragments: a watcher created with `fragment` gets responses larger than
-//! `--max-request-bytes` split into several, all but the last marked
-//! `fragment`, never splitting below one event (etcd's `sendFragments`).
+//! `--max-request-bytes` plus gRPC's overhead allowance (512 KiB: 2 MiB by
+//! default) split into several, all but the last marked `fragment`, never
+//! splitting below one event (etcd's `sendFragments`, with its
+//! `grpcOverheadBytes`).
 //!
 //! A stream whose metadata requires a leader (`hasleader`, as `etcdctl
 //! watch` sends) ends with `etcdserver: no leader` once the member has had
@@ -504,7 +506,8 @@ impl Session {
             None => false,
         };
         if fragment {
-            for part in fragments(resp, self.core.limits.max_request_bytes) {
+            let limit = self.core.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+            for part in fragments(resp, limit) {
                 self.send(part).await?;
             }
             Ok(())
@@ -513,6 +516,10 @@ impl Session {
         }
     }
 }
+
+/// What etcd allows a watch response beyond `--max-request-bytes` before it
+/// fragments it (its `grpcOverheadBytes`).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Splits `resp` into responses of fewer than `max_bytes` encoded bytes each
 /// (but at least one event each), all but the last marked `fragment`. A
