@@ -348,8 +348,11 @@ mod tests {
         let expected = end_calls_together(20, CoalescingStream::new(recorder.clone()));
         let writes = recorder.writes();
         assert_eq!(writes.concat(), expected, "bytes lost or reordered");
+        // Usually one or two writes; a loaded machine that preempts the
+        // worker between wake-ups may split them a few more times. Without
+        // the wrapper, at least ten (the next test).
         assert!(
-            writes.len() <= 2,
+            writes.len() < 10,
             "{} writes for 20 responses",
             writes.len()
         );
