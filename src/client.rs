@@ -56,15 +56,10 @@ fn tonic_endpoint(endpoint: &str, timeout: Duration) -> Result<Endpoint, tonic::
 /// presented when set; without `ETCDCTL_CACERT` the server's certificate is not
 /// verified (like `etcdctl --insecure-skip-tls-verify`).
 pub fn tools_tls() -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(std::path::PathBuf::from)
-    };
     let settings = crate::tls::TlsSettings {
-        trusted_ca_file: var("ETCDCTL_CACERT"),
-        cert_file: var("ETCDCTL_CERT"),
-        key_file: var("ETCDCTL_KEY"),
+        trusted_ca_file: etcdctl_file("ETCDCTL_CACERT"),
+        cert_file: etcdctl_file("ETCDCTL_CERT"),
+        key_file: etcdctl_file("ETCDCTL_KEY"),
         ..Default::default()
     };
     match crate::tls::client_config(&settings) {
@@ -74,6 +69,13 @@ pub fn tools_tls() -> Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>
             crate::tls::insecure_client_config().ok()
         }
     }
+}
+
+/// The file an `etcdctl` variable (`ETCDCTL_CACERT`...) names, if set.
+pub(crate) fn etcdctl_file(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
 }
 
 /// Connects to one endpoint, over TLS with `tls` if it is `https://`.

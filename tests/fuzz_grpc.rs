@@ -807,14 +807,10 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
     // come whole.
     let mut first_frag = 0;
     for n in 0..3 {
-        let put = kv
-            .put(pb::PutRequest {
-                key: format!("t/frag/{n}").into_bytes().into(),
-                value: vec![b'f'; 600_000].into(),
-                ..Default::default()
-            })
+        let done = kv
+            .put(put(format!("t/frag/{n}").as_bytes(), vec![b'f'; 600_000]))
             .await;
-        if let (0, Ok(p)) = (n, &put) {
+        if let (0, Ok(p)) = (n, &done) {
             first_frag = p.get_ref().header.as_ref().map_or(0, |h| h.revision);
         }
     }
@@ -845,12 +841,7 @@ async fn targeted(ch: &Channel, ours: bool) -> Report {
             .await?
             .into_inner();
         let created = s.message().await?;
-        kv.put(pb::PutRequest {
-            key: b"t/hc".to_vec().into(),
-            value: b"1".to_vec().into(),
-            ..Default::default()
-        })
-        .await?;
+        kv.put(put(b"t/hc", b"1".to_vec())).await?;
         let event = s.message().await?;
         Ok::<_, Status>((created, event))
     };

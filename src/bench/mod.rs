@@ -318,11 +318,7 @@ fn tls_of(
         return Ok(None);
     }
     let given = |flag: &Option<std::path::PathBuf>, var: &str| {
-        flag.clone().or_else(|| {
-            std::env::var_os(var)
-                .filter(|v| !v.is_empty())
-                .map(std::path::PathBuf::from)
-        })
+        flag.clone().or_else(|| crate::client::etcdctl_file(var))
     };
     let settings = crate::tls::TlsSettings {
         trusted_ca_file: given(&args.cacert, "ETCDCTL_CACERT"),

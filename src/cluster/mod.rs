@@ -86,6 +86,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::MemberConfig;
+use crate::member::listen::{bind_unlistened, start_listening};
 use crate::member::{Listeners, Member, Tuning};
 use crate::raft::NodeStatus;
 
@@ -160,24 +161,10 @@ impl HeldPorts {
     /// the system has not let go of) is bound again at the start.
     fn of(info: &MemberInfo) -> HeldPorts {
         HeldPorts {
-            client: hold(info.client_addr),
-            peer: hold(info.peer_addr),
+            client: bind_unlistened(info.client_addr).ok(),
+            peer: bind_unlistened(info.peer_addr).ok(),
         }
     }
-}
-
-/// Binds `addr` without listening on it.
-fn hold(addr: SocketAddr) -> Option<socket2::Socket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .ok()?;
-    // As std's listeners: the member's last connections may be in TIME_WAIT.
-    socket.set_reuse_address(true).ok()?;
-    socket.bind(&addr.into()).ok()?;
-    Some(socket)
 }
 
 /// Listens on a held port, or binds it again if it was not held.
@@ -186,10 +173,8 @@ fn reopen(
     addr: SocketAddr,
     held: Option<socket2::Socket>,
 ) -> Result<std::net::TcpListener, ClusterError> {
-    if let Some(socket) = held {
-        if socket.listen(1024).is_ok() {
-            return Ok(socket.into());
-        }
+    if let Some(Ok(listener)) = held.map(start_listening) {
+        return Ok(listener);
     }
     rebind(name, addr)
 }

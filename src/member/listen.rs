@@ -71,25 +71,36 @@ pub(super) fn reserve(
     urls.iter()
         .map(|u| {
             let addr = address_of(u)?;
-            let bind_error = |source| MemberError::Bind {
+            let socket = bind_unlistened(addr).map_err(|source| MemberError::Bind {
                 url: u.to_string(),
                 source,
-            };
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )
-            .map_err(bind_error)?;
-            // As std's listeners: a restart may reuse a port in TIME_WAIT.
-            socket.set_reuse_address(true).map_err(bind_error)?;
-            socket.bind(&addr.into()).map_err(bind_error)?;
+            })?;
             Ok(Reserved::Bound {
                 socket,
                 url: u.to_string(),
             })
         })
         .collect()
+}
+
+/// Binds `addr` without listening on it: dials are refused, and the port is
+/// taken for whoever listens on the socket later ([`start_listening`]).
+pub(crate) fn bind_unlistened(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // As std's listeners: a restart may reuse a port in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Starts listening on a socket bound by [`bind_unlistened`].
+pub(crate) fn start_listening(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Starts listening on reserved addresses.
@@ -99,10 +110,7 @@ pub(super) fn listen(reserved: Vec<Reserved>) -> Result<Vec<std::net::TcpListene
         .map(|r| match r {
             Reserved::Listening(l) => Ok(l),
             Reserved::Bound { socket, url } => {
-                socket
-                    .listen(1024)
-                    .map_err(|source| MemberError::Bind { url, source })?;
-                Ok(socket.into())
+                start_listening(socket).map_err(|source| MemberError::Bind { url, source })
             }
         })
         .collect()

@@ -41,7 +41,7 @@ mod bootstrap;
 mod discovery;
 mod heap;
 mod lifecycle;
-mod listen;
+pub(crate) mod listen;
 mod restore;
 mod tls;
 
